@@ -1,0 +1,77 @@
+"""Which implementation runs an op: the C++ extension, Triton, or the reference.
+
+CUDA tensors always go to Triton. For CPU tensors ``RBFKERN_BACKEND`` picks, read at every call:
+``auto`` (default, the C++ extension), ``cpp``, ``triton`` (needs ``TRITON_INTERPRET=1`` set
+before triton is imported) or ``reference``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "cpp", "triton", "reference")
+
+_cext = None
+
+
+def cext():
+    """The compiled extension ``rbfkern._C`` (imported on first use)."""
+    global _cext
+    if _cext is None:
+        try:
+            _cext = importlib.import_module("rbfkern._C")
+        except ImportError as e:  # pragma: no cover - only on a broken install
+            raise ImportError(
+                "rbfkern._C (the C++ extension) is not built; reinstall with "
+                "`pip install -e .` or set RBFKERN_BACKEND=reference"
+            ) from e
+    return _cext
+
+
+def has_cext() -> bool:
+    try:
+        cext()
+        return True
+    except ImportError:
+        return False
+
+
+def has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def gpu_module(family: str):
+    """``rbfkern.gpu.<family>``, imported lazily so triton stays optional."""
+    if not has_triton():
+        raise RuntimeError(
+            f"the Triton kernels for {family!r} need triton: pip install 'rbfkern[gpu]'"
+        )
+    return importlib.import_module(f"rbfkern.gpu.{family}")
+
+
+def choose(device: torch.device) -> str:
+    """Backend name for tensors on ``device``: 'cpp', 'triton' or 'reference'."""
+    if device.type == "cuda":
+        return "triton"
+    name = os.environ.get("RBFKERN_BACKEND", "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"RBFKERN_BACKEND must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        return "cpp"
+    if name == "triton" and not triton_interpreting():
+        raise RuntimeError(
+            "RBFKERN_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1 "
+            "(set before triton is imported)"
+        )
+    return name
+
+
+def num_threads() -> int:
+    return max(1, torch.get_num_threads())

@@ -1,0 +1,78 @@
+"""Argument checks shared by the public ops: each error names the argument and what was expected."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tensor(name: str, t, ndim: int | tuple[int, ...] | None = None) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        dims = (ndim,) if isinstance(ndim, int) else ndim
+        if t.dim() not in dims:
+            want = " or ".join(f"{d}-D" for d in dims)
+            raise ValueError(f"{name} must be {want}, got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+    return t
+
+
+def same_device_dtype(ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
+    for name, t in others.items():
+        if t is None:
+            continue
+        if t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; move them to one device")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; use one dtype")
+
+
+def _shape_is(t: Tensor, shape) -> bool:
+    if t.dim() != len(shape):
+        return False
+    for got, want in zip(t.shape, shape):  # plain loop: dynamo traces it with symbolic sizes
+        if got != want:
+            return False
+    return True
+
+
+def shape_in(name: str, t: Tensor, allowed: list[tuple[int, ...]]) -> None:
+    for shape in allowed:
+        if _shape_is(t, shape):
+            return
+    want = " or ".join(str(tuple(a)) for a in allowed)
+    raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+
+
+def choice(name: str, value, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def finite_float(name: str, value, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if torch.compiler.is_compiling():  # checked once in eager; dynamo may see a symbolic float
+        return value
+    v = float(value)
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"{name} must be a finite {'positive ' if positive else ''}number, got {value!r}")
+    return v
+
+
+def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = False) -> None:
+    """Value checks need the data: skipped while torch.compile traces (fake tensors)."""
+    if torch.compiler.is_compiling() or t.numel() == 0:
+        return
+    d = t.detach()
+    if not bool(torch.isfinite(d).all()):
+        raise ValueError(f"{name} must be finite, got non-finite values")
+    if positive and not bool((d > 0).all()):
+        raise ValueError(f"{name} must be > 0, got min {d.min().item():g}")
+    if nonnegative and not bool((d >= 0).all()):
+        raise ValueError(f"{name} must be >= 0, got min {d.min().item():g}")

@@ -1,0 +1,301 @@
+"""Mahalanobis RBF distance and activation as torch.library custom ops.
+
+Ops (namespace ``rbfkern``): ``rbf_r2`` -> r2, ``rbf`` -> (act, r2), ``rbf_bwd`` -> all gradients.
+Each body picks a backend at call time (``rbfkern._backend.choose``): the C++ extension for CPU
+tensors, Triton for CUDA tensors (or CPU tensors under ``RBFKERN_BACKEND=triton
+TRITON_INTERPRET=1``), or the reference. Autograd calls ``rbf_bwd``, a fused backward kernel on
+every backend; the reference backend differentiates the reference (it is the oracle).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backend, reference
+from . import _checks
+
+KINDS = reference.RBF_KINDS
+_KIND_ID = {"none": -1, **{k: i for i, k in enumerate(KINDS)}}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: forward(x, centers, diag, tril, sigma, kind, shape, need_act) -> (act | None, r2)
+#           backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, needs)
+#               -> (gx, gc, gdiag, gtril, gsigma), None where not needed
+# Inputs are contiguous, one dtype; sigma is a (C,) tensor.
+# ---------------------------------------------------------------------------------------------
+
+
+def _np(t: Tensor | None):
+    return None if t is None else t.detach().numpy()
+
+
+class _Cpp:
+    """The C++ kernels of csrc/cpu/rbf.cpp (float32/float64; half types are computed in float32)."""
+
+    @staticmethod
+    def _metric(x: Tensor, diag: Tensor | None, tril: Tensor | None):
+        if diag is not None:
+            return diag, 1, diag.dim() == 1
+        if tril is not None:
+            return tril, 2, tril.dim() == 2
+        return x.new_empty(0), 0, False
+
+    @staticmethod
+    def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
+        metric, mk, shared = _Cpp._metric(x, diag, tril)
+        n, c = x.shape[0], centers.shape[0]
+        r2 = x.new_empty(n, c)
+        act = x.new_empty(n, c) if need_act else None
+        _backend.cext().rbf_forward(
+            _np(x), _np(centers), _np(metric), mk, shared, _np(sigma),
+            _KIND_ID[kind], float(shape), _np(act), _np(r2), _backend.num_threads(),
+        )
+        return act, r2
+
+    @staticmethod
+    def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, needs):
+        metric, mk, shared = _Cpp._metric(x, diag, tril)
+        gx = torch.empty_like(x) if needs[0] else None
+        gc = torch.empty_like(centers) if needs[1] else None
+        gm = torch.empty_like(metric) if (needs[2] or needs[3]) and mk else None
+        gs = torch.empty_like(sigma) if needs[4] and grad_act is not None else None
+        _backend.cext().rbf_backward(
+            _np(grad_act), _np(grad_r2), _np(x), _np(centers), _np(metric), mk, shared, _np(sigma),
+            _np(r2), _KIND_ID[kind], float(shape), _np(gx), _np(gc), _np(gm), _np(gs),
+            _backend.num_threads(),
+        )
+        if gs is None and needs[4]:
+            gs = torch.zeros_like(sigma)
+        return gx, gc, gm if mk == 1 else None, gm if mk == 2 else None, gs
+
+
+class _Reference:
+    """rbfkern.reference, differentiated by autograd (the oracle backend)."""
+
+    @staticmethod
+    def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
+        r2 = reference.rbf_r2(x, centers, diag, tril)
+        act = reference.rbf_activation(r2, kind, sigma, shape) if need_act else None
+        return act, r2
+
+    @staticmethod
+    def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, needs):
+        # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
+        present = [i for i, t in enumerate((x, centers, diag, tril, sigma)) if t is not None]
+
+        def f(*ts):
+            full = [None] * 5
+            for i, t in zip(present, ts):
+                full[i] = t
+            r2_ = reference.rbf_r2(*full[:4])
+            act = r2_ if kind == "none" else reference.rbf_activation(r2_, kind, full[4], shape)
+            return act, r2_
+
+        _, vjp = torch.func.vjp(f, *[(x, centers, diag, tril, sigma)[i] for i in present])
+        zeros = torch.zeros(x.shape[0], centers.shape[0], dtype=x.dtype, device=x.device)
+        got = vjp((zeros if grad_act is None else grad_act, zeros if grad_r2 is None else grad_r2))
+        grads = [None] * 5
+        for i, g in zip(present, got):
+            grads[i] = g if needs[i] else None
+        return tuple(grads)
+
+
+def _impl(device: torch.device):
+    name = _backend.choose(device)
+    if name == "cpp":
+        return _Cpp
+    if name == "triton":
+        return _backend.gpu_module("rbf")
+    return _Reference
+
+
+def _upcast(*ts):
+    return tuple(None if t is None else t.float() for t in ts)
+
+
+def _run_forward(x, centers, diag, tril, sigma, kind, shape, need_act):
+    impl = _impl(x.device)
+    args = [t.contiguous() if t is not None else None for t in (x, centers, diag, tril, sigma)]
+    if impl is _Cpp and x.dtype in _HALF:
+        act, r2 = impl.forward(*_upcast(*args), kind, shape, need_act)
+        return (None if act is None else act.to(x.dtype)), r2.to(x.dtype)
+    return impl.forward(*args, kind, shape, need_act)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("rbfkern::rbf_r2", mutates_args=())
+def _rbf_r2_op(x: Tensor, centers: Tensor, diag: Optional[Tensor], tril: Optional[Tensor]) -> Tensor:
+    sigma = x.new_ones(centers.shape[0])
+    return _run_forward(x, centers, diag, tril, sigma, "none", 0.0, False)[1]
+
+
+@_rbf_r2_op.register_fake
+def _(x, centers, diag, tril):
+    return x.new_empty(x.shape[0], centers.shape[0])
+
+
+@torch.library.custom_op("rbfkern::rbf", mutates_args=())
+def _rbf_op(
+    x: Tensor, centers: Tensor, diag: Optional[Tensor], tril: Optional[Tensor], sigma: Tensor,
+    kind: str, shape: float,
+) -> tuple[Tensor, Tensor]:
+    return _run_forward(x, centers, diag, tril, sigma, kind, shape, True)
+
+
+@_rbf_op.register_fake
+def _(x, centers, diag, tril, sigma, kind, shape):
+    n, c = x.shape[0], centers.shape[0]
+    return x.new_empty(n, c), x.new_empty(n, c)
+
+
+@torch.library.custom_op("rbfkern::rbf_bwd", mutates_args=())
+def _rbf_bwd_op(
+    grad_act: Optional[Tensor], grad_r2: Optional[Tensor], x: Tensor, centers: Tensor,
+    diag: Optional[Tensor], tril: Optional[Tensor], sigma: Tensor, r2: Tensor, kind: str,
+    shape: float, needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, centers, diag, tril, sigma); an input not needed gets an empty tensor."""
+    impl = _impl(x.device)
+    ts = [t.contiguous() if t is not None else None for t in (grad_act, grad_r2, x, centers, diag, tril, sigma, r2)]
+    dtype = x.dtype
+    if impl is _Cpp and dtype in _HALF:
+        ts = list(_upcast(*ts))
+    grads = impl.backward(*ts, kind, shape, tuple(needs))
+    out = []
+    for g, like in zip(grads, (x, centers, diag, tril, sigma)):
+        out.append(x.new_empty(0) if g is None else g.to(dtype))
+    return tuple(out)
+
+
+@_rbf_bwd_op.register_fake
+def _(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, needs):
+    out = []
+    for need, like in zip(needs, (x, centers, diag, tril, sigma)):
+        out.append(torch.empty_like(like) if need and like is not None else x.new_empty(0))
+    return tuple(out)
+
+
+def _grads_or_none(grads, needs):
+    return tuple(g if n else None for g, n in zip(grads, needs))
+
+
+def _setup_r2(ctx, inputs, output):
+    x, centers, diag, tril = inputs
+    ctx.save_for_backward(x, centers, diag, tril, output)
+
+
+def _backward_r2(ctx, grad_r2):
+    x, centers, diag, tril, r2 = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:4]) + [False]
+    sigma = x.new_ones(centers.shape[0])
+    grads = torch.ops.rbfkern.rbf_bwd(None, grad_r2, x, centers, diag, tril, sigma, r2, "none", 0.0, needs)
+    return _grads_or_none(grads[:4], needs[:4])
+
+
+def _setup_rbf(ctx, inputs, output):
+    x, centers, diag, tril, sigma, kind, shape = inputs
+    ctx.kind, ctx.shape = kind, shape
+    ctx.save_for_backward(x, centers, diag, tril, sigma, output[1])
+
+
+def _backward_rbf(ctx, grad_act, grad_r2):
+    x, centers, diag, tril, sigma, r2 = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:5])
+    grads = torch.ops.rbfkern.rbf_bwd(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, ctx.kind, ctx.shape, needs)
+    return _grads_or_none(grads, needs) + (None, None)
+
+
+_rbf_r2_op.register_autograd(_backward_r2, setup_context=_setup_r2)
+_rbf_op.register_autograd(_backward_rbf, setup_context=_setup_rbf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_common(x, centers, diag, tril):
+    _checks.tensor("x", x, 2)
+    _checks.tensor("centers", centers, 2)
+    n, d = x.shape
+    c, dc = centers.shape
+    if dc != d:
+        raise ValueError(f"centers must have shape (C, {d}) to match x of shape {tuple(x.shape)}, got {tuple(centers.shape)}")
+    if diag is not None and tril is not None:
+        raise ValueError("pass at most one of diag and tril, got both")
+    if diag is not None:
+        _checks.tensor("diag", diag, (1, 2))
+        _checks.shape_in("diag", diag, [(c, d), (d,)])
+        _checks.values("diag", diag, nonnegative=True)
+    if tril is not None:
+        _checks.tensor("tril", tril, (2, 3))
+        _checks.shape_in("tril", tril, [(c, d, d), (d, d)])
+        _checks.values("tril", tril)
+    _checks.same_device_dtype("x", x, centers=centers, diag=diag, tril=tril)
+    return c
+
+
+def rbf_r2(x: Tensor, centers: Tensor, *, diag: Tensor | None = None, tril: Tensor | None = None) -> Tensor:
+    """Squared Mahalanobis distances r2[n, j] = (x_n - c_j)^T R_j (x_n - c_j) (eq. 1), shape (N, C).
+
+    Args:
+        x: (N, D) inputs.
+        centers: (C, D) centres.
+        diag: optional (C, D) per-centre or (D,) shared non-negative weights, R_j = diag(w_j).
+        tril: optional (C, D, D) per-centre or (D, D) shared factor L_j (only its lower triangle is
+            read), R_j = L_j L_j^T: r2 = ||(x_n - c_j) L_j||^2, positive semi-definite by construction.
+            At most one of ``diag`` and ``tril``; neither means Euclidean.
+
+    Differentiable in every tensor argument; computed in the difference form (no cancellation).
+    """
+    _check_common(x, centers, diag, tril)
+    return torch.ops.rbfkern.rbf_r2(x, centers, diag, tril)
+
+
+def rbf(
+    x: Tensor,
+    centers: Tensor,
+    *,
+    diag: Tensor | None = None,
+    tril: Tensor | None = None,
+    sigma: float | Tensor = 1.0,
+    kind: str = "gaussian",
+    shape: float = 0.5,
+    return_r2: bool = False,
+):
+    """RBF activations h(r2) of the Mahalanobis distance to each centre (eq. 1 with eq. 3-9, 15).
+
+    Args:
+        x, centers, diag, tril: as in :func:`rbf_r2`.
+        sigma: width, a positive float or a tensor of shape () or (C,) (differentiable).
+        kind: one of ``linear`` r, ``gaussian`` exp(-r2/(2 s^2)), ``thin_plate`` 0.5 r2 ln r2,
+            ``logistic`` 1/(1+exp((r2-a^2)/s^2)), ``inverse_multiquadric`` (r2+s^2)^-a,
+            ``multiquadric`` (r2+s^2)^a, ``inverse_quadratic`` 1/(1+r2/s^2), ``quadratic`` 1-r2/s^2.
+        shape: the parameter a of logistic (r0) and the (inverse) multiquadric exponent.
+        return_r2: also return r2.
+
+    Returns:
+        (N, C) activations, or ``(act, r2)`` with ``return_r2=True``.
+    """
+    c = _check_common(x, centers, diag, tril)
+    _checks.choice("kind", kind, KINDS)
+    shape = _checks.finite_float("shape", shape, positive=kind in ("inverse_multiquadric", "multiquadric"))
+    if isinstance(sigma, Tensor):
+        _checks.tensor("sigma", sigma, (0, 1))
+        if sigma.dim() == 1:
+            _checks.shape_in("sigma", sigma, [(c,), (1,)])
+        _checks.same_device_dtype("x", x, sigma=sigma)
+        _checks.values("sigma", sigma, positive=True)
+        sigma_c = sigma.reshape(-1).expand(c)
+    else:
+        sigma_c = x.new_full((c,), _checks.finite_float("sigma", sigma, positive=True))
+    act, r2 = torch.ops.rbfkern.rbf(x, centers, diag, tril, sigma_c, kind, shape)
+    return (act, r2) if return_r2 else act

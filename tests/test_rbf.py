@@ -1,0 +1,352 @@
+"""The Mahalanobis RBF ops: reference vs the paper, every backend vs the reference, gradients, errors."""
+import math
+
+import pytest
+import torch
+
+import rbfkern
+from rbfkern import reference
+from rbfkern.ops import rbf, rbf_r2
+
+from _util import assert_close_to_ref
+from conftest import CPU_BACKENDS
+
+KINDS = reference.RBF_KINDS
+METRICS = ["none", "diag", "shared_diag", "tril", "shared_tril"]
+
+
+def make_inputs(n, c, d, metric, dtype=torch.float64, seed=0, noncontig=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    cen = torch.randn(c, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    diag = tril = None
+    if metric == "diag":
+        diag = torch.rand(c, d, generator=g, dtype=torch.float64) * 1.5 + 0.1
+    elif metric == "shared_diag":
+        diag = torch.rand(d, generator=g, dtype=torch.float64) * 1.5 + 0.1
+    elif metric in ("tril", "shared_tril"):
+        lead = (c,) if metric == "tril" else ()
+        # Upper-triangle garbage must be ignored by every implementation.
+        tril = torch.randn(*lead, d, d, generator=g, dtype=torch.float64) * 0.3 + torch.eye(d, dtype=torch.float64)
+    if noncontig:
+        x = x.T.contiguous().T  # column-major view
+        cen = torch.cat([cen, cen], 1)[:, :d]  # row stride 2d
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return cast(x), cast(cen), cast(diag), cast(tril)
+
+
+def sigma_for(c, per_centre, dtype, seed=1):
+    if not per_centre:
+        return 0.8
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+
+
+def f64(t):
+    return t if t is None or not isinstance(t, torch.Tensor) else t.to(torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference against the paper's equations, on cases worked out by hand
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reference_r2_hand_cases():
+    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    c = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    # Euclidean: 1 + 4 = 5 and 0 + 1 = 1.
+    assert reference.rbf_r2(x, c).tolist() == [[5.0, 1.0]]
+    # Per-centre diagonal R_j (eq. 1): 1*1 + 2*4 = 9 and 3*0 + 0.5*1 = 0.5.
+    w = torch.tensor([[1.0, 2.0], [3.0, 0.5]], dtype=torch.float64)
+    assert reference.rbf_r2(x, c, diag=w).tolist() == [[9.0, 0.5]]
+    # Shared factor L = [[2, 0], [1, 1]] (the 7 above the diagonal is ignored): (x - c) L.
+    # centre 0: [1, 2] L = [2 + 2, 2] -> 16 + 4 = 20; centre 1: [0, 1] L = [1, 1] -> 2.
+    L = torch.tensor([[2.0, 7.0], [1.0, 1.0]], dtype=torch.float64)
+    assert reference.rbf_r2(x, c, tril=L).tolist() == [[20.0, 2.0]]
+    # R = L L^T: (x-c)^T R (x-c) for centre 0 = [1,2] [[4,2],[2,2]] [1,2]^T = 4 + 8 + 8 = 20.
+    Lp = torch.tensor([[[2.0, 0.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, 3.0]]], dtype=torch.float64)
+    assert reference.rbf_r2(x, c, tril=Lp).tolist() == [[20.0, 9.0]]
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("linear", lambda r2, s, a: math.sqrt(r2)),
+        ("gaussian", lambda r2, s, a: math.exp(-r2 / (2 * s * s))),
+        ("thin_plate", lambda r2, s, a: r2 * math.log(math.sqrt(r2))),
+        ("logistic", lambda r2, s, a: 1 / (1 + math.exp((r2 - a * a) / (s * s)))),
+        ("inverse_multiquadric", lambda r2, s, a: 1 / (r2 + s * s) ** a),
+        ("multiquadric", lambda r2, s, a: (r2 + s * s) ** a),
+        ("inverse_quadratic", lambda r2, s, a: 1 / (1 + r2 / (s * s))),
+        ("quadratic", lambda r2, s, a: 1 - r2 / (s * s)),
+    ],
+)
+def test_reference_activation_equations(kind, expected):
+    r2 = torch.tensor([0.25, 1.0, 2.5, 9.0], dtype=torch.float64)
+    s, a = 1.3, 0.7
+    got = reference.rbf_activation(r2, kind, s, a)
+    want = torch.tensor([expected(float(v), s, a) for v in r2], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+
+
+def test_reference_singular_points_are_zero():
+    r2 = torch.zeros(3, dtype=torch.float64)
+    assert reference.rbf_activation(r2, "linear").tolist() == [0.0, 0.0, 0.0]
+    assert reference.rbf_activation(r2, "thin_plate").tolist() == [0.0, 0.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every backend against the reference
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_forward(n, c, d, metric, dtype, noncontig, kinds=KINDS):
+    x, cen, diag, tril = make_inputs(n, c, d, metric, dtype, noncontig=noncontig)
+    r2_ref = reference.rbf_r2(f64(x), f64(cen), f64(diag), f64(tril))
+    r2 = rbf_r2(x, cen, diag=diag, tril=tril)
+    assert r2.shape == (n, c) and r2.dtype == dtype
+    assert_close_to_ref(r2, r2_ref, dtype, what=f"r2 {metric}")
+    for kind in kinds:
+        for per_centre in (False, True):
+            s = sigma_for(c, per_centre, dtype)
+            act, r2b = rbf(x, cen, diag=diag, tril=tril, sigma=s, kind=kind, shape=0.6, return_r2=True)
+            want = reference.rbf_activation(r2_ref, kind, f64(s), 0.6)
+            assert_close_to_ref(act, want, dtype, what=f"{kind} {metric} per_centre={per_centre}")
+            assert torch.equal(r2b, r2)
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("d", [1, 3, 33, 130])
+@pytest.mark.parametrize("n,c", [(1, 1), (7, 5), (300, 64), (1, 64), (300, 1)])
+def test_cpp_matches_reference(backend, n, c, d, metric, dtype):
+    _check_forward(n, c, d, metric, dtype, noncontig=(n * c) % 2 == 1)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b == "triton"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("n,c,d", [(1, 1, 1), (7, 5, 3), (33, 17, 33), (5, 3, 130)])
+def test_triton_matches_reference(backend, n, c, d, metric, dtype):
+    _check_forward(n, c, d, metric, dtype, noncontig=n == 7)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+def test_half_inputs_return_input_dtype(backend):
+    x, cen, diag, _ = make_inputs(9, 4, 6, "diag", torch.float32)
+    for dtype in (torch.bfloat16,) if backend == "cpp" else ():
+        act = rbf(x.to(dtype), cen.to(dtype), diag=diag.to(dtype), kind="gaussian")
+        assert act.dtype == dtype
+        want = reference.rbf(f64(x.to(dtype)), f64(cen.to(dtype)), f64(diag.to(dtype)), kind="gaussian")
+        assert_close_to_ref(act, want, dtype, what="bf16")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+def test_no_cancellation_near_a_centre(backend):
+    # |c| ~ 1e3 and x - c ~ 1e-2: the expanded x^2 - 2xc + c^2 form loses every digit in float32.
+    d = 16
+    c = torch.full((1, d), 1000.0) + torch.arange(d, dtype=torch.float32)
+    x = c + 1e-2
+    r2 = rbf_r2(x, c)
+    exact = float(((x.double() - c.double()) ** 2).sum())
+    assert abs(float(r2) - exact) <= 1e-5 * exact
+    expanded = reference.rbf_r2_expanded(x, c)
+    assert abs(float(expanded) - exact) > 1e-2 * exact  # the test can tell the two forms apart
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------------------------
+
+
+def _grad_inputs(n, c, d, metric, seed=3):
+    x, cen, diag, tril = make_inputs(n, c, d, metric, torch.float64, seed=seed)
+    sig = sigma_for(c, True, torch.float64)
+    return [t.clone().requires_grad_(True) if t is not None else None for t in (x, cen, diag, tril, sig)]
+
+
+def _gradcheck(n, c, d, metric, kind):
+    x, cen, diag, tril, sig = _grad_inputs(n, c, d, metric)
+    leaves = [t for t in (x, cen, diag, tril, sig) if t is not None]
+
+    def fn(*args):
+        it = iter(args)
+        xs, cs = next(it), next(it)
+        dg = next(it) if diag is not None else None
+        tl = next(it) if tril is not None else None
+        ss = next(it)
+        act, r2 = rbf(xs, cs, diag=dg, tril=tl, sigma=ss, kind=kind, shape=0.6, return_r2=True)
+        return act, r2 * 0.5
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("metric", METRICS)
+def test_gradcheck_cpp(backend, metric, kind):
+    _gradcheck(4, 3, 5, metric, kind)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b == "triton"], indirect=True)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("metric", METRICS)
+def test_gradcheck_triton(backend, metric, kind):
+    _gradcheck(2, 3, 3, metric, kind)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("metric", ["none", "diag", "tril"])
+def test_gradcheck_r2(backend, metric):
+    x, cen, diag, tril, _ = _grad_inputs(3, 2, 4, metric)
+    leaves = [t for t in (x, cen, diag, tril) if t is not None]
+
+    def fn(*args):
+        it = iter(args)
+        xs, cs = next(it), next(it)
+        return rbf_r2(xs, cs, diag=next(it) if diag is not None else None, tril=next(it) if tril is not None else None)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("metric", METRICS)
+def test_gradients_match_reference_float32(backend, metric):
+    """Larger float32 case, gradients against autograd through the reference in float64."""
+    n, c, d = (65, 33, 20) if backend == "cpp" else (9, 6, 5)
+    x, cen, diag, tril = make_inputs(n, c, d, metric, torch.float32, seed=7)
+    sig = sigma_for(c, True, torch.float32)
+    for kind in ("gaussian", "logistic", "multiquadric"):
+        ins = [t.clone().requires_grad_(True) if t is not None else None for t in (x, cen, diag, tril, sig)]
+        ref = [f64(t).detach().requires_grad_(True) if t is not None else None for t in ins]
+        g = torch.Generator().manual_seed(11)
+        w = torch.randn(n, c, generator=g)
+        act, r2 = rbf(*ins[:2], diag=ins[2], tril=ins[3], sigma=ins[4], kind=kind, shape=0.6, return_r2=True)
+        ((act * w).sum() + (r2 * w).sum() * 0.1).backward()
+        act_r, r2_r = reference.rbf_activation(reference.rbf_r2(*ref[:4]), kind, ref[4], 0.6), reference.rbf_r2(*ref[:4])
+        ((act_r * w.double()).sum() + (r2_r * w.double()).sum() * 0.1).backward()
+        for name, a, b in zip(("x", "centers", "diag", "tril", "sigma"), ins, ref):
+            if a is not None:
+                scale = max(1.0, float(b.grad.abs().max()))
+                torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4 * scale, msg=f"{kind} {metric} d{name}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_x_on_a_centre_gives_finite_gradients(backend, kind):
+    x, cen, diag, _ = make_inputs(3, 4, 5, "diag", torch.float64)
+    x = torch.cat([x, cen[:2]]).requires_grad_(True)  # rows 3 and 4 sit exactly on centres 0 and 1
+    cen = cen.clone().requires_grad_(True)
+    diag = diag.clone().requires_grad_(True)
+    sig = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    act = rbf(x, cen, diag=diag, sigma=sig, kind=kind, shape=0.6)
+    assert torch.isfinite(act).all()
+    act.sum().backward()
+    for t in (x, cen, diag, sig):
+        assert torch.isfinite(t.grad).all(), kind
+    # On the centre, the derivative of that centre's activation in x is 0 for every kind
+    # (r2 is quadratic there; linear and thin_plate take the zero subgradient).
+    (gx,) = torch.autograd.grad(rbf(x, cen, diag=diag, sigma=sig, kind=kind, shape=0.6)[3, 0], [x])
+    assert torch.equal(gx[3], torch.zeros_like(gx[3]))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+def test_empty_batch(backend):
+    x, cen, diag, _ = make_inputs(0, 5, 3, "diag", torch.float32)
+    x.requires_grad_(True)
+    cen.requires_grad_(True)
+    act = rbf(x, cen, diag=diag)
+    assert act.shape == (0, 5)
+    act.sum().backward()
+    assert x.grad.shape == (0, 3) and torch.equal(cen.grad, torch.zeros_like(cen))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+def test_inputs_not_modified(backend):
+    x, cen, diag, tril = make_inputs(6, 4, 5, "tril", torch.float32)
+    copies = [t.clone() for t in (x, cen, tril)]
+    rbf(x, cen, tril=tril, kind="logistic")
+    for a, b in zip((x, cen, tril), copies):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: opcheck, torch.compile
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["none", "diag", "shared_diag", "tril", "shared_tril"])
+def test_opcheck(metric, monkeypatch):
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    x, cen, diag, tril = make_inputs(5, 3, 4, metric, torch.float64)
+    sig = sigma_for(3, True, torch.float64)
+    for rg in (False, True):
+        args = [t.clone().requires_grad_(rg) if t is not None else None for t in (x, cen, diag, tril, sig)]
+        torch.library.opcheck(torch.ops.rbfkern.rbf_r2.default, tuple(args[:4]))
+        torch.library.opcheck(torch.ops.rbfkern.rbf.default, (*args, "gaussian", 0.5))
+    r2 = reference.rbf_r2(x, cen, diag, tril)
+    torch.library.opcheck(
+        torch.ops.rbfkern.rbf_bwd.default,
+        (torch.ones_like(r2), None, x, cen, diag, tril, sig, r2, "gaussian", 0.5, [True, True, diag is not None, tril is not None, True]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument
+# ---------------------------------------------------------------------------------------------
+
+_X = torch.randn(4, 3)
+_C = torch.randn(5, 3)
+BAD = [
+    ("x", lambda: rbf(torch.randn(4), _C), ValueError),
+    ("x", lambda: rbf(torch.randn(2, 4, 3), _C), ValueError),
+    ("x", lambda: rbf([[1.0]], _C), TypeError),
+    ("x", lambda: rbf(torch.ones(4, 3, dtype=torch.int64), _C), TypeError),
+    ("centers", lambda: rbf(_X, torch.randn(5, 4)), ValueError),
+    ("centers", lambda: rbf(_X, torch.randn(5)), ValueError),
+    ("centers", lambda: rbf(_X, _C.double()), TypeError),
+    ("diag", lambda: rbf(_X, _C, diag=torch.rand(5, 4)), ValueError),
+    ("diag", lambda: rbf(_X, _C, diag=torch.rand(4)), ValueError),
+    ("diag", lambda: rbf(_X, _C, diag=-torch.rand(3)), ValueError),
+    ("diag", lambda: rbf(_X, _C, diag=torch.full((3,), float("nan"))), ValueError),
+    ("both", lambda: rbf(_X, _C, diag=torch.rand(3), tril=torch.eye(3)), ValueError),
+    ("tril", lambda: rbf(_X, _C, tril=torch.eye(4)), ValueError),
+    ("tril", lambda: rbf(_X, _C, tril=torch.rand(4, 3, 3)), ValueError),
+    ("tril", lambda: rbf(_X, _C, tril=torch.full((3, 3), float("inf"))), ValueError),
+    ("kind", lambda: rbf(_X, _C, kind="gauss"), ValueError),
+    ("kind", lambda: rbf(_X, _C, kind=3), ValueError),
+    ("sigma", lambda: rbf(_X, _C, sigma=0.0), ValueError),
+    ("sigma", lambda: rbf(_X, _C, sigma=-1.0), ValueError),
+    ("sigma", lambda: rbf(_X, _C, sigma=float("nan")), ValueError),
+    ("sigma", lambda: rbf(_X, _C, sigma=torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0])), ValueError),
+    ("sigma", lambda: rbf(_X, _C, sigma=torch.ones(4)), ValueError),
+    ("sigma", lambda: rbf(_X, _C, sigma=torch.ones(5, 1)), ValueError),
+    ("sigma", lambda: rbf(_X, _C, sigma="1"), TypeError),
+    ("shape", lambda: rbf(_X, _C, kind="multiquadric", shape=-0.5), ValueError),
+    ("shape", lambda: rbf(_X, _C, shape=float("inf")), ValueError),
+    ("x", lambda: rbf_r2(torch.randn(3), _C), ValueError),
+    ("centers", lambda: rbf_r2(_X, torch.randn(5, 2)), ValueError),
+]
+
+
+@pytest.mark.parametrize("name,call,exc", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
+def test_bad_input(name, call, exc):
+    with pytest.raises(exc) as info:
+        call()
+    msg = str(info.value)
+    assert (name in msg) if name != "both" else ("diag" in msg and "tril" in msg)
+
+
+def test_unknown_backend_is_rejected(monkeypatch):
+    monkeypatch.setenv("RBFKERN_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="RBFKERN_BACKEND"):
+        rbf(_X, _C)
+
+
+def test_package_exports():
+    assert rbfkern.ops.rbf is rbf
+    assert set(KINDS) == {
+        "linear", "gaussian", "thin_plate", "logistic", "inverse_multiquadric", "multiquadric",
+        "inverse_quadratic", "quadratic",
+    }
