@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/rbf.h"
+#include "registry.h"
 
 namespace py = pybind11;
 
@@ -217,8 +218,17 @@ void rbf_backward_py(py::handle grad_act, py::handle grad_r2, py::handle x, py::
 
 }  // namespace
 
+namespace rbfkern {
+std::vector<BindFn>& binders() {
+  static std::vector<BindFn> fns;
+  return fns;
+}
+}  // namespace rbfkern
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "rbfkern CPU kernels";
+  // Other families register through csrc/registry.h (csrc/cpu/<family>_bind.cpp).
+  for (auto fn : rbfkern::binders()) fn(m);
 
   m.def("rbf_forward", &rbf_forward_py, py::arg("x"), py::arg("centers"), py::arg("metric"),
         py::arg("metric_kind"), py::arg("metric_shared"), py::arg("sigma"), py::arg("kind"), py::arg("shape"),

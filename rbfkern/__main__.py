@@ -1,4 +1,4 @@
-"""Command line: ``python -m rbfkern info`` (more commands arrive with their issues)."""
+"""Command line: ``python -m rbfkern info | demo | mcu ...``."""
 from __future__ import annotations
 
 import argparse
@@ -31,10 +31,26 @@ def _info(_args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from rbfkern.demo import run
+
+    run(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rbfkern", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, available backends and registered ops").set_defaults(fn=_info)
+    demo = sub.add_parser("demo", help="every family on the digits data set, with pictures (a few minutes)")
+    demo.add_argument("--out", default="demo_out", help="folder for the pictures (default: demo_out)")
+    demo.add_argument("--quick", action="store_true", help="fewer epochs: under a minute")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(fn=_demo)
+    from rbfkern.mcu.cli import add_parser as add_mcu_parser
+
+    add_mcu_parser(sub)  # `mcu export|build|run|report|targets`; its leaf parsers set fn
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -1,0 +1,173 @@
+// pybind11 bindings of the B-cos CPU kernels (csrc/cpu/bcos.cpp), registered through
+// csrc/registry.h. Buffers are contiguous numpy views of torch tensors allocated in Python;
+// every size is checked against the geometry here, once, before the GIL is released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "registry.h"
+
+namespace py = pybind11;
+
+namespace rbfkern {
+
+#define RBFKERN_BCOS_DECL(T, SUF)                                                               \
+  void bcos_fwd_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
+                      const T* l, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt);     \
+  void bcos_bwd_epilogue_##SUF(const int64_t* geom, double b, double eps_out, const T* gy,     \
+                               const T* lmax, const uint8_t* idx, const T* root, T* gl, T* q,   \
+                               bool explain, bool need_q, int nt);                              \
+  void bcos_bwd_norm_##SUF(const int64_t* geom, const T* x, const T* q, T* gx, int nt);          \
+  void bcos_unit_weight_##SUF(const T* w, T* wh, int64_t R, int64_t K);                            \
+  void bcos_unit_weight_bwd_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K);
+RBFKERN_BCOS_DECL(float, f32)
+RBFKERN_BCOS_DECL(double, f64)
+#undef RBFKERN_BCOS_DECL
+
+namespace {
+
+struct Sizes {
+  int64_t x, l, out, norm;
+};
+
+Sizes check_geom(const std::vector<int64_t>& g) {
+  if (g.size() != 17) throw std::invalid_argument("bcos: geometry must have 17 entries");
+  for (size_t i = 0; i < 17; ++i) {
+    const bool may_be_zero = i == 0 || i == 13 || i == 14;  // N, padding
+    if (g[i] < 0 || (!may_be_zero && g[i] == 0))
+      throw std::invalid_argument("bcos: invalid geometry entry " + std::to_string(i));
+  }
+  const int64_t N = g[0], C = g[1], H = g[2], W = g[3], G = g[4], O = g[5], M = g[6];
+  if (C % G != 0 || O % G != 0) throw std::invalid_argument("bcos: groups must divide C and O");
+  if (M > 255) throw std::invalid_argument("bcos: max_out must be <= 255");
+  const int64_t P = g[7] * g[8];
+  return {N * C * H * W, N * O * M * P, N * O * P, N * G * P};
+}
+
+template <typename T>
+T* ptr(py::array& a, int64_t want, const char* name) {
+  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string("bcos: ") + name + " has the wrong dtype or is not contiguous");
+  if (a.size() != want)
+    throw std::invalid_argument(std::string("bcos: ") + name + " has " + std::to_string(a.size()) +
+                                " elements, expected " + std::to_string(want));
+  return static_cast<T*>(a.mutable_data());
+}
+
+template <typename T>
+T* opt_ptr(py::object o, int64_t want, const char* name) {
+  if (o.is_none()) return nullptr;
+  py::array a = o.cast<py::array>();
+  return ptr<T>(a, want, name);
+}
+
+template <typename T>
+void fwd_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array l,
+           py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
+  const Sizes s = check_geom(g);
+  const T* xp = ptr<T>(x, s.x, "x");
+  const T* lp = ptr<T>(l, s.l, "l");
+  T* yp = ptr<T>(y, s.out, "y");
+  T* mp = save ? opt_ptr<T>(lmax, s.out, "lmax") : nullptr;
+  uint8_t* ip = save ? opt_ptr<uint8_t>(idx, s.out, "idx") : nullptr;
+  T* rp = save && b != 1.0 ? opt_ptr<T>(root, s.norm, "root") : nullptr;
+  if (save && (mp == nullptr || ip == nullptr || (b != 1.0 && rp == nullptr)))
+    throw std::invalid_argument("bcos: save=True needs lmax, idx and root");
+  py::gil_scoped_release nogil;
+  if constexpr (sizeof(T) == 4)
+    bcos_fwd_f32(g.data(), b, ei, eo, xp, lp, yp, mp, ip, rp, save, nt);
+  else
+    bcos_fwd_f64(g.data(), b, ei, eo, xp, lp, yp, mp, ip, rp, save, nt);
+}
+
+template <typename T>
+void bwd_t(const std::vector<int64_t>& g, double b, double eo, py::array gy, py::array lmax,
+           py::array idx, py::object root, py::array gl, py::object q, bool explain, int nt) {
+  const Sizes s = check_geom(g);
+  const T* gyp = ptr<T>(gy, s.out, "grad_y");
+  const T* mp = ptr<T>(lmax, s.out, "lmax");
+  const uint8_t* ip = ptr<uint8_t>(idx, s.out, "idx");
+  const T* rp = b != 1.0 ? opt_ptr<T>(root, s.norm, "root") : nullptr;
+  if (b != 1.0 && rp == nullptr) throw std::invalid_argument("bcos: root is needed for b != 1");
+  T* glp = ptr<T>(gl, s.l, "grad_l");
+  T* qp = opt_ptr<T>(q, s.norm, "q");
+  py::gil_scoped_release nogil;
+  if constexpr (sizeof(T) == 4)
+    bcos_bwd_epilogue_f32(g.data(), b, eo, gyp, mp, ip, rp, glp, qp, explain, qp != nullptr, nt);
+  else
+    bcos_bwd_epilogue_f64(g.data(), b, eo, gyp, mp, ip, rp, glp, qp, explain, qp != nullptr, nt);
+}
+
+template <typename T>
+void norm_t(const std::vector<int64_t>& g, py::array x, py::array q, py::array gx, int nt) {
+  const Sizes s = check_geom(g);
+  const T* xp = ptr<T>(x, s.x, "x");
+  const T* qp = ptr<T>(q, s.norm, "q");
+  T* gp = ptr<T>(gx, s.x, "grad_x");
+  py::gil_scoped_release nogil;
+  if constexpr (sizeof(T) == 4)
+    bcos_bwd_norm_f32(g.data(), xp, qp, gp, nt);
+  else
+    bcos_bwd_norm_f64(g.data(), xp, qp, gp, nt);
+}
+
+// Weight rows: w, g, out all (R, K) contiguous, same dtype.
+template <typename T>
+void unit_t(py::array w, py::object g, py::array out) {
+  if (w.ndim() < 1) throw std::invalid_argument("bcos: weight must be at least 1-D");
+  const int64_t R = w.shape(0), K = R ? static_cast<int64_t>(w.size()) / R : 0;
+  const T* wp = ptr<T>(w, R * K, "weight");
+  T* op = ptr<T>(out, R * K, "out");
+  const T* gp = opt_ptr<T>(g, R * K, "grad");
+  py::gil_scoped_release nogil;
+  if constexpr (sizeof(T) == 4) {
+    if (gp) bcos_unit_weight_bwd_f32(wp, gp, op, R, K); else bcos_unit_weight_f32(wp, op, R, K);
+  } else {
+    if (gp) bcos_unit_weight_bwd_f64(wp, gp, op, R, K); else bcos_unit_weight_f64(wp, op, R, K);
+  }
+}
+
+bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+
+void bind(py::module_& m) {
+  m.def(
+      "bcos_forward",
+      [](const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array l,
+         py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
+        if (is_f64(x)) fwd_t<double>(g, b, ei, eo, x, l, y, lmax, idx, root, save, nt);
+        else fwd_t<float>(g, b, ei, eo, x, l, y, lmax, idx, root, save, nt);
+      },
+      "B-cos epilogue forward: MaxOut + patch norm + power (y, and lmax/idx/root when save)");
+  m.def(
+      "bcos_backward_epilogue",
+      [](const std::vector<int64_t>& g, double b, double eo, py::array gy, py::array lmax,
+         py::array idx, py::object root, py::array gl, py::object q, bool explain, int nt) {
+        if (is_f64(gy)) bwd_t<double>(g, b, eo, gy, lmax, idx, root, gl, q, explain, nt);
+        else bwd_t<float>(g, b, eo, gy, lmax, idx, root, gl, q, explain, nt);
+      },
+      "B-cos epilogue backward: grad of the raw conv output and the patch-norm gradient q");
+  m.def(
+      "bcos_backward_norm",
+      [](const std::vector<int64_t>& g, py::array x, py::array q, py::array gx, int nt) {
+        if (is_f64(x)) norm_t<double>(g, x, q, gx, nt);
+        else norm_t<float>(g, x, q, gx, nt);
+      },
+      "gx += x * box-sum^T(q): the input gradient through the patch norm (in place)");
+  m.def(
+      "bcos_unit_weight",
+      [](py::array w, py::object g, py::array out) {
+        if (is_f64(w)) unit_t<double>(w, g, out);
+        else unit_t<float>(w, g, out);
+      },
+      "out = W / ||W||_row (g None), or the gradient (g - W-hat <g, W-hat>) / ||W|| given g = dL/dW-hat");
+}
+
+rbfkern::Binder reg(bind);
+
+}  // namespace
+}  // namespace rbfkern

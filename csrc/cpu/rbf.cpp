@@ -1,0 +1,1180 @@
+// Fused CPU kernels for the Mahalanobis RBF op: r2 = |x - c|^2_M and f(r2), forward and backward.
+//
+// Always the difference form (x - c first, never x^2 - 2xc + c^2); (N,C,D) is never built.
+//
+// Layout of this file: the part under `#ifndef RBFKERN_RBF_ISA_PASS` holds the includes and the
+// public entry points. The part under `#else` holds the kernels; the top part includes this very
+// file once per instruction set inside its own namespace and `#pragma GCC target` (the scheme of
+// Highway's foreach_target), and the entry points pick a namespace at run time.
+//
+// Kernel plan (diag / none metric):
+//   forward   rows in blocks of 64 (parallel) x centres in panels of 2 vectors packed transposed
+//             [d][centre]; micro-kernel 8 rows x 2 vectors of centres, loop over d.
+//   backward  pass 1, parallel over row blocks: gx = 2 sum_j G w (x - c), vectorised over d,
+//             micro-kernel 8 rows x 1 vector of d, loop over all centres.
+//             pass 2, parallel over blocks of 16 centres: S1 = sum_n G (x - c), S2 = sum_n G (x-c)^2
+//             vectorised over d, micro-kernel 4 centres x 1 vector of d, loop over rows; partial
+//             sums of each 256-row block go into double accumulators.
+// Tril metric: u = diff^T L vectorised over k (rows of L packed with the upper triangle zeroed),
+//   gx via L^T packed likewise, gL as a rank-N update Diff^T diag(G) U, lower triangle only.
+// G (and df/dsigma) is recomputed from the saved r2 inside each tile; it never goes to memory.
+// Every block's work is independent of the thread count, and cross-block sums (shared metrics)
+// run in block order, so results are bitwise identical for any nthreads.
+
+#ifndef RBFKERN_RBF_ISA_PASS
+
+#include "cpu/rbf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "cpu/simd.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define RBFKERN_RBF_ISA_PASS 1
+
+#if defined(__x86_64__) || defined(__i386__)
+#define RBFKERN_HAVE_X86_CLONES 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,f16c,popcnt,lzcnt,prefer-vector-width=512")
+namespace rbfkern {
+namespace cpu {
+namespace isa_avx512 {
+#include "rbf.cpp"  // NOLINT(build/include): kernel section, compiled for AVX-512
+}  // namespace isa_avx512
+}  // namespace cpu
+}  // namespace rbfkern
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi,bmi2,f16c,popcnt,lzcnt")
+namespace rbfkern {
+namespace cpu {
+namespace isa_avx2 {
+#include "rbf.cpp"  // NOLINT(build/include): kernel section, compiled for AVX2 + FMA
+}  // namespace isa_avx2
+}  // namespace cpu
+}  // namespace rbfkern
+#pragma GCC pop_options
+#endif
+
+namespace rbfkern {
+namespace cpu {
+namespace isa_default {
+#include "rbf.cpp"  // NOLINT(build/include): kernel section, baseline ISA
+}  // namespace isa_default
+}  // namespace cpu
+}  // namespace rbfkern
+
+#undef RBFKERN_RBF_ISA_PASS
+
+namespace rbfkern {
+namespace cpu {
+
+const char* rbf_isa_name() {
+  switch (simd::detect_isa()) {
+    case simd::kIsaAvx512: return "avx512";
+    case simd::kIsaAvx2: return "avx2";
+    default: return "default";
+  }
+}
+
+template <class T>
+void rbf_forward(const RbfProblem<T>& p, T* act, T* r2, int nthreads) {
+  if (nthreads < 1) nthreads = 1;
+#ifdef RBFKERN_HAVE_X86_CLONES
+  switch (simd::detect_isa()) {
+    case simd::kIsaAvx512: isa_avx512::forward(p, act, r2, nthreads); return;
+    case simd::kIsaAvx2: isa_avx2::forward(p, act, r2, nthreads); return;
+    default: break;
+  }
+#endif
+  isa_default::forward(p, act, r2, nthreads);
+}
+
+template <class T>
+void rbf_backward(const RbfProblem<T>& p, const T* r2, const T* grad_act, const T* grad_r2, T* gx,
+                  T* gc, T* gmetric, T* gsigma, int nthreads) {
+  if (nthreads < 1) nthreads = 1;
+#ifdef RBFKERN_HAVE_X86_CLONES
+  switch (simd::detect_isa()) {
+    case simd::kIsaAvx512:
+      isa_avx512::backward(p, r2, grad_act, grad_r2, gx, gc, gmetric, gsigma, nthreads);
+      return;
+    case simd::kIsaAvx2:
+      isa_avx2::backward(p, r2, grad_act, grad_r2, gx, gc, gmetric, gsigma, nthreads);
+      return;
+    default: break;
+  }
+#endif
+  isa_default::backward(p, r2, grad_act, grad_r2, gx, gc, gmetric, gsigma, nthreads);
+}
+
+template void rbf_forward<float>(const RbfProblem<float>&, float*, float*, int);
+template void rbf_forward<double>(const RbfProblem<double>&, double*, double*, int);
+template void rbf_backward<float>(const RbfProblem<float>&, const float*, const float*,
+                                  const float*, float*, float*, float*, float*, int);
+template void rbf_backward<double>(const RbfProblem<double>&, const double*, const double*,
+                                   const double*, double*, double*, double*, double*, int);
+
+}  // namespace cpu
+}  // namespace rbfkern
+
+#else  // RBFKERN_RBF_ISA_PASS: kernel section, included once per instruction set
+
+#define RBF_INLINE inline __attribute__((always_inline))
+
+// ---------------------------------------------------------------------------------------------
+// Vector helpers
+// ---------------------------------------------------------------------------------------------
+template <class T>
+struct VT;
+template <>
+struct VT<float> {
+  typedef simd::f32x16 V;
+  typedef simd::i32x16 VI;
+  static constexpr int L = 16;
+};
+template <>
+struct VT<double> {
+  typedef simd::f64x8 V;
+  typedef simd::i64x8 VI;
+  static constexpr int L = 8;
+};
+
+template <class T>
+RBF_INLINE typename VT<T>::V vload(const T* p) {
+  typename VT<T>::V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+RBF_INLINE void vstore(T* p, typename VT<T>::V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+template <class T>
+RBF_INLINE typename VT<T>::V vbcast(T s) {
+  return s - typename VT<T>::V{};  // folds to one broadcast (0 + s would not: signed zeros)
+}
+// Load n <= L elements, zero-filling the rest.
+template <class T>
+RBF_INLINE typename VT<T>::V vload_part(const T* p, int64_t n) {
+  typename VT<T>::V v = {};
+  if (n >= VT<T>::L) return vload(p);
+  std::memcpy(&v, p, sizeof(T) * (size_t)n);
+  return v;
+}
+template <class T>
+RBF_INLINE void vstore_part(T* p, typename VT<T>::V v, int64_t n) {
+  if (n >= VT<T>::L) {
+    vstore(p, v);
+    return;
+  }
+  std::memcpy(p, &v, sizeof(T) * (size_t)n);
+}
+// Horizontal sum, fixed pairwise order.
+RBF_INLINE float vhsum(simd::f32x16 v) {
+  simd::f32x16 s = v + __builtin_shuffle(v, simd::i32x16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  s = s + __builtin_shuffle(s, simd::i32x16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  s = s + __builtin_shuffle(s, simd::i32x16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  return s[0] + s[1];
+}
+RBF_INLINE double vhsum(simd::f64x8 v) {
+  simd::f64x8 s = v + __builtin_shuffle(v, simd::i64x8{4, 5, 6, 7, 0, 1, 2, 3});
+  s = s + __builtin_shuffle(s, simd::i64x8{2, 3, 0, 1, 6, 7, 4, 5});
+  return s[0] + s[1];
+}
+
+// exp(x) for x <= 0 (the only range the activations need). Cody-Waite reduction, Taylor
+// polynomial (error well below 1 ulp before rounding), 2^k from the exponent bits. Results
+// below the smallest normal flush to 0.
+template <class T>
+struct ExpConst;
+template <>
+struct ExpConst<float> {
+  static constexpr float lo = -87.0f, log2e = 1.44269504088896341f, magic = 12582912.0f;
+  static constexpr float ln2hi = 0.693359375f, ln2lo = -2.12194440e-4f;
+  static constexpr int mant = 23, bias = 127;
+};
+template <>
+struct ExpConst<double> {
+  static constexpr double lo = -708.0, log2e = 1.4426950408889634074, magic = 6755399441055744.0;
+  static constexpr double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
+  static constexpr int mant = 52, bias = 1023;
+};
+RBF_INLINE simd::f32x16 exp_poly(simd::f32x16 r) {
+  simd::f32x16 p = simd::f32x16{} + 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  return p * r + 1.0f;
+}
+RBF_INLINE simd::f64x8 exp_poly(simd::f64x8 r) {
+  static constexpr double c[14] = {1.0,
+                                   1.0,
+                                   1.0 / 2,
+                                   1.0 / 6,
+                                   1.0 / 24,
+                                   1.0 / 120,
+                                   1.0 / 720,
+                                   1.0 / 5040,
+                                   1.0 / 40320,
+                                   1.0 / 362880,
+                                   1.0 / 3628800,
+                                   1.0 / 39916800,
+                                   1.0 / 479001600,
+                                   1.0 / 6227020800.0};
+  simd::f64x8 p = simd::f64x8{} + c[13];
+#pragma GCC unroll 16
+  for (int i = 12; i >= 0; --i) p = p * r + c[i];
+  return p;
+}
+template <class T>
+RBF_INLINE typename VT<T>::V vexp_nonpos(typename VT<T>::V x) {
+  typedef typename VT<T>::V V;
+  typedef typename VT<T>::VI VI;
+  typedef ExpConst<T> K;
+  const V lo = vbcast<T>(K::lo);
+  const VI small = x < lo;
+  x = small ? lo : x;
+  V kf = x * K::log2e + K::magic;
+  kf = kf - K::magic;
+  V r = x - kf * K::ln2hi;
+  r = r - kf * K::ln2lo;
+  V p = exp_poly(r);
+  VI ki = __builtin_convertvector(kf, VI);
+  VI bits = (ki + K::bias) << K::mant;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  V res = p * scale;
+  return small ? vbcast<T>(T(0)) : res;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations: per-centre parameters, forward f(r2), backward G and grad_act * df/dsigma
+// ---------------------------------------------------------------------------------------------
+template <class T>
+struct ActParams {
+  int kind = -1;
+  T a = 0, a2 = 0;
+  std::vector<T> p0, p1;  // per centre, see make_act_params
+};
+
+template <class T>
+static ActParams<T> make_act_params(const RbfProblem<T>& p) {
+  ActParams<T> A;
+  A.kind = p.kind;
+  A.a = (T)p.shape;
+  A.a2 = (T)(p.shape * p.shape);
+  if (!rbf_kind_uses_sigma(p.kind)) return A;
+  A.p0.resize((size_t)p.C);
+  A.p1.resize((size_t)p.C);
+  for (int64_t j = 0; j < p.C; ++j) {
+    const double s = (double)p.sigma[j];
+    const double s2 = s * s, s3 = s2 * s;
+    switch (p.kind) {
+      case kGaussian: A.p0[j] = (T)(-0.5 / s2); A.p1[j] = (T)(1.0 / s3); break;
+      case kLogistic:
+      case kInverseQuadratic:
+      case kQuadratic: A.p0[j] = (T)(1.0 / s2); A.p1[j] = (T)(2.0 / s3); break;
+      case kInverseMultiquadric:
+      case kMultiquadric: A.p0[j] = (T)s2; A.p1[j] = (T)(2.0 * s); break;
+      default: break;
+    }
+  }
+  return A;
+}
+
+// Vectorised activations (gaussian, logistic, inverse quadratic, quadratic).
+template <class T>
+RBF_INLINE typename VT<T>::V act_vec(int kind, typename VT<T>::V r2, typename VT<T>::V p0, T a2) {
+  typedef typename VT<T>::V V;
+  switch (kind) {
+    case kGaussian: return vexp_nonpos<T>(r2 * p0);
+    case kLogistic: {
+      const V z = (r2 - a2) * p0;
+      const V e = vexp_nonpos<T>(z > 0 ? -z : z);  // exp(-|z|) never overflows
+      const V inv = T(1) / (T(1) + e);
+      return z > 0 ? e * inv : inv;
+    }
+    case kInverseQuadratic: return T(1) / (T(1) + r2 * p0);
+    default: return T(1) - r2 * p0;  // kQuadratic
+  }
+}
+// Sets dfdr2, and dfds (df/dsigma) when want_ds.
+template <class T>
+RBF_INLINE void dact_vec(int kind, typename VT<T>::V r2, typename VT<T>::V p0, typename VT<T>::V p1,
+                         T a2, typename VT<T>::V& dfdr2, typename VT<T>::V& dfds) {
+  typedef typename VT<T>::V V;
+  switch (kind) {
+    case kGaussian: {
+      const V f = vexp_nonpos<T>(r2 * p0);
+      dfdr2 = f * p0;
+      dfds = f * r2 * p1;
+      return;
+    }
+    case kLogistic: {
+      const V t = r2 - a2;
+      const V z = t * p0;
+      const V e = vexp_nonpos<T>(z > 0 ? -z : z);
+      const V inv = T(1) / (T(1) + e);
+      const V ff = e * inv * inv;  // f (1 - f)
+      dfdr2 = -ff * p0;
+      dfds = ff * t * p1;
+      return;
+    }
+    case kInverseQuadratic: {
+      const V f = T(1) / (T(1) + r2 * p0);
+      dfdr2 = -(f * f) * p0;
+      dfds = f * f * r2 * p1;
+      return;
+    }
+    default:  // kQuadratic
+      dfdr2 = -p0;
+      dfds = r2 * p1;
+      return;
+  }
+}
+static constexpr bool kind_is_vec(int kind) {
+  return kind == kGaussian || kind == kLogistic || kind == kInverseQuadratic || kind == kQuadratic;
+}
+
+// Scalar activations (linear, thin plate, (inverse) multiquadric): libm accuracy.
+template <class T>
+RBF_INLINE T act_scalar(int kind, T r2, T p0, T a) {
+  switch (kind) {
+    case kLinear: return std::sqrt(r2);
+    case kThinPlate: return r2 > T(0) ? T(0.5) * r2 * std::log(r2) : T(0);
+    case kInverseMultiquadric: return std::pow(r2 + p0, -a);
+    default: return std::pow(r2 + p0, a);  // kMultiquadric
+  }
+}
+template <class T>
+RBF_INLINE void dact_scalar(int kind, T r2, T p0, T p1, T a, T& dfdr2, T& dfds) {
+  switch (kind) {
+    case kLinear:
+      dfdr2 = r2 > T(0) ? T(0.5) / std::sqrt(r2) : T(0);
+      dfds = 0;
+      return;
+    case kThinPlate:
+      dfdr2 = r2 > T(0) ? T(0.5) * (std::log(r2) + T(1)) : T(0);
+      dfds = 0;
+      return;
+    case kInverseMultiquadric: {
+      const T b = r2 + p0;
+      dfdr2 = -a * std::pow(b, -a) / b;
+      dfds = dfdr2 * p1;
+      return;
+    }
+    default: {  // kMultiquadric
+      const T b = r2 + p0;
+      dfdr2 = a * std::pow(b, a) / b;
+      dfds = dfdr2 * p1;
+      return;
+    }
+  }
+}
+
+// act[i] = f(r2[i]) for one row segment; p0 points at the segment's first centre.
+template <class T, int KIND>
+static void act_seg(const ActParams<T>& A, const T* p0, int64_t len, const T* r2, T* act) {
+  constexpr int L = VT<T>::L;
+  if (kind_is_vec(KIND)) {
+    for (int64_t i = 0; i < len; i += L) {
+      const int64_t n = std::min<int64_t>(L, len - i);
+      vstore_part(act + i, act_vec<T>(KIND, vload_part(r2 + i, n), vload_part(p0 + i, n), A.a2), n);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < len; ++i) act[i] = act_scalar<T>(KIND, r2[i], p0 ? p0[i] : T(0), A.a);
+}
+
+// act = f(r2) for `rows` rows of all C centres (row stride C).
+template <class T>
+static void act_rows(const ActParams<T>& A, int64_t rows, int64_t C, const T* r2, T* act) {
+  const T* p0 = A.p0.empty() ? nullptr : A.p0.data();
+#define RBF_ACT_CASE(K) \
+  case K:               \
+    for (int64_t r = 0; r < rows; ++r) act_seg<T, K>(A, p0, C, r2 + r * C, act + r * C); \
+    return;
+  switch (A.kind) {
+    RBF_ACT_CASE(kLinear)
+    RBF_ACT_CASE(kGaussian)
+    RBF_ACT_CASE(kThinPlate)
+    RBF_ACT_CASE(kLogistic)
+    RBF_ACT_CASE(kInverseMultiquadric)
+    RBF_ACT_CASE(kMultiquadric)
+    RBF_ACT_CASE(kInverseQuadratic)
+    RBF_ACT_CASE(kQuadratic)
+    default: return;
+  }
+#undef RBF_ACT_CASE
+}
+
+// G[i] = ga[i] * df/dr2 + gr[i] and, when S is non-null, S[i] = ga[i] * df/dsigma, for one
+// segment. PSTRIDE: entry i belongs to centre p0 + i (a row segment); else all entries belong to
+// centre p0[0] (a gathered column). ga is non-null here.
+template <class T, int KIND, bool PSTRIDE>
+RBF_INLINE void grad_seg(const ActParams<T>& A, const T* p0, const T* p1, int64_t len, const T* r2,
+                         const T* ga, const T* gr, T* G, T* S) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  if (kind_is_vec(KIND)) {
+    for (int64_t i = 0; i < len; i += L) {
+      const int64_t n = std::min<int64_t>(L, len - i);
+      const V vp0 = PSTRIDE ? vload_part(p0 + i, n) : vbcast<T>(p0[0]);
+      const V vp1 = PSTRIDE ? vload_part(p1 + i, n) : vbcast<T>(p1[0]);
+      V dfdr2, dfds;
+      dact_vec<T>(KIND, vload_part(r2 + i, n), vp0, vp1, A.a2, dfdr2, dfds);
+      const V g = vload_part(ga + i, n);
+      V out = g * dfdr2;
+      if (gr) out += vload_part(gr + i, n);
+      vstore_part(G + i, out, n);
+      if (S) vstore_part(S + i, V(g * dfds), n);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t jp = PSTRIDE ? i : 0;
+    T dfdr2, dfds;
+    dact_scalar<T>(KIND, r2[i], p0 ? p0[jp] : T(0), p1 ? p1[jp] : T(0), A.a, dfdr2, dfds);
+    G[i] = ga[i] * dfdr2 + (gr ? gr[i] : T(0));
+    if (S) S[i] = ga[i] * dfds;
+  }
+}
+
+// G (and S = grad_act * df/dsigma, if S) for a tile of `rows` x `cols` entries whose first
+// column is centre j0 (pstride 1), or for a gathered column of `rows` entries of centre j0
+// (pstride 0, cols = 1, all lds 1). Source row stride lds, destination row stride ldd.
+template <class T>
+static void grad_tile(const ActParams<T>& A, int64_t j0, int pstride, int64_t rows, int64_t cols, const T* r2,
+                      const T* ga, const T* gr, int64_t lds, T* G, T* S, int64_t ldd) {
+  if (ga == nullptr || A.kind == kKindNone) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < cols; ++i) {
+        G[r * ldd + i] = gr ? gr[r * lds + i] : T(0);
+        if (S) S[r * ldd + i] = T(0);
+      }
+    return;
+  }
+  const T* p0 = A.p0.empty() ? nullptr : A.p0.data() + j0;
+  const T* p1 = A.p1.empty() ? nullptr : A.p1.data() + j0;
+#define RBF_GRAD_CASE(K)                                                                              \
+  case K:                                                                                             \
+    if (pstride == 0) {                                                                               \
+      grad_seg<T, K, false>(A, p0, p1, rows, r2, ga, gr, G, S);                                       \
+    } else {                                                                                          \
+      for (int64_t r = 0; r < rows; ++r)                                                              \
+        grad_seg<T, K, true>(A, p0, p1, cols, r2 + r * lds, ga + r * lds, gr ? gr + r * lds : nullptr, \
+                             G + r * ldd, S ? S + r * ldd : nullptr);                                 \
+    }                                                                                                 \
+    return;
+  switch (A.kind) {
+    RBF_GRAD_CASE(kLinear)
+    RBF_GRAD_CASE(kGaussian)
+    RBF_GRAD_CASE(kThinPlate)
+    RBF_GRAD_CASE(kLogistic)
+    RBF_GRAD_CASE(kInverseMultiquadric)
+    RBF_GRAD_CASE(kMultiquadric)
+    RBF_GRAD_CASE(kInverseQuadratic)
+    RBF_GRAD_CASE(kQuadratic)
+    default: return;
+  }
+#undef RBF_GRAD_CASE
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing
+// ---------------------------------------------------------------------------------------------
+// x rows [n0, n0+nr) into dst [rows][ld] (ld >= D), zero padding columns >= D and rows >= nr.
+template <class T>
+static void pack_rows(const T* x, int64_t D, int64_t n0, int64_t nr, int64_t rows, int64_t ld,
+                      T* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* o = dst + r * ld;
+    if (r < nr) {
+      std::memcpy(o, x + (n0 + r) * D, sizeof(T) * (size_t)D);
+      std::fill(o + D, o + ld, T(0));
+    } else {
+      std::fill(o, o + ld, T(0));
+    }
+  }
+}
+
+// Per-centre diag weights (C,D) or shared (D,) -> value at (j,d).
+template <class T>
+RBF_INLINE T diag_w(const RbfProblem<T>& p, int64_t j, int64_t d) {
+  return p.metric_shared ? p.metric[d] : p.metric[j * p.D + d];
+}
+
+// Tril factor of centre j (or the shared one), packed as rows [d][Dq] with k > d zeroed (Lr) and
+// as columns [k][Dq] with d < k zeroed (LT[k][d] = L[d][k]).
+template <class T>
+static void pack_tril(const RbfProblem<T>& p, int64_t Dq, std::vector<T>& Lr, std::vector<T>* LT) {
+  const int64_t D = p.D;
+  const int64_t nmat = p.metric_shared ? 1 : p.C;
+  Lr.assign((size_t)(nmat * D * Dq), T(0));
+  if (LT) LT->assign((size_t)(nmat * D * Dq), T(0));
+  for (int64_t m = 0; m < nmat; ++m) {
+    const T* Lm = p.metric + m * D * D;
+    T* lr = Lr.data() + m * D * Dq;
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t k = 0; k <= d; ++k) lr[d * Dq + k] = Lm[d * D + k];
+    if (LT) {
+      T* lt = LT->data() + m * D * Dq;
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t k = 0; k <= d; ++k) lt[k * Dq + d] = Lm[d * D + k];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward, diag / none metric
+// ---------------------------------------------------------------------------------------------
+// r2 for R rows x P = 2L centres. xs: R rows of stride D. cT, wT: panel [D][P].
+template <class T, int R, bool DIAG>
+RBF_INLINE void fwd_diag_micro(const T* xs, int64_t D, const T* cT, const T* wT, T* tile) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L, P = 2 * L;
+  V acc0[R], acc1[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = vbcast<T>(T(0));
+  for (int64_t d = 0; d < D; ++d) {
+    const V c0 = vload(cT + d * P), c1 = vload(cT + d * P + L);
+    V w0 = {}, w1 = {};
+    if (DIAG) {
+      w0 = vload(wT + d * P);
+      w1 = vload(wT + d * P + L);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V xb = vbcast<T>(xs[r * D + d]);
+      const V t0 = xb - c0, t1 = xb - c1;
+      if (DIAG) {
+        acc0[r] += (t0 * w0) * t0;
+        acc1[r] += (t1 * w1) * t1;
+      } else {
+        acc0[r] += t0 * t0;
+        acc1[r] += t1 * t1;
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    vstore(tile + r * P, acc0[r]);
+    vstore(tile + r * P + L, acc1[r]);
+  }
+}
+
+template <class T, bool DIAG>
+static void forward_diag(const RbfProblem<T>& p, const ActParams<T>& A, T* act, T* r2, int nthreads) {
+  constexpr int L = VT<T>::L, P = 2 * L, R = 8;
+  constexpr int64_t RB = 64;  // rows per block (multiple of R)
+  const int64_t N = p.N, C = p.C, D = p.D;
+  const int64_t npanel = simd::cdiv(C, P);
+  // centres packed transposed per panel: cT[panel][d][P]; padded centres are 0 (not stored).
+  std::vector<T> cT((size_t)(npanel * D * P), T(0)), wT(DIAG ? (size_t)(npanel * D * P) : 0, T(0));
+  for (int64_t j = 0; j < C; ++j) {
+    const int64_t pb = (j / P) * D * P, jj = j % P;
+    for (int64_t d = 0; d < D; ++d) {
+      cT[(size_t)(pb + d * P + jj)] = p.centers[j * D + d];
+      if (DIAG) wT[(size_t)(pb + d * P + jj)] = diag_w(p, j, d);
+    }
+  }
+  const int64_t nrb = simd::cdiv(N, RB);
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> xs((size_t)(RB * std::max<int64_t>(D, 1))), tile((size_t)(R * P));
+#pragma omp for schedule(static)
+    for (int64_t rb = 0; rb < nrb; ++rb) {
+      const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
+      const int64_t rows = simd::round_up(nr, R);
+      pack_rows(p.x, D, n0, nr, rows, D, xs.data());
+      for (int64_t pn = 0; pn < npanel; ++pn) {
+        const int64_t j0 = pn * P, nc = std::min<int64_t>(P, C - j0);
+        const T* cp = cT.data() + pn * D * P;
+        const T* wp = DIAG ? wT.data() + pn * D * P : nullptr;
+        for (int64_t r0 = 0; r0 < rows; r0 += R) {
+          fwd_diag_micro<T, R, DIAG>(xs.data() + r0 * D, D, cp, wp, tile.data());
+          const int64_t rv = std::min<int64_t>(R, nr - r0);
+          for (int64_t r = 0; r < rv; ++r)
+            std::memcpy(r2 + (n0 + r0 + r) * C + j0, tile.data() + r * P, sizeof(T) * (size_t)nc);
+        }
+      }
+      if (act) act_rows(A, nr, C, r2 + n0 * C, act + n0 * C);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward, tril metric
+// ---------------------------------------------------------------------------------------------
+// u[r][v] = sum_{d >= k0} dif[r][d] * Lr[d][k0 + v*L ...], for R rows (stride ldd) and NV vectors
+// of k starting at k0.
+template <class T, int R, int NV>
+RBF_INLINE void tril_u_micro(const T* dif, int64_t ldd, int64_t D, const T* Lr, int64_t Dq,
+                             int64_t k0, typename VT<T>::V (&u)[R][2]) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) u[r][v] = vbcast<T>(T(0));
+  // L[d][k] = 0 for k > d: rows d < k0 + L only reach the first vector.
+  const int64_t dsplit = NV == 2 ? std::min<int64_t>(D, k0 + L) : k0;
+  for (int64_t d = k0; d < dsplit; ++d) {
+    const V l0 = vload(Lr + d * Dq + k0);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) u[r][0] += vbcast<T>(dif[r * ldd + d]) * l0;
+  }
+  for (int64_t d = dsplit; d < D; ++d) {
+    V l[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) l[v] = vload(Lr + d * Dq + k0 + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V db = vbcast<T>(dif[r * ldd + d]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) u[r][v] += db * l[v];
+    }
+  }
+}
+
+// dif[r][0..Dq) = xs[r] - c (both zero padded beyond D).
+template <class T>
+RBF_INLINE void diff_rows(const T* xs, const T* c, int64_t rows, int64_t Dq, T* dif) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < Dq; d += L) vstore(dif + r * Dq + d, V(vload(xs + r * Dq + d) - vload(c + d)));
+}
+
+template <class T>
+static void forward_tril(const RbfProblem<T>& p, const ActParams<T>& A, T* act, T* r2, int nthreads) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L, R = 6;
+  constexpr int64_t RB = 48;  // multiple of R
+  const int64_t N = p.N, C = p.C, D = p.D;
+  const int64_t nq = simd::cdiv(D, L), Dq = std::max<int64_t>(nq * L, L);
+  std::vector<T> Lr;
+  pack_tril<T>(p, Dq, Lr, nullptr);
+  std::vector<T> cp((size_t)(C * Dq), T(0));
+  for (int64_t j = 0; j < C; ++j) std::memcpy(cp.data() + j * Dq, p.centers + j * D, sizeof(T) * (size_t)D);
+  const int64_t nrb = simd::cdiv(N, RB);
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> xs((size_t)(RB * Dq)), dif((size_t)(RB * Dq));
+#pragma omp for schedule(static)
+    for (int64_t rb = 0; rb < nrb; ++rb) {
+      const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
+      const int64_t rows = simd::round_up(nr, R);
+      pack_rows(p.x, D, n0, nr, rows, Dq, xs.data());
+      for (int64_t j = 0; j < C; ++j) {
+        const T* Lj = Lr.data() + (p.metric_shared ? 0 : j * D * Dq);
+        diff_rows(xs.data(), cp.data() + j * Dq, rows, Dq, dif.data());
+        for (int64_t r0 = 0; r0 < rows; r0 += R) {
+          V s[R], u[R][2];
+#pragma GCC unroll 16
+          for (int r = 0; r < R; ++r) s[r] = vbcast<T>(T(0));
+          for (int64_t kv = 0; kv < nq; kv += 2) {
+            if (nq - kv >= 2) {
+              tril_u_micro<T, R, 2>(dif.data() + r0 * Dq, Dq, D, Lj, Dq, kv * L, u);
+#pragma GCC unroll 16
+              for (int r = 0; r < R; ++r) s[r] += u[r][0] * u[r][0] + u[r][1] * u[r][1];
+            } else {
+              tril_u_micro<T, R, 1>(dif.data() + r0 * Dq, Dq, D, Lj, Dq, kv * L, u);
+#pragma GCC unroll 16
+              for (int r = 0; r < R; ++r) s[r] += u[r][0] * u[r][0];
+            }
+          }
+          const int64_t rv = std::min<int64_t>(R, nr - r0);
+          for (int64_t r = 0; r < rv; ++r) r2[(n0 + r0 + r) * C + j] = vhsum(s[r]);
+        }
+      }
+      if (act) act_rows(A, nr, C, r2 + n0 * C, act + n0 * C);
+    }
+  }
+}
+
+template <class T>
+void forward(const RbfProblem<T>& p, T* act, T* r2, int nthreads) {
+  if (p.N <= 0 || p.C <= 0) return;
+  const ActParams<T> A = make_act_params(p);
+  if (p.kind == kKindNone) act = nullptr;
+  switch (p.metric_kind) {
+    case kMetricDiag: forward_diag<T, true>(p, A, act, r2, nthreads); break;
+    case kMetricTril: forward_tril<T>(p, A, act, r2, nthreads); break;
+    default: forward_diag<T, false>(p, A, act, r2, nthreads); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, diag / none metric
+// ---------------------------------------------------------------------------------------------
+// gx for R rows x one vector of d: acc[r] = sum_j G[r][j] w[j] (x[r] - c[j]).
+// xs: R rows (stride ldx) at this d-vector; cq, wq: [C][L] for this d-vector; Gt: [R][ldg].
+template <class T, int R, bool DIAG>
+RBF_INLINE void bwd_gx_micro(const T* xs, int64_t ldx, const T* cq, const T* wq, const T* Gt,
+                             int64_t ldg, int64_t C, typename VT<T>::V (&acc)[R]) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  V xr[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    xr[r] = vload(xs + r * ldx);
+    acc[r] = vbcast<T>(T(0));
+  }
+  for (int64_t j = 0; j < C; ++j) {
+    const V c = vload(cq + j * L);
+    V w = {};
+    if (DIAG) w = vload(wq + j * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V g = vbcast<T>(Gt[r * ldg + j]);
+      if (DIAG)
+        acc[r] += (g * w) * (xr[r] - c);
+      else
+        acc[r] += g * (xr[r] - c);
+    }
+  }
+}
+
+// S1[k] = sum_n G[n][k] (x[n] - c[k]), S2[k] = sum_n G[n][k] (x[n] - c[k])^2 for K centres and one
+// vector of d. xs: rows of stride ldx at this d-vector; Gt: [n][ldg] starting at the first centre.
+template <class T, int K, bool WANT_S2>
+RBF_INLINE void bwd_gc_micro(const T* xs, int64_t ldx, int64_t nn, const typename VT<T>::V (&c)[K],
+                             const T* Gt, int64_t ldg, typename VT<T>::V (&S1)[K],
+                             typename VT<T>::V (&S2)[K]) {
+  typedef typename VT<T>::V V;
+#pragma GCC unroll 16
+  for (int k = 0; k < K; ++k) S1[k] = S2[k] = vbcast<T>(T(0));
+  for (int64_t n = 0; n < nn; ++n) {
+    const V xv = vload(xs + n * ldx);
+#pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) {
+      const V g = vbcast<T>(Gt[n * ldg + k]);
+      const V diff = xv - c[k];
+      // Two independent fmas, so S1 rounds the same with or without S2.
+      S1[k] += g * diff;
+      if (WANT_S2) S2[k] += g * (diff * diff);
+    }
+  }
+}
+
+template <class T, bool DIAG>
+static void backward_diag(const RbfProblem<T>& p, const ActParams<T>& A, const T* xp, int64_t Dq,
+                          const T* r2, const T* ga, const T* gr, T* gx, T* gc, T* gmetric,
+                          T* gsigma, int nthreads) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  const int64_t N = p.N, C = p.C, D = p.D;
+  const int64_t nq = Dq / L;
+  // centres (and weights) packed per d-vector: cK[q][j][L], zero for d >= D.
+  std::vector<T> cK((size_t)(nq * C * L), T(0)), wK(DIAG ? (size_t)(nq * C * L) : 0, T(0));
+  for (int64_t j = 0; j < C; ++j)
+    for (int64_t d = 0; d < D; ++d) {
+      const size_t o = (size_t)(((d / L) * C + j) * L + d % L);
+      cK[o] = p.centers[j * D + d];
+      if (DIAG) wK[o] = diag_w(p, j, d);
+    }
+
+  // Pass 1: gx, parallel over row blocks.
+  if (gx) {
+    constexpr int R = 8;
+    constexpr int64_t RB = 64;
+    const int64_t nrb = simd::cdiv(N, RB);
+#pragma omp parallel num_threads(nthreads)
+    {
+      std::vector<T> xs((size_t)(RB * Dq)), Gt((size_t)(RB * std::max<int64_t>(C, 1)));
+#pragma omp for schedule(static)
+      for (int64_t rb = 0; rb < nrb; ++rb) {
+        const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
+        const int64_t rows = simd::round_up(nr, R);
+        pack_rows(xp, Dq, n0, nr, rows, Dq, xs.data());
+        grad_tile(A, 0, 1, nr, C, r2 + n0 * C, ga ? ga + n0 * C : nullptr, gr ? gr + n0 * C : nullptr, C,
+                  Gt.data(), (T*)nullptr, C);
+        std::fill(Gt.data() + nr * C, Gt.data() + rows * C, T(0));
+        for (int64_t q = 0; q < nq; ++q) {
+          const int64_t d0 = q * L, nd = std::min<int64_t>(L, D - d0);
+          for (int64_t r0 = 0; r0 < rows; r0 += R) {
+            V acc[R];
+            bwd_gx_micro<T, R, DIAG>(xs.data() + r0 * Dq + d0, Dq, cK.data() + q * C * L,
+                                     DIAG ? wK.data() + q * C * L : nullptr, Gt.data() + r0 * C, C, C,
+                                     acc);
+            const int64_t rv = std::min<int64_t>(R, nr - r0);
+            for (int64_t r = 0; r < rv; ++r) vstore_part(gx + (n0 + r0 + r) * D + d0, V(acc[r] * T(2)), nd);
+          }
+        }
+      }
+    }
+  }
+
+  // Pass 2: gc, gmetric, gsigma, parallel over super-blocks of centres. G is computed for a
+  // whole row block x super-block at once (contiguous row segments of r2 / grad_act), then each
+  // block of KB centres runs its micro-kernels on it.
+  const bool want_gw = DIAG && gmetric != nullptr;
+  if (!(gc || want_gw || gsigma)) return;
+  constexpr int K = 4;
+  constexpr int64_t KB = 16, NB = 128;  // KB multiple of K
+  const int64_t CS = std::min<int64_t>(256, simd::round_up(simd::cdiv(C, 4), KB));  // from C only
+  const int64_t nkb = simd::cdiv(C, KB), ncs = simd::cdiv(C, CS);
+  const bool shared_gw = want_gw && p.metric_shared;
+  std::vector<double> partial(shared_gw ? (size_t)(nkb * D) : 0, 0.0);
+  const bool want_dsig = gsigma != nullptr && ga != nullptr && rbf_kind_uses_sigma(A.kind);
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> Gt((size_t)(NB * CS)), St(want_dsig ? (size_t)(NB * CS) : 0);
+    std::vector<double> acc1((size_t)(CS * Dq)), acc2(want_gw ? (size_t)(CS * Dq) : 0), gs((size_t)CS);
+#pragma omp for schedule(static)
+    for (int64_t cs = 0; cs < ncs; ++cs) {
+      const int64_t c0 = cs * CS, ncc = std::min(CS, C - c0);
+      const int64_t ncc_pad = simd::round_up(ncc, KB);
+      std::fill(acc1.begin(), acc1.end(), 0.0);
+      std::fill(acc2.begin(), acc2.end(), 0.0);
+      std::fill(gs.begin(), gs.end(), 0.0);
+      for (int64_t n0 = 0; n0 < N; n0 += NB) {
+        const int64_t nn = std::min(NB, N - n0);
+        const int64_t o = n0 * C + c0;
+        grad_tile(A, c0, 1, nn, ncc, r2 + o, ga ? ga + o : nullptr, gr ? gr + o : nullptr, C, Gt.data(),
+                  want_dsig ? St.data() : nullptr, CS);
+        if (ncc < ncc_pad)
+          for (int64_t n = 0; n < nn; ++n) std::fill(Gt.data() + n * CS + ncc, Gt.data() + n * CS + ncc_pad, T(0));
+        if (want_dsig)
+          for (int64_t n = 0; n < nn; ++n) {
+            const T* st = St.data() + n * CS;
+            for (int64_t k = 0; k < ncc; ++k) gs[k] += (double)st[k];
+          }
+        if (!(gc || want_gw)) continue;
+        for (int64_t q = 0; q < nq; ++q) {
+          for (int64_t k0 = 0; k0 < ncc; k0 += K) {
+            V c[K], S1[K], S2[K];
+#pragma GCC unroll 16
+            for (int k = 0; k < K; ++k)
+              c[k] = (c0 + k0 + k < C) ? vload(cK.data() + (q * C + c0 + k0 + k) * L) : vbcast<T>(T(0));
+            if (want_gw)
+              bwd_gc_micro<T, K, true>(xp + n0 * Dq + q * L, Dq, nn, c, Gt.data() + k0, CS, S1, S2);
+            else
+              bwd_gc_micro<T, K, false>(xp + n0 * Dq + q * L, Dq, nn, c, Gt.data() + k0, CS, S1, S2);
+            for (int k = 0; k < K && k0 + k < ncc; ++k) {
+              double* a1 = acc1.data() + (k0 + k) * Dq + q * L;
+              for (int i = 0; i < L; ++i) a1[i] += (double)S1[k][i];
+              if (want_gw) {
+                double* a2 = acc2.data() + (k0 + k) * Dq + q * L;
+                for (int i = 0; i < L; ++i) a2[i] += (double)S2[k][i];
+              }
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < ncc; ++k) {
+        const int64_t j = c0 + k;
+        const double* a1 = acc1.data() + k * Dq;
+        if (gc)
+          for (int64_t d = 0; d < D; ++d)
+            gc[j * D + d] = (T)(-2.0 * (DIAG ? (double)diag_w(p, j, d) : 1.0) * a1[d]);
+        if (want_gw) {
+          const double* a2 = acc2.data() + k * Dq;
+          if (!p.metric_shared)
+            for (int64_t d = 0; d < D; ++d) gmetric[j * D + d] = (T)a2[d];
+          else  // per-KB-block partials, summed over the block's centres in order
+            for (int64_t d = 0; d < D; ++d) partial[(size_t)((j / KB) * D + d)] += a2[d];
+        }
+        if (gsigma) gsigma[j] = (T)gs[k];
+      }
+    }
+  }
+  if (shared_gw) {
+    for (int64_t d = 0; d < D; ++d) {
+      double s = 0.0;
+      for (int64_t kb = 0; kb < nkb; ++kb) s += partial[(size_t)(kb * D + d)];
+      gmetric[d] = (T)s;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, tril metric
+// ---------------------------------------------------------------------------------------------
+// U[r][k] = sum_{d >= k} dif[r][d] L[d][k] for `rows` rows (multiple of R), scaled per row by
+// scale[r] (nullptr: 1).
+template <class T, int R>
+static void tril_u_rows(const T* dif, int64_t rows, int64_t D, int64_t Dq, const T* Lj, const T* scale,
+                        T* U) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  const int64_t nq = Dq / L;
+  for (int64_t r0 = 0; r0 < rows; r0 += R) {
+    V u[R][2];
+    for (int64_t kv = 0; kv < nq; kv += 2) {
+      const int nv = (nq - kv >= 2) ? 2 : 1;
+      if (nv == 2)
+        tril_u_micro<T, R, 2>(dif + r0 * Dq, Dq, D, Lj, Dq, kv * L, u);
+      else
+        tril_u_micro<T, R, 1>(dif + r0 * Dq, Dq, D, Lj, Dq, kv * L, u);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const T s = scale ? scale[r0 + r] : T(1);
+        for (int v = 0; v < nv; ++v) vstore(U + (r0 + r) * Dq + (kv + v) * L, V(u[r][v] * s));
+      }
+    }
+  }
+}
+
+// GX[r][d] += sum_{k <= d} W[r][k] L[d][k] for R rows and NV vectors of d from dv0; LT[k][d].
+template <class T, int R, int NV>
+RBF_INLINE void tril_gx_micro(const T* W, T* GX, int64_t Dq, int64_t D, const T* LT, int64_t dv0) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  V acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = vload(GX + r * Dq + dv0 + v * L);
+  // LT[k][d] = 0 for d < k: columns k >= dv0 + L only reach the second vector.
+  const int64_t kmax = std::min<int64_t>(D, dv0 + NV * L);
+  const int64_t ksplit = NV == 2 ? std::min<int64_t>(kmax, dv0 + L) : kmax;
+  for (int64_t k = 0; k < ksplit; ++k) {
+    V l[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) l[v] = vload(LT + k * Dq + dv0 + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V wb = vbcast<T>(W[r * Dq + k]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] += wb * l[v];
+    }
+  }
+  for (int64_t k = ksplit; k < kmax; ++k) {
+    const V l1 = vload(LT + k * Dq + dv0 + (NV - 1) * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][NV - 1] += vbcast<T>(W[r * Dq + k]) * l1;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) vstore(GX + r * Dq + dv0 + v * L, acc[r][v]);
+}
+
+// acc[d][k] = sum_n dif[n][d0+d] W[n][k0 + ...] for DR rows of d and NV vectors of k.
+template <class T, int DR, int NV>
+RBF_INLINE void tril_gl_micro(const T* dif, const T* W, int64_t Dq, int64_t nn, int64_t d0, int64_t k0,
+                              typename VT<T>::V (&acc)[DR][2]) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+#pragma GCC unroll 16
+  for (int i = 0; i < DR; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = vbcast<T>(T(0));
+  for (int64_t n = 0; n < nn; ++n) {
+    V w[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) w[v] = vload(W + n * Dq + k0 + v * L);
+#pragma GCC unroll 16
+    for (int i = 0; i < DR; ++i) {
+      const V db = vbcast<T>(dif[n * Dq + d0 + i]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] += db * w[v];
+    }
+  }
+}
+
+template <class T>
+static void backward_tril(const RbfProblem<T>& p, const ActParams<T>& A, const T* xp, int64_t Dq,
+                          const T* r2, const T* ga, const T* gr, T* gx, T* gc, T* gmetric, T* gsigma,
+                          int nthreads) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  const int64_t N = p.N, C = p.C, D = p.D;
+  const int64_t nq = Dq / L;
+  std::vector<T> Lr, LT;
+  pack_tril<T>(p, Dq, Lr, gx ? &LT : nullptr);
+  std::vector<T> cp((size_t)(C * Dq), T(0));
+  for (int64_t j = 0; j < C; ++j) std::memcpy(cp.data() + j * Dq, p.centers + j * D, sizeof(T) * (size_t)D);
+  auto Lof = [&](const std::vector<T>& M, int64_t j) { return M.data() + (p.metric_shared ? 0 : j * D * Dq); };
+
+  // Pass 1: gx, parallel over row blocks. gx[n] = sum_j 2 G[n][j] L_j u_nj.
+  if (gx) {
+    constexpr int R = 6;
+    constexpr int64_t RB = 48;
+    const int64_t nrb = simd::cdiv(N, RB);
+#pragma omp parallel num_threads(nthreads)
+    {
+      std::vector<T> xs((size_t)(RB * Dq)), dif((size_t)(RB * Dq)), W((size_t)(RB * Dq)),
+          GX((size_t)(RB * Dq)), Gt((size_t)(RB * std::max<int64_t>(C, 1))), gcol((size_t)RB);
+#pragma omp for schedule(static)
+      for (int64_t rb = 0; rb < nrb; ++rb) {
+        const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
+        const int64_t rows = simd::round_up(nr, R);
+        pack_rows(xp, Dq, n0, nr, rows, Dq, xs.data());
+        grad_tile(A, 0, 1, nr, C, r2 + n0 * C, ga ? ga + n0 * C : nullptr, gr ? gr + n0 * C : nullptr, C,
+                  Gt.data(), (T*)nullptr, C);
+        std::fill(GX.begin(), GX.end(), T(0));
+        for (int64_t j = 0; j < C; ++j) {
+          for (int64_t r = 0; r < rows; ++r) gcol[r] = r < nr ? T(2) * Gt[r * C + j] : T(0);
+          diff_rows(xs.data(), cp.data() + j * Dq, rows, Dq, dif.data());
+          tril_u_rows<T, R>(dif.data(), rows, D, Dq, Lof(Lr, j), gcol.data(), W.data());
+          const T* LTj = Lof(LT, j);
+          for (int64_t r0 = 0; r0 < rows; r0 += R)
+            for (int64_t dv = 0; dv < nq; dv += 2) {
+              if (nq - dv >= 2)
+                tril_gx_micro<T, R, 2>(W.data() + r0 * Dq, GX.data() + r0 * Dq, Dq, D, LTj, dv * L);
+              else
+                tril_gx_micro<T, R, 1>(W.data() + r0 * Dq, GX.data() + r0 * Dq, Dq, D, LTj, dv * L);
+            }
+        }
+        for (int64_t r = 0; r < nr; ++r) std::memcpy(gx + (n0 + r) * D, GX.data() + r * Dq, sizeof(T) * (size_t)D);
+      }
+    }
+  }
+
+  // Pass 2: gc, gL, gsigma, parallel over blocks of centres.
+  if (!(gc || gmetric || gsigma)) return;
+  constexpr int R = 6, DR = 8;
+  constexpr int64_t KB = 4, NB = 192;  // NB multiple of R
+  const int64_t nkb = simd::cdiv(C, KB);
+  const int64_t DD = D * Dq;
+  const bool shared = p.metric_shared;
+  std::vector<double> partial((gmetric && shared) ? (size_t)(nkb * DD) : 0, 0.0);
+  const bool want_dsig = gsigma != nullptr && ga != nullptr && rbf_kind_uses_sigma(A.kind);
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> dif((size_t)(NB * Dq)), W((size_t)(NB * Dq)), r2c((size_t)NB), gac((size_t)NB),
+        grc((size_t)NB), Gc((size_t)NB), Sc((size_t)NB), Ssum((size_t)Dq);
+    std::vector<double> gL(gmetric ? (size_t)DD : 0), S((size_t)Dq);
+#pragma omp for schedule(static)
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      const int64_t j0 = kb * KB, nk = std::min(KB, C - j0);
+      if (gmetric) std::fill(gL.begin(), gL.end(), 0.0);
+      for (int64_t j = j0; j < j0 + nk; ++j) {
+        if (gmetric && !shared) std::fill(gL.begin(), gL.end(), 0.0);
+        std::fill(S.begin(), S.end(), 0.0);
+        double gs = 0.0;
+        const T* Lj = Lof(Lr, j);
+        for (int64_t n0 = 0; n0 < N; n0 += NB) {
+          const int64_t nn = std::min(NB, N - n0);
+          const int64_t rows = simd::round_up(nn, R);
+          for (int64_t n = 0; n < nn; ++n) {
+            const int64_t o = (n0 + n) * C + j;
+            r2c[n] = r2[o];
+            if (ga) gac[n] = ga[o];
+            if (gr) grc[n] = gr[o];
+          }
+          grad_tile(A, j, 0, nn, 1, r2c.data(), ga ? gac.data() : nullptr, gr ? grc.data() : nullptr, 1,
+                    Gc.data(), want_dsig ? Sc.data() : nullptr, 1);
+          if (want_dsig)
+            for (int64_t n = 0; n < nn; ++n) gs += (double)Sc[n];
+          if (!(gc || gmetric)) continue;
+          std::fill(Gc.data() + nn, Gc.data() + rows, T(0));
+          // dif rows straight from the padded x (rows beyond nn read as zero G, but must exist).
+          for (int64_t n = 0; n < rows; ++n) {
+            const T* xr = xp + (n0 + std::min(n, nn - 1)) * Dq;
+            for (int64_t d = 0; d < Dq; d += L)
+              vstore(dif.data() + n * Dq + d, V(vload(xr + d) - vload(cp.data() + j * Dq + d)));
+          }
+          tril_u_rows<T, R>(dif.data(), rows, D, Dq, Lj, Gc.data(), W.data());  // W = G u
+          // S += sum_n W[n]
+          for (int64_t kv = 0; kv < nq; ++kv) {
+            V s = vbcast<T>(T(0));
+            for (int64_t n = 0; n < nn; ++n) s += vload(W.data() + n * Dq + kv * L);
+            vstore(Ssum.data() + kv * L, s);
+          }
+          for (int64_t k = 0; k < D; ++k) S[k] += (double)Ssum[k];
+          // gL[d][k] += sum_n dif[n][d] W[n][k], k <= d
+          if (gmetric) {
+            for (int64_t d0 = 0; d0 < D; d0 += DR) {
+              const int64_t nkv = simd::cdiv(std::min<int64_t>(D, d0 + DR), L);
+              for (int64_t kv = 0; kv < nkv; kv += 2) {
+                V acc[DR][2];
+                const int nv = (nkv - kv >= 2) ? 2 : 1;
+                if (nv == 2)
+                  tril_gl_micro<T, DR, 2>(dif.data(), W.data(), Dq, nn, d0, kv * L, acc);
+                else
+                  tril_gl_micro<T, DR, 1>(dif.data(), W.data(), Dq, nn, d0, kv * L, acc);
+                for (int i = 0; i < DR && d0 + i < D; ++i)
+                  for (int v = 0; v < nv; ++v) {
+                    double* g = gL.data() + (d0 + i) * Dq + (kv + v) * L;
+                    for (int t = 0; t < L; ++t) g[t] += (double)acc[i][v][t];
+                  }
+              }
+            }
+          }
+        }
+        if (gc) {
+          const T* Lm = p.metric + (shared ? 0 : j * D * D);
+          for (int64_t d = 0; d < D; ++d) {
+            double s = 0.0;
+            for (int64_t k = 0; k <= d; ++k) s += (double)Lm[d * D + k] * S[k];
+            gc[j * D + d] = (T)(-2.0 * s);
+          }
+        }
+        if (gmetric && !shared) {
+          T* gm = gmetric + j * D * D;
+          for (int64_t d = 0; d < D; ++d)
+            for (int64_t k = 0; k < D; ++k) gm[d * D + k] = k <= d ? (T)(2.0 * gL[d * Dq + k]) : T(0);
+        }
+        if (gsigma) gsigma[j] = (T)gs;
+      }
+      if (gmetric && shared) std::copy(gL.begin(), gL.end(), partial.begin() + kb * DD);
+    }
+  }
+  if (gmetric && shared) {
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t k = 0; k < D; ++k) {
+        double s = 0.0;
+        if (k <= d)
+          for (int64_t kb = 0; kb < nkb; ++kb) s += partial[(size_t)(kb * DD + d * Dq + k)];
+        gmetric[d * D + k] = (T)(2.0 * s);
+      }
+  }
+}
+
+template <class T>
+void backward(const RbfProblem<T>& p, const T* r2, const T* ga, const T* gr, T* gx, T* gc, T* gmetric,
+              T* gsigma, int nthreads) {
+  const int64_t N = p.N, C = p.C, D = p.D;
+  if (p.metric_kind == kMetricNone) gmetric = nullptr;
+  const int64_t gm_size = p.metric_kind == kMetricDiag ? (p.metric_shared ? D : C * D)
+                                                       : (p.metric_shared ? D * D : C * D * D);
+  // Degenerate sizes: everything is zero.
+  if (N <= 0 || C <= 0 || D <= 0) {
+    if (gx) std::fill(gx, gx + N * D, T(0));
+    if (gc) std::fill(gc, gc + C * D, T(0));
+    if (gmetric) std::fill(gmetric, gmetric + gm_size, T(0));
+    if (gsigma) std::fill(gsigma, gsigma + C, T(0));
+    return;
+  }
+  if (p.kind == kKindNone) ga = nullptr;
+  const ActParams<T> A = make_act_params(p);
+  constexpr int L = VT<T>::L;
+  const int64_t Dq = simd::round_up(D, L);
+  // x padded to a whole number of vectors per row (only copied when D is not a multiple of L).
+  std::vector<T> xpad;
+  const T* xp = p.x;
+  if (Dq != D) {
+    xpad.resize((size_t)(N * Dq));
+    T* xw = xpad.data();
+    const T* x = p.x;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t n = 0; n < N; ++n) {
+      std::memcpy(xw + n * Dq, x + n * D, sizeof(T) * (size_t)D);
+      std::fill(xw + n * Dq + D, xw + (n + 1) * Dq, T(0));
+    }
+    xp = xpad.data();
+  }
+  switch (p.metric_kind) {
+    case kMetricDiag: backward_diag<T, true>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads); break;
+    case kMetricTril: backward_tril<T>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads); break;
+    default: backward_diag<T, false>(p, A, xp, Dq, r2, ga, gr, gx, gc, nullptr, gsigma, nthreads); break;
+  }
+}
+
+#undef RBF_INLINE
+
+#endif  // RBFKERN_RBF_ISA_PASS

@@ -1,0 +1,61 @@
+// Fused CPU kernels for the Mahalanobis RBF op (forward and backward), float and double.
+//
+// Shapes (all C-contiguous, one dtype):
+//   x (N,D), centers (C,D), sigma (C,)
+//   metric: none (ignored) | diag (C,D) or shared (D,) | tril (C,D,D) or shared (D,D),
+//           tril reads only the lower triangle (d >= k)
+//   r2, act, grad_act, grad_r2: (N,C)
+//   gx (N,D), gc (C,D), gmetric (shape of metric; tril: strictly-upper part written as 0), gsigma (C,)
+// Output pointers may be null (not needed); non-null outputs are fully overwritten.
+// Results do not depend on nthreads (fixed blocking, fixed reduction order).
+#pragma once
+
+#include <cstdint>
+
+namespace rbfkern {
+namespace cpu {
+
+enum RbfMetric : int { kMetricNone = 0, kMetricDiag = 1, kMetricTril = 2 };
+
+enum RbfKind : int {
+  kKindNone = -1,  // r2 only
+  kLinear = 0,
+  kGaussian = 1,
+  kThinPlate = 2,
+  kLogistic = 3,
+  kInverseMultiquadric = 4,
+  kMultiquadric = 5,
+  kInverseQuadratic = 6,
+  kQuadratic = 7,
+};
+
+inline bool rbf_kind_valid(int kind) { return kind >= -1 && kind <= 7; }
+inline bool rbf_kind_uses_sigma(int kind) { return kind == kGaussian || kind >= kLogistic; }
+
+template <class T>
+struct RbfProblem {
+  int64_t N = 0, C = 0, D = 0;
+  const T* x = nullptr;        // (N,D)
+  const T* centers = nullptr;  // (C,D)
+  const T* metric = nullptr;   // see above; unused for kMetricNone
+  int metric_kind = kMetricNone;
+  bool metric_shared = false;
+  const T* sigma = nullptr;  // (C,); read only when rbf_kind_uses_sigma(kind)
+  int kind = kKindNone;
+  double shape = 0.0;
+};
+
+// r2 (N,C) is required; act (N,C) must be null for kind == kKindNone.
+template <class T>
+void rbf_forward(const RbfProblem<T>& p, T* act, T* r2, int nthreads);
+
+// r2 is the forward's r2. G = grad_act * df/dr2 + grad_r2 (either may be null).
+template <class T>
+void rbf_backward(const RbfProblem<T>& p, const T* r2, const T* grad_act, const T* grad_r2,
+                  T* gx, T* gc, T* gmetric, T* gsigma, int nthreads);
+
+// Name of the instruction set the kernels dispatch to ("avx512", "avx2", "default").
+const char* rbf_isa_name();
+
+}  // namespace cpu
+}  // namespace rbfkern

@@ -1,0 +1,11 @@
+# cortex-m0 (newlib + rdimon semihosting, QEMU microbit). See shared/MCU.md section 3.
+set(CMAKE_SYSTEM_NAME Generic)
+set(CMAKE_SYSTEM_PROCESSOR arm)
+set(CMAKE_C_COMPILER arm-none-eabi-gcc)
+set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
+set(CMAKE_C_FLAGS_INIT "-mcpu=cortex-m0 -mthumb")
+set(RBFK_TARGET_DIR ${CMAKE_CURRENT_LIST_DIR})
+set(RBFK_STARTUP_SOURCES ${RBFK_TARGET_DIR}/startup_cm.c)
+set(RBFK_LINK_OPTIONS --specs=rdimon.specs -T ${RBFK_TARGET_DIR}/cm.ld -Wl,--defsym=ROM_SIZE=0x40000,--defsym=RAM_SIZE=0x4000)
+set(RBFK_EXE_SUFFIX .elf)
+set(CMAKE_CROSSCOMPILING_EMULATOR qemu-system-arm;-M;microbit;-nographic;-monitor;none;-serial;none;-semihosting-config;enable=on,target=native;-kernel)

@@ -1,0 +1,395 @@
+"""Triton kernels for B-cos (``bcos_conv2d``, ``bcos_linear``).
+
+Convolution forward (float32/16/bf16, max_out <= 3) is one implicit-GEMM kernel with the epilogue
+fused. Otherwise (float64, the linear layer, backward) the linear map l = conv2d(x, W-hat) (or
+x W-hat^T) runs in PyTorch (cuDNN / cuBLAS) and these kernels do everything around it, with the layouts of csrc/cpu/bcos.cpp: x [N, C, H, W],
+l [N, O*M, P] (P = Ho*Wo), y / lmax / idx (uint8) [N, O, P], root / q [N, G, P]. A linear layer is
+H = W = Ho = Wo = 1 with a 1x1 window.
+
+Kernels:
+  _bcos_root_kernel      root = sqrt(window sum of x^2 over the group's channels + eps_in)
+  _bcos_fwd_kernel       MaxOut (first maximum) + power: y, and lmax/idx when SAVE
+  _bcos_bwd_kernel       gl (gradient of l, scattered to the argmax) and q = sum_o dy/dn gy / root
+  _bcos_bwd_norm_kernel  gx += x * box-sum^T(q) (the gradient through the patch norm)
+
+  _bcos_conv_fwd_kernel  implicit-GEMM convolution + the whole epilogue in one kernel (float32/
+                         float16/bfloat16, max_out <= 3): l is never written
+
+Backward: torch's convolution backward between _bcos_bwd_kernel and _bcos_bwd_norm_kernel (a
+fused implicit-GEMM backward is not written yet).
+"""
+import torch
+import triton
+import triton.language as tl
+
+_BP = 128  # output pixels per program
+
+
+@triton.jit
+def _bcos_root_kernel(x, root, prm, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
+                      ACC: tl.constexpr, BP: tl.constexpr):
+    i_ng = tl.program_id(0).to(tl.int64)
+    i_p = tl.program_id(1)
+    P = Ho * Wo
+    o_p = i_p * BP + tl.arange(0, BP)
+    m_p = o_p < P
+    ho = o_p // Wo
+    wo = o_p % Wo
+    Cg = C // G
+    eps_in = tl.load(prm + 1)
+    b_acc = tl.zeros([BP], dtype=ACC)
+    for c in range(0, Cg):
+        p_x = x + (i_ng * Cg + c) * H * W
+        for i in range(0, kh):
+            hi = ho * sh - ph + i * dh
+            m_h = m_p & (hi >= 0) & (hi < H)
+            for j in range(0, kw):
+                wi = wo * sw - pw + j * dw
+                m = m_h & (wi >= 0) & (wi < W)
+                b_x = tl.load(p_x + hi * W + wi, mask=m, other=0.).to(ACC)
+                b_acc += b_x * b_x
+    tl.store(root + i_ng * P + o_p, tl.sqrt(b_acc + eps_in).to(root.dtype.element_ty), mask=m_p)
+
+
+@triton.jit
+def _bcos_fwd_kernel(l, root, prm, y, lmax, idx, O, M, G, P,
+                     MODE: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr):
+    # MODE: 1 -> B = 1, 2 -> B = 2, 0 -> any other B
+    i_no = tl.program_id(0).to(tl.int64)
+    i_p = tl.program_id(1)
+    b = tl.load(prm)
+    eps_out = tl.load(prm + 2)
+    o_p = i_p * BP + tl.arange(0, BP)
+    m_p = o_p < P
+    p_l = l + i_no * M * P + o_p
+    b_best = tl.load(p_l, mask=m_p, other=0.).to(ACC)
+    b_idx = tl.zeros([BP], dtype=tl.int32)
+    for m in range(1, M):
+        b_v = tl.load(p_l + m * P, mask=m_p, other=0.).to(ACC)
+        b_gt = b_v > b_best
+        b_best = tl.where(b_gt, b_v, b_best)
+        b_idx = tl.where(b_gt, m, b_idx)
+    if MODE == 1:
+        b_y = b_best
+    else:
+        n = i_no // O
+        o = i_no % O
+        g = o // (O // G)
+        b_n = tl.load(root + (n * G + g) * P + o_p, mask=m_p, other=1.).to(ACC) + eps_out
+        b_s = tl.abs(b_best) / b_n
+        if MODE == 2:
+            b_y = b_s * b_best
+        else:
+            b_y = tl.exp((b - 1) * tl.log(b_s + 1e-6)) * b_best
+    tl.store(y + i_no * P + o_p, b_y.to(y.dtype.element_ty), mask=m_p)
+    if SAVE:
+        tl.store(lmax + i_no * P + o_p, b_best.to(lmax.dtype.element_ty), mask=m_p)
+        tl.store(idx + i_no * P + o_p, b_idx.to(tl.uint8), mask=m_p)
+
+
+@triton.jit
+def _bcos_bwd_kernel(gy, lmax, idx, root, prm, gl, q, O, M, G, P,
+                     MODE: tl.constexpr, EXPLAIN: tl.constexpr, NEED_Q: tl.constexpr, ACC: tl.constexpr,
+                     BP: tl.constexpr):
+    i_ng = tl.program_id(0).to(tl.int64)
+    i_p = tl.program_id(1)
+    b = tl.load(prm)
+    eps_out = tl.load(prm + 2)
+    o_p = i_p * BP + tl.arange(0, BP)
+    m_p = o_p < P
+    n = i_ng // G
+    g = i_ng % G
+    Og = O // G
+    if MODE != 1:
+        b_r = tl.load(root + i_ng * P + o_p, mask=m_p, other=1.).to(ACC)
+    else:
+        b_r = tl.full([BP], 1., ACC)
+    b_n = b_r + eps_out
+    b_q = tl.zeros([BP], dtype=ACC)
+    for oo in range(0, Og):
+        i_no = n * O + g * Og + oo
+        b_gy = tl.load(gy + i_no * P + o_p, mask=m_p, other=0.).to(ACC)
+        b_l = tl.load(lmax + i_no * P + o_p, mask=m_p, other=0.).to(ACC)
+        b_i = tl.load(idx + i_no * P + o_p, mask=m_p, other=0).to(tl.int32)
+        if MODE == 1:
+            b_gv = b_gy
+        elif MODE == 2:
+            b_s = tl.abs(b_l) / b_n
+            if EXPLAIN:
+                b_gv = b_s * b_gy
+            else:
+                b_gv = 2 * b_s * b_gy
+                b_q -= b_s * b_l / b_n * b_gy
+        else:
+            b_s = tl.abs(b_l) / b_n
+            b_t = b_s + 1e-6
+            b_tq = tl.exp((b - 2) * tl.log(b_t))  # t^(B-2)
+            if EXPLAIN:
+                b_gv = b_t * b_tq * b_gy
+            else:
+                b_gv = (b_t * b_tq + (b - 1) * b_s * b_tq) * b_gy
+                b_q -= (b - 1) * b_l * b_s * b_tq / b_n * b_gy
+        p_gl = gl + i_no * M * P + o_p
+        for m in range(0, M):
+            tl.store(p_gl + m * P, tl.where(b_i == m, b_gv, 0.).to(gl.dtype.element_ty), mask=m_p)
+    if NEED_Q:
+        b_q = tl.where(b_r > 0, b_q / tl.where(b_r > 0, b_r, 1.), 0.)
+        tl.store(q + i_ng * P + o_p, b_q.to(q.dtype.element_ty), mask=m_p)
+
+
+@triton.jit
+def _bcos_bwd_norm_kernel(x, q, gx, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
+                          ACC: tl.constexpr, BP: tl.constexpr):
+    i_nc = tl.program_id(0).to(tl.int64)
+    i_p = tl.program_id(1)
+    HW = H * W
+    o_p = i_p * BP + tl.arange(0, BP)
+    m_p = o_p < HW
+    h = o_p // W
+    w = o_p % W
+    n = i_nc // C
+    g = (i_nc % C) // (C // G)
+    p_q = q + (n * G + g) * Ho * Wo
+    b_r = tl.zeros([BP], dtype=ACC)
+    for i in range(0, kh):
+        a = h + ph - i * dh
+        ho = a // sh
+        m_h = m_p & (a >= 0) & (a % sh == 0) & (ho < Ho)
+        for j in range(0, kw):
+            c = w + pw - j * dw
+            wo = c // sw
+            m = m_h & (c >= 0) & (c % sw == 0) & (wo < Wo)
+            b_r += tl.load(p_q + ho * Wo + wo, mask=m, other=0.).to(ACC)
+    off = i_nc * HW + o_p
+    b_x = tl.load(x + off, mask=m_p, other=0.).to(ACC)
+    b_g = tl.load(gx + off, mask=m_p, other=0.).to(ACC)
+    tl.store(gx + off, (b_g + b_x * b_r).to(gx.dtype.element_ty), mask=m_p)
+
+
+@triton.jit
+def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw,
+                          dh, dw, M: tl.constexpr, MODE: tl.constexpr, SAVE: tl.constexpr,
+                          BP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr):
+    """Implicit-GEMM convolution with the whole B-cos epilogue: a [BP pixels, BO channels] tile of
+    one image and group; K = Cg*kh*kw in BK chunks. The x tile of each chunk feeds both the GEMM
+    (one accumulator per MaxOut unit, M <= 3) and the patch norm; the weight norm is a per-filter
+    scale (rinv) applied to the accumulators."""
+    i_np = tl.program_id(0)
+    i_go = tl.program_id(1)
+    P = Ho * Wo
+    n_pb = tl.cdiv(P, BP)
+    n = (i_np // n_pb).to(tl.int64)
+    pb = i_np % n_pb
+    Og = O // G
+    n_ob = tl.cdiv(Og, BO)
+    g = i_go // n_ob
+    ob = i_go % n_ob
+    Cg = C // G
+    khw = kh * kw
+    K = Cg * khw
+    o_p = pb * BP + tl.arange(0, BP)
+    m_p = o_p < P
+    ho = o_p // Wo
+    wo = o_p % Wo
+    o_o = ob * BO + tl.arange(0, BO)
+    m_o = o_o < Og
+    oc = g * Og + o_o
+    b_sq = tl.zeros([BP], dtype=tl.float32)
+    b_a0 = tl.zeros([BP, BO], dtype=tl.float32)
+    b_a1 = tl.zeros([BP, BO], dtype=tl.float32)
+    b_a2 = tl.zeros([BP, BO], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < K
+        c = o_k // khw
+        r = o_k % khw
+        hi = ho[:, None] * sh - ph + (r // kw)[None, :] * dh
+        wi = wo[:, None] * sw - pw + (r % kw)[None, :] * dw
+        m_x = m_p[:, None] & m_k[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        p_x = x + ((n * C + g * Cg + c[None, :]) * H + hi) * W + wi
+        b_x = tl.load(p_x, mask=m_x, other=0.)
+        b_xf = b_x.to(tl.float32)
+        b_sq += tl.sum(b_xf * b_xf, axis=1)
+        m_w = m_k[:, None] & m_o[None, :]
+        p_w = w + (oc[None, :] * M).to(tl.int64) * K + o_k[:, None]
+        b_a0 += tl.dot(b_x, tl.load(p_w, mask=m_w, other=0.), input_precision="ieee")
+        if M > 1:
+            b_a1 += tl.dot(b_x, tl.load(p_w + K, mask=m_w, other=0.), input_precision="ieee")
+        if M > 2:
+            b_a2 += tl.dot(b_x, tl.load(p_w + 2 * K, mask=m_w, other=0.), input_precision="ieee")
+    # Epilogue: weight norm, MaxOut (first maximum), patch norm, power.
+    b_best = b_a0 * tl.load(rinv + oc * M, mask=m_o, other=0.)[None, :]
+    b_idx = tl.zeros([BP, BO], dtype=tl.int32)
+    if M > 1:
+        b_v = b_a1 * tl.load(rinv + oc * M + 1, mask=m_o, other=0.)[None, :]
+        b_gt = b_v > b_best
+        b_best = tl.where(b_gt, b_v, b_best)
+        b_idx = tl.where(b_gt, 1, b_idx)
+    if M > 2:
+        b_v = b_a2 * tl.load(rinv + oc * M + 2, mask=m_o, other=0.)[None, :]
+        b_gt = b_v > b_best
+        b_best = tl.where(b_gt, b_v, b_best)
+        b_idx = tl.where(b_gt, 2, b_idx)
+    b = tl.load(prm)
+    eps_in = tl.load(prm + 1)
+    b_root = tl.sqrt(b_sq + eps_in)
+    if MODE == 1:
+        b_y = b_best
+    else:
+        b_s = tl.abs(b_best) / b_root[:, None]
+        if MODE == 2:
+            b_y = b_s * b_best
+        else:
+            b_y = tl.exp((b - 1) * tl.log(b_s + 1e-6)) * b_best
+    m_out = m_p[:, None] & m_o[None, :]
+    o_out = (n * O + oc[None, :]) * P + o_p[:, None]
+    tl.store(y + o_out, b_y.to(y.dtype.element_ty), mask=m_out)
+    if SAVE:
+        tl.store(lmax + o_out, b_best.to(lmax.dtype.element_ty), mask=m_out)
+        tl.store(idx + o_out, b_idx.to(tl.uint8), mask=m_out)
+        if MODE != 1:
+            tl.store(root + (n * G + g) * P + o_p, b_root.to(root.dtype.element_ty), mask=m_p & (ob == 0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers (the interface of rbfkern.ops.bcos._Cpp)
+# ----------------------------------------------------------------------------------------------
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _prm(b, eps, dtype, device):
+    """(B, eps_in, eps_out) as a tensor, so float64 runs keep full precision."""
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.tensor([float(b), float(eps[0]), float(eps[1])], dtype=pdt, device=device)
+
+
+def _mode(b):
+    return 1 if b == 1 else (2 if b == 2 else 0)
+
+
+def _geo(g):
+    return g[1:4], g[4], g[9:17]  # (C, H, W), G, (kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+def forward(g, b, eps, x, l, save):
+    """(y, lmax | None, idx | None, root | None) in x.dtype; see the module docstring."""
+    N, G, O, M, Ho, Wo = g[0], g[4], g[5], g[6], g[7], g[8]
+    P = Ho * Wo
+    dev, dt = x.device, x.dtype
+    y = torch.empty(N, O, P, dtype=dt, device=dev)
+    lmax = torch.empty(N, O, P, dtype=dt, device=dev) if save else None
+    idx = torch.empty(N, O, P, dtype=torch.uint8, device=dev) if save else None
+    mode = _mode(b)
+    root = torch.empty(N, G, P, dtype=dt, device=dev) if mode != 1 else None
+    if N == 0 or O == 0 or P == 0:
+        return y, lmax, idx, (root if save else None)
+    ACC = _acc(dt)
+    prm = _prm(b, eps, dt, dev)
+    if root is not None:
+        (C, H, W), _, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
+        _bcos_root_kernel[(N * G, triton.cdiv(P, _BP))](
+            x, root, prm, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, ACC=ACC, BP=_BP)
+    _bcos_fwd_kernel[(N * O, triton.cdiv(P, _BP))](
+        l, root if root is not None else y, prm, y, lmax if save else y, idx if save else y, O, M, G, P, MODE=mode, SAVE=bool(save), ACC=ACC, BP=_BP)
+    return y, lmax, idx, (root if save else None)
+
+
+def backward(g, b, eps, gy, lmax, idx, root, explain, need_q):
+    """(gl [N, O*M, P], q [N, G, P] | None)."""
+    N, G, O, M, P = g[0], g[4], g[5], g[6], g[7] * g[8]
+    dev, dt = gy.device, gy.dtype
+    gl = torch.empty(N, O * M, P, dtype=dt, device=dev)
+    q = torch.empty(N, G, P, dtype=dt, device=dev) if need_q else None
+    if N == 0 or O == 0 or P == 0:
+        return gl, q
+    mode = _mode(b)
+    _bcos_bwd_kernel[(N * G, triton.cdiv(P, _BP))](
+        gy, lmax, idx, root if root is not None else gy, _prm(b, eps, dt, dev), gl, q if q is not None else gl, O, M, G, P,
+        MODE=mode, EXPLAIN=bool(explain), NEED_Q=q is not None, ACC=_acc(dt), BP=_BP)
+    return gl, q
+
+
+def backward_norm(g, x, q, gx):
+    """gx += x * box-sum^T(q), in place; returns gx."""
+    N = g[0]
+    (C, H, W), G, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
+    if N == 0 or C == 0:
+        return gx
+    _bcos_bwd_norm_kernel[(N * C, triton.cdiv(H * W, _BP))](
+        x, q, gx, C, H, W, G, g[7], g[8], kh, kw, sh, sw, ph, pw, dh, dw, ACC=_acc(x.dtype), BP=_BP)
+    return gx
+
+
+def conv_forward(g, b, eps, x, weight, save):
+    """Fused implicit-GEMM forward for conv (float32/float16/bfloat16, max_out <= 3): like
+    ``forward`` but from x and the raw weight, without materialising l. None when not applicable
+    (the caller then runs the convolution in torch and ``forward``)."""
+    N, G, O, M, Ho, Wo = g[0], g[4], g[5], g[6], g[7], g[8]
+    if x.dtype == torch.float64 or M > 3:
+        return None
+    P = Ho * Wo
+    dev, dt = x.device, x.dtype
+    y = torch.empty(N, O, P, dtype=dt, device=dev)
+    lmax = torch.empty(N, O, P, dtype=dt, device=dev) if save else None
+    idx = torch.empty(N, O, P, dtype=torch.uint8, device=dev) if save else None
+    mode = _mode(b)
+    root = torch.empty(N, G, P, dtype=dt, device=dev) if save and mode != 1 else None
+    if N == 0 or O == 0 or P == 0:
+        return y, lmax, idx, root
+    (C, H, W), _, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
+    w = weight.contiguous()
+    rinv = 1.0 / torch.linalg.vector_norm(w.reshape(w.shape[0], -1).float(), dim=1)
+    Og = O // G
+    BP, BO, BK = 64, max(16, min(64, triton.next_power_of_2(Og))), 32
+    grid = (N * triton.cdiv(P, BP), G * triton.cdiv(Og, BO))
+    _bcos_conv_fwd_kernel[grid](
+        x, w, rinv, _prm(b, eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
+        root if root is not None else y, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
+        M=M, MODE=mode, SAVE=bool(save), BP=BP, BO=BO, BK=BK)
+    return y, lmax, idx, root
+
+
+def aot_specs():
+    """(name, kernel, signature, constexprs, options) for every kernel and constexpr variant,
+    float32/float16/bfloat16 (float32 accumulation) and float64."""
+    specs = []
+    opts = {"num_warps": 4}
+    ce, i32 = "constexpr", "i32"
+    geo = dict(C=i32, H=i32, W=i32, G=i32, Ho=i32, Wo=i32, kh=i32, kw=i32, sh=i32, sw=i32, ph=i32, pw=i32,
+               dh=i32, dw=i32)
+    conv_sig = dict(C=i32, H=i32, W=i32, G=i32, O=i32, Ho=i32, Wo=i32, kh=i32, kw=i32, sh=i32, sw=i32, ph=i32,
+                    pw=i32, dh=i32, dw=i32)
+    # The implicit-GEMM kernel is the slow one to compile (~10-25 s each): every (M, MODE) variant
+    # in float32, the common one (M = 2, B = 2) in the half types.
+    for dt in ("fp32", "fp16", "bf16"):
+        p = "*" + dt
+        for mo in ((1, 2, 3) if dt == "fp32" else (2,)):
+            for mode in ((0, 1, 2) if dt == "fp32" else (2,)):
+                s = dict(x=p, w=p, rinv="*fp32", prm="*fp32", y=p, lmax=p, idx="*u8", root=p, **conv_sig,
+                         M=ce, MODE=ce, SAVE=ce, BP=ce, BO=ce, BK=ce)
+                specs.append((f"bcos_conv_fwd_M{mo}_m{mode}_{dt}", _bcos_conv_fwd_kernel, s,
+                              dict(M=mo, MODE=mode, SAVE=True, BP=64, BO=64, BK=32), opts))
+    for dt in ("fp32", "fp16", "bf16", "fp64"):
+        p = "*" + dt
+        acc = tl.float64 if dt == "fp64" else tl.float32
+        pp = "*fp64" if dt == "fp64" else "*fp32"
+        s = dict(x=p, root=p, prm=pp, **geo, ACC=ce, BP=ce)
+        specs.append((f"bcos_root_{dt}", _bcos_root_kernel, s, dict(ACC=acc, BP=_BP), opts))
+        s = dict(x=p, q=p, gx=p, **geo, ACC=ce, BP=ce)
+        specs.append((f"bcos_bwd_norm_{dt}", _bcos_bwd_norm_kernel, s, dict(ACC=acc, BP=_BP), opts))
+        for mode in (0, 1, 2):
+            for save in (False, True):
+                s = dict(l=p, root=p, prm=pp, y=p, lmax=p, idx="*u8", O=i32, M=i32, G=i32, P=i32,
+                         MODE=ce, SAVE=ce, ACC=ce, BP=ce)
+                specs.append((f"bcos_fwd_m{mode}_s{int(save)}_{dt}", _bcos_fwd_kernel, s,
+                              dict(MODE=mode, SAVE=save, ACC=acc, BP=_BP), opts))
+            for explain in (False, True):
+                s = dict(gy=p, lmax=p, idx="*u8", root=p, prm=pp, gl=p, q=p, O=i32, M=i32, G=i32, P=i32,
+                         MODE=ce, EXPLAIN=ce, NEED_Q=ce, ACC=ce, BP=ce)
+                specs.append((f"bcos_bwd_m{mode}_e{int(explain)}_{dt}", _bcos_bwd_kernel, s,
+                              dict(MODE=mode, EXPLAIN=explain, NEED_Q=not explain and mode != 1, ACC=acc, BP=_BP),
+                              opts))
+    return specs

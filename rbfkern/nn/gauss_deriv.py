@@ -1,0 +1,137 @@
+"""Structured-receptive-field layers: Gaussian-derivative basis convolutions (thesis ch. 3, 4).
+
+``GaussDerivConv2d`` learns alpha, the weights of a fixed, steerable basis (eq. 23); its filters
+are smooth by construction and can be inspected (``effective_weight``) and rotated analytically
+(``steer``, eq. 22 of ch. 3 extended to every order). ``RFNiNBlock`` is the thesis' RFNiN unit:
+basis layer, then 1x1 convolutions with nonlinearities (ch. 3.3.4).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import basis, ops
+from ..ops.gauss_deriv import effective_weight as _effective_weight
+
+
+
+class _GaussDerivBase(nn.Module):
+    ndim = 2
+
+    def __init__(self, in_channels: int, out_channels: int, order: int, sigmas: float | Sequence[float],
+                 learn_sigma: bool, truncate: float, stride: int, padding, scale_normalized: bool,
+                 device=None, dtype=None):
+        super().__init__()
+        sig = [float(sigmas)] if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
+        if not sig or any(not (s > 0 and math.isfinite(s)) for s in sig):
+            raise ValueError(f"sigmas must be one or more finite positive scales, got {sigmas!r}")
+        self.in_channels, self.out_channels, self.order = in_channels, out_channels, order
+        self.truncate, self.stride, self.padding = float(truncate), stride, padding
+        self.scale_normalized, self.learn_sigma = bool(scale_normalized), bool(learn_sigma)
+        m = basis.num_basis(order, self.ndim)
+        fan_in = in_channels * len(sig) * m
+        self.alpha = nn.Parameter(torch.randn(out_channels, in_channels, len(sig) * m, device=device, dtype=dtype)
+                                  * math.sqrt(2.0 / fan_in))
+        if learn_sigma:
+            self.sigma = nn.Parameter(torch.tensor(sig, device=device, dtype=dtype))
+        else:
+            # Fixed scales stay Python floats: the kernel radii are then static (torch.compile-friendly).
+            self._sigmas = tuple(sig)
+
+    @property
+    def sigmas(self):
+        return self.sigma if self.learn_sigma else self._sigmas
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.sigma) if self.learn_sigma else len(self._sigmas)
+
+    def _kw(self):
+        return dict(order=self.order, truncate=self.truncate, stride=self.stride, padding=self.padding,
+                    scale_normalized=self.scale_normalized)
+
+    def effective_weight(self) -> Tensor:
+        """The dense filters W = sum_b alpha_b phi_b, (C_out, C_in, K, K) (K, K, K in 3D), in the
+        cross-correlation orientation of F.conv2d, so ``F.conv2d(x, W, padding=R)`` equals the
+        layer (stride 1, same padding). W[..., R + v, R + u] is the filter's value at offset
+        (-v, -u); ``W.flip(-1, -2)`` is the filter as a function on the grid."""
+        s = self.sigma.detach() if self.learn_sigma else torch.tensor(self._sigmas, dtype=torch.float64)
+        return _effective_weight(self.alpha.detach(), s, order=self.order, truncate=self.truncate,
+                                                scale_normalized=self.scale_normalized, ndim=self.ndim)
+
+    def extra_repr(self) -> str:
+        s = self.sigma.detach().tolist() if self.learn_sigma else list(self._sigmas)
+        return (f"{self.in_channels}, {self.out_channels}, order={self.order}, sigmas={s}, "
+                f"learn_sigma={self.learn_sigma}, stride={self.stride}, padding={self.padding!r}")
+
+
+class GaussDerivConv2d(_GaussDerivBase):
+    """Gaussian-derivative basis convolution, a drop-in for a KxK ``nn.Conv2d`` (no bias).
+
+    Args:
+        in_channels, out_channels: channel counts.
+        order: highest derivative order 0..4 (M = 1, 3, 6, 10, 15 basis functions per scale).
+        sigmas: one or more scales; ``learn_sigma=True`` makes them a parameter.
+        truncate, stride, padding, scale_normalized: as in :func:`rbfkern.ops.gauss_deriv_conv2d`.
+
+    Parameters: ``alpha`` (C_out, C_in, S*M), and ``sigma`` (S,) when learned.
+    """
+
+    ndim = 2
+
+    def __init__(self, in_channels: int, out_channels: int, order: int = 3, sigmas=(1.0,),
+                 learn_sigma: bool = False, truncate: float = 4.0, stride: int = 1, padding="same",
+                 scale_normalized: bool = False, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, order, sigmas, learn_sigma, truncate, stride, padding,
+                         scale_normalized, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.gauss_deriv_conv2d(x, self.alpha, self.sigmas, **self._kw())
+
+    def steer(self, theta: float) -> Tensor:
+        """alpha of the filters rotated by ``theta`` (radians): with the returned alpha' the filter
+        F'(x, y) = F(x cos t - y sin t, x sin t + y cos t) (x = column, y = row offset), which is
+        eq. 22 of ch. 3 (Gxx^t = cos^2 Gxx - 2 cos sin Gxy + sin^2 Gyy, ...) generalised to every
+        (p, q). Filtering an image with F' equals filtering the image rotated by ``theta`` about the
+        output point with F. Exact for the continuous basis; the sampled one is steerable up to
+        its discretisation (small for sigma >= 1)."""
+        t = basis.steering_matrix(self.order, -float(theta)).to(self.alpha)  # (M, M)
+        co, ci = self.alpha.shape[:2]
+        a = self.alpha.detach().reshape(co, ci, self.num_scales, -1)
+        return torch.einsum("oisb,bc->oisc", a, t).reshape(self.alpha.shape)
+
+
+class GaussDerivConv3d(_GaussDerivBase):
+    """The 3D layer (the thesis' MRI network) on (N, C, D, H, W): basis g_t(z) g_q(y) g_p(x),
+    p + q + t <= order. Parameters and arguments as :class:`GaussDerivConv2d`."""
+
+    ndim = 3
+
+    def __init__(self, in_channels: int, out_channels: int, order: int = 2, sigmas=(1.0,),
+                 learn_sigma: bool = False, truncate: float = 4.0, stride: int = 1, padding="same",
+                 scale_normalized: bool = False, device=None, dtype=None):
+        super().__init__(in_channels, out_channels, order, sigmas, learn_sigma, truncate, stride, padding,
+                         scale_normalized, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.gauss_deriv_conv3d(x, self.alpha, self.sigmas, **self._kw())
+
+
+class RFNiNBlock(nn.Sequential):
+    """One RFNiN unit (thesis ch. 3.3.4): the structured basis layer replaces NiN's spatial
+    convolution, followed by two 1x1 convolutions, each with batch norm and ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, order: int = 3, sigmas=(1.0,), **kw):
+        super().__init__(
+            GaussDerivConv2d(in_channels, out_channels, order=order, sigmas=sigmas, **kw),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 1), nn.ReLU(inplace=True),
+        )
+
+
+__all__ = ["GaussDerivConv2d", "GaussDerivConv3d", "RFNiNBlock"]
+

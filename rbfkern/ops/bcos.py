@@ -1,0 +1,459 @@
+"""B-cos convolution and linear layers as torch.library custom ops (paper: bcos-networks.md).
+
+Semantics are those of ``bcos.modules.BcosConv2d`` / ``BcosLinear`` (bcos 0.1.3), see
+:func:`rbfkern.reference.bcos_conv2d`. Ops (namespace ``rbfkern``):
+
+  ``bcos_conv2d`` / ``bcos_linear``          -> (y, lmax, idx, root)
+  ``bcos_conv2d_bwd`` / ``bcos_linear_bwd``  -> (grad_x, grad_weight)
+
+On CPU the linear map itself (conv2d / GEMM with the unit-norm weight) runs in PyTorch (oneDNN)
+and the rest is one fused C++ epilogue pass (MaxOut + patch norm + power, csrc/cpu/bcos.cpp). On
+Triton the float32/float16/bfloat16 convolution forward is one implicit-GEMM kernel with that
+epilogue fused (rbfkern/gpu/bcos.py); float64 and the linear layer use torch's conv/GEMM plus the
+Triton epilogue kernels. Backward saves only x, the raw weight, the MaxOut values ``lmax``,
+a 1-byte argmax ``idx`` and the patch-norm root (one value per output pixel and group), and runs
+one fused pass (gradient of the raw linear output + patch-norm gradient), the convolution
+backward, and one fused pass adding x * box-sum^T(q) to the input gradient. The reference backend
+differentiates :mod:`rbfkern.reference` (it is the oracle).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _backend, reference
+from . import _checks
+
+_HALF = (torch.float16, torch.bfloat16)
+# (eps inside the sqrt, eps after it) of the input norm: conv patches / linear rows, as bcos does.
+_EPS = {"conv": (1e-6, 0.0), "linear": (0.0, 1e-12)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: kind "conv" with conv = (stride, padding, dilation, groups), or "linear" (x is 2-D)
+# ---------------------------------------------------------------------------------------------
+
+
+def _out_hw(H, W, kh, kw, stride, padding, dilation):
+    ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def _geom(kind, x, weight, max_out, conv):
+    """The 17 sizes the kernels take: N C H W G O M Ho Wo kh kw sh sw ph pw dh dw."""
+    O = weight.shape[0] // max_out
+    if kind == "linear":
+        return [x.shape[0], x.shape[1], 1, 1, 1, O, max_out, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]
+    stride, padding, dilation, groups = conv
+    N, C, H, W = x.shape
+    kh, kw = weight.shape[-2:]
+    ho, wo = _out_hw(H, W, kh, kw, stride, padding, dilation)
+    return [N, C, H, W, groups, O, max_out, ho, wo, kh, kw, *stride, *padding, *dilation]
+
+
+def _shapes(g):
+    """(shape of y/lmax/idx, shape of root) for the geometry g."""
+    N, G, O, ho, wo = g[0], g[4], g[5], g[7], g[8]
+    return (N, O, ho, wo), (N, G, ho, wo)
+
+
+def _linear_map(kind, x, w_hat, conv):
+    if kind == "linear":
+        return x @ w_hat.T
+    stride, padding, dilation, groups = conv
+    return torch.nn.functional.conv2d(x, w_hat, None, stride, padding, dilation, groups)
+
+
+def _linear_map_bwd(kind, gl, x, w_hat, conv, needs):
+    """(gx, g_w_hat) of the raw linear map, None where not needed."""
+    if kind == "linear":
+        gx = gl @ w_hat if needs[0] else None
+        gwh = gl.T @ x if needs[1] else None
+        return gx, gwh
+    stride, padding, dilation, groups = conv
+    gx, gwh, _ = torch.ops.aten.convolution_backward(
+        gl, x, w_hat, None, stride, padding, dilation, False, [0, 0], groups, [needs[0], needs[1], False])
+    return gx, gwh
+
+
+def _unit_weight_bwd(weight, w_hat, g_w_hat):
+    """d/dW of W / ||W||_row given d/dW-hat: (g - W-hat <g, W-hat>) / ||W||."""
+    dims = tuple(range(1, weight.dim()))
+    r = torch.linalg.vector_norm(weight, dim=dims, keepdim=True)
+    return (g_w_hat - w_hat * (g_w_hat * w_hat).sum(dims, keepdim=True)) / r
+
+
+def _np(t):
+    return None if t is None else t.detach().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Epilogue backends: forward(g, b, eps, x, l, save) -> (y, lmax, idx, root) [root None for b = 1]
+#                    backward(g, b, eps, gy, lmax, idx, root, explain, need_q) -> (gl, q | None)
+#                    backward_norm(g, x, q, gx) -> gx (+= x * box-sum^T(q))
+# Tensors are contiguous with the layouts of csrc/cpu/bcos.cpp (l [N, O*M, P], ...).
+# ---------------------------------------------------------------------------------------------
+
+
+class _Cpp:
+    """The C++ kernels of csrc/cpu/bcos.cpp (float32/float64)."""
+
+    @staticmethod
+    def forward(g, b, eps, x, l, save):
+        ys, rs = _shapes(g)
+        y = x.new_empty(ys)
+        lmax = x.new_empty(ys) if save else None
+        idx = torch.empty(ys, dtype=torch.uint8) if save else None
+        root = x.new_empty(rs) if save and b != 1 else None
+        _backend.cext().bcos_forward(g, float(b), eps[0], eps[1], _np(x), _np(l), _np(y), _np(lmax), _np(idx),
+                                     _np(root), save, _backend.num_threads())
+        return y, lmax, idx, root
+
+    @staticmethod
+    def backward(g, b, eps, gy, lmax, idx, root, explain, need_q):
+        N, G, O, M, P = g[0], g[4], g[5], g[6], g[7] * g[8]
+        gl = gy.new_empty(N, O * M, P)
+        q = gy.new_empty(N, G, P) if need_q else None
+        _backend.cext().bcos_backward_epilogue(g, float(b), eps[1], _np(gy), _np(lmax), _np(idx), _np(root),
+                                               _np(gl), _np(q), bool(explain), _backend.num_threads())
+        return gl, q
+
+    @staticmethod
+    def backward_norm(g, x, q, gx):
+        _backend.cext().bcos_backward_norm(g, _np(x), _np(q), _np(gx), _backend.num_threads())
+        return gx
+
+    @staticmethod
+    def unit_weight(weight):
+        out = torch.empty_like(weight)
+        _backend.cext().bcos_unit_weight(_np(weight), None, _np(out))
+        return out
+
+    @staticmethod
+    def unit_weight_bwd(weight, w_hat, g_w_hat):
+        out = torch.empty_like(weight)
+        _backend.cext().bcos_unit_weight(_np(weight), _np(g_w_hat.contiguous()), _np(out))
+        return out
+
+
+def _unit_weight(impl, weight):
+    return impl.unit_weight(weight) if impl is _Cpp else reference.bcos_unit_weight(weight)
+
+
+def _epilogue_impl(device):
+    name = _backend.choose(device)
+    if name == "cpp":
+        return _Cpp
+    if name == "triton":
+        return _backend.gpu_module("bcos")
+    return None  # the reference
+
+
+def _ref_y(kind, x, weight, b, max_out, conv, explain):
+    if kind == "linear":
+        return reference.bcos_linear(x, weight, b, max_out, explain)
+    return reference.bcos_conv2d(x, weight, b, max_out, *conv, explain)
+
+
+def _forward(kind, x, weight, b, max_out, conv, save):
+    """(y, lmax, idx, root) in the layouts of the op; aux outputs empty unless save."""
+    x, weight = x.contiguous(), weight.contiguous()
+    g = _geom(kind, x, weight, max_out, conv)
+    ys, rs = _shapes(g)
+    impl = _epilogue_impl(x.device)
+    dtype = x.dtype
+    if impl is None:
+        y = _ref_y(kind, x, weight, b, max_out, conv, False)
+        if not save:
+            return y, x.new_empty(0), x.new_empty(0, dtype=torch.uint8), x.new_empty(0)
+        l = _linear_map(kind, x, reference.bcos_unit_weight(weight), conv).reshape(g[0], g[5], max_out, -1)
+        lmax, idx = l.max(dim=2)
+        lmax, idx = lmax.reshape(ys), idx.to(torch.uint8).reshape(ys)
+        root = x.new_empty(0)
+        if b != 1:
+            if kind == "linear":
+                root = torch.linalg.vector_norm(x, dim=-1).reshape(rs)
+            else:
+                root = reference.bcos_patch_norm(x, weight.shape[-2:], *conv)
+        return y.reshape(ys), lmax, idx, root
+    if impl is _Cpp and dtype in _HALF:
+        x, weight = x.float(), weight.float()
+    fused = impl.conv_forward(g, b, _EPS[kind], x, weight, save) if kind == "conv" and impl is not _Cpp else None
+    if fused is not None:  # Triton: implicit-GEMM convolution with the epilogue, l never materialised
+        y, lmax, idx, root = fused
+        y = y.reshape(ys)
+        if not save:
+            return y, y.new_empty(0), torch.empty(0, dtype=torch.uint8, device=y.device), y.new_empty(0)
+        root = y.new_empty(0) if root is None else root.reshape(rs)
+        return y, lmax.reshape(ys), idx.reshape(ys), root
+    l = _linear_map(kind, x, _unit_weight(impl, weight), conv).contiguous()
+    y, lmax, idx, root = impl.forward(g, b, _EPS[kind], x, l, save)
+    y = y.reshape(ys).to(dtype)
+    if not save:
+        return y, y.new_empty(0), torch.empty(0, dtype=torch.uint8, device=y.device), y.new_empty(0)
+    root = y.new_empty(0) if root is None else root.reshape(rs).to(dtype)
+    return y, lmax.reshape(ys).to(dtype), idx.reshape(ys), root
+
+
+def _backward(kind, gy, x, weight, lmax, idx, root, b, max_out, conv, explain, needs):
+    """(gx, gw); an input not needed gets an empty tensor."""
+    needs = (bool(needs[0]), bool(needs[1]))
+    x, weight, gy = x.contiguous(), weight.contiguous(), gy.contiguous()
+    impl = _epilogue_impl(x.device)
+    dtype = x.dtype
+    if impl is None:
+        # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
+        out, vjp = torch.func.vjp(lambda a, w: _ref_y(kind, a, w, b, max_out, conv, explain), x, weight)
+        gx, gw = vjp(gy.reshape(out.shape).to(dtype))
+    else:
+        if impl is _Cpp and dtype in _HALF:
+            x, weight, gy, lmax = x.float(), weight.float(), gy.float(), lmax.float()
+            root = root.float()
+        g = _geom(kind, x, weight, max_out, conv)
+        need_q = needs[0] and b != 1 and not explain
+        gl, q = impl.backward(g, b, _EPS[kind], gy, lmax.contiguous(), idx.contiguous(),
+                              root.contiguous() if b != 1 else None, explain, need_q)
+        w_hat = _unit_weight(impl, weight)
+        if kind == "conv":
+            gl = gl.reshape(g[0], g[5] * g[6], g[7], g[8])
+        else:
+            gl = gl.reshape(g[0], g[5] * g[6])
+        gx, gwh = _linear_map_bwd(kind, gl, x, w_hat, conv, needs)
+        if q is not None:
+            gx = impl.backward_norm(g, x, q, gx.contiguous())
+        gw = None
+        if needs[1]:
+            gw = impl.unit_weight_bwd(weight, w_hat, gwh) if impl is _Cpp else _unit_weight_bwd(weight, w_hat, gwh)
+    out = []
+    for t, need in zip((gx, gw), needs):
+        out.append(t.to(dtype) if need and t is not None else x.new_empty(0, dtype=dtype))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("rbfkern::bcos_conv2d", mutates_args=())
+def _bcos_conv2d_op(
+    x: Tensor, weight: Tensor, b: float, max_out: int, stride: list[int], padding: list[int],
+    dilation: list[int], groups: int, explain: bool, save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y [N, O, H', W'], lmax [N, O, H', W'], idx uint8 [N, O, H', W'], root [N, G, H', W']);
+    the last three are empty unless ``save`` (root also for b == 1)."""
+    return _forward("conv", x, weight, b, max_out, (stride, padding, dilation, groups), save)
+
+
+@_bcos_conv2d_op.register_fake
+def _(x, weight, b, max_out, stride, padding, dilation, groups, explain, save):
+    N, _, H, W = x.shape
+    ho, wo = _out_hw(H, W, weight.shape[2], weight.shape[3], stride, padding, dilation)
+    ys = (N, weight.shape[0] // max_out, ho, wo)
+    if not save:
+        return x.new_empty(ys), x.new_empty(0), x.new_empty(0, dtype=torch.uint8), x.new_empty(0)
+    root = x.new_empty(N, groups, ho, wo) if b != 1 else x.new_empty(0)
+    return x.new_empty(ys), x.new_empty(ys), x.new_empty(ys, dtype=torch.uint8), root
+
+
+@torch.library.custom_op("rbfkern::bcos_linear", mutates_args=())
+def _bcos_linear_op(
+    x: Tensor, weight: Tensor, b: float, max_out: int, explain: bool, save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """x [R, C] -> (y [R, O], lmax [R, O], idx uint8 [R, O], root [R, 1]); aux empty unless save."""
+    y, lmax, idx, root = _forward("linear", x, weight, b, max_out, None, save)
+    ys = (x.shape[0], weight.shape[0] // max_out)
+    if not save:
+        return y.reshape(ys), lmax, idx, root
+    return y.reshape(ys), lmax.reshape(ys), idx.reshape(ys), root.reshape(x.shape[0], 1) if b != 1 else root
+
+
+@_bcos_linear_op.register_fake
+def _(x, weight, b, max_out, explain, save):
+    ys = (x.shape[0], weight.shape[0] // max_out)
+    if not save:
+        return x.new_empty(ys), x.new_empty(0), x.new_empty(0, dtype=torch.uint8), x.new_empty(0)
+    root = x.new_empty(x.shape[0], 1) if b != 1 else x.new_empty(0)
+    return x.new_empty(ys), x.new_empty(ys), x.new_empty(ys, dtype=torch.uint8), root
+
+
+@torch.library.custom_op("rbfkern::bcos_conv2d_bwd", mutates_args=())
+def _bcos_conv2d_bwd_op(
+    grad_y: Tensor, x: Tensor, weight: Tensor, lmax: Tensor, idx: Tensor, root: Tensor, b: float,
+    max_out: int, stride: list[int], padding: list[int], dilation: list[int], groups: int, explain: bool,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor]:
+    """(grad_x, grad_weight); one not needed is an empty tensor."""
+    return _backward("conv", grad_y, x, weight, lmax, idx, root, b, max_out, (stride, padding, dilation, groups),
+                     explain, needs)
+
+
+@_bcos_conv2d_bwd_op.register_fake
+def _(grad_y, x, weight, lmax, idx, root, b, max_out, stride, padding, dilation, groups, explain, needs):
+    return (torch.empty_like(x) if needs[0] else x.new_empty(0),
+            torch.empty_like(weight) if needs[1] else x.new_empty(0))
+
+
+@torch.library.custom_op("rbfkern::bcos_linear_bwd", mutates_args=())
+def _bcos_linear_bwd_op(
+    grad_y: Tensor, x: Tensor, weight: Tensor, lmax: Tensor, idx: Tensor, root: Tensor, b: float,
+    max_out: int, explain: bool, needs: list[bool],
+) -> tuple[Tensor, Tensor]:
+    """(grad_x [R, C], grad_weight); one not needed is an empty tensor."""
+    return _backward("linear", grad_y, x, weight, lmax, idx, root, b, max_out, None, explain, needs)
+
+
+@_bcos_linear_bwd_op.register_fake
+def _(grad_y, x, weight, lmax, idx, root, b, max_out, explain, needs):
+    return (torch.empty_like(x) if needs[0] else x.new_empty(0),
+            torch.empty_like(weight) if needs[1] else x.new_empty(0))
+
+
+def _setup_conv(ctx, inputs, output):
+    x, weight, b, max_out, stride, padding, dilation, groups, explain, save = inputs
+    ctx.args = (b, max_out, stride, padding, dilation, groups, explain)
+    ctx.saved = save
+    ctx.save_for_backward(x, weight, output[1], output[2], output[3])
+
+
+def _grad_y(gy, ref):
+    return torch.zeros_like(ref) if gy is None else gy
+
+
+def _backward_conv(ctx, gy, _g_lmax, _g_idx, _g_root):
+    if not ctx.saved:
+        raise RuntimeError("rbfkern::bcos_conv2d was called with save=False; its backward needs save=True")
+    x, weight, lmax, idx, root = ctx.saved_tensors
+    needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+    gx, gw = torch.ops.rbfkern.bcos_conv2d_bwd(_grad_y(gy, lmax), x, weight, lmax, idx, root, *ctx.args, needs)
+    return (gx if needs[0] else None, gw if needs[1] else None) + (None,) * 8
+
+
+def _setup_linear(ctx, inputs, output):
+    x, weight, b, max_out, explain, save = inputs
+    ctx.args = (b, max_out, explain)
+    ctx.saved = save
+    ctx.save_for_backward(x, weight, output[1], output[2], output[3])
+
+
+def _backward_linear(ctx, gy, _g_lmax, _g_idx, _g_root):
+    if not ctx.saved:
+        raise RuntimeError("rbfkern::bcos_linear was called with save=False; its backward needs save=True")
+    x, weight, lmax, idx, root = ctx.saved_tensors
+    needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+    gx, gw = torch.ops.rbfkern.bcos_linear_bwd(_grad_y(gy, lmax), x, weight, lmax, idx, root, *ctx.args, needs)
+    return (gx if needs[0] else None, gw if needs[1] else None) + (None,) * 4
+
+
+_bcos_conv2d_op.register_autograd(_backward_conv, setup_context=_setup_conv)
+_bcos_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def _pair(name, v, minimum):
+    if isinstance(v, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if isinstance(v, int):
+        v = (v, v)
+    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                  for i in v)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if min(v) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {tuple(v)}")
+    return [int(v[0]), int(v[1])]
+
+
+def _check_b_maxout(b, max_out, weight):
+    b = _checks.finite_float("b", b, positive=True)
+    if isinstance(max_out, bool) or not isinstance(max_out, int) or not 1 <= max_out <= 255:
+        raise ValueError(f"max_out must be an int in [1, 255], got {max_out!r}")
+    if weight.shape[0] % max_out != 0:
+        raise ValueError(f"weight.shape[0] must be a multiple of max_out={max_out} (O * max_out filters), "
+                         f"got weight of shape {tuple(weight.shape)}")
+    return b
+
+
+def _check_explain(explain):
+    if not isinstance(explain, bool):
+        raise TypeError(f"explain must be a bool, got {type(explain).__name__}")
+
+
+def _save(x, weight):
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+
+
+def bcos_conv2d(
+    x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, stride=1, padding=0, dilation=1,
+    groups: int = 1, explain: bool = False,
+) -> Tensor:
+    """B-cos convolution (eq. 3, 9 and MaxOut eq. 17), exactly as ``bcos.modules.BcosConv2d``.
+
+    Args:
+        x: (N, C, H, W) input.
+        weight: (O * max_out, C / groups, kh, kw) raw weight; each filter is divided by its L2 norm
+            inside the op (no eps).
+        b: the exponent B (> 0). B = 1 is a plain convolution with unit-norm filters (plus MaxOut).
+        max_out: MaxOut units per output channel; output channel o is the max over the raw channels
+            o * max_out + m (ties -> the first), taken before the scaling.
+        stride, padding (zeros), dilation: an int or a pair.
+        groups: as in ``torch.nn.functional.conv2d``; must divide C and O.
+        explain: treat the dynamic factor |cos|^(B-1) as a constant in backward, so the input
+            gradient of an output is its row of the dynamic linear map W(x) (eq. 11, 13).
+
+    Returns:
+        (N, O, H', W'): y = l * |l| / n for B = 2, l * (|l| / n + 1e-6)^(B-1) otherwise, with l the
+        MaxOut of conv2d(x, W-hat) and n = sqrt(patch sum of x^2 over the window and the group's
+        channels + 1e-6).
+    """
+    _checks.tensor("x", x, 4)
+    _checks.tensor("weight", weight, 4)
+    _checks.same_device_dtype("x", x, weight=weight)
+    b = _check_b_maxout(b, max_out, weight)
+    _check_explain(explain)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    stride, padding, dilation = _pair("stride", stride, 1), _pair("padding", padding, 0), _pair("dilation", dilation, 1)
+    N, C, H, W = x.shape
+    O = weight.shape[0] // max_out
+    if C % groups or O % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({C}) and the output channels ({O})")
+    if weight.shape[1] * groups != C:
+        raise ValueError(f"weight must have shape (O*max_out, {C // groups}, kh, kw) for x of shape {tuple(x.shape)} "
+                         f"and groups={groups}, got {tuple(weight.shape)}")
+    ho, wo = _out_hw(H, W, weight.shape[2], weight.shape[3], stride, padding, dilation)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"the output would be empty: x of shape {tuple(x.shape)} with a {tuple(weight.shape[2:])} "
+                         f"kernel, stride {tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)}")
+    return torch.ops.rbfkern.bcos_conv2d(x, weight, b, max_out, stride, padding, dilation, groups, explain,
+                                         _save(x, weight))[0]
+
+
+def bcos_linear(x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, explain: bool = False) -> Tensor:
+    """B-cos linear layer (eq. 9 with MaxOut, eq. 17), exactly as ``bcos.modules.BcosLinear``.
+
+    Args:
+        x: (..., C) input.
+        weight: (O * max_out, C) raw weight (rows normalised inside, no eps).
+        b, max_out, explain: as in :func:`bcos_conv2d`.
+
+    Returns:
+        (..., O), with the input norm n = ||x||_2 + 1e-12.
+    """
+    _checks.tensor("x", x)
+    if x.dim() < 1:
+        raise ValueError(f"x must be at least 1-D (..., C), got shape {tuple(x.shape)}")
+    _checks.tensor("weight", weight, 2)
+    _checks.same_device_dtype("x", x, weight=weight)
+    b = _check_b_maxout(b, max_out, weight)
+    _check_explain(explain)
+    if weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight must have shape (O*max_out, {x.shape[-1]}) for x of shape {tuple(x.shape)}, "
+                         f"got {tuple(weight.shape)}")
+    lead = x.shape[:-1]
+    y = torch.ops.rbfkern.bcos_linear(x.reshape(-1, x.shape[-1]), weight, b, max_out, explain, _save(x, weight))[0]
+    return y.reshape(*lead, weight.shape[0] // max_out)

@@ -1,0 +1,504 @@
+"""Gaussian-derivative basis convolution (structured receptive fields) as torch.library custom ops.
+
+Paper: structured-receptive-fields-thesis.txt, ch. 3 (eq. 20 basis, eq. 23 filters as basis
+combinations, Algorithm 1). out = sum_{i, s, (p,q)} alpha[o, i, s*M + b] (x_i * phi_{p,q}(.; s)).
+
+Ops (namespace ``rbfkern``): ``gauss_deriv_conv2d`` -> out, ``gauss_deriv_conv2d_bwd`` -> (gx,
+galpha, gsigma); ``gauss_deriv_conv3d`` and ``gauss_deriv_conv3d_bwd`` likewise.
+
+Two evaluation paths give the same values (to rounding):
+
+* ``separable``: the fused kernels (CPU: csrc/cpu/gauss_deriv.cpp, Triton: rbfkern/gpu/gauss_deriv.py):
+  one row pass per order p, one column pass per (p, q), recombination by alpha per tile of output
+  rows, no basis maps in memory.
+* ``dense``: the effective filters W = sum alpha phi (eq. 23) built once (C_out*C_in*K*K values) and
+  one dense ``conv2d``; backward with the conv's weight/input gradients, then the small
+  contractions of dW with the 1D kernels give galpha and the kernels' gradient.
+
+:func:`choose_path` is the cost model that picks between them (``RBFKERN_GD_PATH=auto|separable|
+dense`` overrides). The sigma gradient is always (gradient w.r.t. the 1D kernels) x (d g / d sigma
+in closed form, rbfkern.basis.gauss_kernels_1d_dsigma): the kernels never differentiate the basis
+numerically or through autograd. The ``reference`` backend differentiates rbfkern.reference (the
+oracle).
+
+The 3D op has no separable kernels: ``gauss_deriv_conv3d`` always runs the dense (conv3d) path.
+The cost model's constants are CPU measurements; on CUDA it compares the same MAC counts.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import _backend, basis, reference
+from . import _checks
+
+_HALF = (torch.float16, torch.bfloat16)
+PATHS = ("auto", "separable", "dense")
+
+# Cost model constants: sustained multiply-adds per CPU-second, fitted to forward timings of both
+# paths on x (2, 64, 64, 64), C_out 64, order 3, sigma 1/2/4 (the benchmark's shapes at N=2) on the
+# development machine (Xeon, AVX-512, float32, 2 threads). Only their ratios matter: the dense
+# path is one oneDNN convolution, the separable path is 1D passes plus the recombination GEMM
+# (whose rate includes the per-tile overheads).
+RATE_DENSE = 22e9
+RATE_PASS = 10e9
+RATE_GEMM = 7e9
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost model
+# ---------------------------------------------------------------------------------------------
+
+
+def path_costs(n, cin, cout, h, w, ho, wo, n_scales, order, k, stride=1) -> dict[str, float]:
+    """Estimated seconds-per-thread of one forward on each path (2D).
+
+    separable: row pass Ci*S*(order+1)*K MACs per (padded row x output column), column pass
+        Ci*S*M*K per output pixel, recombination GEMM Co*Ci*S*M per output pixel;
+    dense: Co*Ci*K*K per output pixel, plus building W (Co*Ci*S*M*K*K, once).
+    Backward costs about twice each forward on both paths, so the same comparison decides it.
+    """
+    m = basis.num_basis(order)
+    hp = (ho - 1) * stride + k
+    rows = n * cin * n_scales * (order + 1) * k * hp * wo
+    cols = n * cin * n_scales * m * k * ho * wo
+    gemm = n * cout * cin * n_scales * m * ho * wo
+    dense = n * cout * cin * k * k * ho * wo
+    build = cout * cin * n_scales * m * k * k
+    return {
+        "separable": (rows + cols) / RATE_PASS + gemm / RATE_GEMM,
+        "dense": dense / RATE_DENSE + build / RATE_PASS,
+    }
+
+
+def choose_path(n, cin, cout, h, w, ho, wo, n_scales, order, k, stride=1) -> str:
+    """'separable' or 'dense' for a 2D problem: ``RBFKERN_GD_PATH`` if set, else the cheaper by
+    :func:`path_costs`."""
+    env = os.environ.get("RBFKERN_GD_PATH", "auto").strip().lower() or "auto"
+    if env not in PATHS:
+        raise ValueError(f"RBFKERN_GD_PATH must be one of {PATHS}, got {env!r}")
+    if env != "auto":
+        return env
+    c = path_costs(n, cin, cout, h, w, ho, wo, n_scales, order, k, stride)
+    return "separable" if c["separable"] < c["dense"] else "dense"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces: taps, effective filters
+# ---------------------------------------------------------------------------------------------
+
+
+def _taps(sigma: Tensor, order: int, truncate: float, radii: Sequence[int], scale_normalized: bool):
+    """The 1D kernels g (S, order+1, K) in sigma's dtype, outside the autograd graph (the sigma
+    gradient comes from :func:`_gsigma`)."""
+    return basis.gauss_kernels_1d(sigma.detach(), order, truncate, radii, scale_normalized)
+
+
+def _gsigma(gtaps: Tensor, sigma: Tensor, order, truncate, radii, scale_normalized) -> Tensor:
+    dg = basis.gauss_kernels_1d_dsigma(sigma.detach(), order, truncate, radii, scale_normalized)
+    return (gtaps.to(dg.dtype) * dg).sum((1, 2)).to(sigma.dtype)
+
+
+def _pq(order: int, ndim: int = 2):
+    return basis.derivative_orders(order) if ndim == 2 else basis.derivative_orders_3d(order)
+
+
+def effective_weight_from_taps(alpha: Tensor, g: Tensor, order: int, ndim: int = 2) -> Tensor:
+    """Dense filters in cross-correlation orientation (the weight of F.conv2d/conv3d).
+
+    alpha (Co, Ci, S*M), g (S, order+1, K) -> (Co, Ci, K, K) or (Co, Ci, K, K, K).
+    """
+    f = g.flip(-1)
+    co, ci = alpha.shape[:2]
+    S = g.shape[0]
+    pq = _pq(order, ndim)
+    a = alpha.reshape(co, ci, S, len(pq))
+    if ndim == 2:
+        ph = torch.stack([f[:, q, :, None] * f[:, p, None, :] for p, q in pq], 1)  # (S, M, K, K)
+        return torch.einsum("oisb,sbyx->oiyx", a, ph.to(alpha.dtype))
+    ph = torch.stack([f[:, t, :, None, None] * f[:, q, None, :, None] * f[:, p, None, None, :] for p, q, t in pq], 1)
+    return torch.einsum("oisb,sbzyx->oizyx", a, ph.to(alpha.dtype))
+
+
+class _Dense:
+    """The effective-filter path: W = sum alpha phi, one dense convolution (any device)."""
+
+    @staticmethod
+    def forward(x, alpha, g, order, stride, pad, ndim=2):
+        w = effective_weight_from_taps(alpha, g.to(x.dtype), order, ndim)
+        conv = torch.nn.functional.conv2d if ndim == 2 else torch.nn.functional.conv3d
+        return conv(x, w, stride=stride, padding=pad)
+
+    @staticmethod
+    def backward(grad, x, alpha, g, order, stride, pad, needs, ndim=2):
+        f = g.flip(-1).to(x.dtype)
+        w = effective_weight_from_taps(alpha, g.to(x.dtype), order, ndim)
+        gx = galpha = gg = None
+        if needs[0]:
+            fn = torch.nn.grad.conv2d_input if ndim == 2 else torch.nn.grad.conv3d_input
+            gx = fn(x.shape, w, grad, stride=stride, padding=pad)
+        if needs[1] or needs[2]:
+            fn = torch.nn.grad.conv2d_weight if ndim == 2 else torch.nn.grad.conv3d_weight
+            gw = fn(x, w.shape, grad, stride=stride, padding=pad)
+            pq = _pq(order, ndim)
+            S, co, ci = g.shape[0], alpha.shape[0], alpha.shape[1]
+            if needs[1]:
+                if ndim == 2:
+                    ph = torch.stack([f[:, q, :, None] * f[:, p, None, :] for p, q in pq], 1)
+                    galpha = torch.einsum("oiyx,sbyx->oisb", gw, ph)
+                else:
+                    ph = torch.stack([f[:, t, :, None, None] * f[:, q, None, :, None] * f[:, p, None, None, :]
+                                      for p, q, t in pq], 1)
+                    galpha = torch.einsum("oizyx,sbzyx->oisb", gw, ph)
+                galpha = galpha.reshape(co, ci, S * len(pq))
+            if needs[2]:
+                a = alpha.reshape(co, ci, S, len(pq))
+                gf = torch.zeros_like(f)
+                if ndim == 2:
+                    u = torch.einsum("oisb,oiyx->sbyx", a, gw)
+                    for b, (p, q) in enumerate(pq):
+                        gf[:, q] += torch.einsum("syx,sx->sy", u[:, b], f[:, p])
+                        gf[:, p] += torch.einsum("syx,sy->sx", u[:, b], f[:, q])
+                else:
+                    u = torch.einsum("oisb,oizyx->sbzyx", a, gw)
+                    for b, (p, q, t) in enumerate(pq):
+                        gf[:, t] += torch.einsum("szyx,sy,sx->sz", u[:, b], f[:, q], f[:, p])
+                        gf[:, q] += torch.einsum("szyx,sz,sx->sy", u[:, b], f[:, t], f[:, p])
+                        gf[:, p] += torch.einsum("szyx,sz,sy->sx", u[:, b], f[:, t], f[:, q])
+                gg = gf.flip(-1)
+        return gx, galpha, gg
+
+
+class _Cpp:
+    """The separable fused kernels of csrc/cpu/gauss_deriv.cpp (float32/float64)."""
+
+    @staticmethod
+    def _pq(order):
+        return torch.tensor(basis.derivative_orders(order), dtype=torch.int64).numpy()
+
+    @staticmethod
+    def forward(x, alpha, g, order, stride, pad):
+        n, ci, h, w = x.shape
+        k = g.shape[-1]
+        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        out = x.new_empty(n, alpha.shape[0], ho, wo)
+        f = g.flip(-1).to(x.dtype).contiguous()
+        a = alpha.reshape(alpha.shape[0], -1).contiguous()
+        _backend.cext().gauss_deriv2d_forward(
+            x.detach().numpy(), a.detach().numpy(), f.numpy(), _Cpp._pq(order),
+            stride, pad, out.numpy(), _backend.num_threads(),
+        )
+        return out
+
+    @staticmethod
+    def backward(grad, x, alpha, g, order, stride, pad, needs):
+        f = g.flip(-1).to(x.dtype).contiguous()
+        a = alpha.reshape(alpha.shape[0], -1).contiguous()
+        gx = torch.empty_like(x) if needs[0] else None
+        ga = torch.empty_like(a) if needs[1] else None
+        gf = torch.empty_like(f) if needs[2] else None
+        np_ = lambda t: None if t is None else t.numpy()  # noqa: E731
+        _backend.cext().gauss_deriv2d_backward(
+            grad.detach().numpy(), x.detach().numpy(), a.detach().numpy(), f.numpy(),
+            _Cpp._pq(order), stride, pad, np_(gx), np_(ga), np_(gf), _backend.num_threads(),
+        )
+        return gx, None if ga is None else ga.reshape(alpha.shape), None if gf is None else gf.flip(-1)
+
+
+def _path_for(x: Tensor, alpha: Tensor, g: Tensor, order: int, stride: int, pad: int) -> str:
+    n, ci, h, w = x.shape
+    k = g.shape[-1]
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    return choose_path(n, ci, alpha.shape[0], h, w, ho, wo, g.shape[0], order, k, stride)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops
+# ---------------------------------------------------------------------------------------------
+
+
+def _out_hw(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+@torch.library.custom_op("rbfkern::gauss_deriv_conv2d", mutates_args=())
+def _gd2_op(
+    x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
+    stride: int, padding: int, scale_normalized: bool,
+) -> Tensor:
+    name = _backend.choose(x.device)
+    if name == "reference":
+        return reference.gauss_deriv_conv2d(x, alpha, sigma, order, truncate, list(radii), stride, padding,
+                                            scale_normalized)
+    xc, ac = x.contiguous(), alpha.contiguous()
+    if xc.dtype in _HALF and x.device.type == "cpu":
+        xc, ac = xc.float(), ac.float()
+    g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+    path = _path_for(xc, ac, g, order, stride, padding)
+    if path == "dense":
+        out = _Dense.forward(xc, ac, g, order, stride, padding)
+    elif name == "triton":
+        out = _backend.gpu_module("gauss_deriv").forward(xc, ac, g, order, stride, padding)
+    else:
+        out = _Cpp.forward(xc, ac, g, order, stride, padding)
+    return out.to(x.dtype)
+
+
+@_gd2_op.register_fake
+def _(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
+    k = 2 * max(radii) + 1
+    return x.new_empty(x.shape[0], alpha.shape[0], _out_hw(x.shape[2], k, stride, padding),
+                       _out_hw(x.shape[3], k, stride, padding))
+
+
+@torch.library.custom_op("rbfkern::gauss_deriv_conv2d_bwd", mutates_args=())
+def _gd2_bwd_op(
+    grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
+    stride: int, padding: int, scale_normalized: bool, needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(gx, galpha, gsigma); an input not needed gets an empty tensor."""
+    name = _backend.choose(x.device)
+    if name == "reference":
+        gx, ga, gs = _reference_vjp(reference.gauss_deriv_conv2d, grad, x, alpha, sigma, order, truncate, radii,
+                                    stride, padding, scale_normalized)
+    else:
+        xc, ac, gc = x.contiguous(), alpha.contiguous(), grad.contiguous()
+        if xc.dtype in _HALF and x.device.type == "cpu":
+            xc, ac, gc = xc.float(), ac.float(), gc.float()
+        g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+        path = _path_for(xc, ac, g, order, stride, padding)
+        if path == "dense":
+            gx, ga, gg = _Dense.backward(gc, xc, ac, g, order, stride, padding, needs)
+        elif name == "triton":
+            gx, ga, gg = _backend.gpu_module("gauss_deriv").backward(gc, xc, ac, g, order, stride, padding, needs)
+        else:
+            gx, ga, gg = _Cpp.backward(gc, xc, ac, g, order, stride, padding, needs)
+        gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
+    out = []
+    for gt, like, need in zip((gx, ga, gs), (x, alpha, sigma), needs):
+        out.append(gt.to(like.dtype) if need else x.new_empty(0))
+    return tuple(out)
+
+
+@_gd2_bwd_op.register_fake
+def _(grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
+    return tuple(torch.empty_like(t) if n else x.new_empty(0) for t, n in zip((x, alpha, sigma), needs))
+
+
+def _reference_vjp(fn, grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
+    # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
+    def f(x_, a_, s_):
+        return fn(x_, a_, s_, order, truncate, list(radii), stride, padding, scale_normalized)
+
+    _, vjp = torch.func.vjp(f, x, alpha, sigma)
+    return vjp(grad)
+
+
+def _setup(ctx, inputs, output):
+    x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized = inputs
+    ctx.args = (order, truncate, radii, stride, padding, scale_normalized)
+    ctx.save_for_backward(x, alpha, sigma)
+
+
+def _backward2(ctx, grad):
+    x, alpha, sigma = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:3])
+    gx, ga, gs = torch.ops.rbfkern.gauss_deriv_conv2d_bwd(grad, x, alpha, sigma, *ctx.args, needs)
+    return (gx if needs[0] else None, ga if needs[1] else None, gs if needs[2] else None) + (None,) * 6
+
+
+_gd2_op.register_autograd(_backward2, setup_context=_setup)
+
+
+@torch.library.custom_op("rbfkern::gauss_deriv_conv3d", mutates_args=())
+def _gd3_op(
+    x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
+    stride: int, padding: int, scale_normalized: bool,
+) -> Tensor:
+    name = _backend.choose(x.device)
+    if name == "reference":
+        return reference.gauss_deriv_conv3d(x, alpha, sigma, order, truncate, list(radii), stride, padding,
+                                            scale_normalized)
+    xc, ac = x.contiguous(), alpha.contiguous()
+    if xc.dtype in _HALF and x.device.type == "cpu":
+        xc, ac = xc.float(), ac.float()
+    g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+    return _Dense.forward(xc, ac, g, order, stride, padding, ndim=3).to(x.dtype)
+
+
+@_gd3_op.register_fake
+def _(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
+    k = 2 * max(radii) + 1
+    return x.new_empty(x.shape[0], alpha.shape[0], *(_out_hw(x.shape[d], k, stride, padding) for d in (2, 3, 4)))
+
+
+@torch.library.custom_op("rbfkern::gauss_deriv_conv3d_bwd", mutates_args=())
+def _gd3_bwd_op(
+    grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
+    stride: int, padding: int, scale_normalized: bool, needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    name = _backend.choose(x.device)
+    if name == "reference":
+        gx, ga, gs = _reference_vjp(reference.gauss_deriv_conv3d, grad, x, alpha, sigma, order, truncate, radii,
+                                    stride, padding, scale_normalized)
+    else:
+        xc, ac, gc = x.contiguous(), alpha.contiguous(), grad.contiguous()
+        if xc.dtype in _HALF and x.device.type == "cpu":
+            xc, ac, gc = xc.float(), ac.float(), gc.float()
+        g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+        gx, ga, gg = _Dense.backward(gc, xc, ac, g, order, stride, padding, needs, ndim=3)
+        gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
+    out = []
+    for gt, like, need in zip((gx, ga, gs), (x, alpha, sigma), needs):
+        out.append(gt.to(like.dtype) if need else x.new_empty(0))
+    return tuple(out)
+
+
+@_gd3_bwd_op.register_fake
+def _(grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
+    return tuple(torch.empty_like(t) if n else x.new_empty(0) for t, n in zip((x, alpha, sigma), needs))
+
+
+def _backward3(ctx, grad):
+    x, alpha, sigma = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:3])
+    gx, ga, gs = torch.ops.rbfkern.gauss_deriv_conv3d_bwd(grad, x, alpha, sigma, *ctx.args, needs)
+    return (gx if needs[0] else None, ga if needs[1] else None, gs if needs[2] else None) + (None,) * 6
+
+
+_gd3_op.register_autograd(_backward3, setup_context=_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim):
+    _checks.tensor("x", x, ndim + 2)
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"order must be an int, got {type(order).__name__}")
+    if not 0 <= order <= basis.MAX_ORDER:
+        raise ValueError(f"order must be in 0..{basis.MAX_ORDER}, got {order}")
+    truncate = _checks.finite_float("truncate", truncate, positive=True)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    if isinstance(sigma, Tensor):
+        _checks.tensor("sigma", sigma, (0, 1))
+        _checks.same_device_dtype("x", x, sigma=sigma)
+        _checks.values("sigma", sigma, positive=True)
+        if sigma.numel() == 0:
+            raise ValueError("sigma must hold at least one scale, got shape (0,)")
+        sig = sigma.reshape(-1)
+        rads = basis.radii(sig, truncate)
+    else:
+        vals = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
+        if not vals:
+            raise ValueError("sigma must hold at least one scale, got an empty sequence")
+        vals = [_checks.finite_float("sigma", v, positive=True) for v in vals]
+        sig = x.new_tensor(vals)
+        rads = basis.radii(vals, truncate)
+    S, M = len(rads), basis.num_basis(order, ndim)
+    K = 2 * max(rads) + 1
+    if K > basis.MAX_KERNEL_SIZE:
+        raise ValueError(
+            f"the kernel of sigma={max(float(v) for v in sig.detach().tolist()):g} at truncate={truncate:g} has "
+            f"{K} taps per side, more than the bound {basis.MAX_KERNEL_SIZE}; use a smaller sigma or truncate"
+        )
+    _checks.tensor("alpha", alpha, 3)
+    _checks.same_device_dtype("x", x, alpha=alpha)
+    cin = x.shape[1]
+    if alpha.shape[1] != cin or alpha.shape[2] != S * M:
+        raise ValueError(
+            f"alpha must have shape (C_out, {cin}, {S * M}) = (C_out, C_in, S*M) for {S} scale(s) and order {order} "
+            f"(M={M}), got {tuple(alpha.shape)}"
+        )
+    if isinstance(padding, str):
+        if padding != "same":
+            raise ValueError(f"padding must be 'same' or an int >= 0, got {padding!r}")
+        pad = max(rads)
+    elif isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be 'same' or an int >= 0, got {padding!r}")
+    else:
+        pad = padding
+    for d in range(2, 2 + ndim):
+        if x.shape[d] + 2 * pad < K:
+            raise ValueError(
+                f"x of shape {tuple(x.shape)} padded by {pad} is smaller than the {K}-tap kernel along dim {d}"
+            )
+    return sig, rads, truncate, pad
+
+
+def gauss_deriv_conv2d(
+    x: Tensor,
+    alpha: Tensor,
+    sigma: float | Sequence[float] | Tensor,
+    *,
+    order: int = 3,
+    truncate: float = 4.0,
+    stride: int = 1,
+    padding: int | str = "same",
+    scale_normalized: bool = False,
+) -> Tensor:
+    """Gaussian-derivative basis convolution (structured receptive fields, thesis ch. 3 eq. 23).
+
+    out[n, o] = sum_{i, s, b} alpha[o, i, s*M + b] (x[n, i] conv phi_b(.; sigma_s)), where
+    phi_b = g_p(x) g_q(y) for (p, q) = rbfkern.basis.derivative_orders(order)[b]. With a one-hot
+    alpha selecting (p, q) at scale s, the output is scipy.ndimage.gaussian_filter(x, s,
+    order=(q, p), mode="constant", truncate=truncate): the scale-space derivative d^p/dx^p d^q/dy^q.
+
+    Args:
+        x: (N, C_in, H, W).
+        alpha: (C_out, C_in, S*M), M = (order+1)(order+2)/2, index scale*M + basis index.
+        sigma: a positive float, a sequence of S floats, or a (S,) tensor (differentiable).
+        order: highest total derivative order, 0..4.
+        truncate: each scale's radius is int(truncate * sigma + 0.5).
+        stride: output stride.
+        padding: "same" (zero padding by the largest radius R: H x W out at stride 1) or an int.
+        scale_normalized: use s^m-normalised derivatives.
+
+    Returns:
+        (N, C_out, H', W'), H' = (H + 2 pad - 2R - 1) // stride + 1.
+
+    The kernel radii depend on sigma's values: a tensor sigma is read on every call, which
+    torch.compile(fullgraph=True) cannot trace; pass floats there (GaussDerivConv2d does when
+    its scales are fixed).
+    """
+    sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 2)
+    return torch.ops.rbfkern.gauss_deriv_conv2d(x, alpha, sig, order, truncate, rads, stride, pad,
+                                                bool(scale_normalized))
+
+
+def gauss_deriv_conv3d(
+    x: Tensor,
+    alpha: Tensor,
+    sigma: float | Sequence[float] | Tensor,
+    *,
+    order: int = 2,
+    truncate: float = 4.0,
+    stride: int = 1,
+    padding: int | str = "same",
+    scale_normalized: bool = False,
+) -> Tensor:
+    """The 3D op on volumes x (N, C_in, D, H, W): basis phi_{p,q,t} = g_t(z) g_q(y) g_p(x),
+    p + q + t <= order (rbfkern.basis.derivative_orders_3d), alpha (C_out, C_in, S*M3),
+    M3 = (order+1)(order+2)(order+3)/6. Other arguments as :func:`gauss_deriv_conv2d`.
+
+    Runs the effective-filter (dense conv3d) path on every non-reference backend.
+    """
+    sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 3)
+    return torch.ops.rbfkern.gauss_deriv_conv3d(x, alpha, sig, order, truncate, rads, stride, pad,
+                                                bool(scale_normalized))
+
+
+def effective_weight(alpha: Tensor, sigma, *, order: int = 3, truncate: float = 4.0,
+                     scale_normalized: bool = False, ndim: int = 2) -> Tensor:
+    """The dense filters sum_b alpha phi_b, (C_out, C_in, K, K) (or K, K, K for ndim=3), in the
+    cross-correlation orientation of F.conv2d: F.conv2d(x, W, padding=R) equals the op."""
+    s = sigma.reshape(-1) if isinstance(sigma, Tensor) else torch.tensor(
+        [sigma] if isinstance(sigma, (int, float)) else list(sigma), dtype=torch.float64)
+    g = basis.gauss_kernels_1d(s, order, truncate, None, scale_normalized)
+    return effective_weight_from_taps(alpha, g.to(alpha.dtype).to(alpha.device), order, ndim)

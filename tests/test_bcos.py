@@ -1,0 +1,562 @@
+"""B-cos ops, layers and explanations: equality with the official bcos 0.1.3 package (float64),
+gradients, registration, bad input, and the explanation identities of the paper (eq. 13, 15)."""
+import importlib
+import importlib.util
+import math
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+from rbfkern import explain, reference
+from rbfkern.nn import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, explanation_mode
+from rbfkern.ops import bcos_conv2d, bcos_linear
+
+from conftest import CPU_BACKENDS
+
+ALL_BACKENDS = CPU_BACKENDS + ["reference"]
+
+
+def load_official():
+    """``bcos.modules`` of the official package, or None when it is not installed.
+
+    ``bcos/__init__.py`` imports torchvision (not a dependency here), so a bare package module
+    with the right ``__path__`` stands in for it; ``bcos.modules`` and ``bcos.common`` need only torch.
+    """
+    if "bcos" not in sys.modules:
+        spec = importlib.util.find_spec("bcos")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        pkg = types.ModuleType("bcos")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["bcos"] = pkg
+    try:
+        return importlib.import_module("bcos.modules")
+    except ImportError:
+        return None
+
+
+official = load_official()
+needs_official = pytest.mark.skipif(official is None, reason="pip install --no-deps bcos==0.1.3 einops")
+
+F64 = torch.float64
+
+
+def _grads(y, inputs, g):
+    return torch.autograd.grad(y, inputs, g)
+
+
+def _assert_close(a, b, what, rtol=1e-10, atol=1e-12):
+    a, b = a.detach(), b.detach()
+    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference against hand-computed values
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reference_hand_case():
+    # One 1x1 filter w = [3, 4] (w-hat = [0.6, 0.8]) on one pixel x = [1, 2]: l = 0.6 + 1.6 = 2.2,
+    # n = sqrt(1 + 4 + 1e-6); B = 2: y = l |l| / n.
+    x = torch.tensor([1.0, 2.0], dtype=F64).reshape(1, 2, 1, 1)
+    w = torch.tensor([3.0, 4.0], dtype=F64).reshape(1, 2, 1, 1)
+    n = math.sqrt(5 + 1e-6)
+    assert reference.bcos_conv2d(x, w, b=2.0).item() == pytest.approx(2.2 * 2.2 / n, rel=1e-14)
+    assert reference.bcos_conv2d(x, w, b=1.0).item() == pytest.approx(2.2, rel=1e-14)
+    assert reference.bcos_conv2d(x, w, b=3.0).item() == pytest.approx(2.2 * (2.2 / n + 1e-6) ** 2, rel=1e-14)
+    # MaxOut before scaling: filters [3, 4] and [-3, -4] -> max is the first (+2.2).
+    w2 = torch.cat([w, -w])
+    assert reference.bcos_conv2d(x, w2, b=2.0, max_out=2).item() == pytest.approx(2.2 * 2.2 / n, rel=1e-14)
+    # Linear: n = ||x|| + 1e-12.
+    assert reference.bcos_linear(x.reshape(1, 2), w.reshape(1, 2)).item() == pytest.approx(
+        2.2 * 2.2 / (math.sqrt(5) + 1e-12), rel=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# Equality with the official package, float64: forward, input and weight gradients, explain mode
+# ---------------------------------------------------------------------------------------------
+
+# (C, O, kernel, stride, padding, groups, H, W)
+CONV_GEOMS = {
+    "k3s1p1": (4, 6, 3, 1, 1, 1, 7, 6),
+    "k3s2p0": (3, 4, 3, 2, 0, 1, 9, 8),
+    "groups2": (4, 6, 3, 1, 1, 2, 5, 5),
+    "k3x2_s21_p10": (3, 4, (3, 2), (2, 1), (1, 0), 1, 6, 5),
+    "k1": (5, 3, 1, 1, 0, 1, 4, 3),
+}
+
+
+def _official_conv(C, O, k, s, p, groups, b, max_out, seed=0):
+    torch.manual_seed(seed)
+    return official.BcosConv2d(C, O, k, stride=s, padding=p, groups=groups, b=b, max_out=max_out).to(F64)
+
+
+def _check_conv_vs_official(geom, b, max_out, scale=1.0, zero_region=False):
+    C, O, k, s, p, groups, H, W = CONV_GEOMS[geom]
+    m = _official_conv(C, O, k, s, p, groups, b, max_out)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, C, H, W, generator=g, dtype=F64) * scale
+    if zero_region:
+        x[:, :, : H // 2 + 1, : W // 2 + 1] = 0  # whole all-zero patches (and padding around them)
+    x.requires_grad_(True)
+    w = m.linear.weight.detach().clone().requires_grad_(True)
+    for explain_mode in (False, True):
+        m.set_explanation_mode(explain_mode)
+        y0 = m(x)
+        gy = torch.randn(y0.shape, generator=g, dtype=F64)
+        gx0, gw0 = _grads(y0, (x, m.linear.weight), gy)
+        y1 = bcos_conv2d(x, w, b=b, max_out=max_out, stride=s, padding=p, groups=groups, explain=explain_mode)
+        gx1, gw1 = _grads(y1, (x, w), gy)
+        tag = f"{geom} b={b} M={max_out} explain={explain_mode}"
+        _assert_close(y1, y0, f"y {tag}")
+        _assert_close(gx1, gx0, f"grad x {tag}")
+        _assert_close(gw1, gw0, f"grad w {tag}")
+        assert torch.isfinite(gx1).all() and torch.isfinite(gw1).all()
+
+
+@needs_official
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("geom", list(CONV_GEOMS))
+@pytest.mark.parametrize("b", [1.0, 1.5, 2.0, 2.5])
+def test_conv_matches_official(backend, geom, b):
+    for max_out in (1, 2, 3):
+        _check_conv_vs_official(geom, b, max_out)
+
+
+@needs_official
+@pytest.mark.parametrize("backend", ["reference"], indirect=True)
+@pytest.mark.parametrize("geom,b,max_out", [("groups2", 2.5, 3), ("k3x2_s21_p10", 2.0, 2), ("k3s2p0", 1.0, 2)])
+def test_reference_matches_official(backend, geom, b, max_out):
+    _check_conv_vs_official(geom, b, max_out)
+
+
+@needs_official
+@pytest.mark.triton
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="needs triton with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("geom,b,max_out", [("k3s1p1", 2.0, 2), ("groups2", 1.5, 3), ("k3x2_s21_p10", 1.0, 1),
+                                            ("k3s2p0", 2.5, 1)])
+def test_conv_matches_official_triton(backend, geom, b, max_out):
+    _check_conv_vs_official(geom, b, max_out)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="needs triton with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("C,O,max_out,k,stride,padding,dilation,groups,b", [
+    (4, 6, 2, 3, 1, 1, 1, 1, 2.0), (6, 4, 3, (3, 2), (2, 1), (1, 0), 1, 2, 2.5), (20, 40, 1, 3, 1, 2, 2, 1, 1.0)])
+def test_triton_fused_implicit_gemm_float32(backend, monkeypatch, C, O, max_out, k, stride, padding, dilation,
+                                            groups, b):
+    # float32 takes the implicit-GEMM kernel with the fused epilogue: l is never computed by torch.
+    from rbfkern.ops import bcos as bcos_ops
+    real_map = bcos_ops._linear_map
+
+    def no_forward_conv(kind, *args):
+        raise AssertionError("the fused Triton forward should not run the torch convolution")
+
+    g = torch.Generator().manual_seed(0)
+    kk = (k, k) if isinstance(k, int) else k
+    x = torch.randn(2, C, 7, 6, generator=g, requires_grad=True)
+    w = torch.randn(O * max_out, C // groups, *kk, generator=g, requires_grad=True)
+    kw = dict(b=b, max_out=max_out, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    monkeypatch.setattr(bcos_ops, "_linear_map", no_forward_conv)
+    y = bcos_conv2d(x, w, **kw)
+    monkeypatch.setattr(bcos_ops, "_linear_map", real_map)
+    gy = torch.randn(y.shape, generator=g)
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    y0 = reference.bcos_conv2d(xd, wd, b, max_out, stride, padding, dilation, groups)
+    gx0, gw0 = torch.autograd.grad(y0, (xd, wd), gy.double())
+    for got, want, what in ((y, y0, "y"), (gx, gx0, "grad x"), (gw, gw0, "grad w")):
+        _assert_close(got.double(), want, what, rtol=2e-5, atol=2e-5)
+
+
+@needs_official
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("b", [1.5, 2.0])
+def test_conv_tiny_magnitude_and_zero_patches(backend, b):
+    if backend == "triton" and b != 2.0:
+        pytest.skip("interpreter: a subset")
+    _check_conv_vs_official("k3s1p1", b, 2, scale=1e-7)
+    _check_conv_vs_official("k3s1p1", b, 2, zero_region=True)
+
+
+@needs_official
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("max_out", [1, 3])
+@pytest.mark.parametrize("b", [1.0, 1.5, 2.0, 2.5])
+def test_linear_matches_official(backend, b, max_out):
+    if backend == "triton" and (b, max_out) not in ((2.0, 3), (1.5, 1)):
+        pytest.skip("interpreter: a subset")
+    torch.manual_seed(0)
+    m = official.BcosLinear(5, 4, b=b, max_out=max_out).to(F64)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 2, 5, generator=g, dtype=F64)
+    x[0, 0] = 0  # an all-zero row: n = 1e-12, finite gradients
+    x[1, 1] *= 1e-9
+    x.requires_grad_(True)
+    w = m.linear.weight.detach().clone().requires_grad_(True)
+    for explain_mode in (False, True):
+        m.set_explanation_mode(explain_mode)
+        y0 = m(x)
+        gy = torch.randn(y0.shape, generator=g, dtype=F64)
+        gx0, gw0 = _grads(y0, (x, m.linear.weight), gy)
+        y1 = bcos_linear(x, w, b=b, max_out=max_out, explain=explain_mode)
+        gx1, gw1 = _grads(y1, (x, w), gy)
+        _assert_close(y1, y0, "y")
+        _assert_close(gx1, gx0, "grad x")
+        _assert_close(gw1, gw0, "grad w")
+
+
+@needs_official
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+def test_maxout_ties_take_the_first(backend):
+    m = _official_conv(3, 2, 3, 1, 1, 1, 2.0, 2)
+    with torch.no_grad():
+        m.linear.weight[1::2] = m.linear.weight[0::2]  # identical filters in every MaxOut pair
+    x = torch.randn(1, 3, 4, 4, dtype=F64, requires_grad=True)
+    w = m.linear.weight.detach().clone().requires_grad_(True)
+    gy = torch.randn(1, 2, 4, 4, dtype=F64)
+    gw0 = _grads(m(x), (m.linear.weight,), gy)[0]
+    gw1 = _grads(bcos_conv2d(x, w, b=2.0, max_out=2, padding=1), (w,), gy)[0]
+    _assert_close(gw1, gw0, "grad w")
+    assert gw1[1::2].abs().max() == 0
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
+def test_dilation_with_maxout_and_tuples_match_reference(backend, monkeypatch):
+    # The official layer breaks here; the spec is the same formula (dilation-aware patch norm).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 9, 8, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(6, 2, 3, 2, generator=g, dtype=F64, requires_grad=True)
+    kw = dict(b=2.5, max_out=3, stride=(2, 1), padding=(2, 1), dilation=(2, 3), groups=2)
+    y = bcos_conv2d(x, w, **kw)
+    gy = torch.randn(y.shape, generator=g, dtype=F64)
+    gx, gw = _grads(y, (x, w), gy)
+    monkeypatch.setenv("RBFKERN_BACKEND", "reference")
+    y0 = reference.bcos_conv2d(x, w, 2.5, 3, (2, 1), (2, 1), (2, 3), 2)
+    gx0, gw0 = _grads(y0, (x, w), gy)
+    _assert_close(y, y0, "y")
+    _assert_close(gx, gx0, "grad x")
+    _assert_close(gw, gw0, "grad w")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+def test_float32_and_half_inputs(backend):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 6, 6, generator=g)
+    w = torch.randn(8, 4, 3, 3, generator=g)
+    want = reference.bcos_conv2d(x.double(), w.double(), 2.0, 2, 1, 1)
+    torch.testing.assert_close(bcos_conv2d(x, w, max_out=2, padding=1), want.float(), rtol=2e-5, atol=2e-5)
+    if backend == "cpp":
+        y = bcos_conv2d(x.bfloat16(), w.bfloat16(), max_out=2, padding=1)
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.float(), want.float(), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+def test_empty_batch(backend):
+    x = torch.zeros(0, 3, 5, 5, dtype=F64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=F64, requires_grad=True)
+    y = bcos_conv2d(x, w, max_out=2)
+    assert y.shape == (0, 2, 3, 3)
+    gx, gw = _grads(y.sum() + 0.0, (x, w), None)
+    assert gx.shape == x.shape and torch.all(gw == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients (gradcheck in float64 on every backend) and saved-for-backward memory
+# ---------------------------------------------------------------------------------------------
+
+
+def _gradcheck(b, max_out, explain_mode, groups=1, linear=False):
+    g = torch.Generator().manual_seed(5)
+    if linear:
+        x = torch.randn(3, 4, generator=g, dtype=F64, requires_grad=True)
+        w = torch.randn(2 * max_out, 4, generator=g, dtype=F64, requires_grad=True)
+        fn = lambda x, w: bcos_linear(x, w, b=b, max_out=max_out, explain=explain_mode)  # noqa: E731
+    else:
+        x = torch.randn(1, 2 * groups, 4, 3, generator=g, dtype=F64, requires_grad=True)
+        w = torch.randn(groups * max_out, 2, 3, 2, generator=g, dtype=F64, requires_grad=True)
+        fn = lambda x, w: bcos_conv2d(x, w, b=b, max_out=max_out, stride=(1, 2), padding=1,  # noqa: E731
+                                      groups=groups, explain=explain_mode)
+    if explain_mode:
+        # In explain mode the backward is W(x) only: compare with the detached-factor reference.
+        gy = torch.randn(fn(x, w).shape, generator=g, dtype=F64)
+        want = torch.autograd.grad(
+            (reference.bcos_linear(x, w, b, max_out, True) if linear else
+             reference.bcos_conv2d(x, w, b, max_out, (1, 2), 1, 1, groups, True)), (x, w), gy)
+        got = torch.autograd.grad(fn(x, w), (x, w), gy)
+        for a, c in zip(got, want):
+            _assert_close(a, c, "explain grads")
+    else:
+        assert torch.autograd.gradcheck(fn, (x, w), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("b,max_out", [(1.0, 2), (1.5, 1), (2.0, 2), (2.5, 3)])
+@pytest.mark.parametrize("explain_mode", [False, True])
+@pytest.mark.parametrize("linear", [False, True], ids=["conv", "linear"])
+def test_gradcheck_cpp(backend, b, max_out, explain_mode, linear):
+    _gradcheck(b, max_out, explain_mode, groups=1 if linear else 2, linear=linear)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="needs triton with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("backend", ["triton"], indirect=True)
+@pytest.mark.parametrize("b,max_out,linear", [(2.0, 2, False), (1.5, 1, True)])
+def test_gradcheck_triton(backend, b, max_out, linear):
+    _gradcheck(b, max_out, False, linear=linear)
+
+
+def saved_bytes(fn, exclude=()):
+    """Bytes of distinct storages autograd saves while ``fn()`` runs, but those of ``exclude``."""
+    seen = {}
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+
+    def pack(t):
+        key = t.untyped_storage().data_ptr()
+        if key not in skip:
+            seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@needs_official
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+def test_saved_for_backward_is_a_third_of_official(backend):
+    # Beyond the input and the weight (which both keep, and which the caller owns anyway).
+    m = _official_conv(16, 16, 3, 1, 1, 1, 2.0, 2).float()
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    w = m.linear.weight
+    ours = saved_bytes(lambda: bcos_conv2d(x, w, max_out=2, padding=1), exclude=(x, w))
+    theirs = saved_bytes(lambda: m(x), exclude=(x, w))
+    assert ours * 3 <= theirs, (ours, theirs)
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+def test_no_grad_saves_nothing(backend):
+    x = torch.randn(1, 3, 5, 5)
+    w = torch.randn(4, 3, 3, 3)
+    with torch.no_grad():
+        out = torch.ops.rbfkern.bcos_conv2d(x, w, 2.0, 2, [1, 1], [1, 1], [1, 1], 1, False, False)
+    assert out[0].shape == (1, 2, 5, 5) and all(t.numel() == 0 for t in out[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: opcheck, torch.compile
+# ---------------------------------------------------------------------------------------------
+
+
+def test_opcheck(monkeypatch):
+    b = 2.5
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 4, 3, generator=g, dtype=F64)
+    w = torch.randn(4, 2, 3, 2, generator=g, dtype=F64)
+    conv = ([1, 2], [1, 0], [1, 1], 2)
+    for rg in (False, True):
+        xa, wa = x.clone().requires_grad_(rg), w.clone().requires_grad_(rg)
+        torch.library.opcheck(torch.ops.rbfkern.bcos_conv2d.default, (xa, wa, b, 2, *conv, False, True))
+        torch.library.opcheck(torch.ops.rbfkern.bcos_linear.default,
+                              (xa[:, :, 0, 0].contiguous(), wa[:, :, 0, 0].repeat(1, 2), b, 2, True, True))
+    y, lmax, idx, root = torch.ops.rbfkern.bcos_conv2d(x, w, b, 2, *conv, False, True)
+    torch.library.opcheck(torch.ops.rbfkern.bcos_conv2d_bwd.default,
+                          (torch.ones_like(y), x, w, lmax, idx, root, b, 2, *conv, False, [True, True]))
+    xl, wl = x[:, :, 0, 0].contiguous(), w[:, :, 0, 0].repeat(1, 2).contiguous()
+    y, lmax, idx, root = torch.ops.rbfkern.bcos_linear(xl, wl, b, 2, False, True)
+    torch.library.opcheck(torch.ops.rbfkern.bcos_linear_bwd.default,
+                          (torch.ones_like(y), xl, wl, lmax, idx, root, b, 2, True, [True, False]))
+
+
+def test_compile_fullgraph(monkeypatch):
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(BcosConv2d(6, 4, 3, padding=1, max_out=2), BcosConv2d(4, 4, 3, stride=2, b=1.5),
+                                torch.nn.Flatten(), BcosLinear(16, 3, max_out=2))
+    x = torch.rand(2, 6, 6, 6)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y_eager, y_comp = model(x), compiled(x)
+    torch.testing.assert_close(y_comp, y_eager)
+    for a, c in zip(torch.autograd.grad(y_comp.sum(), list(model.parameters())),
+                    torch.autograd.grad(y_eager.sum(), list(model.parameters()))):
+        torch.testing.assert_close(a, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument
+# ---------------------------------------------------------------------------------------------
+
+_X = torch.randn(1, 4, 5, 5)
+_W = torch.randn(6, 4, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: bcos_conv2d(_X[0], _W), ValueError, "x must be 4-D"),
+        (lambda: bcos_conv2d(_X, _W[:, :, 0]), ValueError, "weight must be 4-D"),
+        (lambda: bcos_conv2d(_X, _W[:, :3]), ValueError, r"weight must have shape \(O\*max_out, 4"),
+        (lambda: bcos_conv2d(_X, _W, max_out=4), ValueError, "multiple of max_out"),
+        (lambda: bcos_conv2d(_X, _W, max_out=0), ValueError, "max_out"),
+        (lambda: bcos_conv2d(_X, _W, b=float("nan")), ValueError, "b must be"),
+        (lambda: bcos_conv2d(_X, _W, b=-1.0), ValueError, "b must be"),
+        (lambda: bcos_conv2d(_X, _W.double()), TypeError, "weight has dtype"),
+        (lambda: bcos_conv2d(_X.int(), _W), TypeError, "x must be a floating"),
+        (lambda: bcos_conv2d(_X, _W, groups=4), ValueError, "groups=4"),
+        (lambda: bcos_conv2d(_X, _W, stride=0), ValueError, "stride must be >= 1"),
+        (lambda: bcos_conv2d(_X, _W, padding=(1, 2, 3)), TypeError, "padding"),
+        (lambda: bcos_conv2d(_X, torch.randn(6, 4, 7, 7)), ValueError, "output would be empty"),
+        (lambda: bcos_conv2d(_X, _W, explain=1), TypeError, "explain must be a bool"),
+        (lambda: bcos_conv2d(_X.numpy(), _W), TypeError, "x must be a torch.Tensor"),
+        (lambda: bcos_linear(torch.randn(3, 5), torch.randn(4, 6)), ValueError, r"weight must have shape \(O\*max_out, 5\)"),
+        (lambda: bcos_linear(torch.randn(3, 5), torch.randn(4, 5), max_out=3), ValueError, "multiple of max_out"),
+        (lambda: bcos_linear(torch.tensor(1.0), torch.randn(4, 1)), ValueError, "at least 1-D"),
+    ],
+)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers: official state dicts, explanation mode, convert_to_bcos, AddInverse
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_official
+def test_modules_load_official_state_dicts():
+    torch.manual_seed(0)
+    oc = official.BcosConv2d(6, 4, 3, stride=2, padding=1, b=2.5, max_out=2).to(F64)
+    ol = official.BcosLinear(8, 3, b=1.5, max_out=3).to(F64)
+    mc = BcosConv2d(6, 4, 3, stride=2, padding=1, b=2.5, max_out=2, dtype=F64)
+    ml = BcosLinear(8, 3, b=1.5, max_out=3, dtype=F64)
+    mc.load_state_dict(oc.state_dict())
+    ml.load_state_dict(ol.state_dict())
+    x = torch.rand(2, 6, 7, 7, dtype=F64)
+    _assert_close(mc(x), oc(x), "conv module")
+    v = torch.randn(5, 8, dtype=F64)
+    _assert_close(ml(v), ol(v), "linear module")
+    # Explanation mode through the context manager, and the flag restored after it.
+    x.requires_grad_(True)
+    with mc.explanation_mode():
+        assert mc.is_in_explanation_mode
+        g1 = torch.autograd.grad(mc(x).sum(), x)[0]
+    assert not mc.is_in_explanation_mode
+    oc.set_explanation_mode(True)
+    _assert_close(g1, torch.autograd.grad(oc(x).sum(), x)[0], "explain grad")
+
+
+def test_add_inverse():
+    x = torch.rand(2, 3, 4, 4)
+    y = AddInverse()(x)
+    assert y.shape == (2, 6, 4, 4)
+    torch.testing.assert_close(y[:, 3:], 1 - x)
+    assert torch.allclose(y[:, :3] + y[:, 3:], torch.ones(2, 3, 4, 4))
+
+
+class _SmallCNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.ReLU(),
+            torch.nn.AdaptiveMaxPool2d(1),
+        )
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def test_convert_to_bcos_small_cnn():
+    torch.manual_seed(0)
+    model = convert_to_bcos(_SmallCNN(), b=2.0, max_out=2).double()
+    f = model.features
+    assert isinstance(f[0], BcosConv2d) and f[0].max_out == 2 and f[0].weight.shape == (16, 6, 3, 3)
+    assert isinstance(f[4], BcosConv2d) and f[4].groups == 2
+    assert isinstance(model.head, BcosLinear)
+    assert isinstance(f[1], torch.nn.Identity) and isinstance(f[2], torch.nn.Identity)
+    assert isinstance(f[3], torch.nn.AvgPool2d) and isinstance(f[6], torch.nn.AdaptiveAvgPool2d)
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.BatchNorm2d, torch.nn.MaxPool2d)) for m in model.modules())
+    x = AddInverse()(torch.rand(2, 3, 8, 8, dtype=F64))
+    assert model(x).shape == (2, 5)
+    # The converted model is summarised exactly by W(x) (eq. 13): contributions sum to the logit.
+    logits = model(x)
+    contrib = explain.contributions(model, x, 3)
+    _assert_close(contrib.sum((1, 2)), logits[:, 3], "contributions vs logit", atol=1e-11)
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanations (eq. 13-15, Sec. 4)
+# ---------------------------------------------------------------------------------------------
+
+
+def _bcos_net(b=2.0):
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        AddInverse(), BcosConv2d(6, 8, 3, padding=1, b=b, max_out=2), BcosConv2d(8, 8, 3, stride=2, padding=1, b=b),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), BcosLinear(8, 4, b=b, max_out=2),
+    ).double()
+
+
+@pytest.mark.parametrize("b", [1.5, 2.0, 2.5])
+def test_contributions_sum_to_the_logit(b):
+    model = _bcos_net(b)
+    x = torch.rand(3, 3, 10, 10, dtype=F64)
+    w, out = explain.dynamic_linear_map(model[1:], AddInverse()(x), [0, 2, 3], return_output=True)
+    assert w.shape == (3, 6, 10, 10)
+    contrib = explain.contributions(model[1:], AddInverse()(x), [0, 2, 3])
+    assert contrib.shape == (3, 10, 10)
+    want = out[torch.arange(3), torch.tensor([0, 2, 3])]
+    _assert_close(contrib.sum((1, 2)), want, "sum of contributions", atol=1e-11)
+    # y = W(x) x (eq. 13) also for the single-image form.
+    c1 = explain.contributions(model[1:], AddInverse()(x)[1], 2)
+    _assert_close(c1, contrib[1], "single image")
+    # Explanation mode is off again afterwards.
+    assert not any(getattr(m, "explain", False) for m in model.modules())
+
+
+@needs_official
+def test_explanation_image_matches_official_and_writes_png(tmp_path):
+    common = importlib.import_module("bcos.common")
+    model = _bcos_net()
+    img = AddInverse()(torch.rand(3, 16, 16, dtype=F64))
+    w = explain.dynamic_linear_map(model[1:], img, 1)
+    path = tmp_path / "expl.png"
+    rgba = explain.explanation_image(img, w, smooth=3, path=str(path))
+    want = common.gradient_to_image(img, w, smooth=3)
+    assert rgba.shape == (16, 16, 4)
+    assert abs(rgba - want).max() < 1e-12
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert int.from_bytes(data[16:20], "big") == 16 and int.from_bytes(data[20:24], "big") == 16
+    # Pixels that contribute negatively are (almost) transparent without smoothing.
+    contrib = (img * w).sum(0)
+    rgba0 = explain.explanation_image(img, w, smooth=0)
+    assert (rgba0[..., 3][contrib.numpy() < 0] < 1e-6).all()
+
+
+def test_explanation_mode_function_restores_flags():
+    model = _bcos_net()
+    model[2].set_explanation_mode(True)
+    with explanation_mode(model):
+        assert all(m.explain for m in model.modules() if isinstance(m, (BcosConv2d, BcosLinear)))
+    assert model[2].explain and not model[1].explain
+
+
+@pytest.mark.skipif(os.environ.get("RBFKERN_BACKEND", "auto") not in ("auto", "cpp"), reason="cpp only")
+def test_backend_env_is_read_at_call_time(monkeypatch):
+    x = torch.randn(1, 2, 4, 4, dtype=F64)
+    w = torch.randn(2, 2, 3, 3, dtype=F64)
+    monkeypatch.setenv("RBFKERN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="RBFKERN_BACKEND"):
+        bcos_conv2d(x, w)
