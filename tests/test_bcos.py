@@ -138,8 +138,7 @@ def test_reference_matches_official(backend, geom, b, max_out):
 @pytest.mark.triton
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="needs triton with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("backend", ["triton"], indirect=True)
-@pytest.mark.parametrize("geom,b,max_out", [("k3s1p1", 2.0, 2), ("groups2", 1.5, 3), ("k3x2_s21_p10", 1.0, 1),
-                                            ("k3s2p0", 2.5, 1)])
+@pytest.mark.parametrize("geom,b,max_out", [("k3s1p1", 2.0, 2), ("groups2", 1.5, 3), ("k3x2_s21_p10", 2.5, 1)])
 def test_conv_matches_official_triton(backend, geom, b, max_out):
     _check_conv_vs_official(geom, b, max_out)
 
@@ -148,7 +147,7 @@ def test_conv_matches_official_triton(backend, geom, b, max_out):
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="needs triton with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("backend", ["triton"], indirect=True)
 @pytest.mark.parametrize("C,O,max_out,k,stride,padding,dilation,groups,b", [
-    (4, 6, 2, 3, 1, 1, 1, 1, 2.0), (6, 4, 3, (3, 2), (2, 1), (1, 0), 1, 2, 2.5), (20, 40, 1, 3, 1, 2, 2, 1, 1.0)])
+    (6, 4, 3, (3, 2), (2, 1), (1, 0), 1, 2, 2.5), (20, 40, 1, 3, 1, 2, 2, 1, 1.0)])
 def test_triton_fused_implicit_gemm_float32(backend, monkeypatch, C, O, max_out, k, stride, padding, dilation,
                                             groups, b):
     # float32 takes the implicit-GEMM kernel with the fused epilogue: l is never computed by torch.

@@ -21,6 +21,7 @@ def backbone(embed: int = 32) -> nn.Module:
         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * 2 * 2, embed),
+        nn.LayerNorm(embed, elementwise_affine=False),  # keeps the clustering loss from just shrinking the scale
     )
 
 
@@ -28,16 +29,16 @@ class CNNRBF(nn.Module):
     def __init__(self, embed: int = 32, centers: int = 30, classes: int = 10):
         super().__init__()
         self.backbone = backbone(embed)
-        self.head = rnn.RBFClassifier(embed, centers, classes, metric="diag", kind="gaussian", sigma=1.0)
+        self.head = rnn.RBFClassifier(embed, centers, classes, metric="diag", kind="quadratic", sigma=1.0)
 
     def forward(self, x, return_r2: bool = False):
         return self.head(self.backbone(x), return_r2=return_r2)
 
 
-def run(data, out_dir, *, quick: bool, seed: int, progress: bool, lam: float = 0.05) -> dict:
+def run(data, out_dir, *, quick: bool, seed: int, progress: bool, lam: float = 0.1) -> dict:
     torch.manual_seed(seed)
     model = CNNRBF()
-    pre_epochs, epochs = (4, 6) if quick else (10, 20)
+    pre_epochs, epochs = (2, 6) if quick else (5, 20)
 
     # Stage 1: the backbone with a plain softmax head.
     soft = nn.Sequential(model.backbone, nn.Linear(32, 10))
@@ -47,10 +48,9 @@ def run(data, out_dir, *, quick: bool, seed: int, progress: bool, lam: float = 0
     # Stage 2: k-means centres in the embedding space; widths from the cluster spread.
     with torch.no_grad():
         emb = model.backbone(data.x_train)
-    inertia = rnn.init_centers(model.head, emb, seed=seed)
-    with torch.no_grad():
-        spread = (inertia / len(emb)) ** 0.5
-        model.head.rbf.set_sigma(float(max(spread, 1e-3)))
+    rnn.init_centers(model.head, emb, seed=seed)
+    with torch.no_grad():  # quadratic activation 1 - r2/s^2: s wide enough to cover the clusters
+        model.head.rbf.set_sigma(2 * float(model.head.rbf.r2(emb).mean().sqrt()))
 
     # Stage 3: everything together on eq. (14).
     unsup = []
@@ -64,7 +64,7 @@ def run(data, out_dir, *, quick: bool, seed: int, progress: bool, lam: float = 0
             _, r2 = model(data.x_train, return_r2=True)
             unsup.append(float(rnn.unsupervised_loss(r2)))
 
-    train.fit(model, data.x_train, data.y_train, epochs=epochs, lr=1e-3, seed=seed + 1, loss_fn=loss_fn,
+    train.fit(model, data.x_train, data.y_train, epochs=epochs, lr=3e-3, seed=seed + 1, loss_fn=loss_fn,
               desc="cnn-rbf joint", progress=progress, on_epoch=log_unsup)
     acc = train.accuracy(model, data.x_test, data.y_test)
 

@@ -42,7 +42,7 @@ def _cases(quick: bool):
 
 
 def run(_data, _out_dir, *, quick: bool, seed: int, progress: bool) -> dict:
-    rounds = 3 if quick else 7
+    rounds = 5 if quick else 9
     rows = []
     for name, shape, inputs, fused, naive in _cases(quick):
         row = {"op": name, "shape": shape}

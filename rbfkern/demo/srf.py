@@ -30,7 +30,7 @@ def plain_net(width: int = 16, classes: int = 10) -> nn.Module:
 
 def run(data, out_dir, *, quick: bool, seed: int, progress: bool, fraction: float = 0.1) -> dict:
     x, y = ddata.subset(data.x_train, data.y_train, fraction, seed)
-    epochs = 30 if quick else 80
+    epochs = 20 if quick else 60
     res = {"train_samples": len(x)}
     nets = {}
     for name, make in (("srf", srf_net), ("cnn", plain_net)):

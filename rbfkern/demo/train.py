@@ -30,7 +30,7 @@ def fit(model: nn.Module, x, y, *, epochs: int, lr: float, seed: int, loss_fn: C
             loss = loss_fn(model, x[idx], y[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         bar.set_postfix(loss=f"{total / len(x):.3f}")
         if on_epoch is not None:
             on_epoch(epoch)
