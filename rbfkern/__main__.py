@@ -1,4 +1,4 @@
-"""Command line: ``python -m rbfkern info | demo | mcu ...``."""
+"""Command line: ``python -m rbfkern info | demo | bench | mcu ...``."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,12 @@ def _demo(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from rbfkern import bench
+
+    return bench.main(quick=args.quick, json_path=args.json, families=args.family)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rbfkern", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +54,11 @@ def main(argv=None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(fn=_demo)
+    bench = sub.add_parser("bench", help="headline benchmark cases: fused vs naive vs peers (source checkout)")
+    bench.add_argument("--quick", action="store_true", help="small shapes, fewer rounds")
+    bench.add_argument("--json", help="also write the rows as JSON to this file")
+    bench.add_argument("--family", action="append", help="only this family (repeatable): rbf, 'rbf layers', bcos, gauss_deriv")
+    bench.set_defaults(fn=_bench)
     from rbfkern.mcu.cli import add_parser as add_mcu_parser
 
     add_mcu_parser(sub)  # `mcu export|build|run|report|targets`; its leaf parsers set fn

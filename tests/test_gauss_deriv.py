@@ -129,13 +129,22 @@ GEOMS = [  # (N, Ci, Co, H, W, sigmas, order, stride, padding)
 ]
 
 
-@pytest.mark.parametrize("backend,path", COMBOS, indirect=True)
-@pytest.mark.parametrize("n,ci,co,h,w,sigmas,order,stride,padding", GEOMS)
-@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+def _fb_cases():
+    """Every backend/path x geometry x dtype; the interpreter (time) runs the smaller geometries in
+    float64/float32 only."""
+    for combo in COMBOS:
+        for geom in GEOMS:
+            n, ci, co = geom.values[:3]
+            for dtype, did in ((F64, "f64"), (torch.float32, "f32"), (torch.bfloat16, "bf16")):
+                if combo[0] == "triton" and (dtype == torch.bfloat16 or n * ci * co > 20):
+                    continue
+                yield pytest.param(*combo, *geom.values, dtype, id=f"{combo[0]}-{combo[1]}-{geom.id}-{did}")
+
+
+@pytest.mark.parametrize("backend,path,n,ci,co,h,w,sigmas,order,stride,padding,dtype", list(_fb_cases()),
+                         indirect=["backend", "path"])
 def test_forward_backward_match_reference(backend, path, n, ci, co, h, w, sigmas, order, stride, padding, dtype,
                                           monkeypatch):
-    if backend == "triton" and (dtype == torch.bfloat16 or n * ci * co > 20):
-        pytest.skip("interpreter time: Triton runs the smaller geometries in float64/float32")
     m = basis.num_basis(order)
     x64, a64 = _rand(n, ci, h, w, seed=1), _rand(co, ci, len(sigmas) * m, seed=2)
     s64 = torch.tensor(sigmas, dtype=F64)

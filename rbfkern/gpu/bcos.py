@@ -362,16 +362,16 @@ def aot_specs():
                dh=i32, dw=i32)
     conv_sig = dict(C=i32, H=i32, W=i32, G=i32, O=i32, Ho=i32, Wo=i32, kh=i32, kw=i32, sh=i32, sw=i32, ph=i32,
                     pw=i32, dh=i32, dw=i32)
-    # The implicit-GEMM kernel is the slow one to compile (~10-25 s each): every (M, MODE) variant
-    # in float32, the common one (M = 2, B = 2) in the half types.
-    for dt in ("fp32", "fp16", "bf16"):
+    # The implicit-GEMM kernel is the slow one to compile (~10-25 s each). float32: each MaxOut
+    # width at B = 2 and each B mode at M = 2; the half types: the common one (M = 2, B = 2).
+    conv_variants = {"fp32": [(1, 2), (2, 2), (3, 2), (2, 0), (2, 1)], "fp16": [(2, 2)], "bf16": [(2, 2)]}
+    for dt, variants in conv_variants.items():
         p = "*" + dt
-        for mo in ((1, 2, 3) if dt == "fp32" else (2,)):
-            for mode in ((0, 1, 2) if dt == "fp32" else (2,)):
-                s = dict(x=p, w=p, rinv="*fp32", prm="*fp32", y=p, lmax=p, idx="*u8", root=p, **conv_sig,
-                         M=ce, MODE=ce, SAVE=ce, BP=ce, BO=ce, BK=ce)
-                specs.append((f"bcos_conv_fwd_M{mo}_m{mode}_{dt}", _bcos_conv_fwd_kernel, s,
-                              dict(M=mo, MODE=mode, SAVE=True, BP=64, BO=64, BK=32), opts))
+        for mo, mode in variants:
+            s = dict(x=p, w=p, rinv="*fp32", prm="*fp32", y=p, lmax=p, idx="*u8", root=p, **conv_sig,
+                     M=ce, MODE=ce, SAVE=ce, BP=ce, BO=ce, BK=ce)
+            specs.append((f"bcos_conv_fwd_M{mo}_m{mode}_{dt}", _bcos_conv_fwd_kernel, s,
+                          dict(M=mo, MODE=mode, SAVE=True, BP=64, BO=64, BK=32), opts))
     for dt in ("fp32", "fp16", "bf16", "fp64"):
         p = "*" + dt
         acc = tl.float64 if dt == "fp64" else tl.float32
@@ -380,13 +380,14 @@ def aot_specs():
         specs.append((f"bcos_root_{dt}", _bcos_root_kernel, s, dict(ACC=acc, BP=_BP), opts))
         s = dict(x=p, q=p, gx=p, **geo, ACC=ce, BP=ce)
         specs.append((f"bcos_bwd_norm_{dt}", _bcos_bwd_norm_kernel, s, dict(ACC=acc, BP=_BP), opts))
-        for mode in (0, 1, 2):
-            for save in (False, True):
+        # Every (MODE, SAVE, EXPLAIN) variant in float32; the common one (B = 2) in the others.
+        for mode in (0, 1, 2) if dt == "fp32" else (2,):
+            for save in (False, True) if dt == "fp32" else (True,):
                 s = dict(l=p, root=p, prm=pp, y=p, lmax=p, idx="*u8", O=i32, M=i32, G=i32, P=i32,
                          MODE=ce, SAVE=ce, ACC=ce, BP=ce)
                 specs.append((f"bcos_fwd_m{mode}_s{int(save)}_{dt}", _bcos_fwd_kernel, s,
                               dict(MODE=mode, SAVE=save, ACC=acc, BP=_BP), opts))
-            for explain in (False, True):
+            for explain in (False, True) if dt == "fp32" else (False,):
                 s = dict(gy=p, lmax=p, idx="*u8", root=p, prm=pp, gl=p, q=p, O=i32, M=i32, G=i32, P=i32,
                          MODE=ce, EXPLAIN=ce, NEED_Q=ce, ACC=ce, BP=ce)
                 specs.append((f"bcos_bwd_m{mode}_e{int(explain)}_{dt}", _bcos_bwd_kernel, s,
