@@ -18,9 +18,7 @@ import importlib
 import importlib.util
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -29,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from rbfkern.ops import bcos_conv2d
+
+import _peak  # bench/_peak.py
 
 # (N, C_in, H, W, C_out)
 CASES = [(32, 64, 32, 32, 64), (8, 128, 16, 16, 128), (64, 16, 32, 32, 32)]
@@ -102,20 +102,7 @@ def saved_bytes(case, provider):
 
 
 def peak_memory_mb(case, provider, mode):
-    cmd = [sys.executable, __file__, "--peak", json.dumps([list(case), provider, mode])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    try:
-        return float(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-
-
-def _status_kib(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
+    return _peak.in_child(__file__, [list(case), provider, mode])
 
 
 def _peak_child(spec):
@@ -123,16 +110,7 @@ def _peak_child(spec):
     torch.set_num_threads(2)
     run = step(tuple(case), provider, mode)
     run()  # warm-up: lazy imports (the extension, bcos.modules) and first-call set-up
-    base = _status_kib("VmRSS")
-    try:  # reset the peak-RSS mark (Linux), so imports and set-up do not count
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        run()
-        peak = _status_kib("VmHWM")
-    except OSError:
-        run()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((peak - base) / 1024.0)
+    print(_peak.extra_peak_mib(run))
 
 
 def table(cases, rounds, memory=True):

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -20,6 +18,8 @@ import torch
 
 from rbfkern import reference
 from rbfkern.ops import rbf
+
+import _peak  # bench/_peak.py
 
 # (name, N, C, D, metric)
 CASES = [
@@ -88,22 +88,16 @@ def time_median(run, rounds, warmup=1):
 
 def peak_memory_mb(case, provider, mode):
     """Extra resident memory (MiB) of one step in a fresh process, or None if it failed (e.g. OOM)."""
-    cmd = [sys.executable, __file__, "--peak", json.dumps([list(case), provider, mode])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    try:
-        return float(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
+    return _peak.in_child(__file__, [list(case), provider, mode])
 
 
 def _peak_child(spec):
     (name, n, c, d, metric), provider, mode = json.loads(spec)
     torch.set_num_threads(2)
-    inputs = make_inputs(n, c, d, metric, mode != "fwd")
-    run = step(provider, metric, mode, inputs)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024.0)
+    # One-time costs (lazy imports behind the first custom-op call) on a tiny input first.
+    step(provider, metric, mode, make_inputs(2, 2, d, metric, mode != "fwd"))()
+    run = step(provider, metric, mode, make_inputs(n, c, d, metric, mode != "fwd"))
+    print(_peak.extra_peak_mib(run))
 
 
 def table(cases, rounds, providers=PROVIDERS, memory=True):

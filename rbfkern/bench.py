@@ -19,6 +19,8 @@ def _load(name: str):
     path = BENCH_DIR / f"{name}.py"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: `python -m rbfkern bench` runs from a source checkout")
+    if str(BENCH_DIR) not in sys.path:  # the bench modules share bench/_peak.py
+        sys.path.insert(0, str(BENCH_DIR))
     spec = importlib.util.spec_from_file_location(f"rbfkern_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -29,7 +29,7 @@ class CNNRBF(nn.Module):
     def __init__(self, embed: int = 32, centers: int = 30, classes: int = 10):
         super().__init__()
         self.backbone = backbone(embed)
-        self.head = rnn.RBFClassifier(embed, centers, classes, metric="diag", kind="quadratic", sigma=1.0)
+        self.head = rnn.RBFClassifier(embed, centers, classes, metric="diag", kind="gaussian", sigma=1.0)
 
     def forward(self, x, return_r2: bool = False):
         return self.head(self.backbone(x), return_r2=return_r2)
@@ -49,8 +49,8 @@ def run(data, out_dir, *, quick: bool, seed: int, progress: bool, lam: float = 0
     with torch.no_grad():
         emb = model.backbone(data.x_train)
     rnn.init_centers(model.head, emb, seed=seed)
-    with torch.no_grad():  # quadratic activation 1 - r2/s^2: s wide enough to cover the clusters
-        model.head.rbf.set_sigma(2 * float(model.head.rbf.r2(emb).mean().sqrt()))
+    with torch.no_grad():  # gaussian width on the scale of the distances to the centres
+        model.head.rbf.set_sigma(float(model.head.rbf.r2(emb).mean().sqrt()))
 
     # Stage 3: everything together on eq. (14).
     unsup = []
