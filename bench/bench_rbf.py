@@ -32,14 +32,14 @@ PROVIDERS = ("fused", "naive", "gemm")
 MODES = ("fwd", "fwd+bwd")
 
 
-def make_inputs(n, c, d, metric, requires_grad):
+def make_inputs(n, c, d, metric, requires_grad, device="cpu"):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g) / d**0.5
     cen = torch.randn(c, d, generator=g) / d**0.5
     diag = torch.rand(c, d, generator=g) + 0.5 if metric == "diag" else None
     tril = torch.randn(c, d, d, generator=g) * 0.2 / d**0.5 + torch.eye(d) if metric == "tril" else None
     sigma = torch.rand(c, generator=g) + 0.5
-    ts = [t.requires_grad_(requires_grad) if t is not None else None for t in (x, cen, diag, tril, sigma)]
+    ts = [t.to(device).requires_grad_(requires_grad) if t is not None else None for t in (x, cen, diag, tril, sigma)]
     return ts
 
 
@@ -75,13 +75,20 @@ def step(provider, metric, mode, inputs):
     return run
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_median(run, rounds, warmup=1):
     for _ in range(warmup):
         run()
     ts = []
     for _ in range(rounds):
+        _sync()
         t0 = time.perf_counter()
         run()
+        _sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -100,21 +107,22 @@ def _peak_child(spec):
     print(_peak.extra_peak_mib(run))
 
 
-def table(cases, rounds, providers=PROVIDERS, memory=True):
+def table(cases, rounds, providers=PROVIDERS, memory=True, device="cpu"):
+    """Median times (and, on CPU, peak extra memory) per provider; ``device="cuda"`` runs the Triton kernels."""
     torch.set_num_threads(2)
     rows = []
     for case in cases:
         name, n, c, d, metric = case
         for mode in MODES:
-            inputs = make_inputs(n, c, d, metric, mode != "fwd")
-            row = {"case": f"{name} N={n} C={c} D={d}", "mode": mode}
+            inputs = make_inputs(n, c, d, metric, mode != "fwd", device)
+            row = {"case": f"{name} N={n} C={c} D={d}", "mode": mode, "device": device}
             for p in providers:
                 try:
                     row[p] = time_median(step(p, metric, mode, inputs), rounds)
                 except RuntimeError as e:  # out of memory in the naive version
                     row[p] = None
                     print(f"  {p} failed: {str(e)[:80]}", file=sys.stderr)
-                if memory:
+                if memory and device == "cpu":
                     row[p + "_mb"] = peak_memory_mb(case, p, mode)
             rows.append(row)
             print(format_row(row), flush=True)

@@ -27,16 +27,21 @@ def _load(name: str):
     return mod
 
 
-def _row(op, shape, mode, fused, naive=None, peer=None, peer_name="", mem=None, naive_name="naive"):
-    return {"op": op, "shape": shape, "mode": mode, "backend": "cpu (C++)", "fused_s": fused,
+def _row(op, shape, mode, fused, naive=None, peer=None, peer_name="", mem=None, naive_name="naive",
+         backend="cpu (C++)"):
+    return {"op": op, "shape": shape, "mode": mode, "backend": backend, "fused_s": fused,
             "naive": naive_name, "naive_s": naive, "peer": peer_name, "peer_s": peer, "fused_peak_mib": mem}
 
 
 def _rbf(quick):
     m = _load("bench_rbf")
-    rows = m.table(m.QUICK_CASES if quick else m.CASES, 3 if quick else 5, memory=not quick)
+    cases = m.QUICK_CASES if quick else m.CASES
+    rows = m.table(cases, 3 if quick else 5, memory=not quick)
+    if torch.cuda.is_available():  # the same cases on the GPU: Triton kernels vs the torch versions
+        rows += m.table(cases, 3 if quick else 10, memory=False, device="cuda")
     return [_row("rbf (" + r["case"].split()[0] + ")", " ".join(r["case"].split()[1:]), r["mode"], r["fused"],
-                 r.get("naive"), r.get("gemm"), "GEMM-expanded torch", r.get("fused_mb")) for r in rows]
+                 r.get("naive"), r.get("gemm"), "GEMM-expanded torch", r.get("fused_mb"),
+                 backend="cuda (Triton)" if r.get("device") == "cuda" else "cpu (C++)") for r in rows]
 
 
 def _rbf_layers(quick):
@@ -98,8 +103,6 @@ def main(quick: bool = False, json_path: str | None = None, families=None) -> in
             continue
         print(f"-- {name}", flush=True)
         rows += fn(quick)
-    if torch.cuda.is_available():
-        print("CUDA found: the GPU cases run through pytest-benchmark: pytest bench/ --benchmark-only")
     print()
     print(format_table(rows))
     if json_path:
