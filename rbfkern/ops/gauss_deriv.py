@@ -254,6 +254,19 @@ def _(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized
                        _out_hw(x.shape[3], k, stride, padding))
 
 
+def _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized):
+    """Contiguous (grad, x, alpha) (half types on CPU in float32) and the 1D taps, for the kernels."""
+    xc, ac, gc = x.contiguous(), alpha.contiguous(), grad.contiguous()
+    if xc.dtype in _HALF and x.device.type == "cpu":
+        xc, ac, gc = xc.float(), ac.float(), gc.float()
+    return xc, ac, gc, _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+
+
+def _bwd_outputs(grads, inputs, needs):
+    """Gradients in their input's dtype; an input not needed gets an empty tensor."""
+    return tuple(g.to(t.dtype) if n else inputs[0].new_empty(0) for g, t, n in zip(grads, inputs, needs))
+
+
 @torch.library.custom_op("rbfkern::gauss_deriv_conv2d_bwd", mutates_args=())
 def _gd2_bwd_op(
     grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
@@ -265,10 +278,7 @@ def _gd2_bwd_op(
         gx, ga, gs = _reference_vjp(reference.gauss_deriv_conv2d, grad, x, alpha, sigma, order, truncate, radii,
                                     stride, padding, scale_normalized)
     else:
-        xc, ac, gc = x.contiguous(), alpha.contiguous(), grad.contiguous()
-        if xc.dtype in _HALF and x.device.type == "cpu":
-            xc, ac, gc = xc.float(), ac.float(), gc.float()
-        g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+        xc, ac, gc, g = _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized)
         path = _path_for(xc, ac, g, order, stride, padding)
         if path == "dense":
             gx, ga, gg = _Dense.backward(gc, xc, ac, g, order, stride, padding, needs)
@@ -277,10 +287,7 @@ def _gd2_bwd_op(
         else:
             gx, ga, gg = _Cpp.backward(gc, xc, ac, g, order, stride, padding, needs)
         gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
-    out = []
-    for gt, like, need in zip((gx, ga, gs), (x, alpha, sigma), needs):
-        out.append(gt.to(like.dtype) if need else x.new_empty(0))
-    return tuple(out)
+    return _bwd_outputs((gx, ga, gs), (x, alpha, sigma), needs)
 
 
 @_gd2_bwd_op.register_fake
@@ -345,16 +352,10 @@ def _gd3_bwd_op(
         gx, ga, gs = _reference_vjp(reference.gauss_deriv_conv3d, grad, x, alpha, sigma, order, truncate, radii,
                                     stride, padding, scale_normalized)
     else:
-        xc, ac, gc = x.contiguous(), alpha.contiguous(), grad.contiguous()
-        if xc.dtype in _HALF and x.device.type == "cpu":
-            xc, ac, gc = xc.float(), ac.float(), gc.float()
-        g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+        xc, ac, gc, g = _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized)
         gx, ga, gg = _Dense.backward(gc, xc, ac, g, order, stride, padding, needs, ndim=3)
         gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
-    out = []
-    for gt, like, need in zip((gx, ga, gs), (x, alpha, sigma), needs):
-        out.append(gt.to(like.dtype) if need else x.new_empty(0))
-    return tuple(out)
+    return _bwd_outputs((gx, ga, gs), (x, alpha, sigma), needs)
 
 
 @_gd3_bwd_op.register_fake
