@@ -19,6 +19,7 @@ template <class T>
 struct GdProblem {
   int64_t N = 0, Ci = 0, H = 0, W = 0, Co = 0, S = 0, O1 = 0, M = 0, K = 0;
   int64_t stride = 1, pad = 0, Ho = 0, Wo = 0;
+  int64_t D = 1, Do = 1;  // depth (3D problems only)
   const T* x = nullptr;
   const T* A = nullptr;
   const T* f = nullptr;
@@ -29,6 +30,10 @@ template <class T>
 void gauss_deriv2d_forward(const GdProblem<T>& p, T* out, int nthreads);
 template <class T>
 void gauss_deriv2d_backward(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf, int nthreads);
+template <class T>
+void gauss_deriv3d_forward(const GdProblem<T>& p, T* out, int nthreads);
+template <class T>
+void gauss_deriv3d_backward(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf, int nthreads);
 
 }  // namespace cpu
 
@@ -45,26 +50,37 @@ void expect_shape(const py::array& a, std::initializer_list<int64_t> shape, cons
   expect((a.flags() & py::array::c_style) != 0, std::string(name) + " must be C-contiguous");
 }
 
+// 2D (x rank 4, pq (M, 2)) or 3D (x rank 5, pq (M, 3) rows (p, q, t)).
 template <class T>
 cpu::GdProblem<T> problem(const py::array& x, const py::array& A, const py::array& f,
                           const py::array& pq, int64_t stride, int64_t pad) {
   cpu::GdProblem<T> p;
-  expect(x.ndim() == 4 && f.ndim() == 3 && A.ndim() == 2 && pq.ndim() == 2, "bad ranks");
-  p.N = x.shape(0), p.Ci = x.shape(1), p.H = x.shape(2), p.W = x.shape(3);
+  const bool three = x.ndim() == 5;
+  const int64_t w = three ? 3 : 2;
+  expect((x.ndim() == 4 || three) && f.ndim() == 3 && A.ndim() == 2 && pq.ndim() == 2, "bad ranks");
+  const int64_t o = three ? 1 : 0;
+  p.N = x.shape(0), p.Ci = x.shape(1), p.H = x.shape(2 + o), p.W = x.shape(3 + o);
+  if (three) p.D = x.shape(2);
   p.S = f.shape(0), p.O1 = f.shape(1), p.K = f.shape(2), p.M = pq.shape(0);
   p.Co = A.shape(0);
   p.stride = stride, p.pad = pad;
   expect(stride >= 1 && pad >= 0 && p.K >= 1 && p.K % 2 == 1, "bad stride, padding or kernel size");
-  expect(p.H + 2 * pad >= p.K && p.W + 2 * pad >= p.K, "kernel larger than the padded input");
+  expect(p.H + 2 * pad >= p.K && p.W + 2 * pad >= p.K && p.D + 2 * (three ? pad : p.K) >= p.K,
+         "kernel larger than the padded input");
   p.Ho = (p.H + 2 * pad - p.K) / stride + 1;
   p.Wo = (p.W + 2 * pad - p.K) / stride + 1;
-  expect_shape(x, {p.N, p.Ci, p.H, p.W}, "x");
+  if (three) {
+    p.Do = (p.D + 2 * pad - p.K) / stride + 1;
+    expect_shape(x, {p.N, p.Ci, p.D, p.H, p.W}, "x");
+  } else {
+    expect_shape(x, {p.N, p.Ci, p.H, p.W}, "x");
+  }
   expect_shape(A, {p.Co, p.Ci * p.S * p.M}, "alpha");
   expect_shape(f, {p.S, p.O1, p.K}, "taps");
-  expect_shape(pq, {p.M, 2}, "pq");
+  expect_shape(pq, {p.M, w}, "pq");
   expect(pq.dtype().is(py::dtype::of<int64_t>()), "pq must be int64");
   const int64_t* q = static_cast<const int64_t*>(pq.data());
-  for (int64_t b = 0; b < 2 * p.M; ++b) expect(q[b] >= 0 && q[b] < p.O1, "pq entry out of range");
+  for (int64_t b = 0; b < w * p.M; ++b) expect(q[b] >= 0 && q[b] < p.O1, "pq entry out of range");
   p.x = static_cast<const T*>(x.data());
   p.A = static_cast<const T*>(A.data());
   p.f = static_cast<const T*>(f.data());
@@ -86,10 +102,14 @@ template <class T>
 void forward_t(const py::array& x, const py::array& A, const py::array& f, const py::array& pq, int64_t stride,
                int64_t pad, const py::object& out, int nthreads) {
   auto p = problem<T>(x, A, f, pq, stride, pad);
-  T* o = out_ptr<T>(out, {p.N, p.Co, p.Ho, p.Wo}, "out");
+  const bool three = x.ndim() == 5;
+  T* o = three ? out_ptr<T>(out, {p.N, p.Co, p.Do, p.Ho, p.Wo}, "out") : out_ptr<T>(out, {p.N, p.Co, p.Ho, p.Wo}, "out");
   expect(o != nullptr, "out is required");
   py::gil_scoped_release nogil;
-  cpu::gauss_deriv2d_forward<T>(p, o, nthreads);
+  if (three)
+    cpu::gauss_deriv3d_forward<T>(p, o, nthreads);
+  else
+    cpu::gauss_deriv2d_forward<T>(p, o, nthreads);
 }
 
 template <class T>
@@ -97,14 +117,21 @@ void backward_t(const py::array& gout, const py::array& x, const py::array& A, c
                 const py::array& pq, int64_t stride, int64_t pad, const py::object& gx,
                 const py::object& galpha, const py::object& gf, int nthreads) {
   auto p = problem<T>(x, A, f, pq, stride, pad);
-  expect_shape(gout, {p.N, p.Co, p.Ho, p.Wo}, "grad_out");
+  const bool three = x.ndim() == 5;
+  if (three)
+    expect_shape(gout, {p.N, p.Co, p.Do, p.Ho, p.Wo}, "grad_out");
+  else
+    expect_shape(gout, {p.N, p.Co, p.Ho, p.Wo}, "grad_out");
   expect(gout.dtype().is(py::dtype::of<T>()), "grad_out has the wrong dtype");
-  T* gxp = out_ptr<T>(gx, {p.N, p.Ci, p.H, p.W}, "gx");
+  T* gxp = three ? out_ptr<T>(gx, {p.N, p.Ci, p.D, p.H, p.W}, "gx") : out_ptr<T>(gx, {p.N, p.Ci, p.H, p.W}, "gx");
   T* gap = out_ptr<T>(galpha, {p.Co, p.Ci * p.S * p.M}, "galpha");
   T* gfp = out_ptr<T>(gf, {p.S, p.O1, p.K}, "gtaps");
   const T* go = static_cast<const T*>(gout.data());
   py::gil_scoped_release nogil;
-  cpu::gauss_deriv2d_backward<T>(p, go, gxp, gap, gfp, nthreads);
+  if (three)
+    cpu::gauss_deriv3d_backward<T>(p, go, gxp, gap, gfp, nthreads);
+  else
+    cpu::gauss_deriv2d_backward<T>(p, go, gxp, gap, gfp, nthreads);
 }
 
 bool is_f64(const py::array& x) {
@@ -124,7 +151,8 @@ void bind(py::module_& m) {
       },
       py::arg("x"), py::arg("alpha"), py::arg("taps"), py::arg("pq"), py::arg("stride"), py::arg("pad"),
       py::arg("out"), py::arg("nthreads"),
-      "Separable fused Gaussian-derivative basis convolution (flipped taps), writes out (N, Co, Ho, Wo).");
+      "Separable fused Gaussian-derivative basis convolution (flipped taps), writes out (N, Co, Ho, Wo);\n"
+      "x of rank 5 with pq (M, 3) is the 3D op, out (N, Co, Do, Ho, Wo).");
   m.def(
       "gauss_deriv2d_backward",
       [](const py::array& gout, const py::array& x, const py::array& A, const py::array& f, const py::array& pq,

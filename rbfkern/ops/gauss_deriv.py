@@ -46,6 +46,9 @@ PATHS = ("auto", "separable", "dense")
 RATE_DENSE = 22e9
 RATE_PASS = 10e9
 RATE_GEMM = 7e9
+# oneDNN's conv3d (direct, no Winograd) sustains a lower rate than conv2d: fitted on x (2, 8, 32,
+# 32, 32), C_out 8, order 2, sigma 1 and 2 (bench/bench_gauss_deriv.py's 3D rows).
+RATE_DENSE3 = 22e9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,13 +80,50 @@ def path_costs(n, cin, cout, h, w, ho, wo, n_scales, order, k, stride=1) -> dict
 def choose_path(n, cin, cout, h, w, ho, wo, n_scales, order, k, stride=1) -> str:
     """'separable' or 'dense' for a 2D problem: ``RBFKERN_GD_PATH`` if set, else the cheaper by
     :func:`path_costs`."""
-    env = os.environ.get("RBFKERN_GD_PATH", "auto").strip().lower() or "auto"
-    if env not in PATHS:
-        raise ValueError(f"RBFKERN_GD_PATH must be one of {PATHS}, got {env!r}")
+    env = _path_env()
     if env != "auto":
         return env
     c = path_costs(n, cin, cout, h, w, ho, wo, n_scales, order, k, stride)
     return "separable" if c["separable"] < c["dense"] else "dense"
+
+
+def path_costs_3d(n, cin, cout, outs, n_scales, order, k, stride=1) -> dict[str, float]:
+    """Estimated seconds-per-thread of one 3D forward on each path; outs = (Do, Ho, Wo).
+
+    separable: x pass Ci*S*(order+1)*K per (padded z, padded y, output x), y pass Ci*S*M2*K per
+        (padded z, output y, output x) with M2 the 2D basis size, z pass Ci*S*M3*K per output voxel,
+        recombination GEMM Co*Ci*S*M3 per output voxel;
+    dense: Co*Ci*K^3 per output voxel (conv3d, its own rate), plus building W (Co*Ci*S*M3*K^3).
+    """
+    do, ho, wo = outs
+    m2, m3 = basis.num_basis(order, 2), basis.num_basis(order, 3)
+    dp, hp = (do - 1) * stride + k, (ho - 1) * stride + k
+    vox = n * do * ho * wo
+    passes = n * cin * n_scales * k * ((order + 1) * dp * hp * wo + m2 * dp * ho * wo + m3 * do * ho * wo)
+    gemm = vox * cout * cin * n_scales * m3
+    dense = vox * cout * cin * k ** 3
+    build = cout * cin * n_scales * m3 * k ** 3
+    return {
+        "separable": passes / RATE_PASS + gemm / RATE_GEMM,
+        "dense": dense / RATE_DENSE3 + build / RATE_PASS,
+    }
+
+
+def choose_path_3d(n, cin, cout, outs, n_scales, order, k, stride=1) -> str:
+    """'separable' or 'dense' for a 3D problem (``RBFKERN_GD_PATH`` overrides), by
+    :func:`path_costs_3d`."""
+    env = _path_env()
+    if env != "auto":
+        return env
+    c = path_costs_3d(n, cin, cout, outs, n_scales, order, k, stride)
+    return "separable" if c["separable"] < c["dense"] else "dense"
+
+
+def _path_env() -> str:
+    env = os.environ.get("RBFKERN_GD_PATH", "auto").strip().lower() or "auto"
+    if env not in PATHS:
+        raise ValueError(f"RBFKERN_GD_PATH must be one of {PATHS}, got {env!r}")
+    return env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,28 +213,29 @@ class _Dense:
 
 
 class _Cpp:
-    """The separable fused kernels of csrc/cpu/gauss_deriv.cpp (float32/float64)."""
+    """The separable fused kernels of csrc/cpu/gauss_deriv.cpp (float32/float64); x of rank 5 runs
+    the 3D kernels."""
 
     @staticmethod
-    def _pq(order):
-        return torch.tensor(basis.derivative_orders(order), dtype=torch.int64).numpy()
+    def _pq(order, ndim=2):
+        return torch.tensor(_pq(order, ndim), dtype=torch.int64).numpy()
 
     @staticmethod
     def forward(x, alpha, g, order, stride, pad):
-        n, ci, h, w = x.shape
+        nd = x.dim() - 2
         k = g.shape[-1]
-        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-        out = x.new_empty(n, alpha.shape[0], ho, wo)
+        out = x.new_empty(x.shape[0], alpha.shape[0], *(_out_hw(d, k, stride, pad) for d in x.shape[2:]))
         f = g.flip(-1).to(x.dtype).contiguous()
         a = alpha.reshape(alpha.shape[0], -1).contiguous()
         _backend.cext().gauss_deriv2d_forward(
-            x.detach().numpy(), a.detach().numpy(), f.numpy(), _Cpp._pq(order),
+            x.detach().numpy(), a.detach().numpy(), f.numpy(), _Cpp._pq(order, nd),
             stride, pad, out.numpy(), _backend.num_threads(),
         )
         return out
 
     @staticmethod
     def backward(grad, x, alpha, g, order, stride, pad, needs):
+        nd = x.dim() - 2
         f = g.flip(-1).to(x.dtype).contiguous()
         a = alpha.reshape(alpha.shape[0], -1).contiguous()
         gx = torch.empty_like(x) if needs[0] else None
@@ -203,16 +244,38 @@ class _Cpp:
         np_ = lambda t: None if t is None else t.numpy()  # noqa: E731
         _backend.cext().gauss_deriv2d_backward(
             grad.detach().numpy(), x.detach().numpy(), a.detach().numpy(), f.numpy(),
-            _Cpp._pq(order), stride, pad, np_(gx), np_(ga), np_(gf), _backend.num_threads(),
+            _Cpp._pq(order, nd), stride, pad, np_(gx), np_(ga), np_(gf), _backend.num_threads(),
         )
         return gx, None if ga is None else ga.reshape(alpha.shape), None if gf is None else gf.flip(-1)
 
 
 def _path_for(x: Tensor, alpha: Tensor, g: Tensor, order: int, stride: int, pad: int) -> str:
-    n, ci, h, w = x.shape
     k = g.shape[-1]
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    return choose_path(n, ci, alpha.shape[0], h, w, ho, wo, g.shape[0], order, k, stride)
+    n, ci = x.shape[:2]
+    sizes = x.shape[2:]
+    outs = [_out_hw(d, k, stride, pad) for d in sizes]
+    if x.dim() == 5:
+        return choose_path_3d(n, ci, alpha.shape[0], tuple(outs), g.shape[0], order, k, stride)
+    return choose_path(n, ci, alpha.shape[0], *sizes, *outs, g.shape[0], order, k, stride)
+
+
+def _run_forward(name, xc, ac, g, order, stride, padding):
+    """The forward on the path the cost model picks (2D or 3D by x's rank)."""
+    nd = xc.dim() - 2
+    if _path_for(xc, ac, g, order, stride, padding) == "dense":
+        return _Dense.forward(xc, ac, g, order, stride, padding, ndim=nd)
+    if name == "triton":
+        return _backend.gpu_module("gauss_deriv").forward(xc, ac, g, order, stride, padding)
+    return _Cpp.forward(xc, ac, g, order, stride, padding)
+
+
+def _run_backward(name, gc, xc, ac, g, order, stride, padding, needs):
+    nd = xc.dim() - 2
+    if _path_for(xc, ac, g, order, stride, padding) == "dense":
+        return _Dense.backward(gc, xc, ac, g, order, stride, padding, needs, ndim=nd)
+    if name == "triton":
+        return _backend.gpu_module("gauss_deriv").backward(gc, xc, ac, g, order, stride, padding, needs)
+    return _Cpp.backward(gc, xc, ac, g, order, stride, padding, needs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,14 +300,7 @@ def _gd2_op(
     if xc.dtype in _HALF and x.device.type == "cpu":
         xc, ac = xc.float(), ac.float()
     g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
-    path = _path_for(xc, ac, g, order, stride, padding)
-    if path == "dense":
-        out = _Dense.forward(xc, ac, g, order, stride, padding)
-    elif name == "triton":
-        out = _backend.gpu_module("gauss_deriv").forward(xc, ac, g, order, stride, padding)
-    else:
-        out = _Cpp.forward(xc, ac, g, order, stride, padding)
-    return out.to(x.dtype)
+    return _run_forward(name, xc, ac, g, order, stride, padding).to(x.dtype)
 
 
 @_gd2_op.register_fake
@@ -279,13 +335,7 @@ def _gd2_bwd_op(
                                     stride, padding, scale_normalized)
     else:
         xc, ac, gc, g = _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized)
-        path = _path_for(xc, ac, g, order, stride, padding)
-        if path == "dense":
-            gx, ga, gg = _Dense.backward(gc, xc, ac, g, order, stride, padding, needs)
-        elif name == "triton":
-            gx, ga, gg = _backend.gpu_module("gauss_deriv").backward(gc, xc, ac, g, order, stride, padding, needs)
-        else:
-            gx, ga, gg = _Cpp.backward(gc, xc, ac, g, order, stride, padding, needs)
+        gx, ga, gg = _run_backward(name, gc, xc, ac, g, order, stride, padding, needs)
         gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
     return _bwd_outputs((gx, ga, gs), (x, alpha, sigma), needs)
 
@@ -333,7 +383,7 @@ def _gd3_op(
     if xc.dtype in _HALF and x.device.type == "cpu":
         xc, ac = xc.float(), ac.float()
     g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
-    return _Dense.forward(xc, ac, g, order, stride, padding, ndim=3).to(x.dtype)
+    return _run_forward(name, xc, ac, g, order, stride, padding).to(x.dtype)
 
 
 @_gd3_op.register_fake
@@ -353,7 +403,7 @@ def _gd3_bwd_op(
                                     stride, padding, scale_normalized)
     else:
         xc, ac, gc, g = _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized)
-        gx, ga, gg = _Dense.backward(gc, xc, ac, g, order, stride, padding, needs, ndim=3)
+        gx, ga, gg = _run_backward(name, gc, xc, ac, g, order, stride, padding, needs)
         gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
     return _bwd_outputs((gx, ga, gs), (x, alpha, sigma), needs)
 
