@@ -26,3 +26,66 @@ def assert_close_to_ref(got, want64, dtype, scale=None, what=""):
             f"want {float(want.flatten()[idx]):.10g}); rtol={rtol}, atol={atol}*{scale:.3g}"
         )
     assert torch.isfinite(got).all() == torch.isfinite(want).all(), f"{what}: finiteness differs"
+
+
+# ---------------------------------------------------------------------------------------------
+# One representative call of every public op (determinism, threads, autocast tests)
+# ---------------------------------------------------------------------------------------------
+
+
+def op_cases(dtype=torch.float32, seed=0, scale=1):
+    """{name: (fn, tensors)}: ``fn(*tensors)`` calls one public op; ``scale`` grows the sizes so
+    the OpenMP loops split over threads. Every tensor is a leaf that needs a gradient."""
+    from rbfkern import ops
+
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, lo=None):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64)
+        if lo is not None:
+            t = t.abs() + lo
+        return t.to(dtype)
+
+    n, c, d = 37 * scale, 19 * scale, 17
+    return {
+        "rbf_r2/none": (lambda x, cc: ops.rbf_r2(x, cc), (r(n, d), r(c, d))),
+        "rbf_r2/diag": (lambda x, cc, w: ops.rbf_r2(x, cc, diag=w), (r(n, d), r(c, d), r(c, d, lo=0.1))),
+        "rbf/tril_gaussian": (lambda x, cc, L, s: ops.rbf(x, cc, tril=L, sigma=s),
+                              (r(n, d), r(c, d), r(c, d, d) / 4, r(c, lo=1.0))),
+        "rbf/diag_multiquadric": (lambda x, cc, w, s: ops.rbf(x, cc, diag=w, sigma=s, kind="multiquadric", shape=0.7),
+                                  (r(n, d), r(c, d), r(d, lo=0.1), r((), lo=0.5))),
+        "rbf/thin_plate": (lambda x, cc: ops.rbf(x, cc, kind="thin_plate"), (r(n, d), r(c, d))),
+        "bcos_conv2d/b2": (lambda x, w: ops.bcos_conv2d(x, w, b=2.0, max_out=2, stride=2, padding=1, groups=2),
+                           (r(2 * scale, 4, 11, 9), r(8, 2, 3, 3))),
+        "bcos_conv2d/b2.5": (lambda x, w: ops.bcos_conv2d(x, w, b=2.5, dilation=2, padding=2),
+                             (r(2 * scale, 3, 10, 10), r(5, 3, 3, 3))),
+        "bcos_linear": (lambda x, w: ops.bcos_linear(x, w, b=2.0, max_out=2), (r(3 * scale, 5, 17), r(12, 17))),
+        "gauss_deriv_conv2d": (lambda x, a, s: ops.gauss_deriv_conv2d(x, a, s, order=2),
+                               (r(2 * scale, 3, 13, 12), r(4, 3, 12), r(2, lo=0.7))),
+        "gauss_deriv_conv3d": (lambda x, a, s: ops.gauss_deriv_conv3d(x, a, s, order=1, stride=2),
+                               (r(scale, 2, 7, 8, 6), r(3, 2, 4), r(1, lo=0.7))),
+    }
+
+
+def run_case(fn, tensors, seed=1):
+    """Forward and backward of ``fn`` on fresh leaf copies: [output, grad of each tensor]."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    y = fn(*leaves)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y.dtype)
+    y.backward(gy)
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+def assert_bitwise(got, want, what=""):
+    """Every tensor of two lists identical bit for bit (NaNs included)."""
+    assert len(got) == len(want), what
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{what}[{i}]: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        same = torch.equal(a.view(-1).view(torch.uint8 if a.element_size() == 1 else
+                                          {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]),
+                           b.view(-1).view(torch.uint8 if b.element_size() == 1 else
+                                           {2: torch.int16, 4: torch.int32, 8: torch.int64}[b.element_size()]))
+        if not same:
+            diff = (a.double() - b.double()).abs()
+            raise AssertionError(f"{what}[{i}] not bitwise equal: max abs diff {float(diff.max()):.3g}, "
+                                 f"{int((a != b).sum())} of {a.numel()} elements differ")

@@ -22,13 +22,22 @@ def tensor(name: str, t, ndim: int | tuple[int, ...] | None = None) -> Tensor:
     return t
 
 
+_AUTOCAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _autocast_merges(ref: Tensor, t: Tensor) -> bool:
+    """Autocast casts half/float32 arguments of the ops to float32 (ops/_autocast.py): a mix is fine then."""
+    return (ref.dtype in _AUTOCAST_DTYPES and t.dtype in _AUTOCAST_DTYPES
+            and torch.amp.is_autocast_available(ref.device.type) and torch.is_autocast_enabled(ref.device.type))
+
+
 def same_device_dtype(ref_name: str, ref: Tensor, **others: Tensor | None) -> None:
     for name, t in others.items():
         if t is None:
             continue
         if t.device != ref.device:
             raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; move them to one device")
-        if t.dtype != ref.dtype:
+        if t.dtype != ref.dtype and not _autocast_merges(ref, t):
             raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; use one dtype")
 
 
