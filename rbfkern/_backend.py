@@ -3,6 +3,9 @@
 CUDA tensors always go to Triton. For CPU tensors ``RBFKERN_BACKEND`` picks, read at every call:
 ``auto`` (default, the C++ extension), ``cpp``, ``triton`` (needs ``TRITON_INTERPRET=1`` set
 before triton is imported) or ``reference``.
+
+``RBFKERN_EXT=/path/to/_C.so`` loads that file as the C++ extension instead of the installed
+``rbfkern._C`` (CI's sanitizer stage, .ci/sanitize, loads its ASan/UBSan build this way).
 """
 from __future__ import annotations
 
@@ -22,13 +25,27 @@ def cext():
     global _cext
     if _cext is None:
         try:
-            _cext = importlib.import_module("rbfkern._C")
+            _cext = _load_cext()
         except ImportError as e:  # pragma: no cover - only on a broken install
             raise ImportError(
                 "rbfkern._C (the C++ extension) is not built; reinstall with "
                 "`pip install -e .` or set RBFKERN_BACKEND=reference"
             ) from e
     return _cext
+
+
+def _load_cext():
+    # RBFKERN_EXT=/path/to/_C.so loads that build instead of the installed one (CI's sanitizer
+    # stage points it at the -fsanitize=address,undefined build; see .ci/sanitize).
+    path = os.environ.get("RBFKERN_EXT", "")
+    if not path:
+        return importlib.import_module("rbfkern._C")
+    spec = importlib.util.spec_from_file_location("rbfkern._C", path)
+    if spec is None or not os.path.isfile(path):
+        raise ImportError(f"RBFKERN_EXT={path!r} is not an extension module file")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def has_cext() -> bool:
