@@ -62,6 +62,13 @@ def _train(model, batches):
     return model
 
 
+def _init_head(net, xs, **kw):
+    """The RBF centres by k-means of the (untrained) features of every image (this rank's)."""
+    with torch.no_grad():
+        init_centers(net.head, net.features(xs.reshape(-1, *xs.shape[2:])), seed=0, **kw)
+    return net
+
+
 def _blobs(n=120, d=5, k=6):
     g = torch.Generator().manual_seed(2)
     means = torch.randn(k, d, generator=g, dtype=DT) * 4
@@ -105,8 +112,10 @@ def _stream(x, rank):
 def _scenarios(rank):
     out = {}
     xs, ys = _images()
-    ddp = nn.parallel.DistributedDataParallel(Net())
     rows = slice(rank * BATCH, (rank + 1) * BATCH)
+    net = _init_head(Net(), xs[:, rows], distributed=True)
+    out["train_init"] = net.head.rbf.centers.detach().clone()
+    ddp = nn.parallel.DistributedDataParallel(net)
     _train(ddp, [(xs[s, rows], ys[s, rows]) for s in range(STEPS)])
     out["train"] = {k: v.detach().clone() for k, v in ddp.module.state_dict().items()}
 
@@ -196,9 +205,13 @@ def _bitwise_same(a, b):
 # ---------------------------------------------------------------------------------------------
 
 def test_ddp_training_equals_single_process_on_the_concatenated_batch(ranks):
+    """Distributed init_centers on each rank's features, then DDP steps == the same on all images."""
     xs, ys = _images()
-    single = _train(Net(), [(xs[s], ys[s]) for s in range(STEPS)]).state_dict()
-    start = Net().state_dict()
+    union = torch.cat([xs[:, r * BATCH:(r + 1) * BATCH] for r in range(WORLD)])  # the shards in rank order
+    start = _init_head(Net(), union).state_dict()
+    single = _train(_init_head(Net(), union), [(xs[s], ys[s]) for s in range(STEPS)]).state_dict()
+    torch.testing.assert_close(ranks[0]["train_init"], start["head.rbf.centers"], **TOL)
+    assert not torch.equal(start["head.rbf.centers"], Net().state_dict()["head.rbf.centers"])
     assert _bitwise_same(ranks[0]["train"], ranks[1]["train"])  # DDP keeps the replicas identical
     assert "features.0.sigma" in single  # the learned Gaussian-derivative scales are trained too
     for name, want in single.items():
@@ -214,10 +227,10 @@ def _check_kmeans(res, want, shard_rows):
     assert abs(res["inertia"] - want.inertia) <= 1e-12 * want.inertia
 
 
-@pytest.mark.parametrize("case", ["lloyd", "kmeanspp", "empty_rank", "minibatch", "stream", "init_centers"])
+@pytest.mark.parametrize("case", ["train_init", "lloyd", "kmeanspp", "empty_rank", "minibatch", "stream", "init_centers"])
 def test_all_ranks_agree_bitwise(ranks, case):
     """Centres, inertia and iteration count (labels are each rank's own rows)."""
-    a, b = ({k: v for k, v in r[case].items() if k != "labels"} if case != "init_centers" else r[case]
+    a, b = ({k: v for k, v in r[case].items() if k != "labels"} if isinstance(r[case], dict) else r[case]
             for r in ranks)
     assert _bitwise_same(a, b)
 
