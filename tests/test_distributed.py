@@ -296,15 +296,5 @@ def test_bad_shard_raises_on_every_rank(ranks):
     assert _bitwise_same(ranks[0]["after_errors"], ranks[1]["after_errors"])
 
 
-def test_distributed_needs_an_initialised_group():
-    x = _blobs()
-    with pytest.raises(ValueError, match="distributed=True"):
-        kmeans(x, 3, distributed=True)
-    with pytest.raises(ValueError, match="process_group"):
-        kmeans(x, 3, process_group=object())
-    with pytest.raises(ValueError, match="distributed=True"):
-        init_centers(rnn.RBF(5, 3, dtype=DT), x, distributed=True)
-
-
 if __name__ == "__main__":  # one rank of the launch above
     _rank_main(sys.argv[1])
