@@ -17,7 +17,8 @@ import torch.distributed as dist
 from torch import nn
 
 import rbfkern.nn as rnn
-from rbfkern.kmeans import init_centers, kmeans
+import rbfkern.kmeans as kmeans_mod
+from rbfkern.kmeans import SEED_ROWS, init_centers, kmeans
 
 WORLD = 2
 DT = torch.float64
@@ -127,6 +128,10 @@ def _scenarios(rank):
     out["kmeanspp"] = res._asdict()
     res = kmeans(_shard(x, rank, 120), 4, init="random", seed=1, distributed=True)  # rank 1: no rows
     out["empty_rank"] = res._asdict()
+    kmeans_mod.SEED_ROWS = 64  # the union (120 rows) is over max(64, 16 k): seeding on a sample of 96
+    out["sampled_seeds"] = kmeans(_shard(x, rank), 6, seed=0, max_iter=0, distributed=True).centers
+    out["sampled"] = kmeans(_shard(x, rank), 6, seed=0, distributed=True)._asdict()
+    kmeans_mod.SEED_ROWS = SEED_ROWS
     clf = _clf_with_metric()
     out["init_centers"] = (init_centers(clf, _shard(x, rank), seed=1, distributed=True), clf.rbf.centers.detach())
     out["minibatch"] = kmeans(_shard(x, rank), 6, seed=0, batch_size=16, distributed=True)._asdict()
@@ -227,7 +232,8 @@ def _check_kmeans(res, want, shard_rows):
     assert abs(res["inertia"] - want.inertia) <= 1e-12 * want.inertia
 
 
-@pytest.mark.parametrize("case", ["train_init", "lloyd", "kmeanspp", "empty_rank", "minibatch", "stream", "init_centers"])
+@pytest.mark.parametrize("case", ["train_init", "lloyd", "kmeanspp", "empty_rank", "sampled_seeds",
+                                  "sampled", "minibatch", "stream", "init_centers"])
 def test_all_ranks_agree_bitwise(ranks, case):
     """Centres, inertia and iteration count (labels are each rank's own rows)."""
     a, b = ({k: v for k, v in r[case].items() if k != "labels"} if isinstance(r[case], dict) else r[case]
@@ -256,6 +262,17 @@ def test_rank_without_rows(ranks):
     want = kmeans(x, 4, init="random", seed=1)
     _check_kmeans(ranks[0]["empty_rank"], want, slice(None))
     assert ranks[1]["empty_rank"]["labels"].shape == (0,)
+
+
+def test_seeding_on_a_sample_of_a_large_union(ranks):
+    """Above the sample size, k-means++ runs on a gathered sample: seeds are distinct data rows and
+    Lloyd from them reaches a clustering as good as one process on all rows (up to 10 %)."""
+    x = _blobs()
+    seeds = ranks[0]["sampled_seeds"]
+    hits = (seeds[:, None, :] == x[None]).all(-1)  # (k, N): which rows each seed is
+    assert bool(hits.any(1).all()) and len({int(h.nonzero()[0]) for h in hits}) == 6
+    assert not torch.equal(seeds, kmeans(x, 6, seed=0, max_iter=0).centers)  # the sample was used
+    assert ranks[0]["sampled"]["inertia"] <= 1.1 * kmeans(x, 6, seed=0).inertia
 
 
 def test_distributed_init_centers_sets_the_union_centres(ranks):
