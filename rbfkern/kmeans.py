@@ -90,8 +90,8 @@ class _Comm:
         if self.active:
             flag = self.sum_(torch.tensor([float(err is not None)], device=device))
             if err is None and float(flag) > 0:
-                raise ValueError("embeddings: invalid input on another rank of the process group "
-                                 "(the error there names it)")
+                raise ValueError("invalid input (embeddings or init) on another rank of the process group; "
+                                 "the error raised there names the argument")
         if err is not None:
             raise ValueError(err)
 
@@ -125,7 +125,6 @@ class _Comm:
             m = cap * x.shape[0] // total
             x = x[torch.randperm(x.shape[0], generator=g)[:m].sort().values.to(x.device)]
         return self.gather_rows(x)
-
 
 
 def _bar(total, progress, desc, comm=None):

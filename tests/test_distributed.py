@@ -147,6 +147,10 @@ def _scenarios(rank):
         init_centers(clf, _shard(x, rank) if rank == 0 else x[:, :4], distributed=True)
     except ValueError as e:
         errors.append(str(e))
+    try:
+        kmeans(_shard(x, rank), 6, init=x[:6] if rank == 0 else x[:5], distributed=True)
+    except ValueError as e:
+        errors.append(str(e))
     out["errors"] = errors
     out["after_errors"] = kmeans(_shard(x, rank), 6, init=x[:6], distributed=True).centers  # still in step
     return out
@@ -307,9 +311,11 @@ def test_distributed_stream_step_is_the_union_of_one_batch_per_rank(ranks):
 def test_bad_shard_raises_on_every_rank(ranks):
     for r in range(WORLD):
         errs = ranks[r]["errors"]
-        assert len(errs) == 3 and all("embeddings" in e for e in errs), errs
+        assert len(errs) == 4 and all("embeddings" in e for e in errs[:3]), errs
     assert "columns" in ranks[0]["errors"][0] and "[5, 4]" in ranks[0]["errors"][0]
     assert "(120,)" in ranks[1]["errors"][1] and "another rank" in ranks[0]["errors"][1]
+    assert "init must have shape (6, 5), got (5, 5)" in ranks[1]["errors"][3]
+    assert "another rank" in ranks[0]["errors"][3]
     assert _bitwise_same(ranks[0]["after_errors"], ranks[1]["after_errors"])
 
 
