@@ -45,15 +45,17 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     f32, q15 = [], []
-    kinds = ["linear", "thin_plate", "logistic", "multiquadric", "inverse_multiquadric"]
-    for i, metric in enumerate(["none", "diag", "shared_diag", "full", "shared_full"]):
-        m = _pair(metric, kinds[i], i)
-        f32.append((export.export_c(m, out, f"g_{metric}"), rng.standard_normal((2, 3))))
+    # every metric form and every activation (gaussian: sine, digits below)
+    for i, (metric, kind) in enumerate([("none", "linear"), ("diag", "thin_plate"), ("shared_diag", "logistic"),
+                                        ("full", "multiquadric"), ("shared_full", "inverse_multiquadric"),
+                                        ("none", "inverse_quadratic"), ("diag", "quadratic")]):
+        m = _pair(metric, kind, i)
+        f32.append((export.export_c(m, out, f"g_{metric}_{kind}"), rng.standard_normal((2, 3))))
     for i, (metric, kind) in enumerate([("none", "gaussian"), ("diag", "inverse_quadratic"),
                                         ("shared_diag", "quadratic")]):
         m = _pair(metric, kind, 10 + i)
         X = rng.standard_normal((2, 3))
-        q15.append((export.export_c(m, out, f"q_{metric}", "q15", calib=X), X))
+        q15.append((export.export_c(m, out, f"q_{metric}_{kind}", "q15", calib=X), X))
     torch.manual_seed(0)
     x = torch.linspace(0, 6.3, 40, dtype=torch.float64)[:, None]
     sine = RBFNetwork(6, kind="gaussian", task="regression", standardize=True).fit(x, torch.sin(x[:, 0]))

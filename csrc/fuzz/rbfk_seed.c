@@ -115,13 +115,14 @@ static void seed_f32(const char *dir, const rbfk_case_f32 *c)
 #endif
 
 #if RBFK_N_CASES_Q15 > 0
-static void seed_q15(const char *dir, const rbfk_case_q15 *c)
+/* fracs != NULL: h_frac, wo_frac, y_frac replaced (formats the exporter never picks but the API accepts) */
+static void seed_q15(const char *dir, const rbfk_case_q15 *c, const char *kind, const int32_t *fracs)
 {
     const rbfk_net_q15 *n = c->net;
     int64_t D = n->in_dim, C = n->n_centers, K = n->out_dim;
     uint8_t op = FUZZ_OP_Q15;
     uint16_t nulls = null_bit(n->metric_w, FUZZ_NULL_METRIC_W) | null_bit(n->bias, FUZZ_NULL_BIAS);
-    FILE *f = open_seed(dir, "q15", c->name);
+    FILE *f = open_seed(dir, kind, c->name);
     if (f == NULL || D > FUZZ_MAX_DIM || C > FUZZ_MAX_DIM || K > FUZZ_MAX_DIM) {
         fprintf(stderr, "skip %s (dimensions over FUZZ_MAX_DIM)\n", c->name);
         if (f) fclose(f);
@@ -136,9 +137,9 @@ static void seed_q15(const char *dir, const rbfk_case_q15 *c)
     put_i32(f, (int32_t)n->kind);
     put_i32(f, n->x_frac);
     put_i32(f, n->w_frac);
-    put_i32(f, n->h_frac);
-    put_i32(f, n->wo_frac);
-    put_i32(f, n->y_frac);
+    put_i32(f, fracs ? fracs[0] : n->h_frac);
+    put_i32(f, fracs ? fracs[1] : n->wo_frac);
+    put_i32(f, fracs ? fracs[2] : n->y_frac);
     put_arr(f, n->centers, C * D, sizeof(int16_t));
     put_arr(f, n->metric_w, fuzz_len_metric(n->metric, C, D), sizeof(int16_t));
     put_arr(f, n->gain_m, C, sizeof(int16_t));
@@ -164,7 +165,12 @@ int main(int argc, char **argv)
 #endif
 #if RBFK_N_CASES_Q15 > 0
     for (k = 0; k < RBFK_N_CASES_Q15; ++k) {
-        seed_q15(dir, &rbfk_cases_q15[k]);
+        /* quadratic allows h_frac < 15: y_frac > wo_frac + h_frac reaches the left-shift output path */
+        static const int32_t lshift[3] = {4, -8, 12};
+        seed_q15(dir, &rbfk_cases_q15[k], "q15", NULL);
+        if (rbfk_cases_q15[k].net->kind == RBFK_QUADRATIC) {
+            seed_q15(dir, &rbfk_cases_q15[k], "q15_lshift", lshift);
+        }
     }
 #endif
     f = open_seed(dir, "math", "helpers");
