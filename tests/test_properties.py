@@ -21,8 +21,10 @@ from _util import assert_close_to_ref
 from conftest import CPU_BACKENDS
 from rbfkern import ops, reference
 
-CPP_EXAMPLES = 40
-TRITON_EXAMPLES = 8
+# Examples per parametrised case (the discrete axes -- activation, B, derivative order -- are
+# pytest parameters so each is covered; hypothesis varies everything else).
+CPP_EXAMPLES = 6
+TRITON_EXAMPLES = 2
 
 # Sizes around the kernels' tile and vector widths (8/16/32/64) and degenerate ones.
 EDGE = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 65]
@@ -30,8 +32,9 @@ DIMS = [1, 2, 3, 15, 16, 17, 31, 33]
 TINY = [0, 1, 2, 3, 5, 9]  # for the interpreter: every program runs in Python
 
 
-def _settings(backend):
-    return settings(max_examples=CPP_EXAMPLES if backend == "cpp" else TRITON_EXAMPLES, deadline=None,
+def _settings(backend, scale=1):
+    n = CPP_EXAMPLES if backend == "cpp" else TRITON_EXAMPLES
+    return settings(max_examples=n * scale, deadline=None,
                     derandomize=True, suppress_health_check=list(HealthCheck), database=None)
 
 
@@ -146,12 +149,11 @@ SEEDS = st.integers(0, 2**20)
 
 
 @st.composite
-def rbf_calls(draw, tiny):
+def rbf_calls(draw, tiny, kind):
     sizes = TINY if tiny else EDGE
     n, c = draw(st.sampled_from(sizes)), draw(st.sampled_from(sizes))
     d = draw(st.sampled_from([1, 2, 3, 8, 9] if tiny else DIMS))
     metric = draw(st.sampled_from(["none", "diag", "shared_diag", "tril", "shared_tril"]))
-    kind = draw(st.sampled_from(("r2",) + reference.RBF_KINDS))
     sigma_form = draw(st.sampled_from(["float", "0d", "1", "C"]))
     shape = draw(st.sampled_from([0.3, 0.5, 1.5]))
     on_centre = draw(st.booleans())  # x_0 exactly on centre 0: r2 = 0, the singular derivatives
@@ -190,10 +192,11 @@ def rbf_calls(draw, tiny):
     return Call(fn, ref, specs, draw(SEEDS)), f"rbf n={n} c={c} d={d} {metric} {kind} sigma={sigma_form} {lx}/{lc}"
 
 
+@pytest.mark.parametrize("kind", ("r2",) + reference.RBF_KINDS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_rbf_matches_reference(backend):
+def test_rbf_matches_reference(backend, kind):
     @_settings(backend)
-    @given(case=rbf_calls(tiny=backend == "triton"), dtype=DTYPES)
+    @given(case=rbf_calls(tiny=backend == "triton", kind=kind), dtype=DTYPES)
     def prop(case, dtype):
         call, what = case
         check(call, dtype, backend, f"[{backend} {dtype}] {what}")
@@ -209,7 +212,7 @@ B_VALUES = [1.0, 1.5, 2.0, 2.5, 3.0]
 
 
 @st.composite
-def bcos_conv_calls(draw, tiny):
+def bcos_conv_calls(draw, tiny, b):
     groups = draw(st.sampled_from([1, 2, 3]))
     cpg = draw(st.sampled_from([1, 2, 3] if tiny else [1, 2, 3, 5, 8, 9]))
     opg = draw(st.sampled_from([1, 2] if tiny else [1, 2, 3, 5]))
@@ -223,7 +226,6 @@ def bcos_conv_calls(draw, tiny):
     lo_w = max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1])
     top = 7 if tiny else 17
     h, w = draw(st.integers(lo_h, max(lo_h, top))), draw(st.integers(lo_w, max(lo_w, top)))
-    b = draw(st.sampled_from(B_VALUES))
     lx = draw(st.sampled_from(LAYOUTS))
     lw = draw(st.sampled_from(LAYOUTS[:3]))
     C, O = cpg * groups, opg * groups
@@ -242,12 +244,11 @@ def bcos_conv_calls(draw, tiny):
 
 
 @st.composite
-def bcos_linear_calls(draw, tiny):
+def bcos_linear_calls(draw, tiny, b):
     lead = draw(st.lists(st.sampled_from([0, 1, 2, 5] if tiny else [0, 1, 2, 5, 9, 17]), min_size=0, max_size=2))
     C = draw(st.sampled_from([1, 2, 5, 9] if tiny else DIMS + [64, 65]))
     O = draw(st.sampled_from([1, 2, 3] if tiny else [1, 2, 3, 8, 9, 17]))
     max_out = draw(st.sampled_from([1, 2, 3]))
-    b = draw(st.sampled_from(B_VALUES))
     lx = draw(st.sampled_from(LAYOUTS if lead else ["contiguous", "sliced"]))
     specs = [((*lead, C), lx, _normal()), ((O * max_out, C), draw(st.sampled_from(LAYOUTS[:3])), _normal())]
 
@@ -260,10 +261,11 @@ def bcos_linear_calls(draw, tiny):
     return Call(fn, ref, specs, draw(SEEDS)), f"bcos_linear x={(*lead, C)} O={O} max_out={max_out} b={b} {lx}"
 
 
+@pytest.mark.parametrize("b", B_VALUES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bcos_conv2d_matches_reference(backend):
-    @_settings(backend)
-    @given(case=bcos_conv_calls(tiny=backend == "triton"), dtype=DTYPES)
+def test_bcos_conv2d_matches_reference(backend, b):
+    @_settings(backend, scale=2 if backend == "cpp" else 1)
+    @given(case=bcos_conv_calls(tiny=backend == "triton", b=b), dtype=DTYPES)
     def prop(case, dtype):
         call, what = case
         check(call, dtype, backend, f"[{backend} {dtype}] {what}")
@@ -271,10 +273,11 @@ def test_bcos_conv2d_matches_reference(backend):
     prop()
 
 
+@pytest.mark.parametrize("b", B_VALUES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bcos_linear_matches_reference(backend):
+def test_bcos_linear_matches_reference(backend, b):
     @_settings(backend)
-    @given(case=bcos_linear_calls(tiny=backend == "triton"), dtype=DTYPES)
+    @given(case=bcos_linear_calls(tiny=backend == "triton", b=b), dtype=DTYPES)
     def prop(case, dtype):
         call, what = case
         check(call, dtype, backend, f"[{backend} {dtype}] {what}")
@@ -288,8 +291,7 @@ def test_bcos_linear_matches_reference(backend):
 
 
 @st.composite
-def gauss_deriv_calls(draw, ndim, tiny):
-    order = draw(st.integers(0, 1 if tiny else (4 if ndim == 2 else 2)))
+def gauss_deriv_calls(draw, ndim, tiny, order):
     n_scales = draw(st.integers(1, 1 if tiny else 2))
     sig_vals = draw(st.lists(st.sampled_from([0.4, 0.6, 0.8, 1.1, 1.7]), min_size=n_scales, max_size=n_scales))
     truncate = draw(st.sampled_from([1.0, 2.0, 4.0]))
@@ -335,11 +337,19 @@ def gauss_deriv_calls(draw, ndim, tiny):
     return Call(fn, ref, specs, draw(SEEDS)), what
 
 
-@pytest.mark.parametrize("ndim", [2, 3], ids=["2d", "3d"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_gauss_deriv_matches_reference(backend, ndim):
-    @_settings(backend)
-    @given(case=gauss_deriv_calls(ndim=ndim, tiny=backend == "triton"), dtype=DTYPES)
+def _gd_params():
+    for backend in BACKENDS:
+        name = getattr(backend, "values", [backend])[0]
+        for ndim, top in ((2, 4), (3, 2)):
+            for order in range(0, (1 if name == "triton" else top) + 1):
+                marks = getattr(backend, "marks", ())
+                yield pytest.param(name, ndim, order, marks=marks, id=f"{name}-{ndim}d-order{order}")
+
+
+@pytest.mark.parametrize("backend,ndim,order", list(_gd_params()))
+def test_gauss_deriv_matches_reference(backend, ndim, order):
+    @_settings(backend, scale=2 if backend == "triton" else 1)
+    @given(case=gauss_deriv_calls(ndim=ndim, tiny=backend == "triton", order=order), dtype=DTYPES)
     def prop(case, dtype):
         call, what = case
         check(call, dtype, backend, f"[{backend} {dtype}] {what}")
