@@ -11,13 +11,21 @@ The basis responses Z live in registers only: the forward adds alpha[:, i, s*M+b
 the [BCO, BH, BW] output accumulator for every (i, s, p, q).
 
 Kernels:
-  _gd_fwd_kernel  grid (N * tiles, Co blocks): loops over input channels and scales.
-  _gd_bwd_kernel  grid (N * tiles, Ci): recomputes R and Z per (s, p, q), then
-                  galpha += <G, Z> (per Co block), dZ = sum_o alpha G,
-                  gf[q] += band-sums of dZ R_p^T, dR_p += T_q^T dZ,
-                  gf[p] += band-sums of X^T dR_p, dX += dR_p U_p^T.
-                  gx (overlapping tile windows), galpha and gf are accumulated with atomics
-                  in the accumulation dtype.
+  _gd_fwd_kernel   grid (N * tiles, Co blocks): loops over input channels and scales.
+  _gd_bwd_kernel   grid (N * tiles, Ci): recomputes R and Z per (s, p, q), then
+                   galpha[o, col] = <G, Z> (per Co block), dZ = sum_o alpha G,
+                   gf[q] += band-sums of dZ R_p^T, dR_p += T_q^T dZ, gf[p] += band-sums of X^T dR_p.
+  _gd3_fwd_kernel  3D, grid (N * Do * tiles, Co blocks): one output slice zo per program; per depth
+                   tap a the 2D passes of input slice zo*st - pad + a give Z2_pq, added with the
+                   coefficients sum_t alpha[o, (p,q,t)] f_t[a] (the z pass folded into the
+                   recombination; each slice's x/y passes are redone for each of the K slices
+                   that read it).
+  _gd3_bwd_kernel  3D galpha and tap gradients, grid (N * Do * tiles, Ci), the same loop.
+
+Deterministic backward (no atomics): every program writes its own partials (galpha columns of its
+input channel per tile, tap gradients per program), which torch sums in a fixed order; gx is the
+forward kernel applied to the (stride-dilated) output gradient with the taps mirrored and alpha
+transposed (the transposed separable convolution is itself a separable convolution).
 """
 import torch
 import triton
@@ -80,10 +88,25 @@ def _gd_fwd_kernel(x, a, f, out, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n_tw,
 
 
 @triton.jit
-def _gd_bwd_kernel(g, x, a, f, gx, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n_tw,
-                   need_x, need_a, need_f,
+def _band_sum_into(acc, b, idx, m, row, K, O1P: tl.constexpr, KP: tl.constexpr):
+    """acc[row, v] += sum of b over the entries whose band index idx equals v (v < K): the
+    gradient of a banded tap matrix, in a fixed order (no atomics)."""
+    o_m = tl.arange(0, O1P)
+    o_k = tl.arange(0, KP)
+    for v in range(K):
+        val = tl.sum(tl.sum(tl.where(m & (idx == v), b, 0.0), axis=1), axis=0)
+        acc += tl.where((o_m[:, None] == row) & (o_k[None, :] == v), val, 0.0)
+    return acc
+
+
+@triton.jit
+def _gd_bwd_kernel(g, x, a, f, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n_tw,
+                   need_a, need_f,
                    ORDER: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr, BCO: tl.constexpr,
-                   BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr, BWK: tl.constexpr):
+                   BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr, BWK: tl.constexpr,
+                   O1P: tl.constexpr, KP: tl.constexpr):
+    """ga: partials (N * tiles, Co, J), program (tile, i) owns the columns of channel i;
+    gf: partials (N * tiles * Ci, S, O1P, KP)."""
     i_nt, i = tl.program_id(0), tl.program_id(1)
     n_tiles = tl.cdiv(Ho, BH) * n_tw
     i_n = i_nt // n_tiles
@@ -102,8 +125,9 @@ def _gd_bwd_kernel(g, x, a, f, gx, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pa
     o_yo = t0 + o_t
     o_xo = x0 + o_x
     m_pix = (o_yo < Ho)[:, None] & (o_xo < Wo)[None, :]
-    b_dx = tl.zeros([BHK, BWK], dtype=ACC)
+    p_gf = gf + (i_nt * Ci + i).to(tl.int64) * S * O1P * KP
     for s in range(S):
+        b_f = tl.zeros([O1P, KP], dtype=ACC)
         for p in tl.static_range(ORDER + 1):
             p_fp = f + (s * (ORDER + 1) + p) * K
             b_u, b_iu, m_iu = _band(p_fp, o_c, o_x, st, K, False)
@@ -127,26 +151,155 @@ def _gd_bwd_kernel(g, x, a, f, gx, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pa
                     b_g = tl.load(p_g, mask=m_g, other=0.0).to(ACC)
                     if need_a:
                         b_ga = tl.sum(tl.sum(b_g * b_z[None, :, :], axis=2), axis=1)
-                        tl.atomic_add(ga + o_co * J + col, b_ga, mask=m_co)
+                        tl.store(ga + (i_nt * Co + o_co).to(tl.int64) * J + col, b_ga, mask=m_co)
                     b_a = tl.load(a + o_co * J + col, mask=m_co, other=0.0).to(ACC)
                     b_dz += tl.sum(b_a[:, None, None] * b_g, axis=0)
                 if need_f:
                     # y-role taps: d/df[v] of Z = T_q R_p sums (dZ R_p^T)[t, r] over r - t*st = v
                     b_d = tl.dot(b_dz, tl.trans(b_r), input_precision="ieee", out_dtype=ACC)
-                    tl.atomic_add(gf + (s * (ORDER + 1) + q) * K + b_it, b_d, mask=m_it)
-                b_dr += tl.dot(tl.trans(b_tq), b_dz, input_precision="ieee", out_dtype=ACC)
+                    b_f = _band_sum_into(b_f, b_d, b_it, m_it, q, K, O1P, KP)
+                    b_dr += tl.dot(tl.trans(b_tq), b_dz, input_precision="ieee", out_dtype=ACC)
             if need_f:
                 # x-role taps: d/df[u] of R = X U_p sums (X^T dR)[c, xo] over c - xo*st = u
                 b_e = tl.dot(tl.trans(b_x), b_dr, input_precision="ieee", out_dtype=ACC)
-                tl.atomic_add(gf + (s * (ORDER + 1) + p) * K + b_iu, b_e, mask=m_iu)
-            if need_x:
-                b_dx += tl.dot(b_dr, tl.trans(b_u), input_precision="ieee", out_dtype=ACC)
-    if need_x:
-        tl.atomic_add(gx + o_xy, b_dx, mask=m_x)
+                b_f = _band_sum_into(b_f, b_e, b_iu, m_iu, p, K, O1P, KP)
+        if need_f:
+            o_fm = tl.arange(0, O1P)
+            o_fk = tl.arange(0, KP)
+            tl.store(p_gf + s * O1P * KP + o_fm[:, None] * KP + o_fk[None, :], b_f)
+
+
+@triton.jit
+def _gd3_fwd_kernel(x, a, f, tab, out, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st, pad, n_tw,
+                    ORDER: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr, BCO: tl.constexpr,
+                    BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr, BWK: tl.constexpr):
+    """tab (O1, O1, O1) int32: basis index of (p, q, t) (-1 where p + q + t > ORDER)."""
+    i_nt, i_co = tl.program_id(0), tl.program_id(1)
+    n_tiles = tl.cdiv(Ho, BH) * n_tw
+    i_nz = i_nt // n_tiles
+    i_n = i_nz // Do
+    zo = i_nz % Do
+    i_t = i_nt % n_tiles
+    t0 = (i_t // n_tw) * BH
+    x0 = (i_t % n_tw) * BW
+    o_t = tl.arange(0, BH)
+    o_x = tl.arange(0, BW)
+    o_r = tl.arange(0, BHK)
+    o_c = tl.arange(0, BWK)
+    o_co = i_co * BCO + tl.arange(0, BCO)
+    m_co = o_co < Co
+    y_in = t0 * st - pad + o_r
+    x_in = x0 * st - pad + o_c
+    m_x = ((y_in >= 0) & (y_in < H))[:, None] & ((x_in >= 0) & (x_in < W))[None, :]
+    b_acc = tl.zeros([BCO, BH, BW], dtype=ACC)
+    for i in range(Ci):
+        for az in range(K):
+            z_in = zo * st - pad + az
+            if (z_in >= 0) & (z_in < D):
+                p_x = x + ((i_n * Ci + i).to(tl.int64) * D + z_in) * H * W + y_in[:, None] * W + x_in[None, :]
+                b_x = tl.load(p_x, mask=m_x, other=0.0).to(ACC)
+                for s in range(S):
+                    for p in tl.static_range(ORDER + 1):
+                        b_u, _, _ = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
+                        b_r = tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC)
+                        for q in tl.static_range(ORDER + 1 - p):
+                            b_tq, _, _ = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
+                            b_z = tl.dot(b_tq.to(ACC), b_r, input_precision="ieee", out_dtype=ACC)
+                            b_c = tl.zeros([BCO], dtype=ACC)
+                            for t in tl.static_range(ORDER + 1 - p - q):
+                                bi = tl.load(tab + (p * (ORDER + 1) + q) * (ORDER + 1) + t)
+                                f_t = tl.load(f + (s * (ORDER + 1) + t) * K + az).to(ACC)
+                                b_a = tl.load(a + o_co * J + (i * S + s) * M + bi, mask=m_co, other=0.0).to(ACC)
+                                b_c += f_t * b_a
+                            b_acc += b_c[:, None, None] * b_z[None, :, :]
+    o_yo = t0 + o_t
+    o_xo = x0 + o_x
+    m_o = m_co[:, None, None] & (o_yo < Ho)[None, :, None] & (o_xo < Wo)[None, None, :]
+    p_o = out + ((i_n * Co + o_co[:, None, None]).to(tl.int64) * Do + zo) * Ho * Wo \
+        + o_yo[None, :, None] * Wo + o_xo[None, None, :]
+    tl.store(p_o, b_acc.to(out.dtype.element_ty), mask=m_o)
+
+
+@triton.jit
+def _gd3_bwd_kernel(g, x, a, f, tab, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st, pad, n_tw,
+                    need_a, need_f,
+                    ORDER: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr, BCO: tl.constexpr,
+                    BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr, BWK: tl.constexpr,
+                    O1P: tl.constexpr, KP: tl.constexpr):
+    """ga: partials (N * Do * tiles, Co, J) (zero-initialised; program (tile, i) owns channel i's
+    columns and adds over its depth taps); gf: partials (N * Do * tiles * Ci, S, O1P, KP)."""
+    i_nt, i = tl.program_id(0), tl.program_id(1)
+    n_tiles = tl.cdiv(Ho, BH) * n_tw
+    i_nz = i_nt // n_tiles
+    i_n = i_nz // Do
+    zo = i_nz % Do
+    i_t = i_nt % n_tiles
+    t0 = (i_t // n_tw) * BH
+    x0 = (i_t % n_tw) * BW
+    o_t = tl.arange(0, BH)
+    o_x = tl.arange(0, BW)
+    o_r = tl.arange(0, BHK)
+    o_c = tl.arange(0, BWK)
+    o_fm = tl.arange(0, O1P)
+    o_fk = tl.arange(0, KP)
+    y_in = t0 * st - pad + o_r
+    x_in = x0 * st - pad + o_c
+    m_x = ((y_in >= 0) & (y_in < H))[:, None] & ((x_in >= 0) & (x_in < W))[None, :]
+    o_yo = t0 + o_t
+    o_xo = x0 + o_x
+    m_pix = (o_yo < Ho)[:, None] & (o_xo < Wo)[None, :]
+    p_gf = gf + (i_nt * Ci + i).to(tl.int64) * S * O1P * KP
+    for s in range(S):
+        b_f = tl.zeros([O1P, KP], dtype=ACC)
+        for az in range(K):
+            z_in = zo * st - pad + az
+            if (z_in >= 0) & (z_in < D):
+                p_x = x + ((i_n * Ci + i).to(tl.int64) * D + z_in) * H * W + y_in[:, None] * W + x_in[None, :]
+                b_x = tl.load(p_x, mask=m_x, other=0.0).to(ACC)
+                for p in tl.static_range(ORDER + 1):
+                    b_u, b_iu, m_iu = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
+                    b_r = tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC)
+                    b_dr = tl.zeros([BHK, BW], dtype=ACC)
+                    for q in tl.static_range(ORDER + 1 - p):
+                        b_tq, b_it, m_it = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
+                        b_tq = b_tq.to(ACC)
+                        b_z = tl.dot(b_tq, b_r, input_precision="ieee", out_dtype=ACC)
+                        b_dz = tl.zeros([BH, BW], dtype=ACC)
+                        for c0 in range(0, Co, BCO):
+                            o_co = c0 + tl.arange(0, BCO)
+                            m_co = o_co < Co
+                            p_g = g + ((i_n * Co + o_co[:, None, None]).to(tl.int64) * Do + zo) * Ho * Wo \
+                                + o_yo[None, :, None] * Wo + o_xo[None, None, :]
+                            b_g = tl.load(p_g, mask=m_co[:, None, None] & m_pix[None, :, :], other=0.0).to(ACC)
+                            b_v = tl.sum(tl.sum(b_g * b_z[None, :, :], axis=2), axis=1)  # <G_o, Z2_pq(a)>
+                            b_w = tl.zeros([BCO], dtype=ACC)
+                            for t in tl.static_range(ORDER + 1 - p - q):
+                                col = (i * S + s) * M + tl.load(tab + (p * (ORDER + 1) + q) * (ORDER + 1) + t)
+                                f_t = tl.load(f + (s * (ORDER + 1) + t) * K + az).to(ACC)
+                                b_a = tl.load(a + o_co * J + col, mask=m_co, other=0.0).to(ACC)
+                                if need_a:
+                                    p_ga = ga + (i_nt * Co + o_co).to(tl.int64) * J + col
+                                    tl.store(p_ga, tl.load(p_ga, mask=m_co, other=0.0) + f_t * b_v, mask=m_co)
+                                if need_f:
+                                    # z-role tap a of order t: sum_o alpha_o <G_o, Z2>
+                                    b_f += tl.where((o_fm[:, None] == t) & (o_fk[None, :] == az),
+                                                    tl.sum(b_a * b_v, axis=0), 0.0)
+                                b_w += f_t * b_a
+                            b_dz += tl.sum(b_w[:, None, None] * b_g, axis=0)
+                        if need_f:
+                            b_d = tl.dot(b_dz, tl.trans(b_r), input_precision="ieee", out_dtype=ACC)
+                            b_f = _band_sum_into(b_f, b_d, b_it, m_it, q, K, O1P, KP)
+                            b_dr += tl.dot(tl.trans(b_tq), b_dz, input_precision="ieee", out_dtype=ACC)
+                    if need_f:
+                        b_e = tl.dot(tl.trans(b_x), b_dr, input_precision="ieee", out_dtype=ACC)
+                        b_f = _band_sum_into(b_f, b_e, b_iu, m_iu, p, K, O1P, KP)
+        if need_f:
+            tl.store(p_gf + s * O1P * KP + o_fm[:, None] * KP + o_fk[None, :], b_f)
 
 
 # ---------------------------------------------------------------------------------------------
-# Launchers (interface of rbfkern.ops.gauss_deriv._Cpp: g is the unflipped taps (S, O1, K))
+# Launchers (interface of rbfkern.ops.gauss_deriv._Cpp: g is the unflipped taps (S, O1, K); x of
+# rank 5 is the 3D op)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -158,74 +311,88 @@ def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _geometry(x, g, stride, pad):
-    n, ci, h, w = x.shape
+def _tab3(order, device):
+    """(O1, O1, O1) int32: index of (p, q, t) in rbfkern.basis.derivative_orders_3d, else -1."""
+    o1 = order + 1
+    t = torch.full((o1, o1, o1), -1, dtype=torch.int32)
+    for b, (p, q, s) in enumerate(basis.derivative_orders_3d(order)):
+        t[p, q, s] = b
+    return t.to(device)
+
+
+def _launch_common(x, alpha, g, order, stride):
+    nd = x.dim() - 2
     k = g.shape[-1]
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    return n, ci, h, w, k, ho, wo
+    co = alpha.shape[0]
+    f = g.flip(-1).to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
+    a = alpha.reshape(co, -1).contiguous()
+    cex = dict(ORDER=order, M=basis.num_basis(order, nd), ACC=_acc(x.dtype), BCO=min(32, triton.next_power_of_2(co)),
+               BH=BH, BW=BW, BHK=_np2((BH - 1) * stride + k), BWK=_np2((BW - 1) * stride + k))
+    return nd, k, co, f, a, cex
 
 
 def forward(x, alpha, g, order, stride, pad):
-    n, ci, h, w, k, ho, wo = _geometry(x, g, stride, pad)
-    co = alpha.shape[0]
-    m = basis.num_basis(order)
-    f = g.flip(-1).to(torch.float64 if x.dtype == torch.float64 else torch.float32).contiguous()
-    a = alpha.reshape(co, -1).contiguous()
-    out = x.new_empty(n, co, ho, wo)
+    nd, k, co, f, a, cex = _launch_common(x, alpha, g, order, stride)
+    outs = [(d + 2 * pad - k) // stride + 1 for d in x.shape[2:]]
+    out = x.new_empty(x.shape[0], co, *outs)
     if out.numel() == 0:
         return out
+    ho, wo = outs[-2:]
     n_tw = triton.cdiv(wo, BW)
-    bco = min(32, triton.next_power_of_2(co))
-    grid = (n * triton.cdiv(ho, BH) * n_tw, triton.cdiv(co, bco))
-    _gd_fwd_kernel[grid](
-        x, a, f, out, ci, h, w, co, ho, wo, g.shape[0], k, a.shape[1], stride, pad, n_tw,
-        ORDER=order, M=m, ACC=_acc(x.dtype), BCO=bco, BH=BH, BW=BW,
-        BHK=_np2((BH - 1) * stride + k), BWK=_np2((BW - 1) * stride + k),
-    )
+    cex["BCO"] = min(32, triton.next_power_of_2(co))
+    if nd == 2:
+        grid = (x.shape[0] * triton.cdiv(ho, BH) * n_tw, triton.cdiv(co, cex["BCO"]))
+        _gd_fwd_kernel[grid](x, a, f, out, x.shape[1], *x.shape[2:], co, ho, wo, g.shape[0], k, a.shape[1],
+                             stride, pad, n_tw, **cex)
+    else:
+        grid = (x.shape[0] * outs[0] * triton.cdiv(ho, BH) * n_tw, triton.cdiv(co, cex["BCO"]))
+        _gd3_fwd_kernel[grid](x, a, f, _tab3(order, x.device), out, x.shape[1], *x.shape[2:], co, *outs,
+                              g.shape[0], k, a.shape[1], stride, pad, n_tw, **cex)
     return out
 
 
+def _grad_input(grad, x, alpha, g, order, stride, pad):
+    """gx = the transposed op = the forward on grad dilated by the stride, padded by K-1-pad (a
+    negative amount crops) so that the output has x's size, with mirrored taps and alpha^T."""
+    k = g.shape[-1]
+    nd = x.dim() - 2
+    if stride > 1:
+        gd = grad.new_zeros(*grad.shape[:2], *((s - 1) * stride + 1 for s in grad.shape[2:]))
+        gd[(slice(None), slice(None)) + (slice(None, None, stride),) * nd] = grad
+    else:
+        gd = grad
+    pads = []
+    for size, ld in zip(reversed(x.shape[2:]), reversed(gd.shape[2:])):
+        lo = k - 1 - pad
+        pads += [lo, size + k - 1 - lo - ld]
+    gp = torch.nn.functional.pad(gd, pads).contiguous()
+    return forward(gp, alpha.transpose(0, 1).contiguous(), g.flip(-1), order, 1, 0)
+
+
 def backward(grad, x, alpha, g, order, stride, pad, needs):
-    n, ci, h, w, k, ho, wo = _geometry(x, g, stride, pad)
-    co = alpha.shape[0]
-    m = basis.num_basis(order)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    f = g.flip(-1).to(acc).contiguous()
-    a = alpha.reshape(co, -1).contiguous()
-    gx = torch.zeros(x.shape, dtype=acc, device=x.device)
-    ga = torch.zeros(a.shape, dtype=acc, device=x.device)
-    gf = torch.zeros(f.shape, dtype=acc, device=x.device)
-    if grad.numel() and ci:
+    nd, k, co, f, a, cex = _launch_common(x, alpha, g, order, stride)
+    ci = x.shape[1]
+    acc = f.dtype
+    outs = list(grad.shape[2:])
+    ho, wo = outs[-2:]
+    gx = ga = gf = None
+    if needs[0]:
+        gx = _grad_input(grad, x, alpha, g, order, stride, pad) if grad.numel() else torch.zeros_like(x)
+    if needs[1] or needs[2]:
         n_tw = triton.cdiv(wo, BW)
-        grid = (n * triton.cdiv(ho, BH) * n_tw, ci)
-        _gd_bwd_kernel[grid](
-            grad, x, a, f, gx, ga, gf, ci, h, w, co, ho, wo, g.shape[0], k, a.shape[1], stride, pad, n_tw,
-            int(needs[0]), int(needs[1]), int(needs[2]),
-            ORDER=order, M=m, ACC=_acc(x.dtype), BCO=min(32, triton.next_power_of_2(co)), BH=BH, BW=BW,
-            BHK=_np2((BH - 1) * stride + k), BWK=_np2((BW - 1) * stride + k),
-        )
-    return (gx.to(x.dtype) if needs[0] else None, ga.reshape(alpha.shape).to(x.dtype) if needs[1] else None,
-            gf.flip(-1) if needs[2] else None)
-
-
-def aot_specs():
-    """(name, kernel, signature, constexprs, options): forward and backward for order 3 at stride 1:
-    float32 at sigma 2 (K = 17) and sigma 4 (K = 33), bfloat16 and float64 at K = 17. (The
-    order-3 backward unrolls 10 basis members of 5 tl.dot each: ptxas takes minutes on 2 busy
-    cores, so the grid stays small.)"""
-    i32, ce = "i32", "constexpr"
-    specs = []
-    for dt in ("fp32", "bf16", "fp64"):
-        p = "*" + dt
-        pa = "*fp64" if dt == "fp64" else "*fp32"
-        acc = tl.float64 if dt == "fp64" else tl.float32
-        for k in ((17, 33) if dt == "fp32" else (17,)):
-            cex = dict(ORDER=3, M=10, ACC=acc, BCO=32, BH=BH, BW=BW, BHK=_np2(BH - 1 + k), BWK=_np2(BW - 1 + k))
-            sig = dict(x=p, a=p, f=pa, out=p, Ci=i32, H=i32, W=i32, Co=i32, Ho=i32, Wo=i32, S=i32, K=i32, J=i32,
-                       st=i32, pad=i32, n_tw=i32, **{c: ce for c in cex})
-            specs.append((f"gd_fwd_k{k}_{dt}", _gd_fwd_kernel, sig, cex, {"num_warps": 4}))
-            sig = dict(g=p, x=p, a=p, f=pa, gx=pa, ga=pa, gf=pa, Ci=i32, H=i32, W=i32, Co=i32, Ho=i32, Wo=i32,
-                       S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, need_x=i32, need_a=i32, need_f=i32,
-                       **{c: ce for c in cex})
-            specs.append((f"gd_bwd_k{k}_{dt}", _gd_bwd_kernel, sig, cex, {"num_warps": 4}))
-    return specs
+        nprog = x.shape[0] * (outs[0] if nd == 3 else 1) * triton.cdiv(ho, BH) * n_tw
+        o1p, kp = triton.next_power_of_2(order + 1), triton.next_power_of_2(k)
+        ga_part = torch.zeros(nprog if needs[1] else 1, co, a.shape[1], dtype=acc, device=x.device)
+        gf_part = torch.zeros(nprog * ci if needs[2] else 1, g.shape[0], o1p, kp, dtype=acc, device=x.device)
+        if grad.numel() and ci:
+            args = (grad, x, a, f) + ((_tab3(order, x.device),) if nd == 3 else ()) + (ga_part, gf_part, ci)
+            args += tuple(x.shape[2:]) + (co, *outs, g.shape[0], k, a.shape[1], stride, pad, n_tw,
+                                            int(needs[1]), int(needs[2]))
+            kern = _gd_bwd_kernel if nd == 2 else _gd3_bwd_kernel
+            kern[(nprog, ci)](*args, O1P=o1p, KP=kp, **cex)
+        # fixed-order reductions of the per-program partials
+        if needs[1]:
+            ga = ga_part.sum(0).reshape(alpha.shape).to(x.dtype)
+        if needs[2]:
+            gf = gf_part.sum(0)[:, : order + 1, :k].flip(-1)
+    return gx, ga, gf

@@ -23,7 +23,7 @@ class _GaussDerivBase(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, order: int, sigmas: float | Sequence[float],
                  learn_sigma: bool, truncate: float, stride: int, padding, scale_normalized: bool,
-                 device=None, dtype=None):
+                 device=None, dtype=None, max_sigma: float | None = None):
         super().__init__()
         sig = [float(sigmas)] if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
         if not sig or any(not (s > 0 and math.isfinite(s)) for s in sig):
@@ -37,6 +37,11 @@ class _GaussDerivBase(nn.Module):
                                   * math.sqrt(2.0 / fan_in))
         if learn_sigma:
             self.sigma = nn.Parameter(torch.tensor(sig, device=device, dtype=dtype))
+            # The kernel size is static, as nn.Conv2d's: every scale gets the support of max_sigma
+            # (default 1.5x the largest initial scale), so the layer traces under torch.compile.
+            self.max_sigma = float(max_sigma) if max_sigma is not None else 1.5 * max(sig)
+            if not (self.max_sigma >= max(sig) and math.isfinite(self.max_sigma)):
+                raise ValueError(f"max_sigma must be finite and >= the largest scale {max(sig)}, got {max_sigma!r}")
         else:
             # Fixed scales stay Python floats: the kernel radii are then static (torch.compile-friendly).
             self._sigmas = tuple(sig)
@@ -51,7 +56,7 @@ class _GaussDerivBase(nn.Module):
 
     def _kw(self):
         return dict(order=self.order, truncate=self.truncate, stride=self.stride, padding=self.padding,
-                    scale_normalized=self.scale_normalized)
+                    scale_normalized=self.scale_normalized, max_sigma=self.max_sigma if self.learn_sigma else None)
 
     def effective_weight(self) -> Tensor:
         """The dense filters W = sum_b alpha_b phi_b, (C_out, C_in, K, K) (K, K, K in 3D), in the
@@ -60,7 +65,8 @@ class _GaussDerivBase(nn.Module):
         (-v, -u); ``W.flip(-1, -2)`` is the filter as a function on the grid."""
         s = self.sigma.detach() if self.learn_sigma else torch.tensor(self._sigmas, dtype=torch.float64)
         return _effective_weight(self.alpha.detach(), s, order=self.order, truncate=self.truncate,
-                                                scale_normalized=self.scale_normalized, ndim=self.ndim)
+                                 scale_normalized=self.scale_normalized, ndim=self.ndim,
+                                 max_sigma=self.max_sigma if self.learn_sigma else None)
 
     def extra_repr(self) -> str:
         s = self.sigma.detach().tolist() if self.learn_sigma else list(self._sigmas)
@@ -76,6 +82,10 @@ class GaussDerivConv2d(_GaussDerivBase):
         order: highest derivative order 0..4 (M = 1, 3, 6, 10, 15 basis functions per scale).
         sigmas: one or more scales; ``learn_sigma=True`` makes them a parameter.
         truncate, stride, padding, scale_normalized: as in :func:`rbfkern.ops.gauss_deriv_conv2d`.
+        max_sigma: with ``learn_sigma``, the bound that sizes the kernels (radius
+            int(truncate * max_sigma + 0.5) for every scale; default 1.5x the largest initial
+            scale): the kernel size stays fixed while sigma trains, so the layer runs under
+            torch.compile(fullgraph=True); a scale growing past it raises in eager mode.
 
     Parameters: ``alpha`` (C_out, C_in, S*M), and ``sigma`` (S,) when learned.
     """
@@ -84,9 +94,9 @@ class GaussDerivConv2d(_GaussDerivBase):
 
     def __init__(self, in_channels: int, out_channels: int, order: int = 3, sigmas=(1.0,),
                  learn_sigma: bool = False, truncate: float = 4.0, stride: int = 1, padding="same",
-                 scale_normalized: bool = False, device=None, dtype=None):
+                 scale_normalized: bool = False, device=None, dtype=None, max_sigma: float | None = None):
         super().__init__(in_channels, out_channels, order, sigmas, learn_sigma, truncate, stride, padding,
-                         scale_normalized, device, dtype)
+                         scale_normalized, device, dtype, max_sigma)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.gauss_deriv_conv2d(x, self.alpha, self.sigmas, **self._kw())
@@ -112,9 +122,9 @@ class GaussDerivConv3d(_GaussDerivBase):
 
     def __init__(self, in_channels: int, out_channels: int, order: int = 2, sigmas=(1.0,),
                  learn_sigma: bool = False, truncate: float = 4.0, stride: int = 1, padding="same",
-                 scale_normalized: bool = False, device=None, dtype=None):
+                 scale_normalized: bool = False, device=None, dtype=None, max_sigma: float | None = None):
         super().__init__(in_channels, out_channels, order, sigmas, learn_sigma, truncate, stride, padding,
-                         scale_normalized, device, dtype)
+                         scale_normalized, device, dtype, max_sigma)
 
     def forward(self, x: Tensor) -> Tensor:
         return ops.gauss_deriv_conv3d(x, self.alpha, self.sigmas, **self._kw())

@@ -21,7 +21,8 @@ in closed form, rbfkern.basis.gauss_kernels_1d_dsigma): the kernels never differ
 numerically or through autograd. The ``reference`` backend differentiates rbfkern.reference (the
 oracle).
 
-The 3D op has no separable kernels: ``gauss_deriv_conv3d`` always runs the dense (conv3d) path.
+The 3D op has the same two paths (three 1D passes x, y, z; or one conv3d), chosen by
+:func:`choose_path_3d`, separately for forward and backward (torch's conv3d backward is slow).
 The cost model's constants are CPU measurements; on CUDA it compares the same MAC counts.
 """
 from __future__ import annotations
@@ -46,9 +47,15 @@ PATHS = ("auto", "separable", "dense")
 RATE_DENSE = 22e9
 RATE_PASS = 10e9
 RATE_GEMM = 7e9
-# oneDNN's conv3d (direct, no Winograd) sustains a lower rate than conv2d: fitted on x (2, 8, 32,
-# 32, 32), C_out 8, order 2, sigma 1 and 2 (bench/bench_gauss_deriv.py's 3D rows).
-RATE_DENSE3 = 22e9
+# 3D: the separable path runs at lower rates than in 2D (a third pass over thin tiles), which is
+# folded into a higher dense rate: fitted to forward timings of both paths on x (2, 8, 32, 32, 32),
+# C_out 8, order 2, sigma 1 and 2 (bench/bench_gauss_deriv.py's 3D rows) and on small problems
+# (1-4 channels, sigma 0.5-1, 16-32^3), where the two paths cross. torch's conv3d backward (the
+# weight gradient above all) is several times slower per MAC than its forward: the backward
+# prices the dense path's 2x MACs at RATE_DENSE3 / DENSE3_BWD_SLOWDOWN against 2.5x the
+# separable forward.
+RATE_DENSE3 = 44e9
+DENSE3_BWD_SLOWDOWN = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,8 +94,8 @@ def choose_path(n, cin, cout, h, w, ho, wo, n_scales, order, k, stride=1) -> str
     return "separable" if c["separable"] < c["dense"] else "dense"
 
 
-def path_costs_3d(n, cin, cout, outs, n_scales, order, k, stride=1) -> dict[str, float]:
-    """Estimated seconds-per-thread of one 3D forward on each path; outs = (Do, Ho, Wo).
+def path_costs_3d(n, cin, cout, outs, n_scales, order, k, stride=1, backward=False) -> dict[str, float]:
+    """Estimated seconds-per-thread of one 3D forward (or backward) on each path; outs = (Do, Ho, Wo).
 
     separable: x pass Ci*S*(order+1)*K per (padded z, padded y, output x), y pass Ci*S*M2*K per
         (padded z, output y, output x) with M2 the 2D basis size, z pass Ci*S*M3*K per output voxel,
@@ -103,19 +110,19 @@ def path_costs_3d(n, cin, cout, outs, n_scales, order, k, stride=1) -> dict[str,
     gemm = vox * cout * cin * n_scales * m3
     dense = vox * cout * cin * k ** 3
     build = cout * cin * n_scales * m3 * k ** 3
-    return {
-        "separable": passes / RATE_PASS + gemm / RATE_GEMM,
-        "dense": dense / RATE_DENSE3 + build / RATE_PASS,
-    }
+    sep = passes / RATE_PASS + gemm / RATE_GEMM
+    if backward:
+        return {"separable": 2.5 * sep, "dense": 2 * dense * DENSE3_BWD_SLOWDOWN / RATE_DENSE3 + 2 * build / RATE_PASS}
+    return {"separable": sep, "dense": dense / RATE_DENSE3 + build / RATE_PASS}
 
 
-def choose_path_3d(n, cin, cout, outs, n_scales, order, k, stride=1) -> str:
-    """'separable' or 'dense' for a 3D problem (``RBFKERN_GD_PATH`` overrides), by
-    :func:`path_costs_3d`."""
+def choose_path_3d(n, cin, cout, outs, n_scales, order, k, stride=1, backward=False) -> str:
+    """'separable' or 'dense' for a 3D forward (or backward) (``RBFKERN_GD_PATH`` overrides), by
+    :func:`path_costs_3d`. The two passes may pick different paths (both give the same values)."""
     env = _path_env()
     if env != "auto":
         return env
-    c = path_costs_3d(n, cin, cout, outs, n_scales, order, k, stride)
+    c = path_costs_3d(n, cin, cout, outs, n_scales, order, k, stride, backward)
     return "separable" if c["separable"] < c["dense"] else "dense"
 
 
@@ -249,13 +256,13 @@ class _Cpp:
         return gx, None if ga is None else ga.reshape(alpha.shape), None if gf is None else gf.flip(-1)
 
 
-def _path_for(x: Tensor, alpha: Tensor, g: Tensor, order: int, stride: int, pad: int) -> str:
+def _path_for(x: Tensor, alpha: Tensor, g: Tensor, order: int, stride: int, pad: int, backward=False) -> str:
     k = g.shape[-1]
     n, ci = x.shape[:2]
     sizes = x.shape[2:]
     outs = [_out_hw(d, k, stride, pad) for d in sizes]
     if x.dim() == 5:
-        return choose_path_3d(n, ci, alpha.shape[0], tuple(outs), g.shape[0], order, k, stride)
+        return choose_path_3d(n, ci, alpha.shape[0], tuple(outs), g.shape[0], order, k, stride, backward)
     return choose_path(n, ci, alpha.shape[0], *sizes, *outs, g.shape[0], order, k, stride)
 
 
@@ -271,7 +278,7 @@ def _run_forward(name, xc, ac, g, order, stride, padding):
 
 def _run_backward(name, gc, xc, ac, g, order, stride, padding, needs):
     nd = xc.dim() - 2
-    if _path_for(xc, ac, g, order, stride, padding) == "dense":
+    if _path_for(xc, ac, g, order, stride, padding, backward=True) == "dense":
         return _Dense.backward(gc, xc, ac, g, order, stride, padding, needs, ndim=nd)
     if name == "triton":
         return _backend.gpu_module("gauss_deriv").backward(gc, xc, ac, g, order, stride, padding, needs)
@@ -428,13 +435,15 @@ _gd3_op.register_autograd(_backward3, setup_context=_setup)
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim):
+def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sigma=None):
     _checks.tensor("x", x, ndim + 2)
     if isinstance(order, bool) or not isinstance(order, int):
         raise TypeError(f"order must be an int, got {type(order).__name__}")
     if not 0 <= order <= basis.MAX_ORDER:
         raise ValueError(f"order must be in 0..{basis.MAX_ORDER}, got {order}")
     truncate = _checks.finite_float("truncate", truncate, positive=True)
+    if max_sigma is not None:
+        max_sigma = _checks.finite_float("max_sigma", max_sigma, positive=True)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be an int >= 1, got {stride!r}")
     if isinstance(sigma, Tensor):
@@ -444,14 +453,24 @@ def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim):
         if sigma.numel() == 0:
             raise ValueError("sigma must hold at least one scale, got shape (0,)")
         sig = sigma.reshape(-1)
-        rads = basis.radii(sig, truncate)
+        if max_sigma is None:
+            rads = basis.radii(sig, truncate)  # reads sigma's values (not traceable)
+        else:
+            rads = [basis.radius(max_sigma, truncate)] * sig.numel()
+            if not torch.compiler.is_compiling() and bool((sig.detach() > max_sigma).any()):
+                raise ValueError(f"sigma must be <= max_sigma={max_sigma:g}, got max {float(sig.detach().max()):g}")
     else:
         vals = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
         if not vals:
             raise ValueError("sigma must hold at least one scale, got an empty sequence")
         vals = [_checks.finite_float("sigma", v, positive=True) for v in vals]
         sig = x.new_tensor(vals)
-        rads = basis.radii(vals, truncate)
+        if max_sigma is None:
+            rads = basis.radii(vals, truncate)
+        else:
+            rads = [basis.radius(max_sigma, truncate)] * len(vals)
+        if max_sigma is not None and max(vals) > max_sigma:
+            raise ValueError(f"sigma must be <= max_sigma={max_sigma:g}, got max {max(vals):g}")
     S, M = len(rads), basis.num_basis(order, ndim)
     K = 2 * max(rads) + 1
     if K > basis.MAX_KERNEL_SIZE:
@@ -493,6 +512,7 @@ def gauss_deriv_conv2d(
     stride: int = 1,
     padding: int | str = "same",
     scale_normalized: bool = False,
+    max_sigma: float | None = None,
 ) -> Tensor:
     """Gaussian-derivative basis convolution (structured receptive fields, thesis ch. 3 eq. 23).
 
@@ -510,15 +530,20 @@ def gauss_deriv_conv2d(
         stride: output stride.
         padding: "same" (zero padding by the largest radius R: H x W out at stride 1) or an int.
         scale_normalized: use s^m-normalised derivatives.
+        max_sigma: an upper bound on sigma (a Python number): every scale then gets the radius
+            int(truncate * max_sigma + 0.5) instead of its own, so the kernel size does not depend
+            on sigma's values. Pass it with a learnable tensor sigma under torch.compile (the
+            default reads sigma's values to size the kernels, which cannot be traced); eager mode
+            raises if sigma exceeds it.
 
     Returns:
         (N, C_out, H', W'), H' = (H + 2 pad - 2R - 1) // stride + 1.
 
     The kernel radii depend on sigma's values: a tensor sigma is read on every call, which
-    torch.compile(fullgraph=True) cannot trace; pass floats there (GaussDerivConv2d does when
-    its scales are fixed).
+    torch.compile(fullgraph=True) cannot trace; there pass floats (GaussDerivConv2d does when its
+    scales are fixed) or ``max_sigma`` (GaussDerivConv2d does when it learns them).
     """
-    sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 2)
+    sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 2, max_sigma)
     return torch.ops.rbfkern.gauss_deriv_conv2d(x, alpha, sig, order, truncate, rads, stride, pad,
                                                 bool(scale_normalized))
 
@@ -533,6 +558,7 @@ def gauss_deriv_conv3d(
     stride: int = 1,
     padding: int | str = "same",
     scale_normalized: bool = False,
+    max_sigma: float | None = None,
 ) -> Tensor:
     """The 3D op on volumes x (N, C_in, D, H, W): basis phi_{p,q,t} = g_t(z) g_q(y) g_p(x),
     p + q + t <= order (rbfkern.basis.derivative_orders_3d), alpha (C_out, C_in, S*M3),
@@ -540,16 +566,17 @@ def gauss_deriv_conv3d(
 
     Runs the effective-filter (dense conv3d) path on every non-reference backend.
     """
-    sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 3)
+    sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 3, max_sigma)
     return torch.ops.rbfkern.gauss_deriv_conv3d(x, alpha, sig, order, truncate, rads, stride, pad,
                                                 bool(scale_normalized))
 
 
 def effective_weight(alpha: Tensor, sigma, *, order: int = 3, truncate: float = 4.0,
-                     scale_normalized: bool = False, ndim: int = 2) -> Tensor:
+                     scale_normalized: bool = False, ndim: int = 2, max_sigma: float | None = None) -> Tensor:
     """The dense filters sum_b alpha phi_b, (C_out, C_in, K, K) (or K, K, K for ndim=3), in the
     cross-correlation orientation of F.conv2d: F.conv2d(x, W, padding=R) equals the op."""
     s = sigma.reshape(-1) if isinstance(sigma, Tensor) else torch.tensor(
         [sigma] if isinstance(sigma, (int, float)) else list(sigma), dtype=torch.float64)
-    g = basis.gauss_kernels_1d(s, order, truncate, None, scale_normalized)
+    rads = None if max_sigma is None else [basis.radius(max_sigma, truncate)] * s.numel()
+    g = basis.gauss_kernels_1d(s, order, truncate, rads, scale_normalized)
     return effective_weight_from_taps(alpha, g.to(alpha.dtype).to(alpha.device), order, ndim)
