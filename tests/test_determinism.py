@@ -7,8 +7,8 @@ import torch
 from _util import assert_bitwise, op_cases, run_case
 
 CASES = sorted(op_cases())
-# The 2D Gaussian-derivative op has two CPU paths (fused separable C++ kernels, dense conv): both.
-PATHS = {"gauss_deriv_conv2d": ["separable", "dense"]}
+# The Gaussian-derivative ops have two CPU paths (fused separable C++ kernels, dense conv): both.
+PATHS = {"gauss_deriv_conv2d": ["separable", "dense"], "gauss_deriv_conv3d": ["separable", "dense"]}
 
 
 def _params():
