@@ -396,3 +396,46 @@ def backward(grad, x, alpha, g, order, stride, pad, needs):
         if needs[2]:
             gf = gf_part.sum(0)[:, : order + 1, :k].flip(-1)
     return gx, ga, gf
+
+
+def aot_specs():
+    """(name, kernel, signature, constexprs, options): 2D forward and backward for order 3 at
+    stride 1: float32 at sigma 2 (K = 17) and sigma 4 (K = 33), bfloat16 and float64 at K = 17;
+    3D forward and backward for order 2 (the 3D default) at K = 9 (sigma 1) in float32 and
+    float64. (The order-3 2D backward unrolls 10 basis members of 5 tl.dot each: ptxas takes
+    minutes on 2 busy cores, so the grid stays small.)"""
+    i32, ce = "i32", "constexpr"
+    specs = []
+
+    def cex_of(order, nd, k, acc):
+        return dict(ORDER=order, M=basis.num_basis(order, nd), ACC=acc, BCO=32, BH=BH, BW=BW,
+                    BHK=_np2(BH - 1 + k), BWK=_np2(BW - 1 + k))
+
+    for dt in ("fp32", "bf16", "fp64"):
+        p = "*" + dt
+        pa = "*fp64" if dt == "fp64" else "*fp32"
+        acc = tl.float64 if dt == "fp64" else tl.float32
+        for k in ((17, 33) if dt == "fp32" else (17,)):
+            cex = cex_of(3, 2, k, acc)
+            sig = dict(x=p, a=p, f=pa, out=p, Ci=i32, H=i32, W=i32, Co=i32, Ho=i32, Wo=i32, S=i32, K=i32, J=i32,
+                       st=i32, pad=i32, n_tw=i32, **{c: ce for c in cex})
+            specs.append((f"gd_fwd_k{k}_{dt}", _gd_fwd_kernel, sig, cex, {"num_warps": 4}))
+            cexb = dict(cex, O1P=4, KP=triton.next_power_of_2(k))
+            sig = dict(g=p, x=p, a=p, f=pa, ga=pa, gf=pa, Ci=i32, H=i32, W=i32, Co=i32, Ho=i32, Wo=i32,
+                       S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, need_a=i32, need_f=i32,
+                       **{c: ce for c in cexb})
+            specs.append((f"gd_bwd_k{k}_{dt}", _gd_bwd_kernel, sig, cexb, {"num_warps": 4}))
+    for dt in ("fp32", "fp64"):
+        p = "*" + dt
+        acc = tl.float64 if dt == "fp64" else tl.float32
+        k = 9
+        cex = cex_of(2, 3, k, acc)
+        sig = dict(x=p, a=p, f=p, tab="*i32", out=p, Ci=i32, D=i32, H=i32, W=i32, Co=i32, Do=i32, Ho=i32, Wo=i32,
+                   S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, **{c: ce for c in cex})
+        specs.append((f"gd3_fwd_k{k}_{dt}", _gd3_fwd_kernel, sig, cex, {"num_warps": 4}))
+        cexb = dict(cex, O1P=4, KP=16)
+        sig = dict(g=p, x=p, a=p, f=p, tab="*i32", ga=p, gf=p, Ci=i32, D=i32, H=i32, W=i32, Co=i32, Do=i32,
+                   Ho=i32, Wo=i32, S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, need_a=i32, need_f=i32,
+                   **{c: ce for c in cexb})
+        specs.append((f"gd3_bwd_k{k}_{dt}", _gd3_bwd_kernel, sig, cexb, {"num_warps": 4}))
+    return specs
