@@ -564,7 +564,8 @@ def gauss_deriv_conv3d(
     p + q + t <= order (rbfkern.basis.derivative_orders_3d), alpha (C_out, C_in, S*M3),
     M3 = (order+1)(order+2)(order+3)/6. Other arguments as :func:`gauss_deriv_conv2d`.
 
-    Runs the effective-filter (dense conv3d) path on every non-reference backend.
+    Fused separable kernels (x, y, z passes; C++ and Triton) or one dense conv3d, as
+    :func:`choose_path_3d` picks (separately for forward and backward).
     """
     sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 3, max_sigma)
     return torch.ops.rbfkern.gauss_deriv_conv3d(x, alpha, sig, order, truncate, rads, stride, pad,
