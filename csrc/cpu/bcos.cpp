@@ -10,13 +10,103 @@
 //           y = l* (B = 1), (|l*|/n) l* (B = 2), (|l*|/n + 1e-6)^(B-1) l* (otherwise).
 // Backward  gl = dy/dl* gy scattered to the argmax channel; q = sum_o dy/dn gy / root per
 //           group; gx += x * box-sum^T(q) (d root / d x_c = x_c / root).
+//
+// The kernel section below is compiled once per instruction set (AVX-512, AVX2 + FMA, baseline;
+// the wheel has no -march) by including this file into itself, as csrc/cpu/rbf.cpp does, and
+// the entry points pick one at run time (simd::detect_isa, RBFKERN_CPU_ISA caps it). The ISA
+// is fixed per process, so results do not depend on the thread count.
+#ifndef RBFKERN_BCOS_ISA_PASS
+
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "cpu/simd.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define RBFKERN_BCOS_ISA_PASS 1
+#if defined(__x86_64__) || defined(__i386__)
+#define RBFKERN_BCOS_X86 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,popcnt,lzcnt,prefer-vector-width=512")
+namespace rbfkern {
+namespace bcos_avx512 {
+#include "bcos.cpp"  // NOLINT(build/include): kernel section, AVX-512
+}  // namespace bcos_avx512
+}  // namespace rbfkern
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi,bmi2,popcnt,lzcnt")
+namespace rbfkern {
+namespace bcos_avx2 {
+#include "bcos.cpp"  // NOLINT(build/include): kernel section, AVX2 + FMA
+}  // namespace bcos_avx2
+}  // namespace rbfkern
+#pragma GCC pop_options
+#endif
+namespace rbfkern {
+namespace bcos_default {
+#include "bcos.cpp"  // NOLINT(build/include): kernel section, baseline
+}  // namespace bcos_default
+}  // namespace rbfkern
+#undef RBFKERN_BCOS_ISA_PASS
+
 namespace rbfkern {
 namespace {
+
+int bcos_isa() {
+  static const int isa = simd::detect_isa();
+  return isa;
+}
+
+}  // namespace
+
+// Run F<T> from the kernel section of the detected instruction set.
+#ifdef RBFKERN_BCOS_X86
+#define RBFKERN_BCOS_DISPATCH(CALL)                                      \
+  switch (bcos_isa()) {                                                  \
+    case simd::kIsaAvx512: { namespace NS = bcos_avx512; CALL; return; }  \
+    case simd::kIsaAvx2: { namespace NS = bcos_avx2; CALL; return; }      \
+    default: { namespace NS = bcos_default; CALL; return; }               \
+  }
+#else
+#define RBFKERN_BCOS_DISPATCH(CALL) { namespace NS = bcos_default; CALL; }
+#endif
+
+// Flat entry points for csrc/cpu/bcos_bind.cpp (declared there; no shared header).
+#define RBFKERN_BCOS_ENTRY(T, SUF)                                                              \
+  void bcos_fwd_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
+                      const T* l, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt) {    \
+    RBFKERN_BCOS_DISPATCH(NS::fwd<T>(NS::Geom(geom), b, eps_in, eps_out, x, l, y, lmax, idx, root, save, nt)) \
+  }                                                                                              \
+  void bcos_bwd_epilogue_##SUF(const int64_t* geom, double b, double eps_out, const T* gy,     \
+                               const T* lmax, const uint8_t* idx, const T* root, T* gl, T* q,   \
+                               bool explain, bool need_q, int nt) {                             \
+    RBFKERN_BCOS_DISPATCH(NS::bwd_epilogue<T>(NS::Geom(geom), b, eps_out, gy, lmax, idx, root, gl, q, explain, need_q, nt)) \
+  }                                                                                              \
+  void bcos_bwd_norm_##SUF(const int64_t* geom, const T* x, const T* q, T* gx, int nt) {       \
+    RBFKERN_BCOS_DISPATCH(NS::bwd_norm<T>(NS::Geom(geom), x, q, gx, nt))                                 \
+  }                                                                                              \
+  void bcos_unit_weight_##SUF(const T* w, T* wh, int64_t R, int64_t K) {                         \
+    RBFKERN_BCOS_DISPATCH(NS::unit_weight<T>(w, wh, R, K))                                           \
+  }                                                                                              \
+  void bcos_unit_weight_bwd_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K) {         \
+    RBFKERN_BCOS_DISPATCH(NS::unit_weight_bwd<T>(w, g, gw, R, K))                                    \
+  }
+
+RBFKERN_BCOS_ENTRY(float, f32)
+RBFKERN_BCOS_ENTRY(double, f64)
+#undef RBFKERN_BCOS_ENTRY
+#undef RBFKERN_BCOS_DISPATCH
+
+}  // namespace rbfkern
+
+#else  // RBFKERN_BCOS_ISA_PASS: kernel section, included once per instruction set
+
+#include "cpu/bcos_simd.h"
+
 
 constexpr double kCosEps = 1e-6;  // added to |cos| before the power (B != 2), as bcos does
 
@@ -62,14 +152,27 @@ template <typename T, int MM, int MODE, bool SAVE>
 void fwd_row(const T* __restrict lo, int64_t P, int64_t M, const T* __restrict r, T* __restrict yo,
              T* __restrict lmo, uint8_t* __restrict io, T pw1, T eo, T ce) {
   const int64_t mm = MM > 0 ? MM : M;
+  int64_t bad = 0;  // power arguments outside the range of bpow::pow_pos (NaN, inf, huge)
   for (int64_t p = 0; p < P; ++p) {
     T best = lo[p];
     uint8_t bi = 0;
-    for (int64_t m = 1; m < mm; ++m) {
-      const T v = lo[m * P + p];
-      const bool gt = v > best;
-      best = gt ? v : best;
-      bi = gt ? static_cast<uint8_t>(m) : bi;
+    // MaxOut written out for MM = 2, 3: GCC does not vectorise the p loop around an inner loop.
+    if (MM == 2 || MM == 3) {
+      const T v1 = lo[P + p];
+      bi = v1 > best ? uint8_t(1) : bi;
+      best = v1 > best ? v1 : best;
+      if (MM == 3) {
+        const T v2 = lo[2 * P + p];
+        bi = v2 > best ? uint8_t(2) : bi;
+        best = v2 > best ? v2 : best;
+      }
+    } else if (MM != 1) {
+      for (int64_t m = 1; m < mm; ++m) {
+        const T v = lo[m * P + p];
+        const bool gt = v > best;
+        best = gt ? v : best;
+        bi = gt ? static_cast<uint8_t>(m) : bi;
+      }
     }
     if (SAVE) {
       lmo[p] = best;
@@ -80,6 +183,15 @@ void fwd_row(const T* __restrict lo, int64_t P, int64_t M, const T* __restrict r
     } else if (MODE == 2) {
       yo[p] = (std::abs(best) / (r[p] + eo)) * best;
     } else {
+      const double t = static_cast<double>(std::abs(best) / (r[p] + eo) + ce);
+      bad += bpow::out_of_range(t);
+      yo[p] = static_cast<T>(bpow::pow_pos(t, static_cast<double>(pw1))) * best;
+    }
+  }
+  if (MODE == 0 && bad) {  // rare: redo the row with the library pow
+    for (int64_t p = 0; p < P; ++p) {
+      T best = lo[p];
+      for (int64_t m = 1; m < mm; ++m) best = lo[m * P + p] > best ? lo[m * P + p] : best;
       yo[p] = std::pow(std::abs(best) / (r[p] + eo) + ce, pw1) * best;
     }
   }
@@ -152,6 +264,7 @@ void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __r
              const T* __restrict r, T* __restrict glo, T* __restrict qa, int64_t np, int64_t P,
              int64_t M, T p1, T eo, T ce) {
   const int64_t mm = MM > 0 ? MM : M;
+  int64_t bad = 0;
   for (int64_t p = 0; p < np; ++p) {
     T gv;
     if (MODE == 1) {
@@ -162,12 +275,30 @@ void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __r
       if (QN) qa[p] -= s * lo[p] / nn * gyo[p];
     } else {
       const T nn = r[p] + eo, s = std::abs(lo[p]) / nn, t = s + ce;
-      const T tq = std::pow(t, p1 - T(1));  // t^(B-2)
+      bad += bpow::out_of_range(static_cast<double>(t));
+      const T tq = static_cast<T>(bpow::pow_pos(static_cast<double>(t), static_cast<double>(p1) - 1.0));  // t^(B-2)
       gv = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p];
       if (QN) qa[p] -= p1 * lo[p] * s * tq / nn * gyo[p];
     }
     const int im = io[p];
-    for (int64_t m = 0; m < mm; ++m) glo[m * P + p] = im == m ? gv : T(0);
+    if (MM == 1) {
+      glo[p] = gv;
+    } else if (MM == 2 || MM == 3) {  // written out, as in fwd_row
+      glo[p] = im == 0 ? gv : T(0);
+      glo[P + p] = im == 1 ? gv : T(0);
+      if (MM == 3) glo[2 * P + p] = im == 2 ? gv : T(0);
+    } else {
+      for (int64_t m = 0; m < mm; ++m) glo[m * P + p] = im == m ? gv : T(0);
+    }
+  }
+  if (MODE == 0 && bad) {  // rare (t = inf or NaN): the library pow for those pixels' gl; their
+    // norm-gradient term has the factor s = inf / NaN either way, so qa is left as it is.
+    for (int64_t p = 0; p < np; ++p) {
+      const T nn = r[p] + eo, s = std::abs(lo[p]) / nn, t = s + ce;
+      if (!bpow::out_of_range(static_cast<double>(t))) continue;
+      const T tq = std::pow(t, p1 - T(1));
+      glo[io[p] * P + p] = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p];
+    }
   }
 }
 
@@ -284,6 +415,21 @@ void bwd_norm(const Geom& g, const T* x, const T* q, T* gx, int nt) {
   }
 }
 
+// Sum of squares / dot product of a row with 16 lane accumulators: vectorises (a single
+// accumulator is a serial add chain) and keeps a fixed summation order.
+template <typename T>
+T row_dot(const T* __restrict a, const T* __restrict b, int64_t K) {
+  constexpr int L = 16;
+  T acc[L] = {};
+  int64_t k = 0;
+  for (; k + L <= K; k += L)
+    for (int j = 0; j < L; ++j) acc[j] += a[k + j] * b[k + j];
+  for (int j = 0; k + j < K; ++j) acc[j] += a[k + j] * b[k + j];
+  T s = T(0);
+  for (int j = 0; j < L; ++j) s += acc[j];
+  return s;
+}
+
 // Unit-norm filters W-hat = W / ||W||_row and their backward gW = (g - W-hat <g, W-hat>) / ||W||.
 // Serial on purpose: the weight is small, and a parallel region costs more than it saves.
 template <typename T>
@@ -291,9 +437,7 @@ void unit_weight(const T* w, T* wh, int64_t R, int64_t K) {
   for (int64_t r = 0; r < R; ++r) {
     const T* __restrict wr = w + r * K;
     T* __restrict hr = wh + r * K;
-    T ss = T(0);
-    for (int64_t k = 0; k < K; ++k) ss += wr[k] * wr[k];
-    const T nrm = std::sqrt(ss);
+    const T nrm = std::sqrt(row_dot(wr, wr, K));
     for (int64_t k = 0; k < K; ++k) hr[k] = wr[k] / nrm;
   }
 }
@@ -304,40 +448,10 @@ void unit_weight_bwd(const T* w, const T* g, T* gw, int64_t R, int64_t K) {
     const T* __restrict wr = w + r * K;
     const T* __restrict gr = g + r * K;
     T* __restrict out = gw + r * K;
-    T ss = T(0);
-    for (int64_t k = 0; k < K; ++k) ss += wr[k] * wr[k];
-    const T nrm = std::sqrt(ss);
-    T dot = T(0);
-    for (int64_t k = 0; k < K; ++k) dot += gr[k] * (wr[k] / nrm);
+    const T nrm = std::sqrt(row_dot(wr, wr, K));
+    const T dot = row_dot(gr, wr, K) / nrm;
     for (int64_t k = 0; k < K; ++k) out[k] = (gr[k] - (wr[k] / nrm) * dot) / nrm;
   }
 }
 
-}  // namespace
-
-// Flat entry points for csrc/cpu/bcos_bind.cpp (declared there; no shared header).
-#define RBFKERN_BCOS_ENTRY(T, SUF)                                                              \
-  void bcos_fwd_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
-                      const T* l, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt) {    \
-    fwd<T>(Geom(geom), b, eps_in, eps_out, x, l, y, lmax, idx, root, save, nt);                 \
-  }                                                                                              \
-  void bcos_bwd_epilogue_##SUF(const int64_t* geom, double b, double eps_out, const T* gy,     \
-                               const T* lmax, const uint8_t* idx, const T* root, T* gl, T* q,   \
-                               bool explain, bool need_q, int nt) {                             \
-    bwd_epilogue<T>(Geom(geom), b, eps_out, gy, lmax, idx, root, gl, q, explain, need_q, nt);   \
-  }                                                                                              \
-  void bcos_bwd_norm_##SUF(const int64_t* geom, const T* x, const T* q, T* gx, int nt) {       \
-    bwd_norm<T>(Geom(geom), x, q, gx, nt);                                                       \
-  }                                                                                              \
-  void bcos_unit_weight_##SUF(const T* w, T* wh, int64_t R, int64_t K) {                         \
-    unit_weight<T>(w, wh, R, K);                                                                 \
-  }                                                                                              \
-  void bcos_unit_weight_bwd_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K) {         \
-    unit_weight_bwd<T>(w, g, gw, R, K);                                                          \
-  }
-
-RBFKERN_BCOS_ENTRY(float, f32)
-RBFKERN_BCOS_ENTRY(double, f64)
-#undef RBFKERN_BCOS_ENTRY
-
-}  // namespace rbfkern
+#endif  // RBFKERN_BCOS_ISA_PASS

@@ -310,11 +310,19 @@ def _(grad_y, x, weight, lmax, idx, root, b, max_out, explain, needs):
             torch.empty_like(weight) if needs[1] else x.new_empty(0))
 
 
+def _no_aux_grads(ctx, output):
+    # lmax/idx/root are saved for backward, not differentiable outputs: without this autograd
+    # would hand backward full-size zero tensors for them (a fill per output and step).
+    ctx.mark_non_differentiable(output[1], output[2], output[3])
+    ctx.set_materialize_grads(False)
+
+
 def _setup_conv(ctx, inputs, output):
     x, weight, b, max_out, stride, padding, dilation, groups, explain, save = inputs
     ctx.args = (b, max_out, stride, padding, dilation, groups, explain)
     ctx.saved = save
     ctx.save_for_backward(x, weight, output[1], output[2], output[3])
+    _no_aux_grads(ctx, output)
 
 
 def _grad_y(gy, ref):
@@ -335,6 +343,7 @@ def _setup_linear(ctx, inputs, output):
     ctx.args = (b, max_out, explain)
     ctx.saved = save
     ctx.save_for_backward(x, weight, output[1], output[2], output[3])
+    _no_aux_grads(ctx, output)
 
 
 def _backward_linear(ctx, gy, _g_lmax, _g_idx, _g_root):
