@@ -190,8 +190,10 @@ def test_opcheck(backend, path):
         args = (x.clone().requires_grad_(rg), a.clone().requires_grad_(rg), s.clone().requires_grad_(rg),
                 2, 3.0, [3], 1, 3, False)
         torch.library.opcheck(torch.ops.rbfkern.gauss_deriv_conv2d.default, args)
-    torch.library.opcheck(torch.ops.rbfkern.gauss_deriv_conv3d.default,
-                          (_rand(1, 1, 5, 6, 5), _rand(2, 1, 4), s, 1, 2.0, [2], 1, 2, False))
+    for rg in (False, True):
+        args = (_rand(1, 2, 5, 6, 5).requires_grad_(rg), _rand(2, 2, 4).requires_grad_(rg), s.clone().requires_grad_(rg),
+                1, 2.0, [2], 1, 2, False)
+        torch.library.opcheck(torch.ops.rbfkern.gauss_deriv_conv3d.default, args)
 
 
 def test_torch_compile_fullgraph():
