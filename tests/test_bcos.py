@@ -313,6 +313,67 @@ def test_gradcheck_triton(backend, b, max_out, linear):
     _gradcheck(b, max_out, False, linear=linear)
 
 
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("b", [0.5, 1.5, 2.5, 3.7])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_vector_pow_matches_reference(backend, b, dtype):
+    # B != 1, 2 goes through the vectorised exp/log power of csrc/cpu/bcos_simd.h: forward and
+    # both gradients against the float64 reference on the same (rounded) inputs, cosines from
+    # ~0 to ~1 (inputs spanning 1e-4 .. 1e3 in magnitude).
+    g = torch.Generator().manual_seed(7)
+    scale = torch.logspace(-4, 3, 6, dtype=F64).repeat_interleave(2).reshape(12, 1, 1, 1)
+    x = (torch.randn(12, 4, 6, 6, generator=g, dtype=F64) * scale).to(dtype)
+    w = torch.randn(6, 4, 3, 3, generator=g, dtype=F64).to(dtype)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    xo, wo = x.clone().requires_grad_(), w.clone().requires_grad_()
+    want = reference.bcos_conv2d(xr, wr, b, 2, (1, 1), (1, 1), (1, 1), 1, False)
+    got = bcos_conv2d(xo, wo, b=b, max_out=2, padding=1)
+    gy = torch.randn(want.shape, generator=g, dtype=F64)
+    gw = torch.autograd.grad(want, (xr, wr), gy)
+    gg = torch.autograd.grad(got, (xo, wo), gy.to(dtype))
+    # float32: the oneDNN convolution itself is ~5e-5 off the float64 result (so is the float32
+    # reference); a wrong power is off by O(1).
+    tol = dict(rtol=1e-11, atol=1e-13) if dtype == F64 else dict(rtol=3e-4, atol=3e-5)
+    _assert_close(got.double(), want, f"y b={b}", **tol)
+    for a, c, name in zip(gg, gw, ("grad_x", "grad_w")):
+        _assert_close(a.double(), c, f"{name} b={b}", **tol)
+
+
+def _run_threads(nt, fn, shapes, seed=0):
+    old = torch.get_num_threads()
+    torch.set_num_threads(nt)
+    try:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(*shapes[0], generator=g).requires_grad_()
+        w = torch.randn(*shapes[1], generator=g).requires_grad_()
+        y = fn(x, w)
+        y.backward(torch.randn(y.shape, generator=g))
+        return y.detach(), x.grad, w.grad
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("case", ["conv", "conv_groups_stride", "conv_n1", "linear_long_k"])
+def test_cpu_bitwise_deterministic_across_thread_counts(backend, case):
+    # Issue 8: forward and backward identical across runs and torch.set_num_threads(1) vs (2).
+    # oneDNN's weight gradient and MKL's long-K GEMMs change with the thread count; the ops use
+    # a per-sample grouped weight gradient and fixed K chunks (rbfkern/ops/bcos.py).
+    fn, shapes = {
+        "conv": (lambda x, w: bcos_conv2d(x, w, b=2.0, max_out=2, padding=1), ((8, 16, 12, 12), (16, 16, 3, 3))),
+        "conv_groups_stride": (lambda x, w: bcos_conv2d(x, w, b=1.5, max_out=1, stride=2, padding=1, groups=2),
+                               ((6, 8, 13, 11), (12, 4, 3, 3))),
+        "conv_n1": (lambda x, w: bcos_conv2d(x, w, b=2.0, max_out=2, padding=1), ((1, 8, 10, 10), (8, 8, 3, 3))),
+        "linear_long_k": (lambda x, w: bcos_linear(x, w, b=2.0, max_out=2), ((8192, 64), (64, 64))),
+    }[case]
+    if torch.backends.mkldnn.is_available() is False and case.startswith("conv"):
+        pytest.skip("needs oneDNN")
+    one, two, again = _run_threads(1, fn, shapes), _run_threads(2, fn, shapes), _run_threads(2, fn, shapes)
+    for a, b_, c, name in zip(one, two, again, ("y", "grad_x", "grad_w")):
+        assert torch.equal(a, b_), f"{case} {name}: 1 vs 2 threads differ by {float((a - b_).abs().max())}"
+        assert torch.equal(b_, c), f"{case} {name}: repeated runs differ"
+
+
 def saved_bytes(fn, exclude=()):
     """Bytes of distinct storages autograd saves while ``fn()`` runs, but those of ``exclude``."""
     seen = {}

@@ -58,9 +58,32 @@ def _shapes(g):
     return (N, O, ho, wo), (N, G, ho, wo)
 
 
+def _mm_fixed_k(a, b, kc=256, batch=64):
+    """a @ b with the K reduction cut into chunks of kc, summed in order (CPU).
+
+    MKL splits a long K across threads, so a plain mm changes with torch.set_num_threads; a
+    K of at most 256 per GEMM is not split, and the batched GEMM parallelises over chunks
+    (``batch`` chunks at a time bound the scratch to batch x the output size).
+    """
+    K = a.shape[1]
+    if a.device.type != "cpu" or K <= kc:
+        return a @ b
+    n = K // kc
+    out = None
+    for c0 in range(0, n, batch):
+        c1 = min(n, c0 + batch)
+        parts = torch.bmm(a[:, c0 * kc:c1 * kc].reshape(a.shape[0], c1 - c0, kc).transpose(0, 1),
+                          b[c0 * kc:c1 * kc].reshape(c1 - c0, kc, b.shape[1]))
+        for i in range(c1 - c0):
+            out = parts[i].clone() if out is None else out.add_(parts[i])
+    if n * kc < K:
+        out += a[:, n * kc:] @ b[n * kc:]
+    return out
+
+
 def _linear_map(kind, x, w_hat, conv):
     if kind == "linear":
-        return x @ w_hat.T
+        return _mm_fixed_k(x, w_hat.T)
     stride, padding, dilation, groups = conv
     return torch.nn.functional.conv2d(x, w_hat, None, stride, padding, dilation, groups)
 
@@ -68,13 +91,42 @@ def _linear_map(kind, x, w_hat, conv):
 def _linear_map_bwd(kind, gl, x, w_hat, conv, needs):
     """(gx, g_w_hat) of the raw linear map, None where not needed."""
     if kind == "linear":
-        gx = gl @ w_hat if needs[0] else None
-        gwh = gl.T @ x if needs[1] else None
+        gx = _mm_fixed_k(gl, w_hat) if needs[0] else None
+        gwh = _mm_fixed_k(gl.T, x) if needs[1] else None
         return gx, gwh
     stride, padding, dilation, groups = conv
+    N = x.shape[0]
+    per_sample = needs[1] and x.device.type == "cpu" and N > 1
     gx, gwh, _ = torch.ops.aten.convolution_backward(
-        gl, x, w_hat, None, stride, padding, dilation, False, [0, 0], groups, [needs[0], needs[1], False])
+        gl, x, w_hat, None, stride, padding, dilation, False, [0, 0], groups,
+        [needs[0], needs[1] and not per_sample, False])
+    if per_sample:
+        gwh = _weight_grad_per_sample(gl, x, w_hat, conv)
     return gx, gwh
+
+
+def _weight_grad_per_sample(gl, x, w_hat, conv):
+    """The weight gradient with a reduction order that does not depend on the thread count.
+
+    oneDNN splits the batch / pixel reduction of its weight gradient across threads, so the
+    result changes with torch.set_num_threads (issue 8 asks for bitwise equality). Here each
+    sample is its own group of one grouped convolution (batch 1, N * groups groups), which
+    oneDNN parallelises over groups, each summed by one thread; the N per-sample gradients are
+    then added in sample order. Same GEMM work, N x the weight size of scratch.
+    """
+    stride, padding, dilation, groups = conv
+    N, C = x.shape[:2]
+    O2 = gl.shape[1]
+    kh, kw = w_hat.shape[-2:]
+    w_rep = w_hat.new_empty(N * O2, C // groups, kh, kw)  # shape only: not read for the weight grad
+    _, g, _ = torch.ops.aten.convolution_backward(
+        gl.reshape(1, N * O2, *gl.shape[2:]), x.reshape(1, N * C, *x.shape[2:]), w_rep, None, stride, padding,
+        dilation, False, [0, 0], N * groups, [False, True, False])
+    g = g.reshape(N, O2, C // groups, kh, kw)
+    out = g[0].clone()
+    for i in range(1, N):  # fixed order, elementwise adds
+        out += g[i]
+    return out
 
 
 def _unit_weight_bwd(weight, w_hat, g_w_hat):
