@@ -193,6 +193,38 @@ def kmeans_plusplus(x: Tensor, k: int, *, diag: Tensor | None = None, tril: Tens
     return centers
 
 
+# Elements per isfinite pass: bounds the temporary bool mask of the finiteness check.
+_FINITE_CHUNK = 1 << 24
+
+
+def _all_finite(x: Tensor) -> bool:
+    """Whether every element of x is finite: one pass over x and one host sync, chunked so the
+    temporary mask stays small for large inputs."""
+    if x.numel() <= _FINITE_CHUNK or x.dim() == 0:
+        return bool(torch.isfinite(x).all())
+    rows = max(1, _FINITE_CHUNK // max(1, x[0].numel()))
+    flags = torch.stack([torch.isfinite(x[s:s + rows]).all() for s in range(0, x.shape[0], rows)])
+    return bool(flags.all())
+
+
+def _int_arg(name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    return value
+
+
+def _batch_error(b, d: int | None) -> str | None:
+    """Why a streamed batch is unusable (None when it is fine): not a (B, D) floating tensor, or non-finite."""
+    if not isinstance(b, Tensor) or b.dim() != 2 or (d is not None and b.shape[1] != d):
+        want = "(B, D)" if d is None else f"(B, {d})"
+        return f"embeddings batches must be tensors of shape {want}, got {getattr(b, 'shape', type(b).__name__)}"
+    if not _all_finite(b):
+        return "embeddings (x) must be finite: a batch has NaN or infinite values"
+    return None
+
+
 def _as_batches(data) -> Iterable[Tensor]:
     for item in data:
         yield item[0] if isinstance(item, (tuple, list)) else item
@@ -240,6 +272,16 @@ def kmeans(
         raise ValueError(f"k (num_centers) must be a positive int, got {k!r}")
     if isinstance(init, str) and init not in ("kmeans++", "random"):
         raise ValueError(f"init must be 'kmeans++', 'random' or a (K, D) tensor, got {init!r}")
+    if not isinstance(init, (str, Tensor)):
+        raise TypeError(f"init must be 'kmeans++', 'random' or a (K, D) tensor, got {type(init).__name__}")
+    n_init = _int_arg("n_init", n_init, 1)
+    max_iter = _int_arg("max_iter", max_iter, 0)
+    if batch_size is not None:
+        _int_arg("batch_size", batch_size, 1)
+    if chunk_size is not None:
+        _int_arg("chunk_size", chunk_size, 1)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     comm = _Comm(distributed, process_group)
     if not isinstance(x, Tensor):
         return _kmeans_stream(x, k, init, max_iter, diag, tril, seed, chunk_size, progress, comm)
@@ -248,6 +290,10 @@ def kmeans(
         err = f"embeddings must have shape (N, D) with N >= 1, got {tuple(x.shape)}"
     elif isinstance(init, Tensor) and tuple(init.shape) != (k, x.shape[1]):
         err = f"init must have shape ({k}, {x.shape[1]}), got {tuple(init.shape)}"
+    elif not _all_finite(x):
+        err = "embeddings (x) must be finite, got NaN or infinite values"
+    elif isinstance(init, Tensor) and not _all_finite(init.detach()):
+        err = "init must be finite, got NaN or infinite values"
     comm.agree(err, x.device)
     sizes = comm.shard_sizes(x.shape[0], x.shape[1], x.device) if comm.active else [x.shape[0]]
     best = None
@@ -379,13 +425,23 @@ def _minibatch(x, centers, max_iter, tol, diag, tril, batch_size, g, chunk_size,
 def _lockstep(data, comm, like):
     """The batches of ``data``; distributed, empty batches after this rank's last until every
     rank is done, so all ranks take the same number of (collective) steps."""
+    d = like.shape[1]
     if not comm.active:
-        yield from _as_batches(data)
+        for b in _as_batches(data):
+            err = _batch_error(b, d)
+            if err is not None:
+                raise ValueError(err)
+            yield b
         return
     it = _as_batches(data)
     while True:
         b = next(it, None)
-        if not float(comm.sum_(torch.tensor([float(b is not None)], device=like.device))):
+        err = None if b is None else _batch_error(b, d)
+        flags = comm.sum_(torch.tensor([float(b is not None), float(err is not None)], device=like.device)).tolist()
+        if flags[1]:
+            raise ValueError(err or "invalid embeddings batch on another rank of the process group; "
+                             "the error raised there names the problem")
+        if not flags[0]:
             return
         yield b if b is not None else like[:0]
 
@@ -403,8 +459,10 @@ def _kmeans_stream(data, k, init, max_iter, diag, tril, seed, chunk_size, progre
     err = None
     if not sample:
         err = "embeddings is an empty iterable"
-    elif any(b.dim() != 2 or b.shape[1] != sample[0].shape[1] for b in sample):
-        err = f"embeddings batches must have shape (B, D), got {[tuple(b.shape) for b in sample]}"
+    elif any(not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != sample[0].shape[1] for b in sample):
+        err = f"embeddings batches must have shape (B, D), got {[tuple(getattr(b, 'shape', ())) for b in sample]}"
+    else:
+        err = next((e for e in (_batch_error(b, None) for b in sample) if e is not None), None)
     if not comm.active:
         comm.agree(err, None)
         first = torch.cat(sample)
@@ -429,10 +487,21 @@ def _kmeans_stream(data, k, init, max_iter, diag, tril, seed, chunk_size, progre
     if bar is not None:
         bar.close()
     centers = comm.broadcast_(c.to(first.dtype))
-    inertia = torch.zeros((), dtype=torch.float64, device=first.device)
+    # inertia and a bad-batch count, summed over ranks in one collective at the end
+    acc = torch.zeros(2, dtype=torch.float64, device=first.device)
+    err = None
     for b in _as_batches(data):
-        inertia += assign(b, centers, diag=diag, tril=tril, chunk_size=chunk_size)[1].double().sum()
-    return KMeansResult(centers, torch.empty(0, dtype=torch.long), float(comm.sum_(inertia)), it)
+        e = _batch_error(b, first.shape[1])
+        if e is not None:
+            err = err or e
+            acc[1] += 1
+            continue
+        acc[0] += assign(b, centers, diag=diag, tril=tril, chunk_size=chunk_size)[1].double().sum()
+    acc = comm.sum_(acc)
+    if float(acc[1]):
+        raise ValueError(err or "invalid embeddings batch on another rank of the process group; "
+                         "the error raised there names the problem")
+    return KMeansResult(centers, torch.empty(0, dtype=torch.long), float(acc[0]), it)
 
 
 class _Moved:

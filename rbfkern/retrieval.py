@@ -11,9 +11,10 @@ from torch import Tensor
 
 from . import ops
 from ._chunks import rows_per_chunk
+from .ops import _checks
 
 
-def _layer(metric_module, d: int):
+def _layer(metric_module, d: int, device: torch.device):
     """The RBF layer whose metric is used (None for Euclidean), checked against D."""
     if metric_module is None:
         return None
@@ -22,6 +23,9 @@ def _layer(metric_module, d: int):
         raise TypeError(f"metric_module must be an RBF layer or have an .rbf RBF layer, got {type(metric_module).__name__}")
     if rbf.in_features != d:
         raise ValueError(f"metric_module has in_features={rbf.in_features} but query and bank have D={d}")
+    if rbf.centers.device != device:
+        raise ValueError(f"metric_module is on {rbf.centers.device} but query and bank are on {device}; "
+                         "move them to one device")
     return rbf
 
 
@@ -120,12 +124,18 @@ def similar(
             raise ValueError(f"{name} must be a 2-D tensor (rows, D), got {getattr(t, 'shape', type(t).__name__)}")
     if query.shape[1] != bank.shape[1]:
         raise ValueError(f"bank must have shape (M, {query.shape[1]}) to match query, got {tuple(bank.shape)}")
+    _checks.tensor("query", query)
+    _checks.tensor("bank", bank)
+    _checks.same_device_dtype("query", query, bank=bank)  # a mix only where autocast merges dtypes
+    if bank.dtype != query.dtype:
+        dt = torch.promote_types(query.dtype, bank.dtype)
+        query, bank = query.to(dt), bank.to(dt)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= bank.shape[0]:
         raise ValueError(f"k must be an int in [1, {bank.shape[0]}] (the bank size), got {k!r}")
+    rbf = _layer(metric_module, query.shape[1], query.device)
     if metric_module is not None and hasattr(metric_module, "input_mean"):
         mean, scale = metric_module.input_mean.to(query.dtype), metric_module.input_scale.to(query.dtype)
         query, bank = (query - mean) / scale, (bank - mean) / scale
-    rbf = _layer(metric_module, query.shape[1])
     q = query.shape[0]
     coords = None if largest or not fast else _euclidean_coords(rbf, query, bank)
     if coords is None:

@@ -358,6 +358,27 @@ def _frac_for(maxabs: float, limit: float, lo: int, hi: int) -> int:
     return int(max(lo, min(hi, math.floor(math.log2(limit / maxabs)))))
 
 
+def _calib_array(calib, d: int) -> np.ndarray:
+    """calib as a float64 (N, D) array, checked: N >= 1, D the network's input width, finite."""
+    try:
+        a = calib.detach().cpu().to(torch.float64).numpy() if isinstance(calib, torch.Tensor) else np.asarray(calib)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"calib must be an (N, {d}) array or tensor of numbers, got {type(calib).__name__}") from e
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise TypeError(f"calib must be an (N, {d}) array or tensor of numbers, got dtype {a.dtype}")
+    if np.iscomplexobj(a):
+        raise TypeError(f"calib must be real, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if a.ndim == 1 and d == 1:
+        a = a[:, None]
+    if a.ndim != 2 or a.shape[1] != d or a.shape[0] < 1:
+        raise ValueError(f"calib must have shape (N, {d}) with N >= 1 (the model's input width D={d}), "
+                         f"got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("calib must be finite, got NaN or infinite values")
+    return a
+
+
 def quantize_q15(p: NetParams, calib=None) -> Q15Params:
     """Choose the fixed-point formats from the weights (and optional calibration inputs) and quantise."""
     if p.metric not in Q15_METRICS:
@@ -365,6 +386,8 @@ def quantize_q15(p: NetParams, calib=None) -> Q15Params:
     if p.kind not in Q15_KINDS:
         raise ValueError(f"q15 export supports kind in {Q15_KINDS}, got {p.kind!r} (export dtype='f32' instead)")
     C, D, K = p.n_centers, p.in_dim, p.out_dim
+    if calib is not None:
+        calib = _calib_array(calib, D)
     # inputs and centres share x_frac; keep |x|, |c| <= 2^14 LSB so x - c never saturates
     R = float(np.abs(p.centers).max())
     Z = None
@@ -549,6 +572,8 @@ def export_c(model, path, name: str = "model", dtype: str = "f32", calib=None) -
     if dtype not in ("f32", "q15"):
         raise ValueError(f"dtype must be 'f32' or 'q15', got {dtype!r}")
     p = extract(model)
+    if calib is not None:
+        calib = _calib_array(calib, p.in_dim)  # checked for f32 too, where it is not used
     path = Path(path)
     if path.is_dir():
         path = path / f"{name}.h"

@@ -124,8 +124,10 @@ class RBFNetwork(nn.Module):
             X = X[:, None]
         if X.dim() != 2 or X.shape[0] < 2:
             raise ValueError(f"X must have shape (N, D) with N >= 2, got {tuple(X.shape)}")
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("X must be finite, got NaN or infinite values")
         y = _as_tensor("y", y).to(X.device)
-        if y.shape[0] != X.shape[0] or y.dim() > 2:
+        if y.dim() == 0 or y.shape[0] != X.shape[0] or y.dim() > 2:
             raise ValueError(f"y must have shape ({X.shape[0]},) or ({X.shape[0]}, K) to match X, got {tuple(y.shape)}")
         if self.task == "classification":
             if y.dim() != 1 or y.is_floating_point() and not bool((y == y.round()).all()):
@@ -136,6 +138,8 @@ class RBFNetwork(nn.Module):
         else:
             classes, squeeze = None, y.dim() == 1
             T = y.double().reshape(X.shape[0], -1)
+            if not bool(torch.isfinite(T).all()):
+                raise ValueError("y must be finite for task='regression', got NaN or infinite values")
         x64 = X.double()
         if self.standardize:
             mean, scale = x64.mean(0), x64.std(0, unbiased=False)
@@ -297,8 +301,14 @@ class RBFNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.fitted or not hasattr(self, "rbf"):
             raise RuntimeError("RBFNetwork is not fitted: call fit(X, y) or select(...) first")
-        if x.dim() == 1 and self.rbf.in_features == 1:
+        d = self.rbf.in_features
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape (N, {d}), got {type(x).__name__}")
+        if x.dim() == 1 and d == 1:
             x = x[:, None]
+        if x.dim() != 2 or x.shape[1] != d:
+            raise ValueError(f"x must have shape (N, {d}) (the network was fitted on D={d} features), "
+                             f"got {tuple(x.shape)}")
         out = self.out(self.rbf((x - self.input_mean) / self.input_scale))
         return out.squeeze(-1) if self._squeeze else out
 

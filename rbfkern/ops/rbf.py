@@ -8,6 +8,7 @@ every backend; the reference backend differentiates the reference (it is the ora
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -243,6 +244,26 @@ def _check_common(x, centers, diag, tril):
     return c
 
 
+_SIGMA_FREE_KINDS = ("linear", "thin_plate")
+
+
+def _check_sigma_range(s: float, dtype: torch.dtype, kind: str) -> None:
+    """A float sigma must be stored in x's dtype (finite, non-zero) and, for the kinds that use it,
+    sigma**2 must be a normal finite number in the compute dtype (float64 for float64 inputs, else
+    float32): the kernels divide by sigma**2, which must neither overflow nor underflow to 0."""
+    fi = torch.finfo(dtype)
+    if not fi.tiny <= s <= fi.max:
+        raise ValueError(f"sigma must be representable in the dtype of x ({dtype}: "
+                         f"{fi.tiny:g} <= sigma <= {fi.max:g}), got {s!r}")
+    if kind in _SIGMA_FREE_KINDS:
+        return
+    cf = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32)
+    lo, hi = math.sqrt(cf.tiny), math.sqrt(cf.max)
+    if not lo <= s <= hi:
+        raise ValueError(f"sigma**2 must be finite and non-zero in the compute dtype "
+                         f"({cf.dtype}: {lo:g} <= sigma <= {hi:g}), got sigma={s!r}")
+
+
 def rbf_r2(x: Tensor, centers: Tensor, *, diag: Tensor | None = None, tril: Tensor | None = None) -> Tensor:
     """Squared Mahalanobis distances r2[n, j] = (x_n - c_j)^T R_j (x_n - c_j) (eq. 1), shape (N, C).
 
@@ -296,6 +317,9 @@ def rbf(
         _checks.values("sigma", sigma, positive=True)
         sigma_c = sigma.reshape(-1).expand(c)
     else:
-        sigma_c = x.new_full((c,), _checks.finite_float("sigma", sigma, positive=True))
+        s = _checks.finite_float("sigma", sigma, positive=True)
+        if not torch.compiler.is_compiling():
+            _check_sigma_range(s, x.dtype, kind)
+        sigma_c = x.new_full((c,), s)
     act, r2 = torch.ops.rbfkern.rbf(x, centers, diag, tril, sigma_c, kind, shape)
     return (act, r2) if return_r2 else act
