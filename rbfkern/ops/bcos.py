@@ -96,7 +96,9 @@ def _linear_map_bwd(kind, gl, x, w_hat, conv, needs):
         return gx, gwh
     stride, padding, dilation, groups = conv
     N = x.shape[0]
-    per_sample = needs[1] and x.device.type == "cpu" and N > 1
+    # Thread-count independent weight gradient only when asked for (torch.use_deterministic_algorithms):
+    # it costs 10-50% more backward time on the benchmark shapes.
+    per_sample = needs[1] and x.device.type == "cpu" and N > 1 and torch.are_deterministic_algorithms_enabled()
     gx, gwh, _ = torch.ops.aten.convolution_backward(
         gl, x, w_hat, None, stride, padding, dilation, False, [0, 0], groups,
         [needs[0], needs[1] and not per_sample, False])
@@ -112,7 +114,9 @@ def _weight_grad_per_sample(gl, x, w_hat, conv):
     result changes with torch.set_num_threads (issue 8 asks for bitwise equality). Here each
     sample is its own group of one grouped convolution (batch 1, N * groups groups), which
     oneDNN parallelises over groups, each summed by one thread; the N per-sample gradients are
-    then added in sample order. Same GEMM work, N x the weight size of scratch.
+    then added in sample order. Same GEMM work, N x the weight size of scratch, but oneDNN runs
+    the small per-sample GEMMs slower (backward +8% / +54% / +34% CPU time on the three
+    benchmark shapes). With N = 1 oneDNN may still split the pixel reduction.
     """
     stride, padding, dilation, groups = conv
     N, C = x.shape[:2]
