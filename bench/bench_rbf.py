@@ -168,13 +168,16 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--case", choices=("all", "diag", "tril"), default="all",
+                    help="run only the cases with this metric")
     ap.add_argument("--json")
     ap.add_argument("--peak", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.peak:
         _peak_child(a.peak)
         sys.exit(0)
-    rows = table(QUICK_CASES if a.quick else CASES, a.rounds, memory=not a.no_memory)
+    cases = [c for c in (QUICK_CASES if a.quick else CASES) if a.case in ("all", c[4])]
+    rows = table(cases, a.rounds, memory=not a.no_memory)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

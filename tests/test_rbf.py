@@ -364,3 +364,26 @@ def test_package_exports():
         "linear", "gaussian", "thin_plate", "logistic", "inverse_multiquadric", "multiquadric",
         "inverse_quadratic", "quadratic",
     }
+
+
+@pytest.mark.parametrize("metric", ["diag", "tril", "shared_tril"])
+def test_cpp_bitwise_same_for_1_and_2_threads(metric, monkeypatch):
+    """The C++ kernels use fixed blocking and fixed-order partial sums: the thread count must not change any bit."""
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    n, c, d = 300, 9, 20  # several row chunks in the tril backward
+    x, cen, diag, tril = make_inputs(n, c, d, metric, torch.float32, seed=3)
+    sig = sigma_for(c, True, torch.float32)
+    w = torch.randn(n, c, generator=torch.Generator().manual_seed(5))
+    old = torch.get_num_threads()
+    outs = []
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            ins = [t.clone().requires_grad_(True) if t is not None else None for t in (x, cen, diag, tril, sig)]
+            act = rbf(*ins[:2], diag=ins[2], tril=ins[3], sigma=ins[4], kind="gaussian")
+            (act * w).sum().backward()
+            outs.append([act.detach()] + [t.grad for t in ins if t is not None])
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b), metric

@@ -656,47 +656,194 @@ RBF_INLINE void diff_rows(const T* xs, const T* c, int64_t rows, int64_t Dq, T* 
     for (int64_t d = 0; d < Dq; d += L) vstore(dif + r * Dq + d, V(vload(xs + r * Dq + d) - vload(c + d)));
 }
 
+// Tril kernels with rows in the vector lanes: a block of rows is held transposed (DT[d][n]), so
+// u_k = sum_{d >= k} dif_d L[d][k] costs exactly D(D+1)/2 vector FMAs per L rows, each with one
+// broadcast of L[d][k], and r2 = sum_k u_k^2 needs no horizontal sum. D is padded to Dk (a
+// multiple of kTrilKB) with zero rows/columns of L.
+constexpr int kTrilKB = 8;  // k (or d) indices per micro-kernel
+constexpr int kTrilRV = 2;  // row vectors per micro-kernel
+constexpr int64_t kTrilRB = 64;  // rows per block (multiple of kTrilRV * L for float and double)
+constexpr int64_t kTrilFlush = 4;  // row blocks summed in T before a double accumulation (backward)
+
+// u[kk][rv] = sum_{d >= k0+kk} DT[d][rv*L ..] Lk[d][k0+kk], KB k's x RV row vectors.
+// DT: [Dk][ldn]; Lk: [Dk][Dk], lower triangle, zero padded.
+template <class T, int RV, int KB>
+RBF_INLINE void trilT_u_micro(const T* DT, int64_t ldn, const T* Lk, int64_t Dk, int64_t k0,
+                              typename VT<T>::V (&u)[KB][RV]) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+#pragma GCC unroll 16
+  for (int kk = 0; kk < KB; ++kk)
+#pragma GCC unroll 4
+    for (int rv = 0; rv < RV; ++rv) u[kk][rv] = vbcast<T>(T(0));
+  // Diagonal block d in [k0, k0+KB): only k <= d (compile-time triangle).
+#pragma GCC unroll 16
+  for (int dd = 0; dd < KB; ++dd) {
+    const T* lrow = Lk + (k0 + dd) * Dk + k0;
+    V dv[RV];
+#pragma GCC unroll 4
+    for (int rv = 0; rv < RV; ++rv) dv[rv] = vload(DT + (k0 + dd) * ldn + rv * L);
+#pragma GCC unroll 16
+    for (int kk = 0; kk <= dd; ++kk) {
+      const V l = vbcast<T>(lrow[kk]);
+#pragma GCC unroll 4
+      for (int rv = 0; rv < RV; ++rv) u[kk][rv] += dv[rv] * l;
+    }
+  }
+  for (int64_t d = k0 + KB; d < Dk; ++d) {
+    const T* lrow = Lk + d * Dk + k0;
+    V dv[RV];
+#pragma GCC unroll 4
+    for (int rv = 0; rv < RV; ++rv) dv[rv] = vload(DT + d * ldn + rv * L);
+#pragma GCC unroll 16
+    for (int kk = 0; kk < KB; ++kk) {
+      const V l = vbcast<T>(lrow[kk]);
+#pragma GCC unroll 4
+      for (int rv = 0; rv < RV; ++rv) u[kk][rv] += dv[rv] * l;
+    }
+  }
+}
+
+// GXT[d0+dd][rv] += sum_{k <= d0+dd} Lk[d0+dd][k] WT[k][rv], KB d's x RV row vectors.
+template <class T, int RV, int KB>
+RBF_INLINE void trilT_gx_micro(const T* WT, T* GXT, int64_t ldn, const T* Lk, int64_t Dk, int64_t d0) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  V acc[KB][RV];
+#pragma GCC unroll 16
+  for (int dd = 0; dd < KB; ++dd)
+#pragma GCC unroll 4
+    for (int rv = 0; rv < RV; ++rv) acc[dd][rv] = vload(GXT + (d0 + dd) * ldn + rv * L);
+  for (int64_t k = 0; k < d0; ++k) {
+    V w[RV];
+#pragma GCC unroll 4
+    for (int rv = 0; rv < RV; ++rv) w[rv] = vload(WT + k * ldn + rv * L);
+#pragma GCC unroll 16
+    for (int dd = 0; dd < KB; ++dd) {
+      const V l = vbcast<T>(Lk[(d0 + dd) * Dk + k]);
+#pragma GCC unroll 4
+      for (int rv = 0; rv < RV; ++rv) acc[dd][rv] += w[rv] * l;
+    }
+  }
+  // Diagonal block k in [d0, d0+KB): only d >= k.
+#pragma GCC unroll 16
+  for (int kk = 0; kk < KB; ++kk) {
+    V w[RV];
+#pragma GCC unroll 4
+    for (int rv = 0; rv < RV; ++rv) w[rv] = vload(WT + (d0 + kk) * ldn + rv * L);
+#pragma GCC unroll 16
+    for (int dd = kk; dd < KB; ++dd) {
+      const V l = vbcast<T>(Lk[(d0 + dd) * Dk + d0 + kk]);
+#pragma GCC unroll 4
+      for (int rv = 0; rv < RV; ++rv) acc[dd][rv] += w[rv] * l;
+    }
+  }
+#pragma GCC unroll 16
+  for (int dd = 0; dd < KB; ++dd)
+#pragma GCC unroll 4
+    for (int rv = 0; rv < RV; ++rv) vstore(GXT + (d0 + dd) * ldn + rv * L, acc[dd][rv]);
+}
+
+// GL[k0+kk][(dv0+v)*L ..] += sum_{n < rows} WT[k0+kk][n] DR[n][(dv0+v)*L ..], KB k's x NDV vectors
+// of d. GL: [Dk][Dq].
+template <class T, int KB, int NDV>
+RBF_INLINE void trilT_gl_micro(const T* WT, int64_t ldn, const T* DR, int64_t Dq, int64_t rows, int64_t k0,
+                               int64_t dv0, T* GL) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  V acc[KB][NDV];
+#pragma GCC unroll 16
+  for (int kk = 0; kk < KB; ++kk)
+#pragma GCC unroll 2
+    for (int v = 0; v < NDV; ++v) acc[kk][v] = vload(GL + (k0 + kk) * Dq + (dv0 + v) * L);
+  for (int64_t n = 0; n < rows; ++n) {
+    V dv[NDV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NDV; ++v) dv[v] = vload(DR + n * Dq + (dv0 + v) * L);
+#pragma GCC unroll 16
+    for (int kk = 0; kk < KB; ++kk) {
+      const V w = vbcast<T>(WT[(k0 + kk) * ldn + n]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NDV; ++v) acc[kk][v] += w * dv[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int kk = 0; kk < KB; ++kk)
+#pragma GCC unroll 2
+    for (int v = 0; v < NDV; ++v) vstore(GL + (k0 + kk) * Dq + (dv0 + v) * L, acc[kk][v]);
+}
+
+// Factors packed [m][Dk][Dk], lower triangle only, zero padded; centres packed [C][Dc], zero padded.
+template <class T>
+static void pack_tril_sq(const RbfProblem<T>& p, int64_t Dk, std::vector<T>& Lk) {
+  const int64_t D = p.D, nmat = p.metric_shared ? 1 : p.C;
+  Lk.assign((size_t)(nmat * Dk * Dk), T(0));
+  for (int64_t m = 0; m < nmat; ++m)
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t k = 0; k <= d; ++k) Lk[(size_t)((m * Dk + d) * Dk + k)] = p.metric[(m * D + d) * D + k];
+}
+template <class T>
+static std::vector<T> pack_centres(const RbfProblem<T>& p, int64_t Dc) {
+  std::vector<T> cp((size_t)(p.C * Dc), T(0));
+  for (int64_t j = 0; j < p.C; ++j) std::memcpy(cp.data() + j * Dc, p.centers + j * p.D, sizeof(T) * (size_t)p.D);
+  return cp;
+}
+// XT[d][n] = x[n0+n][d] (x rows of stride ldx) for n < nr, d < D; zero up to Dk rows and ldn columns.
+template <class T>
+static void pack_rows_T(const T* x, int64_t ldx, int64_t D, int64_t n0, int64_t nr, int64_t Dk, int64_t ldn,
+                        T* XT) {
+  std::fill(XT, XT + Dk * ldn, T(0));
+  for (int64_t n = 0; n < nr; ++n)
+    for (int64_t d = 0; d < D; ++d) XT[d * ldn + n] = x[(n0 + n) * ldx + d];
+}
+// DT[d][n] = XT[d][n] - c[d] for d < Dk, n < rows (rows a multiple of L).
+template <class T>
+RBF_INLINE void diff_T(const T* XT, const T* c, int64_t Dk, int64_t ldn, int64_t rows, T* DT) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  for (int64_t d = 0; d < Dk; ++d) {
+    const V cb = vbcast<T>(c[d]);
+    for (int64_t n = 0; n < rows; n += L) vstore(DT + d * ldn + n, V(vload(XT + d * ldn + n) - cb));
+  }
+}
+
 template <class T>
 static void forward_tril(const RbfProblem<T>& p, const ActParams<T>& A, T* act, T* r2, int nthreads) {
   typedef typename VT<T>::V V;
-  constexpr int L = VT<T>::L, R = 6;
-  constexpr int64_t RB = 48;  // multiple of R
+  constexpr int L = VT<T>::L, KB = kTrilKB, RV = kTrilRV;
+  constexpr int64_t RB = kTrilRB;
   const int64_t N = p.N, C = p.C, D = p.D;
-  const int64_t nq = simd::cdiv(D, L), Dq = std::max<int64_t>(nq * L, L);
-  std::vector<T> Lr;
-  pack_tril<T>(p, Dq, Lr, nullptr);
-  std::vector<T> cp((size_t)(C * Dq), T(0));
-  for (int64_t j = 0; j < C; ++j) std::memcpy(cp.data() + j * Dq, p.centers + j * D, sizeof(T) * (size_t)D);
+  const int64_t Dk = simd::round_up(D, KB);
+  std::vector<T> Lk;
+  pack_tril_sq<T>(p, Dk, Lk);
+  const std::vector<T> cp = pack_centres(p, Dk);
   const int64_t nrb = simd::cdiv(N, RB);
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> xs((size_t)(RB * Dq)), dif((size_t)(RB * Dq));
+    std::vector<T> XT((size_t)(Dk * RB)), DT((size_t)(Dk * RB)), s((size_t)RB);
 #pragma omp for schedule(static)
     for (int64_t rb = 0; rb < nrb; ++rb) {
       const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
-      const int64_t rows = simd::round_up(nr, R);
-      pack_rows(p.x, D, n0, nr, rows, Dq, xs.data());
+      const int64_t rows = simd::round_up(nr, RV * L);
+      pack_rows_T(p.x, D, D, n0, nr, Dk, RB, XT.data());
       for (int64_t j = 0; j < C; ++j) {
-        const T* Lj = Lr.data() + (p.metric_shared ? 0 : j * D * Dq);
-        diff_rows(xs.data(), cp.data() + j * Dq, rows, Dq, dif.data());
-        for (int64_t r0 = 0; r0 < rows; r0 += R) {
-          V s[R], u[R][2];
+        const T* Lj = Lk.data() + (p.metric_shared ? 0 : j * Dk * Dk);
+        diff_T(XT.data(), cp.data() + j * Dk, Dk, RB, rows, DT.data());
+        for (int64_t r0 = 0; r0 < rows; r0 += RV * L) {
+          V acc[RV], u[KB][RV];
+#pragma GCC unroll 4
+          for (int rv = 0; rv < RV; ++rv) acc[rv] = vbcast<T>(T(0));
+          for (int64_t k0 = 0; k0 < Dk; k0 += KB) {
+            trilT_u_micro<T, RV, KB>(DT.data() + r0, RB, Lj, Dk, k0, u);
 #pragma GCC unroll 16
-          for (int r = 0; r < R; ++r) s[r] = vbcast<T>(T(0));
-          for (int64_t kv = 0; kv < nq; kv += 2) {
-            if (nq - kv >= 2) {
-              tril_u_micro<T, R, 2>(dif.data() + r0 * Dq, Dq, D, Lj, Dq, kv * L, u);
-#pragma GCC unroll 16
-              for (int r = 0; r < R; ++r) s[r] += u[r][0] * u[r][0] + u[r][1] * u[r][1];
-            } else {
-              tril_u_micro<T, R, 1>(dif.data() + r0 * Dq, Dq, D, Lj, Dq, kv * L, u);
-#pragma GCC unroll 16
-              for (int r = 0; r < R; ++r) s[r] += u[r][0] * u[r][0];
-            }
+            for (int kk = 0; kk < KB; ++kk)
+#pragma GCC unroll 4
+              for (int rv = 0; rv < RV; ++rv) acc[rv] += u[kk][rv] * u[kk][rv];
           }
-          const int64_t rv = std::min<int64_t>(R, nr - r0);
-          for (int64_t r = 0; r < rv; ++r) r2[(n0 + r0 + r) * C + j] = vhsum(s[r]);
+#pragma GCC unroll 4
+          for (int rv = 0; rv < RV; ++rv) vstore(s.data() + r0 + rv * L, acc[rv]);
         }
+        for (int64_t n = 0; n < nr; ++n) r2[(n0 + n) * C + j] = s[n];
       }
       if (act) act_rows(A, nr, C, r2 + n0 * C, act + n0 * C);
     }
@@ -1135,6 +1282,166 @@ static void backward_tril(const RbfProblem<T>& p, const ActParams<T>& A, const T
   }
 }
 
+// Tril backward in one pass over row blocks, rows in lanes (see trilT_u_micro). Per row block and
+// centre j: W = G u (u computed once), gx += 2 L_j W, S_j += sum_n W, gL_j += sum_n dif_n W_n.
+// Row blocks are grouped into a fixed number of chunks (from N only); each chunk owns double
+// partials of S, gL and gsigma, summed in chunk order at the end, so the result does not depend
+// on the thread count. Returns false (nothing written) when those partials would be too large;
+// the caller then uses backward_tril (parallel over centres).
+template <class T>
+static bool backward_tril_rows(const RbfProblem<T>& p, const ActParams<T>& A, const T* xp, int64_t Dq,
+                               const T* r2, const T* ga, const T* gr, T* gx, T* gc, T* gmetric, T* gsigma,
+                               int nthreads) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L, KB = kTrilKB, RV = kTrilRV;
+  constexpr int64_t RB = kTrilRB;
+  const int64_t N = p.N, C = p.C, D = p.D;
+  const int64_t Dk = simd::round_up(D, KB), Dc = std::max(Dk, Dq);
+  const int64_t nrb = simd::cdiv(N, RB);
+  const int64_t nch = std::min<int64_t>(8, simd::cdiv(nrb, 4));
+  const bool shared = p.metric_shared;
+  const int64_t nmat = shared ? 1 : C;
+  const bool want_dsig = gsigma != nullptr && ga != nullptr && rbf_kind_uses_sigma(A.kind);
+  // Per-chunk partials: gL [nmat][Dk][Dq] (k-major, d in lanes), S [C][Dk], gsigma [C].
+  const int64_t szL = gmetric ? nmat * Dk * Dq : 0, szS = gc ? C * Dk : 0, szG = want_dsig ? C : 0;
+  const int64_t per = szL + szS + szG;
+  if ((double)nch * (double)per * sizeof(double) > 96.0 * (1 << 20)) return false;
+  std::vector<T> Lk;
+  pack_tril_sq<T>(p, Dk, Lk);
+  const std::vector<T> cp = pack_centres(p, Dc);
+  std::vector<double> part((size_t)(nch * per));
+  const bool want_gl = gmetric != nullptr;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> XT((size_t)(Dk * RB)), DT((size_t)(Dk * RB)), WT((size_t)(Dk * RB)),
+        GXT(gx ? (size_t)(Dk * RB) : 0), DR(want_gl ? (size_t)(RB * Dq) : 0), Gt((size_t)(RB * C)),
+        GT((size_t)(C * RB)), St(want_dsig ? (size_t)(RB * C) : 0), GLf((size_t)szL);
+    std::vector<T> Sv(gc ? (size_t)(Dk * L) : 0);  // lane sums of W per k
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ch = 0; ch < nch; ++ch) {
+      double* pL = part.data() + ch * per;
+      double* pS = pL + szL;
+      double* pG = pS + szS;
+      std::fill(pL, pL + per, 0.0);
+      std::fill(GLf.begin(), GLf.end(), T(0));
+      auto flush_gl = [&]() {
+        for (int64_t i = 0; i < szL; ++i) pL[i] += (double)GLf[(size_t)i];
+        std::fill(GLf.begin(), GLf.end(), T(0));
+      };
+      const int64_t rb_end = (ch + 1) * nrb / nch;
+      for (int64_t rb = ch * nrb / nch; rb < rb_end; ++rb) {
+        const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
+        const int64_t rows = simd::round_up(nr, RV * L);
+        pack_rows_T(xp, Dq, D, n0, nr, Dk, RB, XT.data());
+        grad_tile(A, 0, 1, nr, C, r2 + n0 * C, ga ? ga + n0 * C : nullptr, gr ? gr + n0 * C : nullptr, C,
+                  Gt.data(), want_dsig ? St.data() : nullptr, C);
+        for (int64_t j = 0; j < C; ++j) {
+          for (int64_t n = 0; n < rows; ++n) GT[j * RB + n] = n < nr ? Gt[n * C + j] : T(0);
+          if (want_dsig) {
+            double s = 0.0;
+            for (int64_t n = 0; n < nr; ++n) s += (double)St[n * C + j];
+            pG[j] += s;
+          }
+        }
+        if (gx) std::fill(GXT.begin(), GXT.end(), T(0));
+        for (int64_t j = 0; j < C; ++j) {
+          const T* Lj = Lk.data() + (shared ? 0 : j * Dk * Dk);
+          const T* cj = cp.data() + j * Dc;
+          diff_T(XT.data(), cj, Dk, RB, rows, DT.data());
+          if (gc) std::fill(Sv.begin(), Sv.end(), T(0));
+          // W = G u, and the lane sums of W for S.
+          for (int64_t r0 = 0; r0 < rows; r0 += RV * L) {
+            V g[RV], u[KB][RV];
+#pragma GCC unroll 4
+            for (int rv = 0; rv < RV; ++rv) g[rv] = vload(GT.data() + j * RB + r0 + rv * L);
+            for (int64_t k0 = 0; k0 < Dk; k0 += KB) {
+              trilT_u_micro<T, RV, KB>(DT.data() + r0, RB, Lj, Dk, k0, u);
+#pragma GCC unroll 16
+              for (int kk = 0; kk < KB; ++kk)
+#pragma GCC unroll 4
+                for (int rv = 0; rv < RV; ++rv) {
+                  const V w = u[kk][rv] * g[rv];
+                  vstore(WT.data() + (k0 + kk) * RB + r0 + rv * L, w);
+                  if (gc) vstore(Sv.data() + (k0 + kk) * L, V(vload(Sv.data() + (k0 + kk) * L) + w));
+                }
+            }
+          }
+          if (gc)
+            for (int64_t k = 0; k < D; ++k) pS[j * Dk + k] += (double)vhsum(vload(Sv.data() + k * L));
+          if (gx)
+            for (int64_t r0 = 0; r0 < rows; r0 += RV * L)
+              for (int64_t d0 = 0; d0 < Dk; d0 += KB)
+                trilT_gx_micro<T, RV, KB>(WT.data() + r0, GXT.data() + r0, RB, Lj, Dk, d0);
+          if (want_gl) {
+            // dif rows (row-major, padded to Dq) for the d-lane gL kernel; padding rows have W = 0.
+            for (int64_t n = 0; n < rows; ++n)
+              for (int64_t d = 0; d < Dq; d += L) {
+                const V xv = n < nr ? vload(xp + (n0 + n) * Dq + d) : vbcast<T>(T(0));
+                vstore(DR.data() + n * Dq + d, V(xv - vload(cj + d)));
+              }
+            T* gLj = GLf.data() + (shared ? 0 : j * Dk * Dq);
+            const int64_t nqv = Dq / L;
+            for (int64_t k0 = 0; k0 < Dk; k0 += KB)
+              for (int64_t dv = k0 / L; dv < nqv; dv += 2) {
+                if (nqv - dv >= 2)
+                  trilT_gl_micro<T, KB, 2>(WT.data(), RB, DR.data(), Dq, rows, k0, dv, gLj);
+                else
+                  trilT_gl_micro<T, KB, 1>(WT.data(), RB, DR.data(), Dq, rows, k0, dv, gLj);
+              }
+            // gL sums kTrilFlush x RB terms in T (centres of a shared factor, else row blocks),
+            // then goes to the double partial.
+            if (shared && ((j + 1) % kTrilFlush == 0 || j + 1 == C)) flush_gl();
+          }
+        }
+        if (want_gl && !shared && ((rb + 1) % kTrilFlush == 0 || rb + 1 == rb_end)) flush_gl();
+        if (gx)
+          for (int64_t n = 0; n < nr; ++n)
+            for (int64_t d = 0; d < D; ++d) gx[(n0 + n) * D + d] = T(2) * GXT[d * RB + n];
+      }
+    }
+  }
+  // Chunk partials, summed in chunk order.
+  if (gmetric) {
+    const int64_t DD = D * D;
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t m = 0; m < nmat; ++m) {
+      T* gm = gmetric + m * DD;
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t k = 0; k < D; ++k) {
+          double s = 0.0;
+          if (k <= d)
+            for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + (m * Dk + k) * Dq + d)];
+          gm[d * D + k] = (T)(2.0 * s);
+        }
+    }
+  }
+  if (gc || want_dsig) {
+    std::vector<double> S((size_t)D);
+    for (int64_t j = 0; j < C; ++j) {
+      if (gc) {
+        for (int64_t k = 0; k < D; ++k) {
+          double s = 0.0;
+          for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + szL + j * Dk + k)];
+          S[(size_t)k] = s;
+        }
+        const T* Lm = p.metric + (shared ? 0 : j * D * D);
+        for (int64_t d = 0; d < D; ++d) {
+          double s = 0.0;
+          for (int64_t k = 0; k <= d; ++k) s += (double)Lm[d * D + k] * S[(size_t)k];
+          gc[j * D + d] = (T)(-2.0 * s);
+        }
+      }
+      if (want_dsig) {
+        double s = 0.0;
+        for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + szL + szS + j)];
+        gsigma[j] = (T)s;
+      }
+    }
+  }
+  if (gsigma && !want_dsig) std::fill(gsigma, gsigma + C, T(0));
+  return true;
+}
+
 template <class T>
 void backward(const RbfProblem<T>& p, const T* r2, const T* ga, const T* gr, T* gx, T* gc, T* gmetric,
               T* gsigma, int nthreads) {
@@ -1170,7 +1477,10 @@ void backward(const RbfProblem<T>& p, const T* r2, const T* ga, const T* gr, T* 
   }
   switch (p.metric_kind) {
     case kMetricDiag: backward_diag<T, true>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads); break;
-    case kMetricTril: backward_tril<T>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads); break;
+    case kMetricTril:
+      if (!backward_tril_rows<T>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads))
+        backward_tril<T>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads);
+      break;
     default: backward_diag<T, false>(p, A, xp, Dq, r2, ga, gr, gx, gc, nullptr, gsigma, nthreads); break;
   }
 }
