@@ -459,6 +459,26 @@ def test_cpu_results_are_bitwise_identical_across_threads_and_runs(backend, path
             assert torch.equal(got, first), name
 
 
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("path", ["dense"], indirect=True)
+def test_dense_path_backward_is_bitwise_identical_in_deterministic_mode(backend, path):
+    # The dense path's conv weight gradient depends on the thread count; deterministic mode
+    # routes the backward through the separable kernels.
+    fn = lambda x, a, s: gauss_deriv_conv2d(x, a, s, order=2, truncate=3.0)  # noqa: E731
+    before = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            runs.append(_run_fb(fn, (4, 8, 40, 40), basis.num_basis(2), torch.float32, seed=50))
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(before)
+    for got, first in zip(runs[1], runs[0]):
+        assert torch.equal(got, first)
+
+
 @pytest.mark.parametrize("backend", ["triton"] if "triton" in CPU_BACKENDS else [], indirect=True)
 @pytest.mark.parametrize("path", ["separable"], indirect=True)
 def test_triton_backward_is_deterministic(backend, path):

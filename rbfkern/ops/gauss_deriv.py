@@ -278,7 +278,10 @@ def _run_forward(name, xc, ac, g, order, stride, padding):
 
 def _run_backward(name, gc, xc, ac, g, order, stride, padding, needs):
     nd = xc.dim() - 2
-    if _path_for(xc, ac, g, order, stride, padding, backward=True) == "dense":
+    # torch's CPU conv weight gradient splits its reduction by thread count: under
+    # torch.use_deterministic_algorithms the backward takes the separable kernels (fixed-order sums).
+    det = xc.device.type == "cpu" and torch.are_deterministic_algorithms_enabled() and name != "triton"
+    if not det and _path_for(xc, ac, g, order, stride, padding, backward=True) == "dense":
         return _Dense.backward(gc, xc, ac, g, order, stride, padding, needs, ndim=nd)
     if name == "triton":
         return _backend.gpu_module("gauss_deriv").backward(gc, xc, ac, g, order, stride, padding, needs)
