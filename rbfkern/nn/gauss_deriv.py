@@ -25,9 +25,26 @@ class _GaussDerivBase(nn.Module):
                  learn_sigma: bool, truncate: float, stride: int, padding, scale_normalized: bool,
                  device=None, dtype=None, max_sigma: float | None = None):
         super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= basis.MAX_ORDER:
+            raise ValueError(f"order must be an int in 0..{basis.MAX_ORDER}, got {order!r}")
+        if not (isinstance(truncate, (int, float)) and math.isfinite(truncate) and truncate > 0):
+            raise ValueError(f"truncate must be a finite number > 0, got {truncate!r}")
         sig = [float(sigmas)] if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
         if not sig or any(not (s > 0 and math.isfinite(s)) for s in sig):
             raise ValueError(f"sigmas must be one or more finite positive scales, got {sigmas!r}")
+        # Refuse kernels the op would refuse, now rather than at the first forward.
+        widest = max(sig)
+        if learn_sigma:  # a learnable sigma gets the support of max_sigma (checked below)
+            widest = 1.5 * widest if max_sigma is None else max(widest, float(max_sigma))
+            if not math.isfinite(widest):
+                raise ValueError(f"max_sigma must be finite and >= the largest scale {max(sig)}, got {max_sigma!r}")
+        taps = 2 * basis.radius(widest, float(truncate)) + 1
+        if taps > basis.MAX_KERNEL_SIZE:
+            raise ValueError(f"sigmas={sigmas!r} at truncate={truncate:g} need {taps} taps per side, more than the "
+                             f"bound {basis.MAX_KERNEL_SIZE}; use smaller scales or truncate")
         self.in_channels, self.out_channels, self.order = in_channels, out_channels, order
         self.truncate, self.stride, self.padding = float(truncate), stride, padding
         self.scale_normalized, self.learn_sigma = bool(scale_normalized), bool(learn_sigma)

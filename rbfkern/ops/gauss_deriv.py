@@ -484,10 +484,10 @@ def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sig
     _checks.tensor("alpha", alpha, 3)
     _checks.same_device_dtype("x", x, alpha=alpha)
     cin = x.shape[1]
-    if alpha.shape[1] != cin or alpha.shape[2] != S * M:
+    if alpha.shape[0] < 1 or alpha.shape[1] != cin or alpha.shape[2] != S * M:
         raise ValueError(
             f"alpha must have shape (C_out, {cin}, {S * M}) = (C_out, C_in, S*M) for {S} scale(s) and order {order} "
-            f"(M={M}), got {tuple(alpha.shape)}"
+            f"(M={M}) with C_out >= 1, got {tuple(alpha.shape)}"
         )
     if isinstance(padding, str):
         if padding != "same":
