@@ -27,12 +27,24 @@ from .nn.bcos import explanation_mode
 __all__ = ["dynamic_linear_map", "contributions", "explanation_image", "save_png"]
 
 
-def _targets(target, n: int, device) -> Tensor:
-    t = torch.as_tensor(target, device=device, dtype=torch.long).reshape(-1)
+def _targets(target, n: int, k: int, device) -> Tensor:
+    """target as N class indices in [0, k) (k: the model's number of outputs)."""
+    if isinstance(target, bool):
+        raise TypeError("target must be an int or integer class indices, got bool")
+    try:
+        t = torch.as_tensor(target)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"target must be an int or integer class indices, got {type(target).__name__}") from e
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"target must be an int or integer class indices, got dtype {t.dtype}")
+    t = t.to(device=device, dtype=torch.long).reshape(-1)
     if t.numel() == 1:
         t = t.expand(n)
     if t.numel() != n:
         raise ValueError(f"target must be an int or have one entry per input ({n}), got {t.numel()}")
+    if n and (bool((t < 0).any()) or bool((t >= k).any())):
+        bad = t[(t < 0) | (t >= k)][0].item()
+        raise ValueError(f"target must be class indices in [0, {k}) (the model has {k} outputs), got {bad}")
     return t
 
 
@@ -57,7 +69,7 @@ def dynamic_linear_map(model: nn.Module, x: Tensor, target, return_output: bool 
         out = model(xb)
         if out.dim() != 2 or out.shape[0] != xb.shape[0]:
             raise ValueError(f"the model must return (N, K) outputs, got shape {tuple(out.shape)}")
-        t = _targets(target, out.shape[0], out.device)
+        t = _targets(target, out.shape[0], out.shape[1], out.device)
         (w,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xb)
     if single:
         w, out = w[0], out[0]
@@ -90,18 +102,44 @@ def explanation_image(image: Tensor, linear_map: Tensor, *, smooth: int = 15, al
         keeps the angle of the pair (angle-preserving); only pixels with a positive contribution
         (sum_c w x > 0) are opaque.
     """
+    for name, t in (("image", image), ("linear_map", linear_map)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
     if image.dim() != 3 or image.shape[0] != 6 or linear_map.shape != image.shape:
         raise ValueError(f"image and linear_map must both have shape (6, H, W), got {tuple(image.shape)} "
                          f"and {tuple(linear_map.shape)}")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"image must have at least one pixel, got shape {tuple(image.shape)}")
+    if linear_map.device != image.device:
+        raise ValueError(f"linear_map is on {linear_map.device} but image is on {image.device}")
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, np.integer)):
+        raise TypeError(f"smooth must be an int (box filter size, 0: none), got {type(smooth).__name__}")
+    smooth = int(smooth)
+    if smooth < 0:
+        raise ValueError(f"smooth must be >= 0 (box filter size, 0: none), got {smooth}")
+    if isinstance(alpha_percentile, bool) or not isinstance(alpha_percentile, (int, float, np.integer, np.floating)):
+        raise TypeError(f"alpha_percentile must be a number in (0, 100], got {type(alpha_percentile).__name__}")
+    alpha_percentile = float(alpha_percentile)
+    if not 0 < alpha_percentile <= 100:  # NaN fails too
+        raise ValueError(f"alpha_percentile must be in (0, 100], got {alpha_percentile!r}")
     image, w = image.detach(), linear_map.detach()
+    if w.dtype in (torch.float16, torch.bfloat16) or image.dtype != w.dtype:  # quantile wants one float32/64
+        dt = torch.promote_types(torch.promote_types(image.dtype, w.dtype), torch.float32)
+        image, w = image.to(dt), w.to(dt)
     contrib = (image * w).sum(0, keepdim=True)
     rgb = (w / (w.abs().max(0, keepdim=True).values + 1e-12)).clamp(min=0)
     rgb = rgb[:3] / (rgb[:3] + rgb[3:] + 1e-12)
     alpha = torch.linalg.vector_norm(w, dim=0, keepdim=True)
     alpha = torch.where(contrib < 0, torch.full_like(alpha, 1e-12), alpha)
-    if smooth:
+    if smooth % 2:
         alpha = F.avg_pool2d(alpha, smooth, stride=1, padding=(smooth - 1) // 2)
-    alpha = (alpha / torch.quantile(alpha, q=alpha_percentile / 100)).clip(0, 1)
+    elif smooth:  # even size: the extra zero row/column after (the output keeps the image size)
+        lo, hi = (smooth - 1) // 2, smooth // 2
+        alpha = F.avg_pool2d(F.pad(alpha, (lo, hi, lo, hi)), smooth, stride=1)
+    # an all-zero map has percentile 0: 0 / 0 -> transparent, not NaN
+    alpha = (alpha / torch.quantile(alpha, q=alpha_percentile / 100)).nan_to_num(0.0, 1.0, 0.0).clip(0, 1)
     out = torch.cat([rgb, alpha], 0).permute(1, 2, 0).cpu().numpy()
     if path is not None:
         save_png(out, path)

@@ -258,14 +258,21 @@ def test_float32_and_half_inputs(backend):
         torch.testing.assert_close(y.float(), want.float(), rtol=5e-2, atol=5e-2)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ALL_BACKENDS, indirect=True)
 def test_empty_batch(backend):
+    """N = 0 is legal (DESIGN.md, Errors): empty output, empty / zero gradients, on every backend."""
     x = torch.zeros(0, 3, 5, 5, dtype=F64, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, dtype=F64, requires_grad=True)
     y = bcos_conv2d(x, w, max_out=2)
     assert y.shape == (0, 2, 3, 3)
     gx, gw = _grads(y.sum() + 0.0, (x, w), None)
     assert gx.shape == x.shape and torch.all(gw == 0)
+    xl = torch.zeros(0, 3, dtype=F64, requires_grad=True)
+    wl = torch.randn(4, 3, dtype=F64, requires_grad=True)
+    yl = bcos_linear(xl, wl, b=1.5, max_out=2)
+    assert yl.shape == (0, 2)
+    gx, gw = _grads(yl.sum() + 0.0, (xl, wl), None)
+    assert gx.shape == xl.shape and torch.all(gw == 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,15 +10,41 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import operator
 
 import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops import _checks
+from ..ops.bcos import _pair as _check_pair
 
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _positive_int(name: str, v) -> int:
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        v = operator.index(v)  # ints and int-likes (numpy integers)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}") from None
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return v
+
+
+def _check_b_max_out(b, max_out) -> float:
+    """b: finite and > 0 (as the ops; the paper uses B >= 1, B < 1 is still a well-defined transform)."""
+    if isinstance(b, numbers.Real) and not isinstance(b, bool):
+        b = float(b)  # numpy floats too
+    b = _checks.finite_float("b", b, positive=True)
+    if isinstance(max_out, bool) or not isinstance(max_out, int) or not 1 <= max_out <= 255:
+        raise ValueError(f"max_out must be an int in [1, 255], got {max_out!r}")
+    return b
 
 
 class _Explainable(nn.Module):
@@ -84,14 +110,18 @@ class BcosConv2d(_Explainable):
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, dilation=1,
                  groups: int = 1, b: float = 2.0, max_out: int = 1, device=None, dtype=None):
         super().__init__()
+        in_channels = _positive_int("in_channels", in_channels)
+        out_channels = _positive_int("out_channels", out_channels)
+        groups = _positive_int("groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
-        if isinstance(max_out, bool) or not isinstance(max_out, int) or not 1 <= max_out <= 255:
-            raise ValueError(f"max_out must be an int in [1, 255], got {max_out!r}")
+        b = _check_b_max_out(b, max_out)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-        self.groups, self.b, self.max_out = groups, float(b), max_out
+        self.kernel_size = tuple(_check_pair("kernel_size", kernel_size, 1))
+        self.stride = tuple(_check_pair("stride", stride, 1))
+        self.padding = tuple(_check_pair("padding", padding, 0))
+        self.dilation = tuple(_check_pair("dilation", dilation, 1))
+        self.groups, self.b, self.max_out = groups, b, max_out
         self.weight = nn.Parameter(torch.empty(out_channels * max_out, in_channels // groups, *self.kernel_size,
                                                device=device, dtype=dtype))
         self.reset_parameters()
@@ -123,10 +153,10 @@ class BcosLinear(_Explainable):
     def __init__(self, in_features: int, out_features: int, b: float = 2.0, max_out: int = 1, device=None,
                  dtype=None):
         super().__init__()
-        if isinstance(max_out, bool) or not isinstance(max_out, int) or not 1 <= max_out <= 255:
-            raise ValueError(f"max_out must be an int in [1, 255], got {max_out!r}")
+        in_features = _positive_int("in_features", in_features)
+        out_features = _positive_int("out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
-        self.b, self.max_out = float(b), max_out
+        self.b, self.max_out = _check_b_max_out(b, max_out), max_out
         self.weight = nn.Parameter(torch.empty(out_features * max_out, in_features, device=device, dtype=dtype))
         self.reset_parameters()
 

@@ -223,7 +223,8 @@ def _forward(kind, x, weight, b, max_out, conv, save):
         y = _ref_y(kind, x, weight, b, max_out, conv, False)
         if not save:
             return y, x.new_empty(0), x.new_empty(0, dtype=torch.uint8), x.new_empty(0)
-        l = _linear_map(kind, x, reference.bcos_unit_weight(weight), conv).reshape(g[0], g[5], max_out, -1)
+        # explicit pixel count, not -1: N = 0 is legal and a -1 is ambiguous for an empty tensor
+        l = _linear_map(kind, x, reference.bcos_unit_weight(weight), conv).reshape(g[0], g[5], max_out, g[7] * g[8])
         lmax, idx = l.max(dim=2)
         lmax, idx = lmax.reshape(ys), idx.to(torch.uint8).reshape(ys)
         root = x.new_empty(0)
@@ -433,6 +434,19 @@ def _pair(name, v, minimum):
     return [int(v[0]), int(v[1])]
 
 
+def _check_nonempty_weight(x, weight):
+    """The filters: at least one, none empty (an empty filter has no unit-norm direction, 0 / 0).
+    N = 0 inputs are legal (empty output); zero input channels / features are not."""
+    if weight.shape[0] == 0:
+        raise ValueError(f"weight must have at least one filter (O * max_out >= 1 rows), "
+                         f"got shape {tuple(weight.shape)}")
+    if x.shape[1 if x.dim() == 4 else -1] == 0:
+        raise ValueError(f"x has no input {'channels' if x.dim() == 4 else 'features'} (shape {tuple(x.shape)}): a "
+                         f"B-cos filter over zero inputs has no unit-norm direction")
+    if 0 in tuple(weight.shape[1:]):
+        raise ValueError(f"weight filters must not be empty, got weight of shape {tuple(weight.shape)}")
+
+
 def _check_b_maxout(b, max_out, weight):
     b = _checks.finite_float("b", b, positive=True)
     if isinstance(max_out, bool) or not isinstance(max_out, int) or not 1 <= max_out <= 255:
@@ -478,6 +492,7 @@ def bcos_conv2d(
     _checks.tensor("x", x, 4)
     _checks.tensor("weight", weight, 4)
     _checks.same_device_dtype("x", x, weight=weight)
+    _check_nonempty_weight(x, weight)
     b = _check_b_maxout(b, max_out, weight)
     _check_explain(explain)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
@@ -514,6 +529,7 @@ def bcos_linear(x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, 
         raise ValueError(f"x must be at least 1-D (..., C), got shape {tuple(x.shape)}")
     _checks.tensor("weight", weight, 2)
     _checks.same_device_dtype("x", x, weight=weight)
+    _check_nonempty_weight(x, weight)
     b = _check_b_maxout(b, max_out, weight)
     _check_explain(explain)
     if weight.shape[1] != x.shape[-1]:
