@@ -266,10 +266,16 @@ def _path_for(x: Tensor, alpha: Tensor, g: Tensor, order: int, stride: int, pad:
     return choose_path(n, ci, alpha.shape[0], *sizes, *outs, g.shape[0], order, k, stride)
 
 
+def _deterministic_cpu(name, xc) -> bool:
+    """torch's CPU convolutions split their reductions by thread count: under
+    torch.use_deterministic_algorithms the C++ backend takes the separable kernels (fixed-order sums)."""
+    return xc.device.type == "cpu" and name != "triton" and torch.are_deterministic_algorithms_enabled()
+
+
 def _run_forward(name, xc, ac, g, order, stride, padding):
     """The forward on the path the cost model picks (2D or 3D by x's rank)."""
     nd = xc.dim() - 2
-    if _path_for(xc, ac, g, order, stride, padding) == "dense":
+    if not _deterministic_cpu(name, xc) and _path_for(xc, ac, g, order, stride, padding) == "dense":
         return _Dense.forward(xc, ac, g, order, stride, padding, ndim=nd)
     if name == "triton":
         return _backend.gpu_module("gauss_deriv").forward(xc, ac, g, order, stride, padding)
@@ -278,10 +284,7 @@ def _run_forward(name, xc, ac, g, order, stride, padding):
 
 def _run_backward(name, gc, xc, ac, g, order, stride, padding, needs):
     nd = xc.dim() - 2
-    # torch's CPU conv weight gradient splits its reduction by thread count: under
-    # torch.use_deterministic_algorithms the backward takes the separable kernels (fixed-order sums).
-    det = xc.device.type == "cpu" and torch.are_deterministic_algorithms_enabled() and name != "triton"
-    if not det and _path_for(xc, ac, g, order, stride, padding, backward=True) == "dense":
+    if not _deterministic_cpu(name, xc) and _path_for(xc, ac, g, order, stride, padding, backward=True) == "dense":
         return _Dense.backward(gc, xc, ac, g, order, stride, padding, needs, ndim=nd)
     if name == "triton":
         return _backend.gpu_module("gauss_deriv").backward(gc, xc, ac, g, order, stride, padding, needs)
