@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import basis, ops
+from ..ops.gauss_deriv import check_order_truncate as _check_order_truncate
 from ..ops.gauss_deriv import effective_weight as _effective_weight
 
 
@@ -28,10 +29,7 @@ class _GaussDerivBase(nn.Module):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= basis.MAX_ORDER:
-            raise ValueError(f"order must be an int in 0..{basis.MAX_ORDER}, got {order!r}")
-        if not (isinstance(truncate, (int, float)) and math.isfinite(truncate) and truncate > 0):
-            raise ValueError(f"truncate must be a finite number > 0, got {truncate!r}")
+        truncate = _check_order_truncate(order, truncate)
         sig = [float(sigmas)] if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
         if not sig or any(not (s > 0 and math.isfinite(s)) for s in sig):
             raise ValueError(f"sigmas must be one or more finite positive scales, got {sigmas!r}")
@@ -41,7 +39,7 @@ class _GaussDerivBase(nn.Module):
             widest = 1.5 * widest if max_sigma is None else max(widest, float(max_sigma))
             if not math.isfinite(widest):
                 raise ValueError(f"max_sigma must be finite and >= the largest scale {max(sig)}, got {max_sigma!r}")
-        taps = 2 * basis.radius(widest, float(truncate)) + 1
+        taps = 2 * basis.radius(widest, truncate) + 1
         if taps > basis.MAX_KERNEL_SIZE:
             raise ValueError(f"sigmas={sigmas!r} at truncate={truncate:g} need {taps} taps per side, more than the "
                              f"bound {basis.MAX_KERNEL_SIZE}; use smaller scales or truncate")

@@ -441,13 +441,18 @@ _gd3_op.register_autograd(_backward3, setup_context=_setup)
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sigma=None):
-    _checks.tensor("x", x, ndim + 2)
+def check_order_truncate(order, truncate) -> float:
+    """The derivative order and truncate checks, shared by the ops and the layers' constructors."""
     if isinstance(order, bool) or not isinstance(order, int):
         raise TypeError(f"order must be an int, got {type(order).__name__}")
     if not 0 <= order <= basis.MAX_ORDER:
         raise ValueError(f"order must be in 0..{basis.MAX_ORDER}, got {order}")
-    truncate = _checks.finite_float("truncate", truncate, positive=True)
+    return _checks.finite_float("truncate", truncate, positive=True)
+
+
+def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sigma=None):
+    _checks.tensor("x", x, ndim + 2)
+    truncate = check_order_truncate(order, truncate)
     if max_sigma is not None:
         max_sigma = _checks.finite_float("max_sigma", max_sigma, positive=True)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
