@@ -88,6 +88,32 @@ def _bcos_fwd_kernel(l, root, prm, y, lmax, idx, O, M, G, P,
 
 
 @triton.jit
+def _bcos_dy(b_gy, b_l, b_n, b, MODE: tl.constexpr, EXPLAIN: tl.constexpr):
+    """(gy dy/dl, gy dy/dn) at the MaxOut value l and the input norm n. The second is 0 for B = 1
+    and with EXPLAIN (the dynamic factor, the only place n enters, is a constant there)."""
+    b_dn = tl.zeros_like(b_gy)
+    if MODE == 1:
+        b_gv = b_gy
+    elif MODE == 2:
+        b_s = tl.abs(b_l) / b_n
+        if EXPLAIN:
+            b_gv = b_s * b_gy
+        else:
+            b_gv = 2 * b_s * b_gy
+            b_dn = -(b_s * b_l / b_n * b_gy)
+    else:
+        b_s = tl.abs(b_l) / b_n
+        b_t = b_s + 1e-6
+        b_tq = tl.exp((b - 2) * tl.log(b_t))  # t^(B-2)
+        if EXPLAIN:
+            b_gv = b_t * b_tq * b_gy
+        else:
+            b_gv = (b_t * b_tq + (b - 1) * b_s * b_tq) * b_gy
+            b_dn = -((b - 1) * b_l * b_s * b_tq / b_n * b_gy)
+    return b_gv, b_dn
+
+
+@triton.jit
 def _bcos_bwd_kernel(gy, lmax, idx, root, prm, gl, q, O, M, G, P,
                      MODE: tl.constexpr, EXPLAIN: tl.constexpr, NEED_Q: tl.constexpr, ACC: tl.constexpr,
                      BP: tl.constexpr):
@@ -111,24 +137,8 @@ def _bcos_bwd_kernel(gy, lmax, idx, root, prm, gl, q, O, M, G, P,
         b_gy = tl.load(gy + i_no * P + o_p, mask=m_p, other=0.).to(ACC)
         b_l = tl.load(lmax + i_no * P + o_p, mask=m_p, other=0.).to(ACC)
         b_i = tl.load(idx + i_no * P + o_p, mask=m_p, other=0).to(tl.int32)
-        if MODE == 1:
-            b_gv = b_gy
-        elif MODE == 2:
-            b_s = tl.abs(b_l) / b_n
-            if EXPLAIN:
-                b_gv = b_s * b_gy
-            else:
-                b_gv = 2 * b_s * b_gy
-                b_q -= b_s * b_l / b_n * b_gy
-        else:
-            b_s = tl.abs(b_l) / b_n
-            b_t = b_s + 1e-6
-            b_tq = tl.exp((b - 2) * tl.log(b_t))  # t^(B-2)
-            if EXPLAIN:
-                b_gv = b_t * b_tq * b_gy
-            else:
-                b_gv = (b_t * b_tq + (b - 1) * b_s * b_tq) * b_gy
-                b_q -= (b - 1) * b_l * b_s * b_tq / b_n * b_gy
+        b_gv, b_dn = _bcos_dy(b_gy, b_l, b_n, b, MODE, EXPLAIN)
+        b_q += b_dn
         p_gl = gl + i_no * M * P + o_p
         for m in range(0, M):
             tl.store(p_gl + m * P, tl.where(b_i == m, b_gv, 0.).to(gl.dtype.element_ty), mask=m_p)
@@ -164,6 +174,33 @@ def _bcos_bwd_norm_kernel(x, q, gx, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, 
     b_x = tl.load(x + off, mask=m_p, other=0.).to(ACC)
     b_g = tl.load(gx + off, mask=m_p, other=0.).to(ACC)
     tl.store(gx + off, (b_g + b_x * b_r).to(gx.dtype.element_ty), mask=m_p)
+
+
+@triton.jit
+def _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_n, b, M: tl.constexpr, MODE: tl.constexpr):
+    """(lmax, idx, y) from the raw accumulators [rows, BO] of the M units of filters oc: the weight
+    norm as a per-filter scale, MaxOut (first maximum), then the power with the input norm b_n [rows]."""
+    b_best = b_a0 * tl.load(rinv + oc * M, mask=m_o, other=0.)[None, :]
+    b_idx = tl.zeros(b_best.shape, dtype=tl.int32)
+    if M > 1:
+        b_v = b_a1 * tl.load(rinv + oc * M + 1, mask=m_o, other=0.)[None, :]
+        b_gt = b_v > b_best  # strict: ties keep the first unit, as torch.max
+        b_best = tl.where(b_gt, b_v, b_best)
+        b_idx = tl.where(b_gt, 1, b_idx)
+    if M > 2:
+        b_v = b_a2 * tl.load(rinv + oc * M + 2, mask=m_o, other=0.)[None, :]
+        b_gt = b_v > b_best
+        b_best = tl.where(b_gt, b_v, b_best)
+        b_idx = tl.where(b_gt, 2, b_idx)
+    if MODE == 1:
+        b_y = b_best
+    else:
+        b_s = tl.abs(b_best) / b_n[:, None]
+        if MODE == 2:
+            b_y = b_s * b_best
+        else:
+            b_y = tl.exp((b - 1) * tl.log(b_s + 1e-6)) * b_best
+    return b_best, b_idx, b_y
 
 
 @triton.jit
@@ -217,30 +254,9 @@ def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho
             b_a1 += tl.dot(b_x, tl.load(p_w + K, mask=m_w, other=0.), input_precision="ieee")
         if M > 2:
             b_a2 += tl.dot(b_x, tl.load(p_w + 2 * K, mask=m_w, other=0.), input_precision="ieee")
-    # Epilogue: weight norm, MaxOut (first maximum), patch norm, power.
-    b_best = b_a0 * tl.load(rinv + oc * M, mask=m_o, other=0.)[None, :]
-    b_idx = tl.zeros([BP, BO], dtype=tl.int32)
-    if M > 1:
-        b_v = b_a1 * tl.load(rinv + oc * M + 1, mask=m_o, other=0.)[None, :]
-        b_gt = b_v > b_best
-        b_best = tl.where(b_gt, b_v, b_best)
-        b_idx = tl.where(b_gt, 1, b_idx)
-    if M > 2:
-        b_v = b_a2 * tl.load(rinv + oc * M + 2, mask=m_o, other=0.)[None, :]
-        b_gt = b_v > b_best
-        b_best = tl.where(b_gt, b_v, b_best)
-        b_idx = tl.where(b_gt, 2, b_idx)
-    b = tl.load(prm)
-    eps_in = tl.load(prm + 1)
-    b_root = tl.sqrt(b_sq + eps_in)
-    if MODE == 1:
-        b_y = b_best
-    else:
-        b_s = tl.abs(b_best) / b_root[:, None]
-        if MODE == 2:
-            b_y = b_s * b_best
-        else:
-            b_y = tl.exp((b - 1) * tl.log(b_s + 1e-6)) * b_best
+    # Epilogue: weight norm, MaxOut (first maximum), patch norm, power (eps_out is 0 for conv).
+    b_root = tl.sqrt(b_sq + tl.load(prm + 1))
+    b_best, b_idx, b_y = _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_root, tl.load(prm), M, MODE)
     m_out = m_p[:, None] & m_o[None, :]
     o_out = (n * O + oc[None, :]) * P + o_p[:, None]
     tl.store(y + o_out, b_y.to(y.dtype.element_ty), mask=m_out)
@@ -249,6 +265,204 @@ def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho
         tl.store(idx + o_out, b_idx.to(tl.uint8), mask=m_out)
         if MODE != 1:
             tl.store(root + (n * G + g) * P + o_p, b_root.to(root.dtype.element_ty), mask=m_p & (ob == 0))
+
+
+@triton.jit
+def _bcos_linear_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, R, C, O, M: tl.constexpr, MODE: tl.constexpr,
+                            SAVE: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr):
+    """The linear layer as one GEMM with the B-cos epilogue: a [BR rows, BO outputs] tile, K = C in
+    BK chunks; each x chunk feeds the M dots and the row sum of squares (as the conv kernel)."""
+    i_r = tl.program_id(0)
+    i_o = tl.program_id(1)
+    o_r = i_r * BR + tl.arange(0, BR)
+    m_r = o_r < R
+    r64 = o_r.to(tl.int64)
+    oc = i_o * BO + tl.arange(0, BO)
+    m_o = oc < O
+    b_sq = tl.zeros([BR], dtype=tl.float32)
+    b_a0 = tl.zeros([BR, BO], dtype=tl.float32)
+    b_a1 = tl.zeros([BR, BO], dtype=tl.float32)
+    b_a2 = tl.zeros([BR, BO], dtype=tl.float32)
+    for k0 in range(0, C, BK):
+        o_k = k0 + tl.arange(0, BK)
+        m_k = o_k < C
+        b_x = tl.load(x + r64[:, None] * C + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.)
+        b_xf = b_x.to(tl.float32)
+        b_sq += tl.sum(b_xf * b_xf, axis=1)
+        m_w = m_k[:, None] & m_o[None, :]
+        p_w = w + (oc[None, :] * M).to(tl.int64) * C + o_k[:, None]
+        b_a0 += tl.dot(b_x, tl.load(p_w, mask=m_w, other=0.), input_precision="ieee")
+        if M > 1:
+            b_a1 += tl.dot(b_x, tl.load(p_w + C, mask=m_w, other=0.), input_precision="ieee")
+        if M > 2:
+            b_a2 += tl.dot(b_x, tl.load(p_w + 2 * C, mask=m_w, other=0.), input_precision="ieee")
+    # root = ||x|| (eps_in = 0 for the linear layer), n = root + eps_out
+    b_root = tl.sqrt(b_sq + tl.load(prm + 1))
+    b_best, b_idx, b_y = _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_root + tl.load(prm + 2), tl.load(prm),
+                                        M, MODE)
+    m_out = m_r[:, None] & m_o[None, :]
+    o_out = r64[:, None] * O + oc[None, :]
+    tl.store(y + o_out, b_y.to(y.dtype.element_ty), mask=m_out)
+    if SAVE:
+        tl.store(lmax + o_out, b_best.to(lmax.dtype.element_ty), mask=m_out)
+        tl.store(idx + o_out, b_idx.to(tl.uint8), mask=m_out)
+        if MODE != 1:
+            tl.store(root + r64, b_root.to(root.dtype.element_ty), mask=m_r & (i_o == 0))
+
+
+@triton.jit
+def _bcos_bwd_gv_kernel(gy, lmax, root, prm, gv, q, O, G, P, so, sp,
+                        MODE: tl.constexpr, EXPLAIN: tl.constexpr, NEED_Q: tl.constexpr, BP: tl.constexpr):
+    """Pre-pass of the fused backward: gv = dy/dlmax gy [N, O, P] (not scattered to the M units:
+    the GEMM kernels do that on the fly from idx) and q [N, G, P] (float32), as _bcos_bwd_kernel.
+    Element (n, o, p) of gy/lmax/gv is at n*O*P + o*so + p*sp: the conv layout is (so, sp) = (P, 1);
+    the linear layer runs as N = 1, P = R rows with (so, sp) = (1, O)."""
+    i_ng = tl.program_id(0).to(tl.int64)
+    i_p = tl.program_id(1)
+    b = tl.load(prm)
+    eps_out = tl.load(prm + 2)
+    o_p = i_p * BP + tl.arange(0, BP)
+    m_p = o_p < P
+    n = i_ng // G
+    g = i_ng % G
+    Og = O // G
+    if MODE != 1:
+        b_r = tl.load(root + i_ng * P + o_p, mask=m_p, other=1.).to(tl.float32)
+    else:
+        b_r = tl.full([BP], 1., tl.float32)
+    b_n = b_r + eps_out
+    b_q = tl.zeros([BP], dtype=tl.float32)
+    o_sp = o_p.to(tl.int64) * sp
+    for oo in range(0, Og):
+        off = n * O * P + (g * Og + oo) * so + o_sp
+        b_gy = tl.load(gy + off, mask=m_p, other=0.).to(tl.float32)
+        b_l = tl.load(lmax + off, mask=m_p, other=0.).to(tl.float32)
+        b_gv, b_dn = _bcos_dy(b_gy, b_l, b_n, b, MODE, EXPLAIN)
+        b_q += b_dn
+        tl.store(gv + off, b_gv.to(gv.dtype.element_ty), mask=m_p)
+    if NEED_Q:
+        b_q = tl.where(b_r > 0, b_q / tl.where(b_r > 0, b_r, 1.), 0.)
+        tl.store(q + i_ng * P + o_p, b_q, mask=m_p)
+
+
+@triton.jit
+def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, N, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
+                        M: tl.constexpr, HAS_Q: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+                        BO: tl.constexpr):
+    """Input gradient as one implicit GEMM of the transposed convolution: a [BP input pixels, BC
+    channels of one group] tile, pixels flattened over (n, h, w) so small images and the linear
+    layer (H = W = 1) fill it; reduction over the kernel taps and the group's O*M filters with
+    A = gv scattered to the argmax unit on the fly and B = W-hat. The epilogue adds the patch-norm
+    gradient x * box-sum^T(q), summed over the same taps; gx is written once."""
+    i_t = tl.program_id(0)
+    i_gc = tl.program_id(1)
+    HW = H * W
+    P = Ho * Wo
+    Cg = C // G
+    Og = O // G
+    khw = kh * kw
+    n_cb = tl.cdiv(Cg, BC)
+    g = i_gc // n_cb
+    cb = i_gc % n_cb
+    t = i_t.to(tl.int64) * BP + tl.arange(0, BP)
+    m_t = t < N * HW
+    n = t // HW
+    hw = t % HW
+    h = (hw // W).to(tl.int32)
+    w = (hw % W).to(tl.int32)
+    o_c = cb * BC + tl.arange(0, BC)
+    m_c = o_c < Cg
+    b_acc = tl.zeros([BP, BC], dtype=tl.float32)
+    b_r = tl.zeros([BP], dtype=tl.float32)
+    for i in range(0, kh):
+        a = h + ph - i * dh
+        ho = a // sh
+        m_h = m_t & (a >= 0) & (a % sh == 0) & (ho < Ho)
+        for j in range(0, kw):
+            e = w + pw - j * dw
+            wo = e // sw
+            m_tap = m_h & (e >= 0) & (e % sw == 0) & (wo < Wo)
+            po = ho * Wo + wo
+            if HAS_Q:
+                b_r += tl.load(q + (n * G + g) * P + po, mask=m_tap, other=0.)
+            for o0 in range(0, Og, BO):
+                o_o = o0 + tl.arange(0, BO)
+                m_o = o_o < Og
+                oc = g * Og + o_o
+                m_a = m_tap[:, None] & m_o[None, :]
+                off = (n[:, None] * O + oc[None, :]) * P + po[:, None]
+                b_g = tl.load(gv + off, mask=m_a, other=0.)
+                b_i = tl.load(idx + off, mask=m_a, other=0).to(tl.int32)
+                m_w = m_o[:, None] & m_c[None, :]
+                p_w = wh + ((oc * M)[:, None].to(tl.int64) * Cg + o_c[None, :]) * khw + i * kw + j
+                for m in tl.static_range(M):
+                    b_a = tl.where(b_i == m, b_g, 0.).to(wh.dtype.element_ty)
+                    b_acc += tl.dot(b_a, tl.load(p_w + m * Cg * khw, mask=m_w, other=0.), input_precision="ieee")
+    m_x = m_t[:, None] & m_c[None, :]
+    off_x = (n[:, None] * C + g * Cg + o_c[None, :]) * HW + hw[:, None]
+    if HAS_Q:
+        b_acc += tl.load(x + off_x, mask=m_x, other=0.).to(tl.float32) * b_r[:, None]
+    tl.store(gx + off_x, b_acc.to(gx.dtype.element_ty), mask=m_x)
+
+
+@triton.jit
+def _bcos_bwd_gw_kernel(gv, idx, x, part, N, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, TS,
+                        M: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr):
+    """Gradient of W-hat as one implicit GEMM reducing over the N*P output pixels: a [BO filters x
+    BK of K = Cg*kh*kw] tile, one accumulator per MaxOut unit, A^T = gv scattered to the unit,
+    B = im2col(x). Program axis 2 takes the fixed pixel range [s*TS, (s+1)*TS) and writes its own
+    partial part[s] (no atomics); the launcher sums the partials in a fixed order, so the result
+    does not depend on scheduling. The linear layer is N = R, H = W = 1, a 1x1 window."""
+    i_go = tl.program_id(0)
+    i_k = tl.program_id(1)
+    s = tl.program_id(2)
+    P = Ho * Wo
+    Og = O // G
+    n_ob = tl.cdiv(Og, BO)
+    g = i_go // n_ob
+    ob = i_go % n_ob
+    Cg = C // G
+    khw = kh * kw
+    K = Cg * khw
+    o_o = ob * BO + tl.arange(0, BO)
+    m_o = o_o < Og
+    oc = g * Og + o_o
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    c = o_k // khw
+    r = o_k % khw
+    b_a0 = tl.zeros([BO, BK], dtype=tl.float32)
+    b_a1 = tl.zeros([BO, BK], dtype=tl.float32)
+    b_a2 = tl.zeros([BO, BK], dtype=tl.float32)
+    t_lo = s.to(tl.int64) * TS
+    t_hi = tl.minimum(t_lo + TS, N.to(tl.int64) * P)
+    for t0 in range(t_lo, t_hi, BT):
+        t = t0 + tl.arange(0, BT)
+        m_t = t < t_hi
+        n = t // P
+        p = (t % P).to(tl.int32)
+        ho = p // Wo
+        wo = p % Wo
+        off = (n[None, :] * O + oc[:, None]) * P + p[None, :]
+        m_a = m_o[:, None] & m_t[None, :]
+        b_g = tl.load(gv + off, mask=m_a, other=0.)
+        b_i = tl.load(idx + off, mask=m_a, other=0).to(tl.int32)
+        hi = ho[:, None] * sh - ph + (r // kw)[None, :] * dh
+        wi = wo[:, None] * sw - pw + (r % kw)[None, :] * dw
+        m_x = m_t[:, None] & m_k[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        b_x = tl.load(x + ((n[:, None] * C + g * Cg + c[None, :]) * H + hi) * W + wi, mask=m_x, other=0.)
+        b_a0 += tl.dot(tl.where(b_i == 0, b_g, 0.).to(b_x.dtype), b_x, input_precision="ieee")
+        if M > 1:
+            b_a1 += tl.dot(tl.where(b_i == 1, b_g, 0.).to(b_x.dtype), b_x, input_precision="ieee")
+        if M > 2:
+            b_a2 += tl.dot(tl.where(b_i == 2, b_g, 0.).to(b_x.dtype), b_x, input_precision="ieee")
+    m_out = m_o[:, None] & m_k[None, :]
+    p_out = part + ((s * O + oc[:, None]).to(tl.int64) * M) * K + o_k[None, :]
+    tl.store(p_out, b_a0, mask=m_out)
+    if M > 1:
+        tl.store(p_out + K, b_a1, mask=m_out)
+    if M > 2:
+        tl.store(p_out + 2 * K, b_a2, mask=m_out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,6 +564,106 @@ def conv_forward(g, b, eps, x, weight, save):
         root if root is not None else y, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
         M=M, MODE=mode, SAVE=bool(save), BP=BP, BO=BO, BK=BK)
     return y, lmax, idx, root
+
+
+def _clamp_p2(v, lo, hi):
+    return max(lo, min(hi, triton.next_power_of_2(max(int(v), 1))))
+
+
+def _row_inv_norm(w):
+    """1 / ||filter|| in float32 (no eps, as bcos), one per row of the raw weight."""
+    return 1.0 / torch.linalg.vector_norm(w.reshape(w.shape[0], -1).float(), dim=1)
+
+
+def linear_forward(g, b, eps, x, weight, save):
+    """Fused GEMM forward of the linear layer (float32/float16/bfloat16, max_out <= 3), contract of
+    ``conv_forward`` with x [R, C] (y/lmax/idx [R, O], root [R]); None when not applicable."""
+    R, C, O, M = g[0], g[1], g[5], g[6]
+    if x.dtype == torch.float64 or M > 3:
+        return None
+    dev, dt = x.device, x.dtype
+    y = torch.empty(R, O, dtype=dt, device=dev)
+    lmax = torch.empty(R, O, dtype=dt, device=dev) if save else None
+    idx = torch.empty(R, O, dtype=torch.uint8, device=dev) if save else None
+    mode = _mode(b)
+    root = torch.empty(R, dtype=dt, device=dev) if save and mode != 1 else None
+    if R == 0:
+        return y, lmax, idx, root
+    w = weight.contiguous()
+    BR, BO, BK = 64, _clamp_p2(O, 16, 64), 32
+    _bcos_linear_fwd_kernel[(triton.cdiv(R, BR), triton.cdiv(O, BO))](
+        x, w, _row_inv_norm(w), _prm(b, eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
+        root if root is not None else y, R, C, O, M=M, MODE=mode, SAVE=bool(save), BR=BR, BO=BO, BK=BK)
+    return y, lmax, idx, root
+
+
+_GW_PROGRAMS = 512  # aim of the weight-gradient grid: split the pixel reduction until about this many
+_GW_MAX_SPLITS = 256
+
+
+def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, linear):
+    N, G, O, M, Ho, Wo = g[0], g[4], g[5], g[6], g[7], g[8]
+    if x.dtype == torch.float64 or M > 3:
+        return None
+    (C, H, W), _, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
+    P = Ho * Wo
+    dev, dt = x.device, x.dtype
+    w = weight.contiguous()
+    norm = torch.linalg.vector_norm(w.reshape(w.shape[0], -1).float(), dim=1)
+    shape1 = (-1,) + (1,) * (w.dim() - 1)
+    w_hat = w.float() / norm.reshape(shape1)  # float32: the weight-gradient projection below
+    gx = gw = None
+    if N == 0:  # empty batch: zero gradients
+        return (torch.zeros_like(x) if needs[0] else None, torch.zeros_like(w) if needs[1] else None)
+    mode = _mode(b)
+    need_q = bool(needs[0]) and mode != 1 and not explain
+    gv = torch.empty(N, O, P, dtype=dt, device=dev)
+    q = torch.empty(N, G, P, dtype=torch.float32, device=dev) if need_q else None
+    if linear:  # rows are the pixels of one "image": gv/gy [R, O], root/q [R]
+        grid, sizes = (1, triton.cdiv(N, _BP)), (O, 1, N, 1, O)
+    else:
+        grid, sizes = (N * G, triton.cdiv(P, _BP)), (O, G, P, P, 1)
+    _bcos_bwd_gv_kernel[grid](
+        gy, lmax, root if root is not None else gy, _prm(b, eps, torch.float32, dev), gv, q if q is not None else gv,
+        *sizes, MODE=mode, EXPLAIN=bool(explain), NEED_Q=need_q, BP=_BP)
+    geo = (C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
+    Cg, Og = C // G, O // G
+    if needs[0]:
+        gx = torch.empty_like(x)
+        BP, BC, BO = 64, _clamp_p2(Cg, 16, 64), _clamp_p2(Og, 16, 32)
+        _bcos_bwd_gx_kernel[(triton.cdiv(N * H * W, BP), G * triton.cdiv(Cg, BC))](
+            gv, idx, w_hat.to(dt), x, q if q is not None else gv, gx, N, *geo,
+            M=M, HAS_Q=need_q, BP=BP, BC=BC, BO=BO)
+    if needs[1]:
+        K = Cg * kh * kw
+        BO, BK, BT = _clamp_p2(Og, 16, 64), 32, 32
+        tiles = G * triton.cdiv(Og, BO) * triton.cdiv(K, BK)
+        n_tb = triton.cdiv(N * P, BT)
+        # The split depends on the shapes only, so a run repeats bit for bit on any device.
+        splits = max(1, min(n_tb, _GW_MAX_SPLITS, triton.cdiv(_GW_PROGRAMS, tiles)))
+        TS = triton.cdiv(n_tb, splits) * BT
+        splits = triton.cdiv(N * P, TS)
+        part = torch.empty(splits, O * M, K, dtype=torch.float32, device=dev)
+        _bcos_bwd_gw_kernel[(G * triton.cdiv(Og, BO), triton.cdiv(K, BK), splits)](
+            gv, idx, x, part, N, *geo, TS, M=M, BO=BO, BK=BK, BT=BT)
+        gwh = part.sum(0).reshape(w.shape)  # fixed-order reduction of the partials
+        # d/dW of W / ||W|| (rows): (g - W-hat <g, W-hat>) / ||W||, in float32
+        dims = tuple(range(1, w.dim()))
+        gw = (gwh - w_hat * (gwh * w_hat).sum(dims, keepdim=True)) / norm.reshape(shape1)
+    return gx, gw
+
+
+def conv_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs):
+    """Fused backward of the convolution (float32/float16/bfloat16, max_out <= 3): the gv/q pre-pass,
+    one implicit-GEMM kernel for grad x (patch-norm term in its epilogue) and one for grad W-hat
+    (deterministic partials), then the unit-weight backward. (gx | None, gw | None) by ``needs``
+    (gw in float32), or None when not applicable (the caller runs ``backward`` + torch)."""
+    return _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, linear=False)
+
+
+def linear_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs):
+    """``conv_backward`` for the linear layer (x [R, C], gy/lmax/idx [R, O], root [R])."""
+    return _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, linear=True)
 
 
 def aot_specs():

@@ -156,15 +156,21 @@ class _Cpp:
     """The C++ kernels of csrc/cpu/bcos.cpp (float32/float64)."""
 
     @staticmethod
-    def forward(g, b, eps, x, l, save):
-        ys, rs = _shapes(g)
-        y = x.new_empty(ys)
-        lmax = x.new_empty(ys) if save else None
-        idx = torch.empty(ys, dtype=torch.uint8) if save else None
-        root = x.new_empty(rs) if save and b != 1 else None
+    def forward(g, b, eps, x, l, save, out=None):
+        """out: preallocated (y, lmax, idx, root) (a batch chunk's slices); else allocated here."""
+        if out is None:
+            out = _Cpp.alloc_forward(g, b, x, save)
+        y, lmax, idx, root = out
         _backend.cext().bcos_forward(g, float(b), eps[0], eps[1], _np(x), _np(l), _np(y), _np(lmax), _np(idx),
                                      _np(root), save, _backend.num_threads())
         return y, lmax, idx, root
+
+    @staticmethod
+    def alloc_forward(g, b, x, save):
+        ys, rs = _shapes(g)
+        return (x.new_empty(ys), x.new_empty(ys) if save else None,
+                torch.empty(ys, dtype=torch.uint8) if save else None,
+                x.new_empty(rs) if save and b != 1 else None)
 
     @staticmethod
     def backward(g, b, eps, gy, lmax, idx, root, explain, need_q):
@@ -191,6 +197,35 @@ class _Cpp:
         out = torch.empty_like(weight)
         _backend.cext().bcos_unit_weight(_np(weight), _np(g_w_hat.contiguous()), _np(out))
         return out
+
+
+# Raw conv output l = conv2d(x, W-hat) per batch chunk on CPU, in bytes. l has max_out x the
+# channels of y and is the largest tensor of the op; made for a few images at a time it stays in
+# cache for the epilogue and its buffer is reused, where a whole-batch l is a fresh allocation
+# whose page faults cost as much as the epilogue (bench/bench_bcos.py: shape 3 forward 1.3x ->
+# 0.8x the plain convolution). Below ~4 MiB oneDNN's per-call cost grows.
+_CHUNK_BYTES = 4 << 20
+
+
+def _batch_chunk(g, itemsize):
+    """Images per chunk: the chunk's l within _CHUNK_BYTES (at least 1); depends on sizes only."""
+    per_image = g[5] * g[6] * g[7] * g[8] * itemsize
+    return max(1, _CHUNK_BYTES // max(1, per_image))
+
+
+def _cpp_conv_forward(g, b, x, w_hat, conv, save):
+    """C++ forward of the convolution: oneDNN conv + the fused epilogue, a batch chunk at a time,
+    writing each chunk's slice of the outputs."""
+    out = _Cpp.alloc_forward(g, b, x, save)
+    N, step = g[0], _batch_chunk(g, x.element_size())
+    stride, padding, dilation, groups = conv
+    for i0 in range(0, max(N, 1), step):
+        i1 = min(N, i0 + step)
+        xs = x[i0:i1]
+        l = torch.nn.functional.conv2d(xs, w_hat, None, stride, padding, dilation, groups).contiguous()
+        gc = [i1 - i0] + g[1:]
+        _Cpp.forward(gc, b, _EPS["conv"], xs, l, save, out=tuple(None if t is None else t[i0:i1] for t in out))
+    return out
 
 
 def _unit_weight(impl, weight):
@@ -236,21 +271,45 @@ def _forward(kind, x, weight, b, max_out, conv, save):
         return y.reshape(ys), lmax, idx, root
     if impl is _Cpp and dtype in _HALF:
         x, weight = x.float(), weight.float()
-    fused = impl.conv_forward(g, b, _EPS[kind], x, weight, save) if kind == "conv" and impl is not _Cpp else None
-    if fused is not None:  # Triton: implicit-GEMM convolution with the epilogue, l never materialised
+    fused = None
+    if impl is not _Cpp:  # Triton: one GEMM kernel with the epilogue; None -> torch conv/GEMM + epilogue kernels
+        fused = (impl.conv_forward if kind == "conv" else impl.linear_forward)(g, b, _EPS[kind], x, weight, save)
+    if fused is not None:  # l never materialised
         y, lmax, idx, root = fused
         y = y.reshape(ys)
         if not save:
             return y, y.new_empty(0), torch.empty(0, dtype=torch.uint8, device=y.device), y.new_empty(0)
         root = y.new_empty(0) if root is None else root.reshape(rs)
         return y, lmax.reshape(ys), idx.reshape(ys), root
-    l = _linear_map(kind, x, _unit_weight(impl, weight), conv).contiguous()
-    y, lmax, idx, root = impl.forward(g, b, _EPS[kind], x, l, save)
+    if impl is _Cpp and kind == "conv":
+        y, lmax, idx, root = _cpp_conv_forward(g, b, x, _unit_weight(impl, weight), conv, save)
+    else:
+        l = _linear_map(kind, x, _unit_weight(impl, weight), conv).contiguous()
+        y, lmax, idx, root = impl.forward(g, b, _EPS[kind], x, l, save)
     y = y.reshape(ys).to(dtype)
     if not save:
         return y, y.new_empty(0), torch.empty(0, dtype=torch.uint8, device=y.device), y.new_empty(0)
     root = y.new_empty(0) if root is None else root.reshape(rs).to(dtype)
     return y, lmax.reshape(ys).to(dtype), idx.reshape(ys), root
+
+
+def _backward_unfused(impl, kind, g, gy, x, weight, lmax, idx, root, b, conv, explain, needs):
+    """(gx, gw) through the epilogue kernels and torch's convolution / GEMM backward (C++, and
+    Triton where no fused kernel applies: float64, max_out > 3)."""
+    need_q = needs[0] and b != 1 and not explain
+    gl, q = impl.backward(g, b, _EPS[kind], gy, lmax, idx, root, explain, need_q)
+    w_hat = _unit_weight(impl, weight)
+    if kind == "conv":
+        gl = gl.reshape(g[0], g[5] * g[6], g[7], g[8])
+    else:
+        gl = gl.reshape(g[0], g[5] * g[6])
+    gx, gwh = _linear_map_bwd(kind, gl, x, w_hat, conv, needs)
+    if q is not None:
+        gx = impl.backward_norm(g, x, q, gx.contiguous())
+    gw = None
+    if needs[1]:
+        gw = impl.unit_weight_bwd(weight, w_hat, gwh) if impl is _Cpp else _unit_weight_bwd(weight, w_hat, gwh)
+    return gx, gw
 
 
 def _backward(kind, gy, x, weight, lmax, idx, root, b, max_out, conv, explain, needs):
@@ -268,20 +327,16 @@ def _backward(kind, gy, x, weight, lmax, idx, root, b, max_out, conv, explain, n
             x, weight, gy, lmax = x.float(), weight.float(), gy.float(), lmax.float()
             root = root.float()
         g = _geom(kind, x, weight, max_out, conv)
-        need_q = needs[0] and b != 1 and not explain
-        gl, q = impl.backward(g, b, _EPS[kind], gy, lmax.contiguous(), idx.contiguous(),
-                              root.contiguous() if b != 1 else None, explain, need_q)
-        w_hat = _unit_weight(impl, weight)
-        if kind == "conv":
-            gl = gl.reshape(g[0], g[5] * g[6], g[7], g[8])
+        lmax, idx = lmax.contiguous(), idx.contiguous()
+        root = root.contiguous() if b != 1 else None
+        fused = None
+        if impl is not _Cpp:  # Triton: gv/q pre-pass + implicit-GEMM grad x and grad W kernels
+            fused = (impl.conv_backward if kind == "conv" else impl.linear_backward)(
+                g, b, _EPS[kind], gy, x, weight, lmax, idx, root, explain, needs)
+        if fused is not None:
+            gx, gw = fused
         else:
-            gl = gl.reshape(g[0], g[5] * g[6])
-        gx, gwh = _linear_map_bwd(kind, gl, x, w_hat, conv, needs)
-        if q is not None:
-            gx = impl.backward_norm(g, x, q, gx.contiguous())
-        gw = None
-        if needs[1]:
-            gw = impl.unit_weight_bwd(weight, w_hat, gwh) if impl is _Cpp else _unit_weight_bwd(weight, w_hat, gwh)
+            gx, gw = _backward_unfused(impl, kind, g, gy, x, weight, lmax, idx, root, b, conv, explain, needs)
     out = []
     for t, need in zip((gx, gw), needs):
         out.append(t.to(dtype) if need and t is not None else x.new_empty(0, dtype=dtype))
