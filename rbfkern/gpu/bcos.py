@@ -1,22 +1,36 @@
 """Triton kernels for B-cos (``bcos_conv2d``, ``bcos_linear``).
 
-Convolution forward (float32/16/bf16, max_out <= 3) is one implicit-GEMM kernel with the epilogue
-fused. Otherwise (float64, the linear layer, backward) the linear map l = conv2d(x, W-hat) (or
-x W-hat^T) runs in PyTorch (cuDNN / cuBLAS) and these kernels do everything around it, with the layouts of csrc/cpu/bcos.cpp: x [N, C, H, W],
-l [N, O*M, P] (P = Ho*Wo), y / lmax / idx (uint8) [N, O, P], root / q [N, G, P]. A linear layer is
-H = W = Ho = Wo = 1 with a 1x1 window.
+Layouts are those of csrc/cpu/bcos.cpp: x [N, C, H, W], l [N, O*M, P] (P = Ho*Wo), y / lmax /
+idx (uint8) / gv [N, O, P], root / q [N, G, P]. A linear layer is H = W = Ho = Wo = 1 with a 1x1
+window (x [R, C], y / lmax / idx / gv [R, O], root / q [R]).
 
-Kernels:
+float32/float16/bfloat16 with max_out <= 3 (the fused path; float32 accumulation):
+  forward   _bcos_conv_fwd_kernel    implicit-GEMM convolution with the whole epilogue (weight norm
+                                     as a per-filter scale, MaxOut with the first maximum, patch
+                                     norm, power); l is never written
+            _bcos_linear_fwd_kernel  the same as one GEMM for the linear layer (eps after the sqrt)
+  backward  _bcos_bwd_gv_kernel      pre-pass: gv = gy dy/dlmax [N, O, P] and q = sum_o gy dy/dn /
+                                     root [N, G, P] (float32; not with explain or B = 1). gv is not
+                                     scattered to the M units: the GEMMs read it as
+                                     where(idx == m, gv, 0), so no [N, O*M, P] tensor exists
+            _bcos_bwd_gx_kernel      grad x as one implicit GEMM of the transposed convolution
+                                     (stride / padding / dilation / groups), B = W-hat; the epilogue
+                                     adds x * box-sum^T(q), the patch-norm gradient; gx written once
+            _bcos_bwd_gw_kernel      grad W-hat as one implicit GEMM over the N*P output pixels
+                                     (A^T = scattered gv, B = im2col(x)), per-program partials over
+                                     fixed pixel ranges summed in a fixed order (no atomics); the
+                                     launcher then applies the unit-weight backward
+                                     (g - W-hat <g, W-hat>) / ||W|| in torch (float32)
+  The linear layer runs the same backward kernels (gv pre-pass with the row layout through its
+  strides, gx / gw with the 1x1 geometry and N = R).
+
+float64 and max_out > 3 (the launchers above return None): the linear map l = conv2d(x, W-hat)
+(or x W-hat^T) runs in PyTorch and these kernels do everything around it:
   _bcos_root_kernel      root = sqrt(window sum of x^2 over the group's channels + eps_in)
   _bcos_fwd_kernel       MaxOut (first maximum) + power: y, and lmax/idx when SAVE
   _bcos_bwd_kernel       gl (gradient of l, scattered to the argmax) and q = sum_o dy/dn gy / root
   _bcos_bwd_norm_kernel  gx += x * box-sum^T(q) (the gradient through the patch norm)
-
-  _bcos_conv_fwd_kernel  implicit-GEMM convolution + the whole epilogue in one kernel (float32/
-                         float16/bfloat16, max_out <= 3): l is never written
-
-Backward: torch's convolution backward between _bcos_bwd_kernel and _bcos_bwd_norm_kernel (a
-fused implicit-GEMM backward is not written yet).
+with torch's convolution / GEMM backward between the last two.
 """
 import torch
 import triton
@@ -346,7 +360,7 @@ def _bcos_bwd_gv_kernel(gy, lmax, root, prm, gv, q, O, G, P, so, sp,
 
 
 @triton.jit
-def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, N, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
+def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, NHW, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
                         M: tl.constexpr, HAS_Q: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
                         BO: tl.constexpr):
     """Input gradient as one implicit GEMM of the transposed convolution: a [BP input pixels, BC
@@ -365,7 +379,7 @@ def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, N, C, H, W, G, O, Ho, Wo, kh, kw,
     g = i_gc // n_cb
     cb = i_gc % n_cb
     t = i_t.to(tl.int64) * BP + tl.arange(0, BP)
-    m_t = t < N * HW
+    m_t = t < NHW  # N*H*W from the launcher: an int64 there when it is past 2^31
     n = t // HW
     hw = t % HW
     h = (hw // W).to(tl.int32)
@@ -406,7 +420,7 @@ def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, N, C, H, W, G, O, Ho, Wo, kh, kw,
 
 
 @triton.jit
-def _bcos_bwd_gw_kernel(gv, idx, x, part, N, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, TS,
+def _bcos_bwd_gw_kernel(gv, idx, x, part, NP, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, TS,
                         M: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr):
     """Gradient of W-hat as one implicit GEMM reducing over the N*P output pixels: a [BO filters x
     BK of K = Cg*kh*kw] tile, one accumulator per MaxOut unit, A^T = gv scattered to the unit,
@@ -435,7 +449,7 @@ def _bcos_bwd_gw_kernel(gv, idx, x, part, N, C, H, W, G, O, Ho, Wo, kh, kw, sh, 
     b_a1 = tl.zeros([BO, BK], dtype=tl.float32)
     b_a2 = tl.zeros([BO, BK], dtype=tl.float32)
     t_lo = s.to(tl.int64) * TS
-    t_hi = tl.minimum(t_lo + TS, N.to(tl.int64) * P)
+    t_hi = tl.minimum(t_lo + TS, NP)
     for t0 in range(t_lo, t_hi, BT):
         t = t0 + tl.arange(0, BT)
         m_t = t < t_hi
@@ -566,6 +580,22 @@ def conv_forward(g, b, eps, x, weight, save):
     return y, lmax, idx, root
 
 
+# Tile sizes of the fused GEMM kernels (largest; the launchers shrink BO/BC to the layer, min 16).
+# Picked from the sm_90 AOT resource usage: float32 tl.dot runs on FMAs with the accumulators in
+# registers, and 64x64 tiles (times M units) spill there; these need <= 255 registers and no or a
+# few bytes of stack.
+_LIN_FWD_TILES = {torch.float32: (64, 32, 16), torch.float16: (64, 32, 32), torch.bfloat16: (64, 32, 32)}  # BR BO BK
+_GX_TILES = (64, 32, 16)  # BP (input pixels), BC (channels), BO (filters per reduction step)
+_GW_TILES = (32, 32, 32)  # BO (filters), BK (of Cg*kh*kw), BT (output pixels per reduction step)
+# Software-pipelining depth for float32 (the half types keep Triton's default): with the FMA dot,
+# deeper cp.async pipelines push the backward GEMMs into stack spills (sm_80 grad W at M = 2, 3:
+# 1.7-2.7 KB of stack at the default; none at 1).
+_GX_OPTS = {torch.float32: {"num_stages": 2}}
+_GW_OPTS = {torch.float32: {"num_stages": 1}}
+_GW_PROGRAMS = 512  # aim of the weight-gradient grid: split the pixel reduction until about this many
+_GW_MAX_SPLITS = 256
+
+
 def _clamp_p2(v, lo, hi):
     return max(lo, min(hi, triton.next_power_of_2(max(int(v), 1))))
 
@@ -590,15 +620,14 @@ def linear_forward(g, b, eps, x, weight, save):
     if R == 0:
         return y, lmax, idx, root
     w = weight.contiguous()
-    BR, BO, BK = 64, _clamp_p2(O, 16, 64), 32
+    BR, BO, BK = _LIN_FWD_TILES[dt]
+    BO = _clamp_p2(O, 16, BO)
     _bcos_linear_fwd_kernel[(triton.cdiv(R, BR), triton.cdiv(O, BO))](
         x, w, _row_inv_norm(w), _prm(b, eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
         root if root is not None else y, R, C, O, M=M, MODE=mode, SAVE=bool(save), BR=BR, BO=BO, BK=BK)
     return y, lmax, idx, root
 
 
-_GW_PROGRAMS = 512  # aim of the weight-gradient grid: split the pixel reduction until about this many
-_GW_MAX_SPLITS = 256
 
 
 def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, linear):
@@ -630,13 +659,15 @@ def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, l
     Cg, Og = C // G, O // G
     if needs[0]:
         gx = torch.empty_like(x)
-        BP, BC, BO = 64, _clamp_p2(Cg, 16, 64), _clamp_p2(Og, 16, 32)
+        BP, BC, BO = _GX_TILES
+        BC = _clamp_p2(Cg, 16, BC)
         _bcos_bwd_gx_kernel[(triton.cdiv(N * H * W, BP), G * triton.cdiv(Cg, BC))](
-            gv, idx, w_hat.to(dt), x, q if q is not None else gv, gx, N, *geo,
-            M=M, HAS_Q=need_q, BP=BP, BC=BC, BO=BO)
+            gv, idx, w_hat.to(dt), x, q if q is not None else gv, gx, N * H * W, *geo,
+            M=M, HAS_Q=need_q, BP=BP, BC=BC, BO=BO, **_GX_OPTS.get(dt, {}))
     if needs[1]:
         K = Cg * kh * kw
-        BO, BK, BT = _clamp_p2(Og, 16, 64), 32, 32
+        BO, BK, BT = _GW_TILES
+        BO = _clamp_p2(Og, 16, BO)
         tiles = G * triton.cdiv(Og, BO) * triton.cdiv(K, BK)
         n_tb = triton.cdiv(N * P, BT)
         # The split depends on the shapes only, so a run repeats bit for bit on any device.
@@ -645,7 +676,7 @@ def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, l
         splits = triton.cdiv(N * P, TS)
         part = torch.empty(splits, O * M, K, dtype=torch.float32, device=dev)
         _bcos_bwd_gw_kernel[(G * triton.cdiv(Og, BO), triton.cdiv(K, BK), splits)](
-            gv, idx, x, part, N, *geo, TS, M=M, BO=BO, BK=BK, BT=BT)
+            gv, idx, x, part, N * P, *geo, TS, M=M, BO=BO, BK=BK, BT=BT, **_GW_OPTS.get(dt, {}))
         gwh = part.sum(0).reshape(w.shape)  # fixed-order reduction of the partials
         # d/dW of W / ||W|| (rows): (g - W-hat <g, W-hat>) / ||W||, in float32
         dims = tuple(range(1, w.dim()))
@@ -686,6 +717,34 @@ def aot_specs():
                      M=ce, MODE=ce, SAVE=ce, BP=ce, BO=ce, BK=ce)
             specs.append((f"bcos_conv_fwd_M{mo}_m{mode}_{dt}", _bcos_conv_fwd_kernel, s,
                           dict(M=mo, MODE=mode, SAVE=True, BP=64, BO=64, BK=32), opts))
+    # The fused linear forward and the fused backward (float32/16/bf16 only): the same variant grid
+    # (MaxOut width x B mode) for the GEMM kernels; the backward GEMMs do not depend on B.
+    tdts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for dt, variants in conv_variants.items():
+        p, tdt = "*" + dt, tdts[dt]
+        for mo, mode in variants:
+            s = dict(x=p, w=p, rinv="*fp32", prm="*fp32", y=p, lmax=p, idx="*u8", root=p, R=i32, C=i32, O=i32,
+                     M=ce, MODE=ce, SAVE=ce, BR=ce, BO=ce, BK=ce)
+            specs.append((f"bcos_linear_fwd_M{mo}_m{mode}_{dt}", _bcos_linear_fwd_kernel, s,
+                          dict(M=mo, MODE=mode, SAVE=True, **dict(zip(("BR", "BO", "BK"), _LIN_FWD_TILES[tdt]))),
+                          opts))
+        for mo in sorted({mo for mo, _ in variants}):
+            # HAS_Q: B != 1 without explain (the common case); float32 also the q-free variant.
+            for has_q in (True, False) if dt == "fp32" and mo == 2 else (True,):
+                s = dict(gv=p, idx="*u8", wh=p, x=p, q="*fp32", gx=p, NHW=i32, **conv_sig, M=ce, HAS_Q=ce, BP=ce,
+                         BC=ce, BO=ce)
+                specs.append((f"bcos_bwd_gx_M{mo}_q{int(has_q)}_{dt}", _bcos_bwd_gx_kernel, s,
+                              dict(M=mo, HAS_Q=has_q, **dict(zip(("BP", "BC", "BO"), _GX_TILES))),
+                              dict(opts, **_GX_OPTS.get(tdt, {}))))
+            s = dict(gv=p, idx="*u8", x=p, part="*fp32", NP=i32, **conv_sig, TS=i32, M=ce, BO=ce, BK=ce, BT=ce)
+            specs.append((f"bcos_bwd_gw_M{mo}_{dt}", _bcos_bwd_gw_kernel, s,
+                          dict(M=mo, **dict(zip(("BO", "BK", "BT"), _GW_TILES))), dict(opts, **_GW_OPTS.get(tdt, {}))))
+        for mode in (0, 1, 2) if dt == "fp32" else (2,):
+            for explain in (False, True) if dt == "fp32" else (False,):
+                s = dict(gy=p, lmax=p, root=p, prm="*fp32", gv=p, q="*fp32", O=i32, G=i32, P=i32, so=i32, sp=i32,
+                         MODE=ce, EXPLAIN=ce, NEED_Q=ce, BP=ce)
+                specs.append((f"bcos_bwd_gv_m{mode}_e{int(explain)}_{dt}", _bcos_bwd_gv_kernel, s,
+                              dict(MODE=mode, EXPLAIN=explain, NEED_Q=not explain and mode != 1, BP=_BP), opts))
     for dt in ("fp32", "fp16", "bf16", "fp64"):
         p = "*" + dt
         acc = tl.float64 if dt == "fp64" else tl.float32

@@ -7,14 +7,22 @@ Semantics are those of ``bcos.modules.BcosConv2d`` / ``BcosLinear`` (bcos 0.1.3)
   ``bcos_conv2d_bwd`` / ``bcos_linear_bwd``  -> (grad_x, grad_weight)
 
 On CPU the linear map itself (conv2d / GEMM with the unit-norm weight) runs in PyTorch (oneDNN)
-and the rest is one fused C++ epilogue pass (MaxOut + patch norm + power, csrc/cpu/bcos.cpp). On
-Triton the float32/float16/bfloat16 convolution forward is one implicit-GEMM kernel with that
-epilogue fused (rbfkern/gpu/bcos.py); float64 and the linear layer use torch's conv/GEMM plus the
-Triton epilogue kernels. Backward saves only x, the raw weight, the MaxOut values ``lmax``,
-a 1-byte argmax ``idx`` and the patch-norm root (one value per output pixel and group), and runs
-one fused pass (gradient of the raw linear output + patch-norm gradient), the convolution
-backward, and one fused pass adding x * box-sum^T(q) to the input gradient. The reference backend
-differentiates :mod:`rbfkern.reference` (it is the oracle).
+and the rest is one fused C++ epilogue pass (MaxOut + patch norm + power, csrc/cpu/bcos.cpp).
+
+Forward saves only x, the raw weight, the MaxOut values ``lmax``, a 1-byte argmax ``idx`` and the
+patch-norm root (one value per output pixel and group) for backward. The unfused backward (C++,
+and Triton's fallback) is one fused pass (gradient of the raw linear output, scattered to the
+argmax unit, + the patch-norm term q), torch's convolution / GEMM backward, and one fused pass
+adding x * box-sum^T(q) to the input gradient.
+
+Triton (rbfkern/gpu/bcos.py), float32/float16/bfloat16 with max_out <= 3: the forward is one
+implicit-GEMM (conv) or GEMM (linear) kernel with the epilogue fused, l never materialised; the
+backward a small pre-pass (gv = the gradient of lmax, [N, O, P], and q), one implicit-GEMM kernel
+for grad x (the transposed convolution with the MaxOut scatter done on the fly from idx, the
+patch-norm term in its epilogue) and one for grad W-hat (deterministic per-program partials),
+then the unit-weight backward. float64 and max_out > 3 (the fused launchers return None) take the
+unfused path with the Triton epilogue kernels. The reference backend differentiates
+:mod:`rbfkern.reference` (it is the oracle).
 """
 from __future__ import annotations
 
