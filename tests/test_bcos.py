@@ -312,6 +312,36 @@ def test_gradcheck_cpp(backend, b, max_out, explain_mode, linear):
     _gradcheck(b, max_out, explain_mode, groups=1 if linear else 2, linear=linear)
 
 
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("b,max_out,explain_mode,groups", [(1.0, 2, False, 1), (2.0, 2, False, 2), (2.5, 3, False, 1),
+                                                           (2.0, 1, True, 1)])
+@pytest.mark.parametrize("chunk_images", [1, 3])
+def test_cpp_batch_chunks_match_reference(backend, monkeypatch, b, max_out, explain_mode, groups, chunk_images):
+    # The C++ convolution runs forward and backward a batch chunk at a time (ops.bcos._CHUNK_BYTES
+    # of raw conv output); chunks of 1 or 3 images of a batch of 5 (an uneven last chunk) must give
+    # the reference's outputs and gradients, the weight gradient summed over the chunks.
+    from rbfkern.ops import bcos as ob
+    N, C, H, W, O = 5, 4, 6, 5, 2
+    monkeypatch.setattr(ob, "_CHUNK_BYTES", chunk_images * O * max_out * H * W * 8)
+    geom = [N, C, H, W, groups, O, max_out, H, W, 3, 3, 1, 1, 1, 1, 1, 1]
+    assert len(ob._batch_chunks(geom, 8)) == -(-N // chunk_images)
+    calls = []
+    real = ob._linear_map_bwd
+    monkeypatch.setattr(ob, "_linear_map_bwd", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(N, C, H, W, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(O * max_out, C // groups, 3, 3, generator=g, dtype=F64, requires_grad=True)
+    y = bcos_conv2d(x, w, b=b, max_out=max_out, padding=1, groups=groups, explain=explain_mode)
+    want = reference.bcos_conv2d(x, w, b, max_out, (1, 1), (1, 1), (1, 1), groups, explain_mode)
+    _assert_close(y, want, "y")
+    gy = torch.randn(y.shape, generator=g, dtype=F64)
+    got = torch.autograd.grad(y, (x, w), gy)
+    ref = torch.autograd.grad(want, (x, w), gy)
+    assert calls == [min(chunk_images, N - i) for i in range(0, N, chunk_images)]
+    _assert_close(got[0], ref[0], "grad x")
+    _assert_close(got[1], ref[1], "grad w")
+
+
 @pytest.mark.triton
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="needs triton with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("backend", ["triton"], indirect=True)

@@ -18,13 +18,13 @@ namespace rbfkern {
 
 #define RBFKERN_BCOS_DECL(T, SUF)                                                               \
   void bcos_fwd_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
-                      const T* l, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt);     \
+                      const T* l, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt); \
   void bcos_bwd_epilogue_##SUF(const int64_t* geom, double b, double eps_out, const T* gy,     \
-                               const T* lmax, const uint8_t* idx, const T* root, T* gl, T* q,   \
-                               bool explain, bool need_q, int nt);                              \
-  void bcos_bwd_norm_##SUF(const int64_t* geom, const T* x, const T* q, T* gx, int nt);          \
-  void bcos_unit_weight_##SUF(const T* w, T* wh, int64_t R, int64_t K);                            \
-  void bcos_unit_weight_bwd_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K);
+                               const T* lmax, const uint8_t* idx, const T* root, const T* ws,   \
+                               T* gl, T* q, bool explain, bool need_q, int nt);                 \
+  void bcos_bwd_norm_##SUF(const int64_t* geom, const T* x, const T* q, const T* gsrc, T* gx, int nt); \
+  void bcos_weight_scale_##SUF(const T* w, T* ws, int64_t R, int64_t K);                         \
+  void bcos_weight_grad_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K);
 RBFKERN_BCOS_DECL(float, f32)
 RBFKERN_BCOS_DECL(double, f64)
 #undef RBFKERN_BCOS_DECL
@@ -32,7 +32,7 @@ RBFKERN_BCOS_DECL(double, f64)
 namespace {
 
 struct Sizes {
-  int64_t x, l, out, norm;
+  int64_t x, l, out, norm, ws;
 };
 
 Sizes check_geom(const std::vector<int64_t>& g) {
@@ -46,7 +46,7 @@ Sizes check_geom(const std::vector<int64_t>& g) {
   if (C % G != 0 || O % G != 0) throw std::invalid_argument("bcos: groups must divide C and O");
   if (M > 255) throw std::invalid_argument("bcos: max_out must be <= 255");
   const int64_t P = g[7] * g[8];
-  return {N * C * H * W, N * O * M * P, N * O * P, N * G * P};
+  return {N * C * H * W, N * O * M * P, N * O * P, N * G * P, O * M};
 }
 
 template <typename T>
@@ -68,10 +68,11 @@ T* opt_ptr(py::object o, int64_t want, const char* name) {
 
 template <typename T>
 void fwd_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array l,
-           py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
+           py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
   const Sizes s = check_geom(g);
   const T* xp = ptr<T>(x, s.x, "x");
   const T* lp = ptr<T>(l, s.l, "l");
+  const T* wsp = ptr<T>(ws, s.ws, "weight_scale");
   T* yp = ptr<T>(y, s.out, "y");
   T* mp = save ? opt_ptr<T>(lmax, s.out, "lmax") : nullptr;
   uint8_t* ip = save ? opt_ptr<uint8_t>(idx, s.out, "idx") : nullptr;
@@ -80,55 +81,57 @@ void fwd_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::ar
     throw std::invalid_argument("bcos: save=True needs lmax, idx and root");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    bcos_fwd_f32(g.data(), b, ei, eo, xp, lp, yp, mp, ip, rp, save, nt);
+    bcos_fwd_f32(g.data(), b, ei, eo, xp, lp, wsp, yp, mp, ip, rp, save, nt);
   else
-    bcos_fwd_f64(g.data(), b, ei, eo, xp, lp, yp, mp, ip, rp, save, nt);
+    bcos_fwd_f64(g.data(), b, ei, eo, xp, lp, wsp, yp, mp, ip, rp, save, nt);
 }
 
 template <typename T>
 void bwd_t(const std::vector<int64_t>& g, double b, double eo, py::array gy, py::array lmax,
-           py::array idx, py::object root, py::array gl, py::object q, bool explain, int nt) {
+           py::array idx, py::object root, py::array ws, py::array gl, py::object q, bool explain, int nt) {
   const Sizes s = check_geom(g);
   const T* gyp = ptr<T>(gy, s.out, "grad_y");
   const T* mp = ptr<T>(lmax, s.out, "lmax");
   const uint8_t* ip = ptr<uint8_t>(idx, s.out, "idx");
   const T* rp = b != 1.0 ? opt_ptr<T>(root, s.norm, "root") : nullptr;
   if (b != 1.0 && rp == nullptr) throw std::invalid_argument("bcos: root is needed for b != 1");
+  const T* wsp = ptr<T>(ws, s.ws, "weight_scale");
   T* glp = ptr<T>(gl, s.l, "grad_l");
   T* qp = opt_ptr<T>(q, s.norm, "q");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    bcos_bwd_epilogue_f32(g.data(), b, eo, gyp, mp, ip, rp, glp, qp, explain, qp != nullptr, nt);
+    bcos_bwd_epilogue_f32(g.data(), b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
   else
-    bcos_bwd_epilogue_f64(g.data(), b, eo, gyp, mp, ip, rp, glp, qp, explain, qp != nullptr, nt);
+    bcos_bwd_epilogue_f64(g.data(), b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
 }
 
 template <typename T>
-void norm_t(const std::vector<int64_t>& g, py::array x, py::array q, py::array gx, int nt) {
+void norm_t(const std::vector<int64_t>& g, py::array x, py::array q, py::array gsrc, py::array gx, int nt) {
   const Sizes s = check_geom(g);
   const T* xp = ptr<T>(x, s.x, "x");
   const T* qp = ptr<T>(q, s.norm, "q");
+  const T* sp = ptr<T>(gsrc, s.x, "grad_x_in");
   T* gp = ptr<T>(gx, s.x, "grad_x");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    bcos_bwd_norm_f32(g.data(), xp, qp, gp, nt);
+    bcos_bwd_norm_f32(g.data(), xp, qp, sp, gp, nt);
   else
-    bcos_bwd_norm_f64(g.data(), xp, qp, gp, nt);
+    bcos_bwd_norm_f64(g.data(), xp, qp, sp, gp, nt);
 }
 
-// Weight rows: w, g, out all (R, K) contiguous, same dtype.
+// Weight rows: w, g, out (R, K) contiguous, same dtype; out (R,) for the scales.
 template <typename T>
-void unit_t(py::array w, py::object g, py::array out) {
+void weight_t(py::array w, py::object g, py::array out) {
   if (w.ndim() < 1) throw std::invalid_argument("bcos: weight must be at least 1-D");
   const int64_t R = w.shape(0), K = R ? static_cast<int64_t>(w.size()) / R : 0;
   const T* wp = ptr<T>(w, R * K, "weight");
-  T* op = ptr<T>(out, R * K, "out");
   const T* gp = opt_ptr<T>(g, R * K, "grad");
+  T* op = ptr<T>(out, gp ? R * K : R, "out");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4) {
-    if (gp) bcos_unit_weight_bwd_f32(wp, gp, op, R, K); else bcos_unit_weight_f32(wp, op, R, K);
+    if (gp) bcos_weight_grad_f32(wp, gp, op, R, K); else bcos_weight_scale_f32(wp, op, R, K);
   } else {
-    if (gp) bcos_unit_weight_bwd_f64(wp, gp, op, R, K); else bcos_unit_weight_f64(wp, op, R, K);
+    if (gp) bcos_weight_grad_f64(wp, gp, op, R, K); else bcos_weight_scale_f64(wp, op, R, K);
   }
 }
 
@@ -138,33 +141,33 @@ void bind(py::module_& m) {
   m.def(
       "bcos_forward",
       [](const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array l,
-         py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
-        if (is_f64(x)) fwd_t<double>(g, b, ei, eo, x, l, y, lmax, idx, root, save, nt);
-        else fwd_t<float>(g, b, ei, eo, x, l, y, lmax, idx, root, save, nt);
+         py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
+        if (is_f64(x)) fwd_t<double>(g, b, ei, eo, x, l, ws, y, lmax, idx, root, save, nt);
+        else fwd_t<float>(g, b, ei, eo, x, l, ws, y, lmax, idx, root, save, nt);
       },
-      "B-cos epilogue forward: MaxOut + patch norm + power (y, and lmax/idx/root when save)");
+      "B-cos epilogue forward: weight scale + MaxOut + patch norm + power (y, and lmax/idx/root when save)");
   m.def(
       "bcos_backward_epilogue",
       [](const std::vector<int64_t>& g, double b, double eo, py::array gy, py::array lmax,
-         py::array idx, py::object root, py::array gl, py::object q, bool explain, int nt) {
-        if (is_f64(gy)) bwd_t<double>(g, b, eo, gy, lmax, idx, root, gl, q, explain, nt);
-        else bwd_t<float>(g, b, eo, gy, lmax, idx, root, gl, q, explain, nt);
+         py::array idx, py::object root, py::array ws, py::array gl, py::object q, bool explain, int nt) {
+        if (is_f64(gy)) bwd_t<double>(g, b, eo, gy, lmax, idx, root, ws, gl, q, explain, nt);
+        else bwd_t<float>(g, b, eo, gy, lmax, idx, root, ws, gl, q, explain, nt);
       },
-      "B-cos epilogue backward: grad of the raw conv output and the patch-norm gradient q");
+      "B-cos epilogue backward: grad of the raw-weight conv output and the patch-norm gradient q");
   m.def(
       "bcos_backward_norm",
-      [](const std::vector<int64_t>& g, py::array x, py::array q, py::array gx, int nt) {
-        if (is_f64(x)) norm_t<double>(g, x, q, gx, nt);
-        else norm_t<float>(g, x, q, gx, nt);
+      [](const std::vector<int64_t>& g, py::array x, py::array q, py::array gsrc, py::array gx, int nt) {
+        if (is_f64(x)) norm_t<double>(g, x, q, gsrc, gx, nt);
+        else norm_t<float>(g, x, q, gsrc, gx, nt);
       },
-      "gx += x * box-sum^T(q): the input gradient through the patch norm (in place)");
+      "gx = gsrc + x * box-sum^T(q): the input gradient through the patch norm (gsrc may be gx)");
   m.def(
-      "bcos_unit_weight",
+      "bcos_weight",
       [](py::array w, py::object g, py::array out) {
-        if (is_f64(w)) unit_t<double>(w, g, out);
-        else unit_t<float>(w, g, out);
+        if (is_f64(w)) weight_t<double>(w, g, out);
+        else weight_t<float>(w, g, out);
       },
-      "out = W / ||W||_row (g None), or the gradient (g - W-hat <g, W-hat>) / ||W|| given g = dL/dW-hat");
+      "out (R,) = 1 / ||W||_row (g None), or out = g - W <g, W> / <W, W> (g: the raw map's weight gradient)");
 }
 
 rbfkern::Binder reg(bind);

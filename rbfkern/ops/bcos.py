@@ -6,8 +6,10 @@ Semantics are those of ``bcos.modules.BcosConv2d`` / ``BcosLinear`` (bcos 0.1.3)
   ``bcos_conv2d`` / ``bcos_linear``          -> (y, lmax, idx, root)
   ``bcos_conv2d_bwd`` / ``bcos_linear_bwd``  -> (grad_x, grad_weight)
 
-On CPU the linear map itself (conv2d / GEMM with the unit-norm weight) runs in PyTorch (oneDNN)
-and the rest is one fused C++ epilogue pass (MaxOut + patch norm + power, csrc/cpu/bcos.cpp).
+On CPU the linear map itself runs in PyTorch (oneDNN / MKL) with the raw weight, a batch chunk
+of a few MiB of output at a time (it stays in cache and its buffer is reused), and the rest is one
+fused C++ epilogue pass per chunk (per-filter 1/||W|| scale + MaxOut + patch norm + power,
+csrc/cpu/bcos.cpp); backward likewise per chunk, the weight gradient summed in chunk order.
 
 Forward saves only x, the raw weight, the MaxOut values ``lmax``, a 1-byte argmax ``idx`` and the
 patch-norm root (one value per output pixel and group) for backward. The unfused backward (C++,
@@ -153,25 +155,16 @@ def _np(t):
 
 
 # ---------------------------------------------------------------------------------------------
-# Epilogue backends: forward(g, b, eps, x, l, save) -> (y, lmax, idx, root) [root None for b = 1]
-#                    backward(g, b, eps, gy, lmax, idx, root, explain, need_q) -> (gl, q | None)
-#                    backward_norm(g, x, q, gx) -> gx (+= x * box-sum^T(q))
+# C++ backend (csrc/cpu/bcos.cpp): oneDNN / MKL run the convolution / GEMM with the RAW weight;
+# the kernels scale each output channel by ws = 1 / ||W_c|| (no W-hat tensor is made), and
+# the backward epilogue hands torch the gradient of that raw-weight map, so torch's backward
+# gives grad x directly and a weight gradient that one pass turns into grad W.
 # Tensors are contiguous with the layouts of csrc/cpu/bcos.cpp (l [N, O*M, P], ...).
 # ---------------------------------------------------------------------------------------------
 
 
 class _Cpp:
     """The C++ kernels of csrc/cpu/bcos.cpp (float32/float64)."""
-
-    @staticmethod
-    def forward(g, b, eps, x, l, save, out=None):
-        """out: preallocated (y, lmax, idx, root) (a batch chunk's slices); else allocated here."""
-        if out is None:
-            out = _Cpp.alloc_forward(g, b, x, save)
-        y, lmax, idx, root = out
-        _backend.cext().bcos_forward(g, float(b), eps[0], eps[1], _np(x), _np(l), _np(y), _np(lmax), _np(idx),
-                                     _np(root), save, _backend.num_threads())
-        return y, lmax, idx, root
 
     @staticmethod
     def alloc_forward(g, b, x, save):
@@ -181,63 +174,106 @@ class _Cpp:
                 x.new_empty(rs) if save and b != 1 else None)
 
     @staticmethod
-    def backward(g, b, eps, gy, lmax, idx, root, explain, need_q):
+    def forward(g, b, eps, x, l, ws, save, out):
+        """Epilogue of the raw map l into out = (y, lmax, idx, root) (preallocated, maybe a chunk's slices)."""
+        y, lmax, idx, root = out
+        _backend.cext().bcos_forward(g, float(b), eps[0], eps[1], _np(x), _np(l), _np(ws), _np(y), _np(lmax),
+                                     _np(idx), _np(root), save, _backend.num_threads())
+
+    @staticmethod
+    def backward(g, b, eps, gy, lmax, idx, root, ws, explain, need_q):
+        """(gl [N, O*M, P], q [N, G, P] | None): gl the gradient of the raw-weight map."""
         N, G, O, M, P = g[0], g[4], g[5], g[6], g[7] * g[8]
         gl = gy.new_empty(N, O * M, P)
         q = gy.new_empty(N, G, P) if need_q else None
         _backend.cext().bcos_backward_epilogue(g, float(b), eps[1], _np(gy), _np(lmax), _np(idx), _np(root),
-                                               _np(gl), _np(q), bool(explain), _backend.num_threads())
+                                               _np(ws), _np(gl), _np(q), bool(explain), _backend.num_threads())
         return gl, q
 
     @staticmethod
-    def backward_norm(g, x, q, gx):
-        _backend.cext().bcos_backward_norm(g, _np(x), _np(q), _np(gx), _backend.num_threads())
+    def backward_norm(g, x, q, gsrc, gx):
+        """gx = gsrc + x * box-sum^T(q) (gsrc may be gx)."""
+        _backend.cext().bcos_backward_norm(g, _np(x), _np(q), _np(gsrc), _np(gx), _backend.num_threads())
         return gx
 
     @staticmethod
-    def unit_weight(weight):
-        out = torch.empty_like(weight)
-        _backend.cext().bcos_unit_weight(_np(weight), None, _np(out))
-        return out
+    def weight_scale(weight):
+        ws = weight.new_empty(weight.shape[0])
+        _backend.cext().bcos_weight(_np(weight), None, _np(ws))
+        return ws
 
     @staticmethod
-    def unit_weight_bwd(weight, w_hat, g_w_hat):
+    def weight_grad(weight, g_raw):
         out = torch.empty_like(weight)
-        _backend.cext().bcos_unit_weight(_np(weight), _np(g_w_hat.contiguous()), _np(out))
+        _backend.cext().bcos_weight(_np(weight), _np(g_raw.contiguous()), _np(out))
         return out
 
 
-# Raw conv output l = conv2d(x, W-hat) per batch chunk on CPU, in bytes. l has max_out x the
-# channels of y and is the largest tensor of the op; made for a few images at a time it stays in
-# cache for the epilogue and its buffer is reused, where a whole-batch l is a fresh allocation
-# whose page faults cost as much as the epilogue (bench/bench_bcos.py: shape 3 forward 1.3x ->
-# 0.8x the plain convolution). Below ~4 MiB oneDNN's per-call cost grows.
+# Raw conv output l per batch chunk on CPU, in bytes. l has max_out x the channels of y and is
+# the largest tensor of the op; made for a few images at a time it stays in cache for the
+# epilogue and its buffer is reused, where a whole-batch l is a fresh allocation whose page
+# faults cost as much as the epilogue (bench/bench_bcos.py: shape 3 forward 1.3x -> 0.8x the
+# plain convolution). Below ~4 MiB oneDNN's per-call cost grows.
 _CHUNK_BYTES = 4 << 20
 
 
-def _batch_chunk(g, itemsize):
-    """Images per chunk: the chunk's l within _CHUNK_BYTES (at least 1); depends on sizes only."""
+def _batch_chunks(g, itemsize):
+    """[(i0, i1)] image ranges whose l fits in _CHUNK_BYTES (at least one image each; one empty
+    range for N = 0); depends on the sizes only, so results do not depend on timing or threads."""
     per_image = g[5] * g[6] * g[7] * g[8] * itemsize
-    return max(1, _CHUNK_BYTES // max(1, per_image))
+    step = max(1, _CHUNK_BYTES // max(1, per_image))
+    N = g[0]
+    return [(i0, min(N, i0 + step)) for i0 in range(0, max(N, 1), step)]
 
 
-def _cpp_conv_forward(g, b, x, w_hat, conv, save):
-    """C++ forward of the convolution: oneDNN conv + the fused epilogue, a batch chunk at a time,
-    writing each chunk's slice of the outputs."""
+def _cpp_forward(kind, g, b, x, weight, conv, save):
+    """(y, lmax, idx, root) on the C++ backend: the raw map from oneDNN / MKL (a batch chunk at a
+    time for conv), then the fused epilogue into each chunk's slice of the outputs."""
+    ws = _Cpp.weight_scale(weight)
     out = _Cpp.alloc_forward(g, b, x, save)
-    N, step = g[0], _batch_chunk(g, x.element_size())
-    stride, padding, dilation, groups = conv
-    for i0 in range(0, max(N, 1), step):
-        i1 = min(N, i0 + step)
+    if kind == "linear":
+        _Cpp.forward(g, b, _EPS[kind], x, _linear_map(kind, x, weight, conv).contiguous(), ws, save, out)
+        return out
+    for i0, i1 in _batch_chunks(g, x.element_size()):
         xs = x[i0:i1]
-        l = torch.nn.functional.conv2d(xs, w_hat, None, stride, padding, dilation, groups).contiguous()
-        gc = [i1 - i0] + g[1:]
-        _Cpp.forward(gc, b, _EPS["conv"], xs, l, save, out=tuple(None if t is None else t[i0:i1] for t in out))
+        l = _linear_map(kind, xs, weight, conv).contiguous()
+        _Cpp.forward([i1 - i0] + g[1:], b, _EPS[kind], xs, l, ws, save,
+                     tuple(None if t is None else t[i0:i1] for t in out))
     return out
 
 
-def _unit_weight(impl, weight):
-    return impl.unit_weight(weight) if impl is _Cpp else reference.bcos_unit_weight(weight)
+def _cpp_backward(kind, g, b, gy, x, weight, lmax, idx, root, conv, explain, needs):
+    """(gx | None, gw | None) on the C++ backend. Conv runs in batch chunks as the forward does
+    (the per-chunk weight gradients summed in chunk order), except under
+    torch.use_deterministic_algorithms, where the weight gradient takes the per-sample path."""
+    ws = _Cpp.weight_scale(weight)
+    need_q = needs[0] and b != 1 and not explain
+    det = torch.are_deterministic_algorithms_enabled() and needs[1]
+    chunks = [(0, g[0])] if kind == "linear" or det else _batch_chunks(g, x.element_size())
+    gx = torch.empty_like(x) if needs[0] and len(chunks) > 1 else None
+    g_raw = None
+    for i0, i1 in chunks:
+        gc = [i1 - i0] + g[1:]
+        xs = x[i0:i1]
+        # gy per chunk: autograd often hands an expanded (stride-0) gradient, made dense here a
+        # chunk at a time rather than whole
+        gl, q = _Cpp.backward(gc, b, _EPS[kind], gy[i0:i1].contiguous(), lmax[i0:i1], idx[i0:i1],
+                              None if root is None else root[i0:i1], ws, explain, need_q)
+        gl = gl.reshape(i1 - i0, g[5] * g[6], g[7], g[8]) if kind == "conv" else gl.reshape(i1 - i0, g[5] * g[6])
+        gxs, gws = _linear_map_bwd(kind, gl, xs, weight, conv, needs)
+        if needs[0]:
+            gxs = gxs.contiguous()
+            dst = gxs if gx is None else gx[i0:i1]
+            if q is not None:
+                _Cpp.backward_norm(gc, xs, q, gxs, dst)
+            elif gx is not None:
+                dst.copy_(gxs)
+            if gx is None:
+                gx = gxs
+        if needs[1]:
+            g_raw = gws if g_raw is None else g_raw.add_(gws)
+    gw = _Cpp.weight_grad(weight, g_raw) if needs[1] else None
+    return gx, gw
 
 
 def _epilogue_impl(device):
@@ -289,10 +325,10 @@ def _forward(kind, x, weight, b, max_out, conv, save):
             return y, y.new_empty(0), torch.empty(0, dtype=torch.uint8, device=y.device), y.new_empty(0)
         root = y.new_empty(0) if root is None else root.reshape(rs)
         return y, lmax.reshape(ys), idx.reshape(ys), root
-    if impl is _Cpp and kind == "conv":
-        y, lmax, idx, root = _cpp_conv_forward(g, b, x, _unit_weight(impl, weight), conv, save)
+    if impl is _Cpp:
+        y, lmax, idx, root = _cpp_forward(kind, g, b, x, weight, conv, save)
     else:
-        l = _linear_map(kind, x, _unit_weight(impl, weight), conv).contiguous()
+        l = _linear_map(kind, x, reference.bcos_unit_weight(weight), conv).contiguous()
         y, lmax, idx, root = impl.forward(g, b, _EPS[kind], x, l, save)
     y = y.reshape(ys).to(dtype)
     if not save:
@@ -302,11 +338,11 @@ def _forward(kind, x, weight, b, max_out, conv, save):
 
 
 def _backward_unfused(impl, kind, g, gy, x, weight, lmax, idx, root, b, conv, explain, needs):
-    """(gx, gw) through the epilogue kernels and torch's convolution / GEMM backward (C++, and
-    Triton where no fused kernel applies: float64, max_out > 3)."""
+    """(gx, gw) through the Triton epilogue kernels and torch's convolution / GEMM backward, where
+    no fused kernel applies (float64, max_out > 3)."""
     need_q = needs[0] and b != 1 and not explain
     gl, q = impl.backward(g, b, _EPS[kind], gy, lmax, idx, root, explain, need_q)
-    w_hat = _unit_weight(impl, weight)
+    w_hat = reference.bcos_unit_weight(weight)
     if kind == "conv":
         gl = gl.reshape(g[0], g[5] * g[6], g[7], g[8])
     else:
@@ -316,16 +352,18 @@ def _backward_unfused(impl, kind, g, gy, x, weight, lmax, idx, root, b, conv, ex
         gx = impl.backward_norm(g, x, q, gx.contiguous())
     gw = None
     if needs[1]:
-        gw = impl.unit_weight_bwd(weight, w_hat, gwh) if impl is _Cpp else _unit_weight_bwd(weight, w_hat, gwh)
+        gw = _unit_weight_bwd(weight, w_hat, gwh)
     return gx, gw
 
 
 def _backward(kind, gy, x, weight, lmax, idx, root, b, max_out, conv, explain, needs):
     """(gx, gw); an input not needed gets an empty tensor."""
     needs = (bool(needs[0]), bool(needs[1]))
-    x, weight, gy = x.contiguous(), weight.contiguous(), gy.contiguous()
+    x, weight = x.contiguous(), weight.contiguous()
     impl = _epilogue_impl(x.device)
     dtype = x.dtype
+    if impl is not _Cpp:  # the C++ path makes gy contiguous per batch chunk
+        gy = gy.contiguous()
     if impl is None:
         # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
         out, vjp = torch.func.vjp(lambda a, w: _ref_y(kind, a, w, b, max_out, conv, explain), x, weight)
@@ -338,7 +376,9 @@ def _backward(kind, gy, x, weight, lmax, idx, root, b, max_out, conv, explain, n
         lmax, idx = lmax.contiguous(), idx.contiguous()
         root = root.contiguous() if b != 1 else None
         fused = None
-        if impl is not _Cpp:  # Triton: gv/q pre-pass + implicit-GEMM grad x and grad W kernels
+        if impl is _Cpp:
+            fused = _cpp_backward(kind, g, b, gy, x, weight, lmax, idx, root, conv, explain, needs)
+        else:  # Triton: gv/q pre-pass + implicit-GEMM grad x and grad W kernels
             fused = (impl.conv_backward if kind == "conv" else impl.linear_backward)(
                 g, b, _EPS[kind], gy, x, weight, lmax, idx, root, explain, needs)
         if fused is not None:
