@@ -670,7 +670,8 @@ def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, l
         BO = _clamp_p2(Og, 16, BO)
         tiles = G * triton.cdiv(Og, BO) * triton.cdiv(K, BK)
         n_tb = triton.cdiv(N * P, BT)
-        # The split depends on the shapes only, so a run repeats bit for bit on any device.
+        # The split depends on the shapes only (not on the device or timing): with the fixed-order
+        # sum below, a run repeats bit for bit.
         splits = max(1, min(n_tb, _GW_MAX_SPLITS, triton.cdiv(_GW_PROGRAMS, tiles)))
         TS = triton.cdiv(n_tb, splits) * BT
         splits = triton.cdiv(N * P, TS)
