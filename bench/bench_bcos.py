@@ -3,13 +3,15 @@ plain F.conv2d with 2*C_out outputs (the same GEMM without the B-cos work), floa
 3x3, stride 1, padding 1, B = 2, max_out = 2 (issue 4).
 
 pytest-benchmark (side by side, one run):   pytest bench/bench_bcos.py --benchmark-only
-Ratio + memory table (interleaved rounds):    python bench/bench_bcos.py [--quick] [--rounds 7] [--reuse-pages]
+Ratio + memory table (interleaved rounds):    python bench/bench_bcos.py [--quick] [--rounds 7]
 
-Allocation matters here: every provider allocates its multi-MiB outputs afresh each step, and
-with glibc's default malloc these come from new pages whose faults (zeroing included) cost as
-much as the convolution at C_in = 16. The default run measures that (what a user sees);
---reuse-pages re-runs the process with malloc's mmap/trim thresholds raised (GLIBC_TUNABLES), so
-freed memory is reused without faults, as with jemalloc/tcmalloc or a caching allocator.
+Allocation matters at these sizes: each provider allocates multi-MiB outputs every step, and a
+step whose allocation gets fresh pages from the kernel pays their faults (zeroing included), about
+as much as a C_in = 16 convolution. glibc's malloc raises its mmap threshold as large blocks are
+freed, so which steps fault depends on what else the process allocated: interleaved with the
+B-cos layers (which free 4-40 MiB blocks) the plain convolution reuses memory, alone in a loop its
+16 MiB output faults every step (shape 3: ~10 ms vs ~34 ms, where ours, whose raw output lives in
+a reused 4 MiB chunk buffer, takes ~15 ms). The table interleaves the providers in one process.
 
 Saved-for-backward bytes are the distinct storages autograd keeps beyond the input and the weight
 (saved_tensors_hooks; both providers also keep x and the weight, which the caller owns anyway).
@@ -42,8 +44,6 @@ QUICK_CASES = [(4, 16, 16, 16, 16)]
 PROVIDERS = ("ours", "official", "plain")
 MODES = ("fwd", "fwd+bwd")
 B, MAX_OUT = 2.0, 2
-# malloc thresholds for --reuse-pages: no mmap per allocation, no trimming of the heap top
-REUSE_PAGES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
 
 
 def load_official():
@@ -195,19 +195,15 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json")
-    ap.add_argument("--reuse-pages", action="store_true", help="malloc keeps freed memory (no page faults)")
     ap.add_argument("--peak", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.peak:
         _peak_child(a.peak)
         sys.exit(0)
-    if a.reuse_pages and "GLIBC_TUNABLES" not in os.environ:
-        env = dict(os.environ, GLIBC_TUNABLES=REUSE_PAGES)
-        os.execve(sys.executable, [sys.executable] + sys.argv, env)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} -> 2 threads, float32, B={B}, max_out={MAX_OUT}, "
-          f"malloc: {os.environ.get('GLIBC_TUNABLES', 'default')}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} -> 2 threads, float32, B={B}, max_out={MAX_OUT}")
     print(HEADER)
-    rows = table(QUICK_CASES if a.quick else CASES, a.rounds, memory=not a.no_memory)
+    cases = QUICK_CASES if a.quick else CASES
+    rows = table(cases, a.rounds, memory=not a.no_memory)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
