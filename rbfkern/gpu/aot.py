@@ -38,7 +38,8 @@ def _load_family(family):
 
 
 def _resource_usage(cubin):
-    """(registers, local/spill bytes) of the one kernel in a cubin, or (None, None)."""
+    """(registers, spill bytes) of the one kernel in a cubin, or (None, None). ptxas puts register
+    spills in the stack frame (STACK), local arrays in LOCAL: the larger of the two is reported."""
     import triton.backends.nvidia as nv
     tool = os.path.join(os.path.dirname(nv.__file__), "bin", "cuobjdump")
     if not os.path.exists(tool):
@@ -47,8 +48,9 @@ def _resource_usage(cubin):
         f.write(cubin)
         f.flush()
         out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    m = re.search(r"REG:(\d+).*?LOCAL:(\d+)", out)
-    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    m = re.search(r"REG:(\d+)", out)
+    spill = [int(v) for v in re.findall(r"(?:STACK|LOCAL):(\d+)", out)]
+    return (int(m.group(1)), max(spill, default=0)) if m else (None, None)
 
 
 def _compile_one(job):

@@ -628,8 +628,6 @@ def linear_forward(g, b, eps, x, weight, save):
     return y, lmax, idx, root
 
 
-
-
 def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, linear):
     N, G, O, M, Ho, Wo = g[0], g[4], g[5], g[6], g[7], g[8]
     if x.dtype == torch.float64 or M > 3:
