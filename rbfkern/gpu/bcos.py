@@ -571,7 +571,8 @@ def conv_forward(g, b, eps, x, weight, save):
     w = weight.contiguous()
     rinv = 1.0 / torch.linalg.vector_norm(w.reshape(w.shape[0], -1).float(), dim=1)
     Og = O // G
-    BP, BO, BK = 64, max(16, min(64, triton.next_power_of_2(Og))), 32
+    BP, BO, BK = _CONV_FWD_TILES[dt]
+    BO = _clamp_p2(Og, 16, BO)
     grid = (N * triton.cdiv(P, BP), G * triton.cdiv(Og, BO))
     _bcos_conv_fwd_kernel[grid](
         x, w, rinv, _prm(b, eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
@@ -585,6 +586,10 @@ def conv_forward(g, b, eps, x, weight, save):
 # registers, and 64x64 tiles (times M units) spill there; these need <= 255 registers and no or a
 # few bytes of stack.
 _LIN_FWD_TILES = {torch.float32: (64, 32, 16), torch.float16: (64, 32, 32), torch.bfloat16: (64, 32, 32)}  # BR BO BK
+# The conv forward: 64x64 (x BK 32) left the accumulators of M units of float32 in the stack (sm_80
+# M = 3: ptxas gave up at 32 registers with 5.8 KB of stack; M = 1, 2: 160-850 B) and 8 B in the
+# half types; these tiles need no stack on sm_80/sm_90 (145-215 registers).
+_CONV_FWD_TILES = {torch.float32: (64, 32, 16), torch.float16: (64, 32, 32), torch.bfloat16: (64, 32, 32)}  # BP BO BK
 _GX_TILES = (64, 32, 16)  # BP (input pixels), BC (channels), BO (filters per reduction step)
 _GW_TILES = (32, 32, 32)  # BO (filters), BK (of Cg*kh*kw), BT (output pixels per reduction step)
 # Software-pipelining depth for float32 (the half types keep Triton's default): with the FMA dot,
@@ -709,16 +714,17 @@ def aot_specs():
     # The implicit-GEMM kernel is the slow one to compile (~10-25 s each). float32: each MaxOut
     # width at B = 2 and each B mode at M = 2; the half types: the common one (M = 2, B = 2).
     conv_variants = {"fp32": [(1, 2), (2, 2), (3, 2), (2, 0), (2, 1)], "fp16": [(2, 2)], "bf16": [(2, 2)]}
+    tdts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     for dt, variants in conv_variants.items():
         p = "*" + dt
         for mo, mode in variants:
             s = dict(x=p, w=p, rinv="*fp32", prm="*fp32", y=p, lmax=p, idx="*u8", root=p, **conv_sig,
                      M=ce, MODE=ce, SAVE=ce, BP=ce, BO=ce, BK=ce)
             specs.append((f"bcos_conv_fwd_M{mo}_m{mode}_{dt}", _bcos_conv_fwd_kernel, s,
-                          dict(M=mo, MODE=mode, SAVE=True, BP=64, BO=64, BK=32), opts))
+                          dict(M=mo, MODE=mode, SAVE=True, **dict(zip(("BP", "BO", "BK"), _CONV_FWD_TILES[tdts[dt]]))),
+                          opts))
     # The fused linear forward and the fused backward (float32/16/bf16 only): the same variant grid
     # (MaxOut width x B mode) for the GEMM kernels; the backward GEMMs do not depend on B.
-    tdts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     for dt, variants in conv_variants.items():
         p, tdt = "*" + dt, tdts[dt]
         for mo, mode in variants:
