@@ -378,12 +378,18 @@ def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, NHW, C, H, W, G, O, Ho, Wo, kh, k
     n_cb = tl.cdiv(Cg, BC)
     g = i_gc // n_cb
     cb = i_gc % n_cb
-    t = i_t.to(tl.int64) * BP + tl.arange(0, BP)
+    t0 = i_t.to(tl.int64) * BP
+    t = t0 + tl.arange(0, BP)
     m_t = t < NHW  # N*H*W from the launcher: an int64 there when it is past 2^31
-    n = t // HW
-    hw = t % HW
-    h = (hw // W).to(tl.int32)
-    w = (hw % W).to(tl.int32)
+    # (n, hw) of t with one scalar int64 division: per element, int64 division is a call to a
+    # slow-path subroutine (and its register pressure put the kernel in the stack).
+    n0 = t0 // HW
+    u = (t0 - n0 * HW).to(tl.int32) + tl.arange(0, BP)  # < HW + BP
+    dn = u // HW
+    hw = u - dn * HW
+    n = n0 + dn
+    h = hw // W
+    w = hw % W
     o_c = cb * BC + tl.arange(0, BC)
     m_c = o_c < Cg
     b_acc = tl.zeros([BP, BC], dtype=tl.float32)
@@ -595,7 +601,10 @@ _GW_TILES = (32, 32, 32)  # BO (filters), BK (of Cg*kh*kw), BT (output pixels pe
 # Software-pipelining depth for float32 (the half types keep Triton's default): with the FMA dot,
 # deeper cp.async pipelines push the backward GEMMs into stack spills (sm_80 grad W at M = 2, 3:
 # 1.7-2.7 KB of stack at the default; none at 1).
-_GX_OPTS = {torch.float32: {"num_stages": 2}}
+# grad x float32 at 4 warps kept 8-24 B of stack at 255 registers; 8 warps with the register cap
+# stated (maxnreg 255: without it ptxas settled at 128 registers and 24-40 B of stack for some M)
+# leave none but at M = 2 without q on sm_80 (8 B).
+_GX_OPTS = {torch.float32: {"num_stages": 2, "num_warps": 8, "maxnreg": 255}}
 _GW_OPTS = {torch.float32: {"num_stages": 1}}
 _GW_PROGRAMS = 512  # aim of the weight-gradient grid: split the pixel reduction until about this many
 _GW_MAX_SPLITS = 256
