@@ -34,6 +34,27 @@ import triton.language as tl
 from .. import basis
 
 BH, BW = 16, 16
+# Forward (and grad x, which is the forward): output channels per program and launch options.
+# With the (p, q[, t]) loops unrolled (tl.static_range) ptxas gave up on registers (32 registers,
+# 4.8-13 KB of stack); as loops, BCO = 32 at 4 warps still spilled, and below 255 registers ptxas
+# kept spilling outer-loop values to the stack unless the cap is stated (maxnreg); pipelining the
+# x tile over the channel loop (num_stages > 1) left 8 B at K = 33 on sm_80. Wide input windows
+# (BWK > 32, e.g. K = 33) hold more of the x tile per thread: 8 channels per program there.
+_FWD_OPTS = {"num_warps": 8, "num_stages": 1, "maxnreg": 255}
+
+
+def _fwd_bco(bwk):
+    return 16 if bwk <= 32 else 8
+
+
+# Backward (galpha / tap gradients): the (p, q[, t]) loops are loops for the same reason (unrolled:
+# 16 B - 1.9 KB of stack); 8 warps with the register cap stated; 8 output channels per step of the
+# Co loop for 3D float64 (32 left 600-700 B of stack there).
+_BWD_OPTS = {"num_warps": 8, "maxnreg": 255}
+
+
+def _bwd_bco(nd, dtype):
+    return 8 if nd == 3 and dtype == torch.float64 else 32
 
 
 @triton.jit
@@ -71,11 +92,11 @@ def _gd_fwd_kernel(x, a, f, out, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n_tw,
         p_x = x + (i_n * Ci + i).to(tl.int64) * H * W + y_in[:, None] * W + x_in[None, :]
         b_x = tl.load(p_x, mask=m_x, other=0.0).to(ACC)
         for s in range(S):
-            for p in tl.static_range(ORDER + 1):
-                b_u, _, _ = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
+            for p in range(ORDER + 1):
+                b_u, _iu, _mu = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
                 b_r = tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC)
-                for q in tl.static_range(ORDER + 1 - p):
-                    b_tq, _, _ = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
+                for q in range(ORDER + 1 - p):
+                    b_tq, _it, _mt = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
                     b_z = tl.dot(b_tq.to(ACC), b_r, input_precision="ieee", out_dtype=ACC)
                     bi = (p + q) * (p + q + 1) // 2 + q
                     b_a = tl.load(a + o_co * J + (i * S + s) * M + bi, mask=m_co, other=0.0).to(ACC)
@@ -128,13 +149,13 @@ def _gd_bwd_kernel(g, x, a, f, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n
     p_gf = gf + (i_nt * Ci + i).to(tl.int64) * S * O1P * KP
     for s in range(S):
         b_f = tl.zeros([O1P, KP], dtype=ACC)
-        for p in tl.static_range(ORDER + 1):
+        for p in range(ORDER + 1):
             p_fp = f + (s * (ORDER + 1) + p) * K
             b_u, b_iu, m_iu = _band(p_fp, o_c, o_x, st, K, False)
             b_u = b_u.to(ACC)
             b_r = tl.dot(b_x, b_u, input_precision="ieee", out_dtype=ACC)
             b_dr = tl.zeros([BHK, BW], dtype=ACC)
-            for q in tl.static_range(ORDER + 1 - p):
+            for q in range(ORDER + 1 - p):
                 p_fq = f + (s * (ORDER + 1) + q) * K
                 b_tq, b_it, m_it = _band(p_fq, o_t, o_r, st, K, True)
                 b_tq = b_tq.to(ACC)
@@ -199,14 +220,14 @@ def _gd3_fwd_kernel(x, a, f, tab, out, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st,
                 p_x = x + ((i_n * Ci + i).to(tl.int64) * D + z_in) * H * W + y_in[:, None] * W + x_in[None, :]
                 b_x = tl.load(p_x, mask=m_x, other=0.0).to(ACC)
                 for s in range(S):
-                    for p in tl.static_range(ORDER + 1):
-                        b_u, _, _ = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
+                    for p in range(ORDER + 1):
+                        b_u, _iu, _mu = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
                         b_r = tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC)
-                        for q in tl.static_range(ORDER + 1 - p):
-                            b_tq, _, _ = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
+                        for q in range(ORDER + 1 - p):
+                            b_tq, _it, _mt = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
                             b_z = tl.dot(b_tq.to(ACC), b_r, input_precision="ieee", out_dtype=ACC)
                             b_c = tl.zeros([BCO], dtype=ACC)
-                            for t in tl.static_range(ORDER + 1 - p - q):
+                            for t in range(ORDER + 1 - p - q):
                                 bi = tl.load(tab + (p * (ORDER + 1) + q) * (ORDER + 1) + t)
                                 f_t = tl.load(f + (s * (ORDER + 1) + t) * K + az).to(ACC)
                                 b_a = tl.load(a + o_co * J + (i * S + s) * M + bi, mask=m_co, other=0.0).to(ACC)
@@ -256,11 +277,11 @@ def _gd3_bwd_kernel(g, x, a, f, tab, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, 
             if (z_in >= 0) & (z_in < D):
                 p_x = x + ((i_n * Ci + i).to(tl.int64) * D + z_in) * H * W + y_in[:, None] * W + x_in[None, :]
                 b_x = tl.load(p_x, mask=m_x, other=0.0).to(ACC)
-                for p in tl.static_range(ORDER + 1):
+                for p in range(ORDER + 1):
                     b_u, b_iu, m_iu = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
                     b_r = tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC)
                     b_dr = tl.zeros([BHK, BW], dtype=ACC)
-                    for q in tl.static_range(ORDER + 1 - p):
+                    for q in range(ORDER + 1 - p):
                         b_tq, b_it, m_it = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
                         b_tq = b_tq.to(ACC)
                         b_z = tl.dot(b_tq, b_r, input_precision="ieee", out_dtype=ACC)
@@ -273,7 +294,7 @@ def _gd3_bwd_kernel(g, x, a, f, tab, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, 
                             b_g = tl.load(p_g, mask=m_co[:, None, None] & m_pix[None, :, :], other=0.0).to(ACC)
                             b_v = tl.sum(tl.sum(b_g * b_z[None, :, :], axis=2), axis=1)  # <G_o, Z2_pq(a)>
                             b_w = tl.zeros([BCO], dtype=ACC)
-                            for t in tl.static_range(ORDER + 1 - p - q):
+                            for t in range(ORDER + 1 - p - q):
                                 col = (i * S + s) * M + tl.load(tab + (p * (ORDER + 1) + q) * (ORDER + 1) + t)
                                 f_t = tl.load(f + (s * (ORDER + 1) + t) * K + az).to(ACC)
                                 b_a = tl.load(a + o_co * J + col, mask=m_co, other=0.0).to(ACC)
@@ -339,15 +360,15 @@ def forward(x, alpha, g, order, stride, pad):
         return out
     ho, wo = outs[-2:]
     n_tw = triton.cdiv(wo, BW)
-    cex["BCO"] = min(32, triton.next_power_of_2(co))
+    cex["BCO"] = min(_fwd_bco(cex["BWK"]), triton.next_power_of_2(co))
     if nd == 2:
         grid = (x.shape[0] * triton.cdiv(ho, BH) * n_tw, triton.cdiv(co, cex["BCO"]))
         _gd_fwd_kernel[grid](x, a, f, out, x.shape[1], *x.shape[2:], co, ho, wo, g.shape[0], k, a.shape[1],
-                             stride, pad, n_tw, **cex)
+                             stride, pad, n_tw, **cex, **_FWD_OPTS)
     else:
         grid = (x.shape[0] * outs[0] * triton.cdiv(ho, BH) * n_tw, triton.cdiv(co, cex["BCO"]))
         _gd3_fwd_kernel[grid](x, a, f, _tab3(order, x.device), out, x.shape[1], *x.shape[2:], co, *outs,
-                              g.shape[0], k, a.shape[1], stride, pad, n_tw, **cex)
+                              g.shape[0], k, a.shape[1], stride, pad, n_tw, **cex, **_FWD_OPTS)
     return out
 
 
@@ -389,7 +410,8 @@ def backward(grad, x, alpha, g, order, stride, pad, needs):
             args += tuple(x.shape[2:]) + (co, *outs, g.shape[0], k, a.shape[1], stride, pad, n_tw,
                                             int(needs[1]), int(needs[2]))
             kern = _gd_bwd_kernel if nd == 2 else _gd3_bwd_kernel
-            kern[(nprog, ci)](*args, O1P=o1p, KP=kp, **cex)
+            cex["BCO"] = min(_bwd_bco(nd, x.dtype), triton.next_power_of_2(co))
+            kern[(nprog, ci)](*args, O1P=o1p, KP=kp, **cex, **_BWD_OPTS)
         # fixed-order reductions of the per-program partials
         if needs[1]:
             ga = ga_part.sum(0).reshape(alpha.shape).to(x.dtype)
@@ -402,8 +424,8 @@ def aot_specs():
     """(name, kernel, signature, constexprs, options): 2D forward and backward for order 3 at
     stride 1: float32 at sigma 2 (K = 17) and sigma 4 (K = 33), bfloat16 and float64 at K = 17;
     3D forward and backward for order 2 (the 3D default) at K = 9 (sigma 1) in float32 and
-    float64. (The order-3 2D backward unrolls 10 basis members of 5 tl.dot each: ptxas takes
-    minutes on 2 busy cores, so the grid stays small.)"""
+    float64. (The basis loops are not unrolled, so these compile in seconds; the grid stays small
+    all the same.)"""
     i32, ce = "i32", "constexpr"
     specs = []
 
@@ -419,12 +441,12 @@ def aot_specs():
             cex = cex_of(3, 2, k, acc)
             sig = dict(x=p, a=p, f=pa, out=p, Ci=i32, H=i32, W=i32, Co=i32, Ho=i32, Wo=i32, S=i32, K=i32, J=i32,
                        st=i32, pad=i32, n_tw=i32, **{c: ce for c in cex})
-            specs.append((f"gd_fwd_k{k}_{dt}", _gd_fwd_kernel, sig, cex, {"num_warps": 4}))
+            specs.append((f"gd_fwd_k{k}_{dt}", _gd_fwd_kernel, sig, dict(cex, BCO=_fwd_bco(cex["BWK"])), dict(_FWD_OPTS)))
             cexb = dict(cex, O1P=4, KP=triton.next_power_of_2(k))
             sig = dict(g=p, x=p, a=p, f=pa, ga=pa, gf=pa, Ci=i32, H=i32, W=i32, Co=i32, Ho=i32, Wo=i32,
                        S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, need_a=i32, need_f=i32,
                        **{c: ce for c in cexb})
-            specs.append((f"gd_bwd_k{k}_{dt}", _gd_bwd_kernel, sig, cexb, {"num_warps": 4}))
+            specs.append((f"gd_bwd_k{k}_{dt}", _gd_bwd_kernel, sig, cexb, dict(_BWD_OPTS)))
     for dt in ("fp32", "fp64"):
         p = "*" + dt
         acc = tl.float64 if dt == "fp64" else tl.float32
@@ -432,10 +454,10 @@ def aot_specs():
         cex = cex_of(2, 3, k, acc)
         sig = dict(x=p, a=p, f=p, tab="*i32", out=p, Ci=i32, D=i32, H=i32, W=i32, Co=i32, Do=i32, Ho=i32, Wo=i32,
                    S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, **{c: ce for c in cex})
-        specs.append((f"gd3_fwd_k{k}_{dt}", _gd3_fwd_kernel, sig, cex, {"num_warps": 4}))
-        cexb = dict(cex, O1P=4, KP=16)
+        specs.append((f"gd3_fwd_k{k}_{dt}", _gd3_fwd_kernel, sig, dict(cex, BCO=_fwd_bco(cex["BWK"])), dict(_FWD_OPTS)))
+        cexb = dict(cex, O1P=4, KP=16, BCO=_bwd_bco(3, torch.float64 if dt == "fp64" else torch.float32))
         sig = dict(g=p, x=p, a=p, f=p, tab="*i32", ga=p, gf=p, Ci=i32, D=i32, H=i32, W=i32, Co=i32, Do=i32,
                    Ho=i32, Wo=i32, S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, need_a=i32, need_f=i32,
                    **{c: ce for c in cexb})
-        specs.append((f"gd3_bwd_k{k}_{dt}", _gd3_bwd_kernel, sig, cexb, {"num_warps": 4}))
+        specs.append((f"gd3_bwd_k{k}_{dt}", _gd3_bwd_kernel, sig, cexb, dict(_BWD_OPTS)))
     return specs
