@@ -601,10 +601,10 @@ _GW_TILES = (32, 32, 32)  # BO (filters), BK (of Cg*kh*kw), BT (output pixels pe
 # Software-pipelining depth for float32 (the half types keep Triton's default): with the FMA dot,
 # deeper cp.async pipelines push the backward GEMMs into stack spills (sm_80 grad W at M = 2, 3:
 # 1.7-2.7 KB of stack at the default; none at 1).
-# grad x float32 at 4 warps kept 8-24 B of stack at 255 registers; 8 warps with the register cap
-# stated (maxnreg 255: without it ptxas settled at 128 registers and 24-40 B of stack for some M)
-# leave none but at M = 2 without q on sm_80 (8 B).
-_GX_OPTS = {torch.float32: {"num_stages": 2, "num_warps": 8, "maxnreg": 255}}
+# grad x float32 at 4 warps kept 8-24 B of stack at 255 registers; 8 warps with a register cap
+# stated leave none (without one ptxas settled at 128 registers and 24-40 B of stack for some M;
+# at 255, 8 B at M = 2 without q on sm_80; 248 is the one tried that is clean everywhere).
+_GX_OPTS = {torch.float32: {"num_stages": 2, "num_warps": 8, "maxnreg": 248}}
 _GW_OPTS = {torch.float32: {"num_stages": 1}}
 _GW_PROGRAMS = 512  # aim of the weight-gradient grid: split the pixel reduction until about this many
 _GW_MAX_SPLITS = 256
