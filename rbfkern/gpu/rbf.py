@@ -385,6 +385,18 @@ def _n_split(n_prog, N, BN):
     return triton.cdiv(N, n_per), n_per
 
 
+# Register caps stated for three tl.dot (tril) kernels: without one ptxas put 8-32 B in the stack
+# (bfloat16 grad x on sm_90, float64 forward on sm_80, float64 covariance gradient) at 80-128
+# registers; with these it needs none, at 96-138. The other kernels keep ptxas' own choice.
+_TRIL_MAXNREG = {("fwd_tril", torch.float64): 96, ("bwd_x_tril", torch.bfloat16): 112,
+                 ("bwd_cov_tril", torch.float64): 144}
+
+
+def _tril_opts(kind, dtype):
+    cap = _TRIL_MAXNREG.get((kind, dtype))
+    return {"num_warps": 4, **({"maxnreg": cap} if cap else {})}
+
+
 def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
     """(act [N, C] or None, r2 [N, C]) in x.dtype; kind in KINDS or "none"."""
     kid = _check_kind(kind)
@@ -403,7 +415,7 @@ def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
         blk = _pick_blocks(N, C, D, "fwd_tril")
         grid = (triton.cdiv(N, blk["BN"]) * C,)
         _rbf_fwd_tril_kernel[grid](x, centers, tril, sigma, prm, r2, p_act, N, C, D, stride_lc, kid, need,
-                                   ACC=ACC, num_warps=4, **blk)
+                                   ACC=ACC, **_tril_opts("fwd_tril", x.dtype), **blk)
     else:
         metric = 0 if diag is None else 1
         stride_wc = D if (diag is not None and diag.dim() == 2) else 0
@@ -453,7 +465,8 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
             blk = _pick_blocks(N, C, D, "bwd_x_tril")
             grid = (triton.cdiv(N, blk["BN"]) * triton.cdiv(D, blk["BD"]),)
             _rbf_bwd_x_tril_kernel[grid](x, centers, M, sigma, prm, r2, p_ga, p_gr, gx, N, C, D,
-                                         D * D if M.dim() == 3 else 0, *flags, ACC=ACC, num_warps=4, **blk)
+                                         D * D if M.dim() == 3 else 0, *flags, ACC=ACC,
+                                         **_tril_opts("bwd_x_tril", dt), **blk)
         else:
             blk = _pick_blocks(N, C, D, "bwd_x")
             stride_wc = D if (diag is not None and diag.dim() == 2) else 0
@@ -509,7 +522,8 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
         cov = torch.empty((n_grp, n_split, D, D), dtype=tdt, device=dev)
         grid = (n_grp * n_split * nb_d * nb_d,)
         _rbf_bwd_cov_tril_kernel[grid](x, centers, sigma, prm, r2, p_ga, p_gr, cov, N, C, D, c_per, n_per,
-                                       n_split, *flags, ACC=ACC, num_warps=4, **blk)
+                                       n_split, *flags, ACC=ACC,
+                                       **_tril_opts("bwd_cov_tril", dt), **blk)
         cov = cov.sum(1)
         if tril.dim() == 2:
             cov = cov.sum(0)
@@ -529,6 +543,7 @@ def aot_specs():
     specs = []
     for dt in ("fp32", "bf16", "fp64"):
         p = "*" + dt
+        tdt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}[dt]
         pa = "*fp64" if dt == "fp64" else "*fp32"
         acc = tl.float64 if dt == "fp64" else tl.float32
         full = dt != "fp64"
@@ -545,10 +560,12 @@ def aot_specs():
                               dict(METRIC=metric, ACC=acc, **blk["bwd_x"]), opts))
         s = dict(x=p, c=p, L=p, sig=p, prm=pa, r2=p, act=p, N=i32, C=i32, D=i32, stride_lc=i32, kind=i32,
                  need_act=i32, ACC=ce, BN=ce, BD=ce)
-        specs.append((f"rbf_fwd_tril_{dt}", _rbf_fwd_tril_kernel, s, dict(ACC=acc, **blk["fwd_tril"]), opts))
+        specs.append((f"rbf_fwd_tril_{dt}", _rbf_fwd_tril_kernel, s, dict(ACC=acc, **blk["fwd_tril"]),
+                      _tril_opts("fwd_tril", tdt)))
         s = dict(x=p, c=p, M=pa, sig=p, prm=pa, r2=p, ga=p, gr=p, gx=p, N=i32, C=i32, D=i32, stride_mc=i32,
                  kind=i32, has_ga=i32, has_gr=i32, ACC=ce, BN=ce, BD=ce)
-        specs.append((f"rbf_bwd_x_tril_{dt}", _rbf_bwd_x_tril_kernel, s, dict(ACC=acc, **blk["bwd_x_tril"]), opts))
+        specs.append((f"rbf_bwd_x_tril_{dt}", _rbf_bwd_x_tril_kernel, s, dict(ACC=acc, **blk["bwd_x_tril"]),
+                      _tril_opts("bwd_x_tril", tdt)))
         s = dict(x=p, c=p, sig=p, prm=pa, r2=p, ga=p, gr=p, s_out=pa, t_out=pa, gs_out=pa, N=i32, C=i32, D=i32,
                  n_per=i32, n_split=i32, kind=i32, has_ga=i32, has_gr=i32, need_s=i32, need_t=i32,
                  need_sig=i32, ACC=ce, BN=ce, BC=ce, BD=ce)
@@ -556,5 +573,6 @@ def aot_specs():
             specs.append((f"rbf_bwd_c_{dt}", _rbf_bwd_c_kernel, s, dict(ACC=acc, **blk["bwd_c"]), opts))
         s = dict(x=p, c=p, sig=p, prm=pa, r2=p, ga=p, gr=p, cov=pa, N=i32, C=i32, D=i32, c_per=i32, n_per=i32,
                  n_split=i32, kind=i32, has_ga=i32, has_gr=i32, ACC=ce, BN=ce, BD=ce)
-        specs.append((f"rbf_bwd_cov_tril_{dt}", _rbf_bwd_cov_tril_kernel, s, dict(ACC=acc, **blk["bwd_cov_tril"]), opts))
+        specs.append((f"rbf_bwd_cov_tril_{dt}", _rbf_bwd_cov_tril_kernel, s, dict(ACC=acc, **blk["bwd_cov_tril"]),
+                      _tril_opts("bwd_cov_tril", tdt)))
     return specs
