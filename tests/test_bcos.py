@@ -396,7 +396,7 @@ def test_cpu_bitwise_deterministic_across_thread_counts(backend, case):
     # Issue 8: forward and backward identical across runs and torch.set_num_threads(1) vs (2).
     # MKL's long-K GEMMs change with the thread count: the linear op always uses fixed K chunks.
     # oneDNN's conv weight gradient does too: under torch.use_deterministic_algorithms the conv
-    # op computes it as a per-sample grouped convolution (rbfkern/ops/bcos.py).
+    # op computes it with its own fixed-order C++ loop (rbfkern/ops/bcos.py).
     fn, shapes = {
         "conv": (lambda x, w: bcos_conv2d(x, w, b=2.0, max_out=2, padding=1), ((8, 16, 12, 12), (16, 16, 3, 3))),
         "conv_groups_stride": (lambda x, w: bcos_conv2d(x, w, b=1.5, max_out=1, stride=2, padding=1, groups=2),
@@ -416,6 +416,30 @@ def test_cpu_bitwise_deterministic_across_thread_counts(backend, case):
         assert torch.equal(a, b_), f"{case} {name}: 1 vs 2 threads differ by {float((a - b_).abs().max())}"
         assert torch.equal(b_, c), f"{case} {name}: repeated runs differ"
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("geom", [
+    # (N, C, H, W, O, kh, kw, stride, padding, dilation, groups)
+    (3, 4, 9, 11, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 6, 10, 7, 4, 3, 2, (2, 1), (0, 2), (1, 2), 2),
+    (1, 3, 5, 5, 5, 5, 5, (1, 2), (2, 2), (1, 1), 1),
+    (4, 8, 6, 6, 8, 1, 1, (1, 1), (0, 0), (1, 1), 4),
+])
+def test_deterministic_weight_grad_matches_torch(dtype, geom):
+    # The fixed-order C++ weight gradient (use_deterministic_algorithms) against torch's own.
+    from rbfkern.ops import bcos as bcos_ops
+    N, C, H, W, O, kh, kw, stride, padding, dilation, groups = geom
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(N, C, H, W, dtype=dtype, generator=g)
+    w = torch.randn(O, C // groups, kh, kw, dtype=dtype, generator=g)
+    ho, wo = torch.nn.functional.conv2d(x, w, None, stride, padding, dilation, groups).shape[-2:]
+    gl = torch.randn(N, O, ho, wo, dtype=dtype, generator=g)
+    want = torch.ops.aten.convolution_backward(gl, x, w, None, stride, padding, dilation, False, [0, 0], groups,
+                                               [False, True, False])[1]
+    got = bcos_ops._weight_grad_deterministic(gl, x, w, (list(stride), list(padding), list(dilation), groups))
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 def saved_bytes(fn, exclude=()):
     """Bytes of distinct storages autograd saves while ``fn()`` runs, but those of ``exclude``."""

@@ -5,7 +5,7 @@ thread count from torch, so the reduction order must not depend on it).
 Our own kernels are deterministic by default. Where an op hands a convolution to PyTorch (oneDNN
 splits the weight-gradient reduction by thread count), the thread-count independence holds under
 ``torch.use_deterministic_algorithms(True)``, PyTorch's own switch for it: the B-cos conv then
-sums per-sample weight gradients in order and the dense Gaussian-derivative path gives way to the
+computes its weight gradient with a fixed-order C++ loop and the dense Gaussian-derivative path gives way to the
 separable kernels. Those cases run in that mode here; all others in the default mode."""
 import pytest
 import torch

@@ -24,7 +24,8 @@ namespace rbfkern {
                                T* gl, T* q, bool explain, bool need_q, int nt);                 \
   void bcos_bwd_norm_##SUF(const int64_t* geom, const T* x, const T* q, const T* gsrc, T* gx, int nt); \
   void bcos_weight_scale_##SUF(const T* w, T* ws, int64_t R, int64_t K);                         \
-  void bcos_weight_grad_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K);
+  void bcos_weight_grad_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K);             \
+  void bcos_wgrad_det_##SUF(const int64_t* geom, const T* gl, const T* x, T* gw, int nt);
 RBFKERN_BCOS_DECL(float, f32)
 RBFKERN_BCOS_DECL(double, f64)
 #undef RBFKERN_BCOS_DECL
@@ -135,6 +136,19 @@ void weight_t(py::array w, py::object g, py::array out) {
   }
 }
 
+template <typename T>
+void wgrad_det_t(const std::vector<int64_t>& g, py::array gl, py::array x, py::array gw, int nt) {
+  const Sizes s = check_geom(g);
+  const T* glp = ptr<T>(gl, s.l, "grad_l");
+  const T* xp = ptr<T>(x, s.x, "x");
+  T* gwp = ptr<T>(gw, s.ws * (g[1] / g[4]) * g[9] * g[10], "grad_weight");
+  py::gil_scoped_release nogil;
+  if constexpr (sizeof(T) == 4)
+    bcos_wgrad_det_f32(g.data(), glp, xp, gwp, nt);
+  else
+    bcos_wgrad_det_f64(g.data(), glp, xp, gwp, nt);
+}
+
 bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
 
 void bind(py::module_& m) {
@@ -168,6 +182,14 @@ void bind(py::module_& m) {
         else weight_t<float>(w, g, out);
       },
       "out (R,) = 1 / ||W||_row (g None), or out = g - W <g, W> / <W, W> (g: the raw map's weight gradient)");
+  m.def(
+      "bcos_weight_grad_deterministic",
+      [](const std::vector<int64_t>& g, py::array gl, py::array x, py::array gw, int nt) {
+        if (is_f64(x)) wgrad_det_t<double>(g, gl, x, gw, nt);
+        else wgrad_det_t<float>(g, gl, x, gw, nt);
+      },
+      "Weight gradient of the linear map (gl [N, O*M, P], x) -> gw [O*M, C/G, kh, kw], summed in an order "
+      "independent of the thread count");
 }
 
 rbfkern::Binder reg(bind);

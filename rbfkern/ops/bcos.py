@@ -105,42 +105,33 @@ def _linear_map_bwd(kind, gl, x, w_hat, conv, needs):
         gwh = _mm_fixed_k(gl.T, x) if needs[1] else None
         return gx, gwh
     stride, padding, dilation, groups = conv
-    N = x.shape[0]
     # Thread-count independent weight gradient only when asked for (torch.use_deterministic_algorithms):
-    # it costs 10-50% more backward time on the benchmark shapes.
-    per_sample = needs[1] and x.device.type == "cpu" and N > 1 and torch.are_deterministic_algorithms_enabled()
+    # our unblocked loop takes ~9x oneDNN's time (bench shape 1, 2 threads: 0.36 s vs 0.04 s).
+    det_wgrad = needs[1] and x.device.type == "cpu" and torch.are_deterministic_algorithms_enabled()
     gx, gwh, _ = torch.ops.aten.convolution_backward(
         gl, x, w_hat, None, stride, padding, dilation, False, [0, 0], groups,
-        [needs[0], needs[1] and not per_sample, False])
-    if per_sample:
-        gwh = _weight_grad_per_sample(gl, x, w_hat, conv)
+        [needs[0], needs[1] and not det_wgrad, False])
+    if det_wgrad:
+        gwh = _weight_grad_deterministic(gl, x, w_hat, conv)
     return gx, gwh
 
 
-def _weight_grad_per_sample(gl, x, w_hat, conv):
-    """The weight gradient with a reduction order that does not depend on the thread count.
+def _weight_grad_deterministic(gl, x, w_hat, conv):
+    """The weight gradient with a reduction order that does not depend on the thread count
+    (C++, csrc/cpu/bcos.cpp ``wgrad_det``: one task per weight row and input channel).
 
-    oneDNN splits the batch / pixel reduction of its weight gradient across threads, so the
-    result changes with torch.set_num_threads (issue 8 asks for bitwise equality). Here each
-    sample is its own group of one grouped convolution (batch 1, N * groups groups), which
-    oneDNN parallelises over groups, each summed by one thread; the N per-sample gradients are
-    then added in sample order. Same GEMM work, N x the weight size of scratch, but oneDNN runs
-    the small per-sample GEMMs slower (backward +8% / +54% / +34% CPU time on the three
-    benchmark shapes). With N = 1 oneDNN may still split the pixel reduction.
+    oneDNN splits the batch / pixel reduction of its weight gradient across threads, and even a
+    per-sample grouped convolution or an MKL GEMM with a short reduction changed in the last
+    bits between 1 and 2 threads on some shapes, so the deterministic path is our own loop.
     """
-    stride, padding, dilation, groups = conv
-    N, C = x.shape[:2]
-    O2 = gl.shape[1]
-    kh, kw = w_hat.shape[-2:]
-    w_rep = w_hat.new_empty(N * O2, C // groups, kh, kw)  # shape only: not read for the weight grad
-    _, g, _ = torch.ops.aten.convolution_backward(
-        gl.reshape(1, N * O2, *gl.shape[2:]), x.reshape(1, N * C, *x.shape[2:]), w_rep, None, stride, padding,
-        dilation, False, [0, 0], N * groups, [False, True, False])
-    g = g.reshape(N, O2, C // groups, kh, kw)
-    out = g[0].clone()
-    for i in range(1, N):  # fixed order, elementwise adds
-        out += g[i]
-    return out
+    dtype = x.dtype
+    if dtype not in (torch.float32, torch.float64):
+        x, gl = x.float(), gl.float()
+    g = _geom("conv", x, w_hat, 1, conv)
+    gw = x.new_empty(w_hat.shape)
+    _backend.cext().bcos_weight_grad_deterministic(g, _np(gl.contiguous()), _np(x.contiguous()), _np(gw),
+                                                   _backend.num_threads())
+    return gw.to(dtype)
 
 
 def _unit_weight_bwd(weight, w_hat, g_w_hat):
@@ -245,7 +236,7 @@ def _cpp_forward(kind, g, b, x, weight, conv, save):
 def _cpp_backward(kind, g, b, gy, x, weight, lmax, idx, root, conv, explain, needs):
     """(gx | None, gw | None) on the C++ backend. Conv runs in batch chunks as the forward does
     (the per-chunk weight gradients summed in chunk order), except under
-    torch.use_deterministic_algorithms, where the weight gradient takes the per-sample path."""
+    torch.use_deterministic_algorithms, where the weight gradient takes the deterministic C++ loop."""
     ws = _Cpp.weight_scale(weight)
     need_q = needs[0] and b != 1 and not explain
     det = torch.are_deterministic_algorithms_enabled() and needs[1]
