@@ -322,6 +322,7 @@ def test_cpp_batch_chunks_match_reference(backend, monkeypatch, b, max_out, expl
     # the reference's outputs and gradients, the weight gradient summed over the chunks.
     from rbfkern.ops import bcos as ob
     N, C, H, W, O = 5, 4, 6, 5, 2
+    monkeypatch.setattr(ob, "_CONV_PATH", "onednn")  # the chunked forward, not the direct convolution
     monkeypatch.setattr(ob, "_CHUNK_BYTES", chunk_images * O * max_out * H * W * 8)
     geom = [N, C, H, W, groups, O, max_out, H, W, 3, 3, 1, 1, 1, 1, 1, 1]
     assert len(ob._batch_chunks(geom, 8)) == -(-N // chunk_images)
@@ -340,6 +341,80 @@ def test_cpp_batch_chunks_match_reference(backend, monkeypatch, b, max_out, expl
     assert calls == [min(chunk_images, N - i) for i in range(0, N, chunk_images)]
     _assert_close(got[0], ref[0], "grad x")
     _assert_close(got[1], ref[1], "grad w")
+
+
+# (N, C, H, W, O, k, stride, padding, dilation, groups): column tails (W not a multiple of the
+# vector), one / two / three column vectors, O not a multiple of the register tile, groups,
+# row stride 2, dilation, asymmetric and no padding, fewer planes than threads.
+DIRECT_GEOMS = {
+    "w32": (3, 5, 6, 32, 13, 3, 1, 1, 1, 1),
+    "w7": (2, 3, 5, 7, 4, 3, 1, 1, 1, 1),
+    "w17_pad0": (2, 4, 9, 17, 9, 3, 1, 0, 1, 1),
+    "w45_k5x1": (2, 2, 7, 45, 25, (5, 1), 1, (2, 0), 1, 1),
+    "groups3_dil2": (2, 6, 11, 10, 6, 3, 1, 2, 2, 3),
+    "rowstride2": (2, 4, 9, 12, 5, 3, (2, 1), (1, 2), (1, 2), 1),
+    "n1_w16": (1, 8, 4, 16, 11, 3, 1, 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("geom", list(DIRECT_GEOMS))
+@pytest.mark.parametrize("b,max_out", [(1.0, 2), (1.5, 3), (2.0, 2), (2.5, 1), (2.0, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_cpp_direct_conv_matches_reference(backend, monkeypatch, geom, b, max_out, dtype):
+    # The direct convolution with the epilogue in registers (csrc/cpu/bcos_direct.h), forced on,
+    # against the float64 reference: y, the saved MaxOut value / argmax / root (through the
+    # gradients), and against the oneDNN path's saved tensors. Padded-input chunks of one plane
+    # (float32) or all planes (float64).
+    from rbfkern.ops import bcos as ob
+    if dtype == torch.float32:
+        monkeypatch.setattr(ob, "_DIRECT_CHUNK_BYTES", 1)
+    N, C, H, W, O, k, stride, padding, dilation, groups = DIRECT_GEOMS[geom]
+    k = (k, k) if isinstance(k, int) else k
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(N, C, H, W, generator=g, dtype=F64)
+    w = torch.randn(O * max_out, C // groups, *k, generator=g, dtype=F64)
+    kw = dict(b=b, max_out=max_out, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    conv = [(v, v) if isinstance(v, int) else v for v in (stride, padding, dilation)]
+    want = reference.bcos_conv2d(x.requires_grad_(), w.requires_grad_(), b, max_out, *conv, groups, False)
+    gy = torch.randn(want.shape, generator=g, dtype=F64)
+    ref = torch.autograd.grad(want, (x, w), gy)
+    outs = {}
+    for path in ("direct", "onednn"):
+        monkeypatch.setattr(ob, "_CONV_PATH", path)
+        calls = []
+        real = ob._backend.cext
+        if path == "direct":  # the direct kernel must be the one that ran
+            monkeypatch.setattr(ob._backend, "cext", lambda: _Spy(real(), calls))
+        xs, ws_ = x.detach().to(dtype).requires_grad_(), w.detach().to(dtype).requires_grad_()
+        y = bcos_conv2d(xs, ws_, **kw)
+        got = torch.autograd.grad(y, (xs, ws_), gy.to(dtype))
+        outs[path] = torch.ops.rbfkern.bcos_conv2d(xs.detach(), ws_.detach(), float(b), max_out, *map(list, conv),
+                                                   groups, False, True)
+        monkeypatch.setattr(ob._backend, "cext", real)
+        if path == "direct":
+            assert "bcos_forward_direct" in calls and "bcos_forward" not in calls, calls
+        tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=2e-4, atol=2e-5)
+        _assert_close(y.double(), want, f"{path} y", **tol)
+        _assert_close(got[0].double(), ref[0], f"{path} grad x", **tol)
+        _assert_close(got[1].double(), ref[1], f"{path} grad w", **tol)
+    (yd, md, idd, rd), (yo, mo, ido, ro) = outs["direct"], outs["onednn"]
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=2e-4, atol=2e-5)
+    _assert_close(md.double(), mo.double(), "lmax", **tol)
+    assert torch.equal(idd, ido), "argmax differs between the direct and oneDNN paths"
+    if b != 1:
+        _assert_close(rd.double(), ro.double(), "root", **tol)
+
+
+class _Spy:
+    """Records the names of the C++ entry points called through it."""
+
+    def __init__(self, mod, calls):
+        self._mod, self._calls = mod, calls
+
+    def __getattr__(self, name):
+        self._calls.append(name)
+        return getattr(self._mod, name)
 
 
 @pytest.mark.triton

@@ -24,6 +24,8 @@
 #include <cmath>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/simd.h"
@@ -35,26 +37,32 @@
 #define RBFKERN_BCOS_X86 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,popcnt,lzcnt,prefer-vector-width=512")
+#define RBFKERN_BCOS_VBYTES 64
 namespace rbfkern {
 namespace bcos_avx512 {
 #include "bcos.cpp"  // NOLINT(build/include): kernel section, AVX-512
 }  // namespace bcos_avx512
 }  // namespace rbfkern
 #pragma GCC pop_options
+#undef RBFKERN_BCOS_VBYTES
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi,bmi2,popcnt,lzcnt")
+#define RBFKERN_BCOS_VBYTES 32
 namespace rbfkern {
 namespace bcos_avx2 {
 #include "bcos.cpp"  // NOLINT(build/include): kernel section, AVX2 + FMA
 }  // namespace bcos_avx2
 }  // namespace rbfkern
 #pragma GCC pop_options
+#undef RBFKERN_BCOS_VBYTES
 #endif
+#define RBFKERN_BCOS_VBYTES 16
 namespace rbfkern {
 namespace bcos_default {
 #include "bcos.cpp"  // NOLINT(build/include): kernel section, baseline
 }  // namespace bcos_default
 }  // namespace rbfkern
+#undef RBFKERN_BCOS_VBYTES
 #undef RBFKERN_BCOS_ISA_PASS
 
 namespace rbfkern {
@@ -75,8 +83,15 @@ int bcos_isa() {
     case simd::kIsaAvx2: { namespace NS = bcos_avx2; CALL; return; }      \
     default: { namespace NS = bcos_default; CALL; return; }               \
   }
+#define RBFKERN_BCOS_DISPATCH_RET(CALL)                                  \
+  switch (bcos_isa()) {                                                  \
+    case simd::kIsaAvx512: { namespace NS = bcos_avx512; return CALL; }   \
+    case simd::kIsaAvx2: { namespace NS = bcos_avx2; return CALL; }       \
+    default: { namespace NS = bcos_default; return CALL; }                \
+  }
 #else
 #define RBFKERN_BCOS_DISPATCH(CALL) { namespace NS = bcos_default; CALL; }
+#define RBFKERN_BCOS_DISPATCH_RET(CALL) { namespace NS = bcos_default; return CALL; }
 #endif
 
 // Flat entry points for csrc/cpu/bcos_bind.cpp (declared there; no shared header).
@@ -84,6 +99,12 @@ int bcos_isa() {
   void bcos_fwd_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
                       const T* l, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt) { \
     RBFKERN_BCOS_DISPATCH(NS::fwd<T>(NS::Geom(geom), b, eps_in, eps_out, x, l, ws, y, lmax, idx, root, save, nt)) \
+  }                                                                                              \
+  bool bcos_fwd_direct_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
+                             const T* w, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save,  \
+                             int64_t chunk_bytes, int nt) {                                     \
+    RBFKERN_BCOS_DISPATCH_RET(NS::direct_fwd<T>(NS::Geom(geom), b, eps_in, eps_out, x, w, ws, y, lmax, idx, root, save, \
+                                                chunk_bytes, nt))                               \
   }                                                                                              \
   void bcos_bwd_epilogue_##SUF(const int64_t* geom, double b, double eps_out, const T* gy,     \
                                const T* lmax, const uint8_t* idx, const T* root, const T* ws,   \
@@ -107,6 +128,7 @@ RBFKERN_BCOS_ENTRY(float, f32)
 RBFKERN_BCOS_ENTRY(double, f64)
 #undef RBFKERN_BCOS_ENTRY
 #undef RBFKERN_BCOS_DISPATCH
+#undef RBFKERN_BCOS_DISPATCH_RET
 
 }  // namespace rbfkern
 
@@ -551,5 +573,7 @@ void wgrad_det(const Geom& g, const T* gl, const T* x, T* gw, int nt) {
     }
   }
 }
+
+#include "cpu/bcos_direct.h"
 
 #endif  // RBFKERN_BCOS_ISA_PASS

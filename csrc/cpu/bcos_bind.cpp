@@ -19,6 +19,9 @@ namespace rbfkern {
 #define RBFKERN_BCOS_DECL(T, SUF)                                                               \
   void bcos_fwd_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
                       const T* l, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt); \
+  bool bcos_fwd_direct_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
+                             const T* w, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save,  \
+                             int64_t chunk_bytes, int nt);                                       \
   void bcos_bwd_epilogue_##SUF(const int64_t* geom, double b, double eps_out, const T* gy,     \
                                const T* lmax, const uint8_t* idx, const T* root, const T* ws,   \
                                T* gl, T* q, bool explain, bool need_q, int nt);                 \
@@ -67,6 +70,24 @@ T* opt_ptr(py::object o, int64_t want, const char* name) {
   return ptr<T>(a, want, name);
 }
 
+// The forward's outputs: y, and lmax / idx / root (root only for b != 1) when save.
+template <typename T>
+struct FwdOut {
+  T* y;
+  T* lmax = nullptr;
+  uint8_t* idx = nullptr;
+  T* root = nullptr;
+  FwdOut(const Sizes& s, double b, py::array y_, py::object lmax_, py::object idx_, py::object root_, bool save)
+      : y(ptr<T>(y_, s.out, "y")) {
+    if (!save) return;
+    lmax = opt_ptr<T>(lmax_, s.out, "lmax");
+    idx = opt_ptr<uint8_t>(idx_, s.out, "idx");
+    root = b != 1.0 ? opt_ptr<T>(root_, s.norm, "root") : nullptr;
+    if (lmax == nullptr || idx == nullptr || (b != 1.0 && root == nullptr))
+      throw std::invalid_argument("bcos: save=True needs lmax, idx and root");
+  }
+};
+
 template <typename T>
 void fwd_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array l,
            py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
@@ -74,17 +95,29 @@ void fwd_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::ar
   const T* xp = ptr<T>(x, s.x, "x");
   const T* lp = ptr<T>(l, s.l, "l");
   const T* wsp = ptr<T>(ws, s.ws, "weight_scale");
-  T* yp = ptr<T>(y, s.out, "y");
-  T* mp = save ? opt_ptr<T>(lmax, s.out, "lmax") : nullptr;
-  uint8_t* ip = save ? opt_ptr<uint8_t>(idx, s.out, "idx") : nullptr;
-  T* rp = save && b != 1.0 ? opt_ptr<T>(root, s.norm, "root") : nullptr;
-  if (save && (mp == nullptr || ip == nullptr || (b != 1.0 && rp == nullptr)))
-    throw std::invalid_argument("bcos: save=True needs lmax, idx and root");
+  const FwdOut<T> o(s, b, y, lmax, idx, root, save);
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    bcos_fwd_f32(g.data(), b, ei, eo, xp, lp, wsp, yp, mp, ip, rp, save, nt);
+    bcos_fwd_f32(g.data(), b, ei, eo, xp, lp, wsp, o.y, o.lmax, o.idx, o.root, save, nt);
   else
-    bcos_fwd_f64(g.data(), b, ei, eo, xp, lp, wsp, yp, mp, ip, rp, save, nt);
+    bcos_fwd_f64(g.data(), b, ei, eo, xp, lp, wsp, o.y, o.lmax, o.idx, o.root, save, nt);
+}
+
+// The direct-convolution forward (csrc/cpu/bcos_direct.h): the raw weight w instead of the map l.
+template <typename T>
+bool direct_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array w,
+              py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save,
+              int64_t chunk_bytes, int nt) {
+  const Sizes s = check_geom(g);
+  const T* xp = ptr<T>(x, s.x, "x");
+  const T* wp = ptr<T>(w, s.ws * (g[1] / g[4]) * g[9] * g[10], "weight");
+  const T* wsp = ptr<T>(ws, s.ws, "weight_scale");
+  const FwdOut<T> o(s, b, y, lmax, idx, root, save);
+  py::gil_scoped_release nogil;
+  if constexpr (sizeof(T) == 4)
+    return bcos_fwd_direct_f32(g.data(), b, ei, eo, xp, wp, wsp, o.y, o.lmax, o.idx, o.root, save, chunk_bytes, nt);
+  else
+    return bcos_fwd_direct_f64(g.data(), b, ei, eo, xp, wp, wsp, o.y, o.lmax, o.idx, o.root, save, chunk_bytes, nt);
 }
 
 template <typename T>
@@ -160,6 +193,16 @@ void bind(py::module_& m) {
         else fwd_t<float>(g, b, ei, eo, x, l, ws, y, lmax, idx, root, save, nt);
       },
       "B-cos epilogue forward: weight scale + MaxOut + patch norm + power (y, and lmax/idx/root when save)");
+  m.def(
+      "bcos_forward_direct",
+      [](const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array w,
+         py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save,
+         int64_t chunk_bytes, int nt) {
+        return is_f64(x) ? direct_t<double>(g, b, ei, eo, x, w, ws, y, lmax, idx, root, save, chunk_bytes, nt)
+                         : direct_t<float>(g, b, ei, eo, x, w, ws, y, lmax, idx, root, save, chunk_bytes, nt);
+      },
+      "B-cos conv forward as one direct convolution with the fused epilogue (column stride 1, max_out <= 3), "
+      "planes in chunks of at most chunk_bytes of padded input; False where it does not apply");
   m.def(
       "bcos_backward_epilogue",
       [](const std::vector<int64_t>& g, double b, double eo, py::array gy, py::array lmax,

@@ -6,10 +6,14 @@ Semantics are those of ``bcos.modules.BcosConv2d`` / ``BcosLinear`` (bcos 0.1.3)
   ``bcos_conv2d`` / ``bcos_linear``          -> (y, lmax, idx, root)
   ``bcos_conv2d_bwd`` / ``bcos_linear_bwd``  -> (grad_x, grad_weight)
 
-On CPU the linear map itself runs in PyTorch (oneDNN / MKL) with the raw weight, a batch chunk
-of a few MiB of output at a time (it stays in cache and its buffer is reused), and the rest is one
-fused C++ epilogue pass per chunk (per-filter 1/||W|| scale + MaxOut + patch norm + power,
-csrc/cpu/bcos.cpp); backward likewise per chunk, the weight gradient summed in chunk order.
+On CPU a conv with a short reduction (C/groups * kh * kw <= 1024, column stride 1, max_out <= 3)
+runs forward as one direct convolution of ours with the epilogue in registers (the raw map is
+never written, csrc/cpu/bcos_direct.h). Otherwise the linear map runs in PyTorch (oneDNN / MKL)
+with the raw weight, a batch chunk of a few MiB of output at a time (it stays in cache and its
+buffer is reused), and the rest is one fused C++ epilogue pass per chunk (per-filter 1/||W||
+scale + MaxOut + patch norm + power, csrc/cpu/bcos.cpp). Backward always uses oneDNN per chunk,
+the weight gradient summed in chunk order (a fixed-order C++ loop under
+torch.use_deterministic_algorithms).
 
 Forward saves only x, the raw weight, the MaxOut values ``lmax``, a 1-byte argmax ``idx`` and the
 patch-norm root (one value per output pixel and group) for backward. The unfused backward (C++,
@@ -172,10 +176,11 @@ class _Cpp:
                                      _np(idx), _np(root), save, _backend.num_threads())
 
     @staticmethod
-    def backward(g, b, eps, gy, lmax, idx, root, ws, explain, need_q):
-        """(gl [N, O*M, P], q [N, G, P] | None): gl the gradient of the raw-weight map."""
+    def backward(g, b, eps, gy, lmax, idx, root, ws, explain, need_q, buf=None):
+        """(gl [N, O*M, P], q [N, G, P] | None): gl the gradient of the raw-weight map; buf: a
+        flat tensor of at least N*O*M*P elements for gl (a batch chunk reuses one buffer)."""
         N, G, O, M, P = g[0], g[4], g[5], g[6], g[7] * g[8]
-        gl = gy.new_empty(N, O * M, P)
+        gl = gy.new_empty(N, O * M, P) if buf is None else buf[:N * O * M * P].view(N, O * M, P)
         q = gy.new_empty(N, G, P) if need_q else None
         _backend.cext().bcos_backward_epilogue(g, float(b), eps[1], _np(gy), _np(lmax), _np(idx), _np(root),
                                                _np(ws), _np(gl), _np(q), bool(explain), _backend.num_threads())
@@ -217,11 +222,37 @@ def _batch_chunks(g, itemsize):
     return [(i0, min(N, i0 + step)) for i0 in range(0, max(N, 1), step)]
 
 
+# CPU conv forward path: "auto" (_direct_fits), or "direct" / "onednn" everywhere it applies (tests).
+_CONV_PATH = "auto"
+# The direct convolution (csrc/cpu/bcos_direct.h) up to this reduction length C/groups * kh * kw:
+# forward time vs the oneDNN path (bench shapes, 2 threads, AVX-512): K = 144 0.95x, 576 0.89x,
+# 1152 1.08x (its packed weight block no longer fits in L1).
+_DIRECT_MAX_K = 1024
+# Its zero-padded input copy, made a batch chunk of (image, group) planes at a time.
+_DIRECT_CHUNK_BYTES = 8 << 20
+
+
+def _direct_fits(g):
+    """Whether the conv forward takes the direct convolution: column stride 1, max_out <= 3, and
+    (auto) a short reduction. Sizes only, never the thread count: the two paths round
+    differently, and results must not change with torch.set_num_threads."""
+    if g[12] != 1 or g[6] > 3 or _CONV_PATH == "onednn":
+        return False
+    return _CONV_PATH == "direct" or (g[1] // g[4]) * g[9] * g[10] <= _DIRECT_MAX_K
+
+
 def _cpp_forward(kind, g, b, x, weight, conv, save):
-    """(y, lmax, idx, root) on the C++ backend: the raw map from oneDNN / MKL (a batch chunk at a
-    time for conv), then the fused epilogue into each chunk's slice of the outputs."""
+    """(y, lmax, idx, root) on the C++ backend: the direct convolution with the epilogue in
+    registers where it fits, else the raw map from oneDNN / MKL (a batch chunk at a time for
+    conv), then the fused epilogue into each chunk's slice of the outputs."""
     ws = _Cpp.weight_scale(weight)
     out = _Cpp.alloc_forward(g, b, x, save)
+    if kind == "conv" and _direct_fits(g):
+        y, lmax, idx, root = out
+        if _backend.cext().bcos_forward_direct(g, float(b), *_EPS[kind], _np(x), _np(weight), _np(ws), _np(y),
+                                               _np(lmax), _np(idx), _np(root), save, _DIRECT_CHUNK_BYTES,
+                                               _backend.num_threads()):
+            return out
     if kind == "linear":
         _Cpp.forward(g, b, _EPS[kind], x, _linear_map(kind, x, weight, conv).contiguous(), ws, save, out)
         return out
@@ -242,6 +273,8 @@ def _cpp_backward(kind, g, b, gy, x, weight, lmax, idx, root, conv, explain, nee
     det = torch.are_deterministic_algorithms_enabled() and needs[1]
     chunks = [(0, g[0])] if kind == "linear" or det else _batch_chunks(g, x.element_size())
     gx = torch.empty_like(x) if needs[0] and len(chunks) > 1 else None
+    # one gl buffer for all chunks: a fresh multi-MiB tensor per chunk may come with fresh pages
+    buf = x.new_empty(max(i1 - i0 for i0, i1 in chunks) * g[5] * g[6] * g[7] * g[8]) if len(chunks) > 1 else None
     g_raw = None
     for i0, i1 in chunks:
         gc = [i1 - i0] + g[1:]
@@ -249,7 +282,7 @@ def _cpp_backward(kind, g, b, gy, x, weight, lmax, idx, root, conv, explain, nee
         # gy per chunk: autograd often hands an expanded (stride-0) gradient, made dense here a
         # chunk at a time rather than whole
         gl, q = _Cpp.backward(gc, b, _EPS[kind], gy[i0:i1].contiguous(), lmax[i0:i1], idx[i0:i1],
-                              None if root is None else root[i0:i1], ws, explain, need_q)
+                              None if root is None else root[i0:i1], ws, explain, need_q, buf)
         gl = gl.reshape(i1 - i0, g[5] * g[6], g[7], g[8]) if kind == "conv" else gl.reshape(i1 - i0, g[5] * g[6])
         gxs, gws = _linear_map_bwd(kind, gl, xs, weight, conv, needs)
         if needs[0]:
