@@ -226,7 +226,7 @@ def _batch_chunks(g, itemsize):
 _CONV_PATH = "auto"
 # The direct convolution (csrc/cpu/bcos_direct.h) up to this reduction length C/groups * kh * kw:
 # forward time vs the oneDNN path (bench shapes, 2 threads, AVX-512): K = 144 0.95x, 576 0.89x,
-# 1152 1.08x (its packed weight block no longer fits in L1).
+# 1152 1.08x (not profiled yet; its packed weight block per tile no longer fits in L1).
 _DIRECT_MAX_K = 1024
 # Its zero-padded input copy, made a batch chunk of (image, group) planes at a time.
 _DIRECT_CHUNK_BYTES = 8 << 20
