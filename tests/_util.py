@@ -59,6 +59,9 @@ def op_cases(dtype=torch.float32, seed=0, scale=1):
                            (r(2 * scale, 4, 11, 9), r(8, 2, 3, 3))),
         "bcos_conv2d/b2.5": (lambda x, w: ops.bcos_conv2d(x, w, b=2.5, dilation=2, padding=2),
                              (r(2 * scale, 3, 10, 10), r(5, 3, 3, 3))),
+        # 14 output columns: the CPU forward takes the direct convolution (bcos_conv2d/b2, b2.5: oneDNN)
+        "bcos_conv2d/direct": (lambda x, w: ops.bcos_conv2d(x, w, b=1.5, max_out=3, padding=1),
+                               (r(2 * scale, 3, 7, 14), r(15, 3, 3, 3))),
         "bcos_linear": (lambda x, w: ops.bcos_linear(x, w, b=2.0, max_out=2), (r(3 * scale, 5, 17), r(12, 17))),
         "gauss_deriv_conv2d": (lambda x, a, s: ops.gauss_deriv_conv2d(x, a, s, order=2),
                                (r(2 * scale, 3, 13, 12), r(4, 3, 12), r(2, lo=0.7))),

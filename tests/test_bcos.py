@@ -344,8 +344,9 @@ def test_cpp_batch_chunks_match_reference(backend, monkeypatch, b, max_out, expl
 
 
 # (N, C, H, W, O, k, stride, padding, dilation, groups): column tails (W not a multiple of the
-# vector), one / two / three column vectors, O not a multiple of the register tile, groups,
-# row stride 2, dilation, asymmetric and no padding, fewer planes than threads.
+# vector), one / two / three column vectors, every tile shape (rows x column vectors: 2x2, 1x2,
+# 4x1, 2x1, 1x1) with leftover rows, O not a multiple of the register tile, groups, row stride 2,
+# dilation, asymmetric and no padding, fewer planes than threads.
 DIRECT_GEOMS = {
     "w32": (3, 5, 6, 32, 13, 3, 1, 1, 1, 1),
     "w7": (2, 3, 5, 7, 4, 3, 1, 1, 1, 1),
@@ -354,6 +355,9 @@ DIRECT_GEOMS = {
     "groups3_dil2": (2, 6, 11, 10, 6, 3, 1, 2, 2, 3),
     "rowstride2": (2, 4, 9, 12, 5, 3, (2, 1), (1, 2), (1, 2), 1),
     "n1_w16": (1, 8, 4, 16, 11, 3, 1, 1, 1, 1),
+    "h1_w18": (2, 3, 3, 20, 7, 3, 1, 0, 1, 1),  # one output row: one row of column vectors
+    "h1_w7": (2, 3, 3, 9, 5, 3, 1, 0, 1, 1),  # one narrow row: single-vector tiles
+    "h2_w10": (2, 3, 4, 12, 6, 3, 1, 0, 1, 1),  # two narrow rows
 }
 
 

@@ -1,7 +1,7 @@
 // B-cos forward as one direct convolution with the epilogue in registers (CPU, conv layers whose
 // column stride is 1): no raw output map l is ever written. Per (image, group) plane: the patch
 // norm (patch_root_plane), a zero-padded copy of the plane's input, then per block of outputs a
-// sweep of register tiles (KO outputs x M MaxOut units x NV vectors of output columns) over the
+// sweep of register tiles (KO outputs x M MaxOut units x VR rows x VC vectors of columns) over the
 // group's channels and the window taps, each tile ending in MaxOut (ties -> the first unit),
 // written as the MaxOut value and its 1-byte argmax; the power pass (fwd_row with one unit)
 // then reads them back from cache. The weight is packed once per call, pre-scaled by
@@ -25,19 +25,19 @@ struct DirectVec {
   typedef I IV __attribute__((vector_size(kBytes)));
 };
 
-// One register tile: KO outputs (ko of them real) x M units x NV vectors of output pixels, the
-// second vector xstep / ostep further in the padded input / the output (the next columns of a
-// wide row, or the next row of a narrow one), with n0 / n1 valid lanes. xp: the padded input at
-// (channel 0, the tile's first row, its first column); cs / rs: the channel / dilated-row steps;
-// wb: the block's packed weight [Cg][kh][kw][KO * M].
-template <typename T, int M, int KO, int NV>
-void direct_tile(const T* __restrict xp, int64_t cs, int64_t rs, int64_t xstep, int64_t Cg, int64_t kh, int64_t kw,
+// One register tile: KO outputs (ko of them real) x M units x VR output rows (nrows of them real)
+// x VC vectors of output columns (nw real columns from the tile's first). xp: the padded input at
+// (channel 0, the tile's first row, its first column); cs / rs / xrs: the channel / dilated-row /
+// output-row steps in it; wb: the block's packed weight [Cg][kh][kw][KO * M]; best / bidx at the
+// tile's first pixel of output 0 (outputs P apart, rows Wo apart).
+template <typename T, int M, int KO, int VR, int VC>
+void direct_tile(const T* __restrict xp, int64_t cs, int64_t rs, int64_t xrs, int64_t Cg, int64_t kh, int64_t kw,
                  int64_t dw, const T* __restrict wb, T* __restrict best, uint8_t* __restrict bidx, int64_t P,
-                 int64_t ostep, int64_t n0, int64_t n1, int64_t ko) {
+                 int64_t Wo, int64_t nrows, int64_t nw, int64_t ko) {
   using D = DirectVec<T>;
   using V = typename D::V;
   using IV = typename D::IV;
-  constexpr int R = KO * M, L = D::kLanes;
+  constexpr int R = KO * M, L = D::kLanes, NV = VR * VC;
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = V{};
@@ -47,7 +47,7 @@ void direct_tile(const T* __restrict xp, int64_t cs, int64_t rs, int64_t xstep, 
       const T* __restrict xr = xp + c * cs + i * rs;
       for (int64_t j = 0; j < kw; ++j, w += R) {
         V xv[NV];
-        for (int v = 0; v < NV; ++v) std::memcpy(&xv[v], xr + j * dw + v * xstep, sizeof(V));
+        for (int v = 0; v < NV; ++v) std::memcpy(&xv[v], xr + j * dw + (v / VC) * xrs + (v % VC) * L, sizeof(V));
         for (int r = 0; r < R; ++r) {
           const V wv = w[r] - V{};  // a broadcast: w - 0 is w for every w (w + 0 is not, at -0)
           for (int v = 0; v < NV; ++v) acc[r][v] += xv[v] * wv;
@@ -56,7 +56,9 @@ void direct_tile(const T* __restrict xp, int64_t cs, int64_t rs, int64_t xstep, 
     }
   }
   for (int o = 0; o < KO && o < ko; ++o) {
-    for (int v = 0; v < NV; ++v) {
+    for (int v = 0; v < NV && v / VC < nrows; ++v) {
+      const int64_t n = std::min<int64_t>(L, nw - (v % VC) * L);
+      if (n <= 0) continue;
       V b = acc[o * M][v];
       IV bi = IV{};
       for (int m = 1; m < M; ++m) {
@@ -64,38 +66,32 @@ void direct_tile(const T* __restrict xp, int64_t cs, int64_t rs, int64_t xstep, 
         b = gt ? acc[o * M + m][v] : b;
         bi = gt ? IV{} + m : bi;
       }
-      const int64_t n = v == 0 ? n0 : n1;
-      if (n <= 0) break;
-      T* dst = best + o * P + v * ostep;
+      const int64_t off = o * P + (v / VC) * Wo + (v % VC) * L;
       if (n == L) {
-        std::memcpy(dst, &b, sizeof(V));
+        std::memcpy(best + off, &b, sizeof(V));
       } else {
-        for (int64_t l = 0; l < n; ++l) dst[l] = b[l];
+        for (int64_t l = 0; l < n; ++l) best[off + l] = b[l];
       }
-      if (bidx != nullptr) {
-        uint8_t* di = bidx + o * P + v * ostep;
-        for (int64_t l = 0; l < n; ++l) di[l] = static_cast<uint8_t>(bi[l]);
-      }
+      if (bidx != nullptr)
+        for (int64_t l = 0; l < n; ++l) bidx[off + l] = static_cast<uint8_t>(bi[l]);
     }
   }
 }
 
-// The tiles of one block of KO outputs (ko of them real) of one (image, group) plane: best /
-// bidx [ko, P] (bidx may be null); wb: the block's packed weight. ROWS: the two vectors of a tile
-// are two output rows (rows no wider than a vector), else two column vectors.
-template <typename T, int M, int NV, bool ROWS>
+// The tiles (VR rows x VC column vectors) of one block of KO outputs (ko of them real) of one
+// (image, group) plane: best / bidx [ko, P] (bidx may be null); wb: the block's packed weight.
+template <typename T, int M, int VR, int VC>
 void direct_block(const Geom& g, const T* xpad, int64_t Hp, int64_t Wp, const T* wb, int64_t ko, T* best,
                   uint8_t* bidx) {
-  constexpr int L = DirectVec<T>::kLanes, KO = DirectVec<T>::kAcc / (M * NV), TW = ROWS ? L : NV * L;
+  constexpr int L = DirectVec<T>::kLanes, KO = DirectVec<T>::kAcc / (M * VR * VC), TW = VC * L;
   const int64_t Cg = g.C / g.G, P = g.P();
-  const int64_t xstep = ROWS ? g.sh * Wp : L, ostep = ROWS ? g.Wo : L;
-  for (int64_t ho = 0; ho < g.Ho; ho += ROWS ? 2 : 1) {
+  for (int64_t ho = 0; ho < g.Ho; ho += VR) {
     const T* xrow = xpad + ho * g.sh * Wp;
     for (int64_t wo0 = 0; wo0 < g.Wo; wo0 += TW) {
-      const int64_t off = ho * g.Wo + wo0, nw = g.Wo - wo0;
-      const int64_t n0 = std::min<int64_t>(L, nw), n1 = ROWS ? (ho + 1 < g.Ho ? nw : 0) : std::min<int64_t>(L, nw - L);
-      direct_tile<T, M, KO, NV>(xrow + wo0, Hp * Wp, g.dh * Wp, xstep, Cg, g.kh, g.kw, g.dw, wb, best + off,
-                                bidx ? bidx + off : nullptr, P, ostep, n0, n1, ko);
+      const int64_t off = ho * g.Wo + wo0;
+      direct_tile<T, M, KO, VR, VC>(xrow + wo0, Hp * Wp, g.dh * Wp, g.sh * Wp, Cg, g.kh, g.kw, g.dw, wb, best + off,
+                                    bidx ? bidx + off : nullptr, P, g.Wo, std::min<int64_t>(VR, g.Ho - ho),
+                                    g.Wo - wo0, ko);
     }
   }
 }
@@ -115,33 +111,45 @@ void power_rows(int mode, const T* best, int64_t rows, int64_t P, const T* ri, T
   }
 }
 
+// Scratch buffer `slot` of the calling thread, resized to n: kept between calls, so a layer called
+// every step reuses its pages (fresh multi-MiB allocations each call cost page faults comparable
+// to a small convolution). Per calling thread, so concurrent calls from Python threads are safe.
+template <typename T>
+std::vector<T>& direct_scratch(int slot, int64_t n) {
+  thread_local std::vector<T> bufs[3];
+  bufs[slot].resize(static_cast<size_t>(n));
+  return bufs[slot];
+}
+
 // Planes in chunks of at most chunk_bytes of padded input (at least one plane). Per chunk, two parallel loops: the planes' patch
 // norms and padded copies, then one task per (plane, output block): its tiles and the power of
 // its rows. Each value is computed by one task in a fixed order, so the result does not depend
 // on the thread count, and a batch of one image still keeps every thread busy.
-template <typename T, int M, int NV, bool ROWS>
+template <typename T, int M, int VR, int VC>
 void direct_fwd_mn(const Geom& g, double b, double eps_in, double eps_out, const T* x, const T* w, const T* ws,
                    T* y, T* lmax, uint8_t* idx, T* root, bool save, int64_t chunk_bytes, int nt) {
-  constexpr int L = DirectVec<T>::kLanes, KO = DirectVec<T>::kAcc / (M * NV), TW = ROWS ? L : NV * L, R = KO * M;
+  constexpr int L = DirectVec<T>::kLanes, KO = DirectVec<T>::kAcc / (M * VR * VC), TW = VC * L, R = KO * M;
+  static_assert(KO >= 1, "a tile holds at least one output");
   const int64_t Og = g.O / g.G, Cg = g.C / g.G, P = g.P(), HW = g.H * g.W, KK = g.kh * g.kw, NG = g.N * g.G;
   const int64_t nblk = (Og + KO - 1) / KO, ntile = (g.Wo + TW - 1) / TW, Kb = Cg * KK * R;
-  // rows read: up to the last output row's window, one output row further for ROWS (an odd Ho)
-  const int64_t Hp = (g.Ho - 1 + (ROWS ? 1 : 0)) * g.sh + (g.kh - 1) * g.dh + 1, Wp = ntile * TW + (g.kw - 1) * g.dw;
+  // rows read: up to the window of the last tile's last row (up to VR - 1 rows past Ho)
+  const int64_t Hp = (g.Ho - 1 + VR - 1) * g.sh + (g.kh - 1) * g.dh + 1, Wp = ntile * TW + (g.kw - 1) * g.dw;
   const int64_t plane = Cg * Hp * Wp, step = std::max<int64_t>(1, chunk_bytes / (plane * int64_t(sizeof(T))));
   // packed weight [G][block][Cg][kh][kw][R], unit-norm, zero rows past the last output
-  std::vector<T> wpk(static_cast<size_t>(g.G * nblk * Kb), T(0));
-  for (int64_t gg = 0; gg < g.G; ++gg)
-    for (int64_t o = 0; o < Og; ++o)
-      for (int64_t m = 0; m < M; ++m) {
-        const int64_t raw = (gg * Og + o) * M + m, blk = o / KO, r = (o % KO) * M + m;
-        T* dst = wpk.data() + (gg * nblk + blk) * Kb + r;
-        const T* src = w + raw * Cg * KK;
-        for (int64_t k = 0; k < Cg * KK; ++k) dst[k * R] = src[k] * ws[raw];
-      }
+  std::vector<T>& wpk = direct_scratch<T>(0, g.G * nblk * Kb);
+  std::fill(wpk.begin(), wpk.end(), T(0));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t raw = 0; raw < g.O * M; ++raw) {  // raw channel (gg * Og + o) * M + m
+    const int64_t gg = raw / (Og * M), o = (raw / M) % Og, m = raw % M;
+    T* dst = wpk.data() + (gg * nblk + o / KO) * Kb + (o % KO) * M + m;
+    const T* src = w + raw * Cg * KK;
+    for (int64_t k = 0; k < Cg * KK; ++k) dst[k * R] = src[k] * ws[raw];
+  }
   const int mode = b == 1.0 ? 1 : (b == 2.0 ? 2 : 0);
   const T pw1 = T(b - 1.0), eo = T(eps_out), ce = T(kCosEps);
   const int64_t nchunk = std::min(NG, step);
-  std::vector<T> xpad(static_cast<size_t>(nchunk * plane)), rinv(static_cast<size_t>(mode != 1 ? nchunk * P : 0));
+  std::vector<T>& xpad = direct_scratch<T>(1, nchunk * plane);  // every element written per chunk
+  std::vector<T>& rinv = direct_scratch<T>(2, mode != 1 ? nchunk * P : 0);
   for (int64_t ng0 = 0; ng0 < NG; ng0 += step) {
     const int64_t ng1 = std::min(NG, ng0 + step);
 #pragma omp parallel num_threads(nt)
@@ -175,7 +183,7 @@ void direct_fwd_mn(const Geom& g, double b, double eps_in, double eps_out, const
         const int64_t ng = ng0 + t / nblk, blk = t % nblk, n = ng / g.G, gg = ng % g.G;
         const int64_t ko = std::min<int64_t>(KO, Og - blk * KO), row0 = (n * g.O + gg * Og + blk * KO) * P;
         T* best = save ? lmax + row0 : bbuf.data();
-        direct_block<T, M, NV, ROWS>(g, xpad.data() + (ng - ng0) * plane, Hp, Wp, wpk.data() + (gg * nblk + blk) * Kb,
+        direct_block<T, M, VR, VC>(g, xpad.data() + (ng - ng0) * plane, Hp, Wp, wpk.data() + (gg * nblk + blk) * Kb,
                                      ko, best, save ? idx + row0 : nullptr);
         power_rows(mode, best, ko, P, mode != 1 ? rinv.data() + (ng - ng0) * P : nullptr, y + row0, pw1, ce);
       }
@@ -188,19 +196,32 @@ template <typename T>
 bool direct_fwd(const Geom& g, double b, double eps_in, double eps_out, const T* x, const T* w, const T* ws, T* y,
                 T* lmax, uint8_t* idx, T* root, bool save, int64_t chunk_bytes, int nt) {
   if (g.sw != 1 || g.M > 3) return false;
-  // two vectors per tile (each weight broadcast feeds two FMAs): two column vectors of a wide
-  // row, else two rows; one vector only for a single narrow row
-  const bool cols = g.Wo > DirectVec<T>::kLanes, rows = !cols && g.Ho > 1;
-#define RBFKERN_DIRECT_CASE(MM)                                                                             \
-  if (g.M == MM) {                                                                                         \
-    if (cols) direct_fwd_mn<T, MM, 2, false>(g, b, eps_in, eps_out, x, w, ws, y, lmax, idx, root, save, chunk_bytes, nt); \
-    else if (rows) direct_fwd_mn<T, MM, 2, true>(g, b, eps_in, eps_out, x, w, ws, y, lmax, idx, root, save, chunk_bytes, nt); \
-    else direct_fwd_mn<T, MM, 1, false>(g, b, eps_in, eps_out, x, w, ws, y, lmax, idx, root, save, chunk_bytes, nt);     \
-    return true;                                                                                           \
+  // Tiles of 4 vectors where 32 registers hold 24 accumulators (each weight broadcast feeds 4
+  // FMAs, the packed weight block per tile is 6 rows), else 2: column vectors of a wide row,
+  // output rows of a narrow one; fewer only for one or two output rows.
+  constexpr bool four = DirectVec<T>::kAcc == 24;
+  const bool wide = g.Wo > DirectVec<T>::kLanes;
+#define RBFKERN_DIRECT_CALL(MM, VR, VC) \
+  direct_fwd_mn<T, MM, VR, VC>(g, b, eps_in, eps_out, x, w, ws, y, lmax, idx, root, save, chunk_bytes, nt)
+#define RBFKERN_DIRECT_CASE(MM)                                                     \
+  if (g.M == MM) {                                                                 \
+    if constexpr (four) {                                                          \
+      if (wide && g.Ho > 1) RBFKERN_DIRECT_CALL(MM, 2, 2);                         \
+      else if (wide) RBFKERN_DIRECT_CALL(MM, 1, 2);                                \
+      else if (g.Ho > 2) RBFKERN_DIRECT_CALL(MM, 4, 1);                            \
+      else if (g.Ho > 1) RBFKERN_DIRECT_CALL(MM, 2, 1);                            \
+      else RBFKERN_DIRECT_CALL(MM, 1, 1);                                          \
+    } else {                                                                       \
+      if (wide) RBFKERN_DIRECT_CALL(MM, 1, 2);                                     \
+      else if (g.Ho > 1) RBFKERN_DIRECT_CALL(MM, 2, 1);                            \
+      else RBFKERN_DIRECT_CALL(MM, 1, 1);                                          \
+    }                                                                              \
+    return true;                                                                   \
   }
   RBFKERN_DIRECT_CASE(1)
   RBFKERN_DIRECT_CASE(2)
   RBFKERN_DIRECT_CASE(3)
 #undef RBFKERN_DIRECT_CASE
+#undef RBFKERN_DIRECT_CALL
   return false;
 }

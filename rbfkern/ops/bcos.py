@@ -6,8 +6,8 @@ Semantics are those of ``bcos.modules.BcosConv2d`` / ``BcosLinear`` (bcos 0.1.3)
   ``bcos_conv2d`` / ``bcos_linear``          -> (y, lmax, idx, root)
   ``bcos_conv2d_bwd`` / ``bcos_linear_bwd``  -> (grad_x, grad_weight)
 
-On CPU a conv with a short reduction (C/groups * kh * kw <= 1024, column stride 1, max_out <= 3)
-runs forward as one direct convolution of ours with the epilogue in registers (the raw map is
+On CPU a conv with a short reduction (C/groups * kh * kw <= 1536, column stride 1, max_out <= 3,
+output rows that fill their pixel vectors) runs forward as one direct convolution of ours with the epilogue in registers (the raw map is
 never written, csrc/cpu/bcos_direct.h). Otherwise the linear map runs in PyTorch (oneDNN / MKL)
 with the raw weight, a batch chunk of a few MiB of output at a time (it stays in cache and its
 buffer is reused), and the rest is one fused C++ epilogue pass per chunk (per-filter 1/||W||
@@ -224,21 +224,32 @@ def _batch_chunks(g, itemsize):
 
 # CPU conv forward path: "auto" (_direct_fits), or "direct" / "onednn" everywhere it applies (tests).
 _CONV_PATH = "auto"
-# The direct convolution (csrc/cpu/bcos_direct.h) up to this reduction length C/groups * kh * kw:
-# forward time vs the oneDNN path (bench shapes, 2 threads, AVX-512): K = 144 0.95x, 576 0.89x,
-# 1152 1.08x (not profiled yet; its packed weight block per tile no longer fits in L1).
-_DIRECT_MAX_K = 1024
+# The direct convolution (csrc/cpu/bcos_direct.h) up to this reduction length C/groups * kh * kw,
+# where its pixel vectors are mostly full (a row of Wo columns fills ceil(Wo / lanes) vectors):
+# forward time vs the oneDNN path, 2 threads, AVX-512 (medians of 25): K = 144 0.45-0.6x,
+# 576 0.7x (Wo = 32) / 1.04x (Wo = 56), 1152 0.86x, 2304 1.05x; at Wo = 8 (half-empty vectors)
+# 2.2x, so those take oneDNN.
+_DIRECT_MAX_K = 1536
+_DIRECT_MIN_LANE_USE = 0.75
+
+
+def _lane_use(wo, itemsize):
+    lanes = 64 // itemsize  # AVX-512 vectors (AVX2's are half as wide: fuller)
+    return wo / (-(-wo // lanes) * lanes)
+
+
 # Its zero-padded input copy, made a batch chunk of (image, group) planes at a time.
 _DIRECT_CHUNK_BYTES = 8 << 20
 
 
-def _direct_fits(g):
+def _direct_fits(g, itemsize):
     """Whether the conv forward takes the direct convolution: column stride 1, max_out <= 3, and
-    (auto) a short reduction. Sizes only, never the thread count: the two paths round
+    (auto) a short reduction and mostly full pixel vectors. Sizes only, never the thread count: the two paths round
     differently, and results must not change with torch.set_num_threads."""
     if g[12] != 1 or g[6] > 3 or _CONV_PATH == "onednn":
         return False
-    return _CONV_PATH == "direct" or (g[1] // g[4]) * g[9] * g[10] <= _DIRECT_MAX_K
+    return _CONV_PATH == "direct" or (
+        (g[1] // g[4]) * g[9] * g[10] <= _DIRECT_MAX_K and _lane_use(g[8], itemsize) >= _DIRECT_MIN_LANE_USE)
 
 
 def _cpp_forward(kind, g, b, x, weight, conv, save):
@@ -247,7 +258,7 @@ def _cpp_forward(kind, g, b, x, weight, conv, save):
     conv), then the fused epilogue into each chunk's slice of the outputs."""
     ws = _Cpp.weight_scale(weight)
     out = _Cpp.alloc_forward(g, b, x, save)
-    if kind == "conv" and _direct_fits(g):
+    if kind == "conv" and _direct_fits(g, x.element_size()):
         y, lmax, idx, root = out
         if _backend.cext().bcos_forward_direct(g, float(b), *_EPS[kind], _np(x), _np(weight), _np(ws), _np(y),
                                                _np(lmax), _np(idx), _np(root), save, _DIRECT_CHUNK_BYTES,
