@@ -410,6 +410,21 @@ def test_cpp_direct_conv_matches_reference(backend, monkeypatch, geom, b, max_ou
         _assert_close(rd.double(), ro.double(), "root", **tol)
 
 
+
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_cpp_direct_conv_other_instruction_sets(isa):
+    # The direct kernel is compiled once per instruction set with its own tile shapes (2 vectors
+    # on AVX2 / SSE's 16 registers): run its reference tests with the ISA capped (fixed per
+    # process, hence a child process).
+    import subprocess
+    env = dict(os.environ, RBFKERN_CPU_ISA=isa)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                          os.path.join(here, "test_bcos.py"), "-k", "test_cpp_direct_conv_matches_reference"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-500:]
+
 class _Spy:
     """Records the names of the C++ entry points called through it."""
 
