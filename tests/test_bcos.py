@@ -411,16 +411,32 @@ def test_cpp_direct_conv_matches_reference(backend, monkeypatch, geom, b, max_ou
 
 
 
+def test_deterministic_weight_grad_ignores_unused_columns():
+    # An inf in the last input column reaches only the taps that read it (j = 2 of a 3-wide window
+    # without padding); the register tiles' unused lanes must not turn it into NaN elsewhere.
+    from rbfkern.ops import bcos as bcos_ops
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 4, 21, dtype=F64, generator=g)
+    x[:, :, :, -1] = float("inf")
+    gl = torch.randn(2, 3, 2, 19, dtype=F64, generator=g)
+    got = bcos_ops._weight_grad_deterministic(gl, x, torch.empty(3, 2, 3, 3, dtype=F64), ([1, 1], [0, 0], [1, 1], 1))
+    want = torch.ops.aten.convolution_backward(gl, x.nan_to_num(posinf=0.0), torch.empty(3, 2, 3, 3, dtype=F64), None,
+                                               [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
+    assert torch.isfinite(got[..., :2]).all()
+    torch.testing.assert_close(got[..., :2], want[..., :2], rtol=1e-12, atol=1e-12)
+    assert not torch.isfinite(got[..., 2]).any()
+
 @pytest.mark.parametrize("isa", ["avx2", "default"])
 def test_cpp_direct_conv_other_instruction_sets(isa):
-    # The direct kernel is compiled once per instruction set with its own tile shapes (2 vectors
-    # on AVX2 / SSE's 16 registers): run its reference tests with the ISA capped (fixed per
-    # process, hence a child process).
+    # The direct kernel and the deterministic weight gradient are compiled once per instruction
+    # set with their own tile shapes (fewer vectors for AVX2 / SSE's 16 registers): run their
+    # reference tests with the ISA capped (fixed per process, hence a child process).
     import subprocess
     env = dict(os.environ, RBFKERN_CPU_ISA=isa)
     here = os.path.dirname(os.path.abspath(__file__))
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                          os.path.join(here, "test_bcos.py"), "-k", "test_cpp_direct_conv_matches_reference"],
+                          os.path.join(here, "test_bcos.py"), "-k",
+                          "test_cpp_direct_conv_matches_reference or test_deterministic_weight_grad"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-500:]
@@ -519,9 +535,11 @@ def test_cpu_bitwise_deterministic_across_thread_counts(backend, case):
     (2, 6, 10, 7, 4, 3, 2, (2, 1), (0, 2), (1, 2), 2),
     (1, 3, 5, 5, 5, 5, 5, (1, 2), (2, 2), (1, 1), 1),
     (4, 8, 6, 6, 8, 1, 1, (1, 1), (0, 0), (1, 1), 4),
+    (2, 3, 5, 37, 9, 3, 3, (1, 1), (0, 1), (2, 1), 1),  # a column tail past two vectors
 ])
 def test_deterministic_weight_grad_matches_torch(dtype, geom):
-    # The fixed-order C++ weight gradient (use_deterministic_algorithms) against torch's own.
+    # The fixed-order C++ weight gradient (use_deterministic_algorithms) against torch's own:
+    # register tiles for column stride 1, the plain loop otherwise.
     from rbfkern.ops import bcos as bcos_ops
     N, C, H, W, O, kh, kw, stride, padding, dilation, groups = geom
     g = torch.Generator().manual_seed(7)

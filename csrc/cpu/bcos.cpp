@@ -528,52 +528,7 @@ void weight_grad(const T* w, const T* g, T* gw, int64_t R, int64_t K) {
   }
 }
 
-// Weight gradient of the raw linear map, gw[r, c, i, j] = sum over images and output pixels of
-// gl[n, r, pixel] * x[n, group's c, tap (i, j)], for torch.use_deterministic_algorithms: one task
-// per (r, c) sums in a fixed order (images, rows, then each tap's per-column partials left to
-// right), so the result does not depend on the thread count (oneDNN's and MKL's do, even for one
-// sample). Scratch: kh * kw * Wo column partials per thread.
-template <typename T>
-void wgrad_det(const Geom& g, const T* gl, const T* x, T* gw, int nt) {
-  const int64_t OM = g.O * g.M, Cg = g.C / g.G, OMg = OM / g.G, P = g.P(), KK = g.kh * g.kw, Wo = g.Wo;
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<T> acc(static_cast<size_t>(KK * Wo));
-    std::vector<int64_t> wlo(static_cast<size_t>(g.kw)), whi(static_cast<size_t>(g.kw));
-    for (int64_t j = 0; j < g.kw; ++j) tap_range(j * g.dw - g.pw, g.sw, g.W, Wo, &wlo[j], &whi[j]);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t rc = 0; rc < OM * Cg; ++rc) {
-      const int64_t r = rc / Cg, cin = (r / OMg) * Cg + rc % Cg;
-      std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t n = 0; n < g.N; ++n) {
-        const T* xn = x + (n * g.C + cin) * g.H * g.W;
-        for (int64_t ho = 0; ho < g.Ho; ++ho) {
-          const T* __restrict glr = gl + (n * OM + r) * P + ho * Wo;
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t hi = ho * g.sh - g.ph + i * g.dh;
-            if (hi < 0 || hi >= g.H) continue;
-            const T* __restrict xr = xn + hi * g.W;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t off = j * g.dw - g.pw, lo = wlo[j], hi_w = whi[j];
-              T* __restrict a = acc.data() + (i * g.kw + j) * Wo;
-              if (g.sw == 1) {
-                for (int64_t wo = lo; wo < hi_w; ++wo) a[wo] += glr[wo] * xr[wo + off];
-              } else {
-                for (int64_t wo = lo; wo < hi_w; ++wo) a[wo] += glr[wo] * xr[wo * g.sw + off];
-              }
-            }
-          }
-        }
-      }
-      for (int64_t k = 0; k < KK; ++k) {
-        T s = T(0);
-        for (int64_t wo = 0; wo < Wo; ++wo) s += acc[k * Wo + wo];
-        gw[rc * KK + k] = s;
-      }
-    }
-  }
-}
-
 #include "cpu/bcos_direct.h"
+#include "cpu/bcos_wgrad_det.h"
 
 #endif  // RBFKERN_BCOS_ISA_PASS

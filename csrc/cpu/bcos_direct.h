@@ -111,6 +111,19 @@ void power_rows(int mode, const T* best, int64_t rows, int64_t P, const T* ri, T
   }
 }
 
+// One input channel (H x W) into its zero-padded copy dst (Hp x Wp): padded (row, col) = input
+// (row - ph, col - pw).
+template <typename T>
+void pad_channel(const Geom& g, const T* src, T* dst, int64_t Hp, int64_t Wp) {
+  const int64_t w0 = std::max<int64_t>(0, g.pw), w1 = std::min<int64_t>(Wp, g.pw + g.W);
+  for (int64_t hp = 0; hp < Hp; ++hp) {
+    T* row = dst + hp * Wp;
+    const int64_t h = hp - g.ph;
+    std::fill(row, row + Wp, T(0));
+    if (h >= 0 && h < g.H && w1 > w0) std::memcpy(row + w0, src + h * g.W + (w0 - g.pw), sizeof(T) * (w1 - w0));
+  }
+}
+
 // Scratch buffer `slot` of the calling thread, resized to n: kept between calls, so a layer called
 // every step reuses its pages (fresh multi-MiB allocations each call cost page faults comparable
 // to a small convolution). Per calling thread, so concurrent calls from Python threads are safe.
@@ -167,15 +180,7 @@ void direct_fwd_mn(const Geom& g, double b, double eps_in, double eps_out, const
           patch_root_plane(g, xg, sbuf.data(), hbuf.data(), save ? root + ng * P : rbuf.data(),
                            rinv.data() + (ng - ng0) * P, eps_in, eo);
         T* xp = xpad.data() + (ng - ng0) * plane;
-        for (int64_t c = 0; c < Cg; ++c)  // zero-padded plane: padded (row, col) = input (row - ph, col - pw)
-          for (int64_t hp = 0; hp < Hp; ++hp) {
-            T* dst = xp + (c * Hp + hp) * Wp;
-            const int64_t h = hp - g.ph;
-            std::fill(dst, dst + Wp, T(0));
-            if (h < 0 || h >= g.H) continue;
-            const int64_t w0 = std::max<int64_t>(0, g.pw), w1 = std::min<int64_t>(Wp, g.pw + g.W);
-            if (w1 > w0) std::memcpy(dst + w0, xg + (c * g.H + h) * g.W + (w0 - g.pw), sizeof(T) * (w1 - w0));
-          }
+        for (int64_t c = 0; c < Cg; ++c) pad_channel(g, xg + c * HW, xp + c * Hp * Wp, Hp, Wp);
       }
       if (!save) bbuf.resize(static_cast<size_t>(KO * P));
 #pragma omp for schedule(static)
