@@ -7,9 +7,9 @@
 // then reads them back from cache. The weight is packed once per call, pre-scaled by
 // ws = 1 / ||W_c|| (the unit-norm filter), zero-padded to whole tiles.
 //
-// The convolution / GEMM of the other path comes from oneDNN, which wins at large C_in; this
-// one wins where the raw map costs more than the GEMM (few input channels): the caller picks
-// (rbfkern/ops/bcos.py).
+// The other path runs the convolution in oneDNN and the epilogue over its raw map; oneDNN wins at
+// long reductions (C/groups * kh * kw above ~1536) and on narrow rows that leave vectors half
+// empty, this kernel elsewhere: the caller picks from the sizes (rbfkern/ops/bcos.py).
 //
 // No include guard on purpose: the kernel section of bcos.cpp includes this once per instruction
 // set, with RBFKERN_BCOS_VBYTES the vector width of that set in bytes.
