@@ -36,7 +36,7 @@ RBFKERN_BCOS_DECL(double, f64)
 namespace {
 
 struct Sizes {
-  int64_t x, l, out, norm, ws;
+  int64_t x, l, out, norm, ws, w;  // ws: one per raw channel; w: the weight [O*M, C/G, kh, kw]
 };
 
 Sizes check_geom(const std::vector<int64_t>& g) {
@@ -50,7 +50,7 @@ Sizes check_geom(const std::vector<int64_t>& g) {
   if (C % G != 0 || O % G != 0) throw std::invalid_argument("bcos: groups must divide C and O");
   if (M > 255) throw std::invalid_argument("bcos: max_out must be <= 255");
   const int64_t P = g[7] * g[8];
-  return {N * C * H * W, N * O * M * P, N * O * P, N * G * P, O * M};
+  return {N * C * H * W, N * O * M * P, N * O * P, N * G * P, O * M, O * M * (C / G) * g[9] * g[10]};
 }
 
 template <typename T>
@@ -110,7 +110,7 @@ bool direct_t(const std::vector<int64_t>& g, double b, double ei, double eo, py:
               int64_t chunk_bytes, int nt) {
   const Sizes s = check_geom(g);
   const T* xp = ptr<T>(x, s.x, "x");
-  const T* wp = ptr<T>(w, s.ws * (g[1] / g[4]) * g[9] * g[10], "weight");
+  const T* wp = ptr<T>(w, s.w, "weight");
   const T* wsp = ptr<T>(ws, s.ws, "weight_scale");
   const FwdOut<T> o(s, b, y, lmax, idx, root, save);
   py::gil_scoped_release nogil;
@@ -174,7 +174,7 @@ void wgrad_det_t(const std::vector<int64_t>& g, py::array gl, py::array x, py::a
   const Sizes s = check_geom(g);
   const T* glp = ptr<T>(gl, s.l, "grad_l");
   const T* xp = ptr<T>(x, s.x, "x");
-  T* gwp = ptr<T>(gw, s.ws * (g[1] / g[4]) * g[9] * g[10], "grad_weight");
+  T* gwp = ptr<T>(gw, s.w, "grad_weight");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
     bcos_wgrad_det_f32(g.data(), glp, xp, gwp, nt);

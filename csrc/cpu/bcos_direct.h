@@ -134,10 +134,11 @@ std::vector<T>& direct_scratch(int slot, int64_t n) {
   return bufs[slot];
 }
 
-// Planes in chunks of at most chunk_bytes of padded input (at least one plane). Per chunk, two parallel loops: the planes' patch
-// norms and padded copies, then one task per (plane, output block): its tiles and the power of
-// its rows. Each value is computed by one task in a fixed order, so the result does not depend
-// on the thread count, and a batch of one image still keeps every thread busy.
+// Planes in chunks of at most chunk_bytes of padded input (at least one plane). Per chunk, two
+// parallel loops: the planes' patch norms and padded copies, then one task per (plane, output
+// block): its tiles and the power of its rows. Each value is computed by one task in a fixed
+// order, so the result does not depend on the thread count, and a batch of one image still keeps
+// every thread busy.
 template <typename T, int M, int VR, int VC>
 void direct_fwd_mn(const Geom& g, double b, double eps_in, double eps_out, const T* x, const T* w, const T* ws,
                    T* y, T* lmax, uint8_t* idx, T* root, bool save, int64_t chunk_bytes, int nt) {

@@ -7,13 +7,13 @@ Semantics are those of ``bcos.modules.BcosConv2d`` / ``BcosLinear`` (bcos 0.1.3)
   ``bcos_conv2d_bwd`` / ``bcos_linear_bwd``  -> (grad_x, grad_weight)
 
 On CPU a conv with a short reduction (C/groups * kh * kw <= 1536, column stride 1, max_out <= 3,
-output rows that fill their pixel vectors) runs forward as one direct convolution of ours with the epilogue in registers (the raw map is
-never written, csrc/cpu/bcos_direct.h). Otherwise the linear map runs in PyTorch (oneDNN / MKL)
-with the raw weight, a batch chunk of a few MiB of output at a time (it stays in cache and its
-buffer is reused), and the rest is one fused C++ epilogue pass per chunk (per-filter 1/||W||
-scale + MaxOut + patch norm + power, csrc/cpu/bcos.cpp). Backward always uses oneDNN per chunk,
-the weight gradient summed in chunk order (a fixed-order C++ loop under
-torch.use_deterministic_algorithms).
+output rows that fill their pixel vectors) runs forward as one direct convolution of ours with
+the epilogue in registers (the raw map is never written, csrc/cpu/bcos_direct.h). Otherwise
+the linear map runs in PyTorch (oneDNN / MKL) with the raw weight, a batch chunk of a few MiB of
+output at a time (it stays in cache and its buffer is reused), and the rest is one fused C++
+epilogue pass per chunk (per-filter 1/||W|| scale + MaxOut + patch norm + power,
+csrc/cpu/bcos.cpp). Backward always uses oneDNN per chunk, the weight gradient summed in chunk
+order (a fixed-order C++ kernel under torch.use_deterministic_algorithms).
 
 Forward saves only x, the raw weight, the MaxOut values ``lmax``, a 1-byte argmax ``idx`` and the
 patch-norm root (one value per output pixel and group) for backward. The unfused backward (C++,
@@ -233,6 +233,8 @@ _CONV_PATH = "auto"
 # 2.2x, so those take oneDNN.
 _DIRECT_MAX_K = 1536
 _DIRECT_MIN_LANE_USE = 0.75
+# Its zero-padded input copy, made a batch chunk of (image, group) planes at a time.
+_DIRECT_CHUNK_BYTES = 8 << 20
 
 
 def _lane_use(wo, itemsize):
@@ -240,18 +242,14 @@ def _lane_use(wo, itemsize):
     return wo / (-(-wo // lanes) * lanes)
 
 
-# Its zero-padded input copy, made a batch chunk of (image, group) planes at a time.
-_DIRECT_CHUNK_BYTES = 8 << 20
-
-
 def _direct_fits(g, itemsize):
-    """Whether the conv forward takes the direct convolution: column stride 1, max_out <= 3, and
-    (auto) a short reduction and mostly full pixel vectors. Sizes only, never the thread count: the two paths round
-    differently, and results must not change with torch.set_num_threads."""
-    if g[12] != 1 or g[6] > 3 or _CONV_PATH == "onednn":
-        return False
-    return _CONV_PATH == "direct" or (
-        (g[1] // g[4]) * g[9] * g[10] <= _DIRECT_MAX_K and _lane_use(g[8], itemsize) >= _DIRECT_MIN_LANE_USE)
+    """Whether the conv forward tries the direct convolution (which itself declines column
+    strides > 1 and max_out > 3): in auto mode, for a short reduction and mostly full pixel
+    vectors. Sizes only, never the thread count: the two paths round differently, and results
+    must not change with torch.set_num_threads."""
+    if _CONV_PATH != "auto":
+        return _CONV_PATH == "direct"
+    return (g[1] // g[4]) * g[9] * g[10] <= _DIRECT_MAX_K and _lane_use(g[8], itemsize) >= _DIRECT_MIN_LANE_USE
 
 
 def _cpp_forward(kind, g, b, x, weight, conv, save):
