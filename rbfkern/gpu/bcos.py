@@ -36,6 +36,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _interpreter
+
+_interpreter.apply()
+
 _BP = 128  # output pixels per program
 
 
@@ -277,8 +281,12 @@ def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho
     if SAVE:
         tl.store(lmax + o_out, b_best.to(lmax.dtype.element_ty), mask=m_out)
         tl.store(idx + o_out, b_idx.to(tl.uint8), mask=m_out)
+        # one program per pixel block stores root; a branch, not `mask=m_p & (ob == 0)`: a scalar
+        # comparison broadcast into a mask is int32 data in the interpreter of triton 3.8-3.9, which
+        # triton 3.9's interpreted load/store reject ("mask has unsupported dtype")
         if MODE != 1:
-            tl.store(root + (n * G + g) * P + o_p, b_root.to(root.dtype.element_ty), mask=m_p & (ob == 0))
+            if ob == 0:
+                tl.store(root + (n * G + g) * P + o_p, b_root.to(root.dtype.element_ty), mask=m_p)
 
 
 @triton.jit
@@ -321,7 +329,8 @@ def _bcos_linear_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, R, C, O, M: tl.
         tl.store(lmax + o_out, b_best.to(lmax.dtype.element_ty), mask=m_out)
         tl.store(idx + o_out, b_idx.to(tl.uint8), mask=m_out)
         if MODE != 1:
-            tl.store(root + r64, b_root.to(root.dtype.element_ty), mask=m_r & (i_o == 0))
+            if i_o == 0:  # a branch, not a mask: see _bcos_conv_fwd_kernel
+                tl.store(root + r64, b_root.to(root.dtype.element_ty), mask=m_r)
 
 
 @triton.jit

@@ -32,6 +32,9 @@ import triton
 import triton.language as tl
 
 from .. import basis
+from . import _interpreter
+
+_interpreter.apply()
 
 BH, BW = 16, 16
 # Forward (and grad x, which is the forward): output channels per program and launch options.

@@ -22,6 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _interpreter
+
+_interpreter.apply()
+
 KINDS = ("linear", "gaussian", "thin_plate", "logistic", "inverse_multiquadric",
          "multiquadric", "inverse_quadratic", "quadratic")
 # kernel-side activation codes: 0 = none (r2 only), 1.. = KINDS
@@ -101,14 +105,20 @@ def _act_bwd(b_r2, b_s, a, kind):
 
 
 @triton.jit
-def _load_g(p_ga, p_gr, o_nc, m_nc, b_r2, b_s, a, kind, has_ga, has_gr, ACC: tl.constexpr):
-    """G = grad_act * df/dr2 + grad_r2 and grad_act * df/dsigma, both zero outside m_nc."""
-    b_ga = tl.load(p_ga + o_nc, mask=m_nc & (has_ga != 0), other=0).to(ACC)
-    b_gr = tl.load(p_gr + o_nc, mask=m_nc & (has_gr != 0), other=0).to(ACC)
+def _load_g(p_ga, p_gr, o_nc, m_nc, b_r2, b_s, a, kind,
+            HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, ACC: tl.constexpr):
+    """G = grad_act * df/dr2 + grad_r2 and grad_act * df/dsigma, both zero outside m_nc; a gradient
+    that is absent (HAS_GA / HAS_GR false) is neither loaded nor multiplied."""
     b_df, b_ds = _act_bwd(b_r2, b_s, a, kind)
-    b_g = tl.where(m_nc, b_ga * b_df + b_gr, 0.)
-    b_gs = tl.where(m_nc, b_ga * b_ds, 0.)
-    return b_g, b_gs
+    b_g = tl.zeros_like(b_df)
+    b_gs = tl.zeros_like(b_ds)
+    if HAS_GA:
+        b_ga = tl.load(p_ga + o_nc, mask=m_nc, other=0).to(ACC)
+        b_g = b_ga * b_df
+        b_gs = b_ga * b_ds
+    if HAS_GR:
+        b_g += tl.load(p_gr + o_nc, mask=m_nc, other=0).to(ACC)
+    return tl.where(m_nc, b_g, 0.), tl.where(m_nc, b_gs, 0.)
 
 
 @triton.jit
@@ -180,8 +190,8 @@ def _rbf_fwd_tril_kernel(x, c, L, sig, prm, r2, act, N, C, D, stride_lc, kind, n
 
 
 @triton.jit
-def _rbf_bwd_x_kernel(x, c, w, sig, prm, r2, ga, gr, gx, N, C, D, stride_wc, kind, has_ga, has_gr,
-                      METRIC: tl.constexpr, ACC: tl.constexpr,
+def _rbf_bwd_x_kernel(x, c, w, sig, prm, r2, ga, gr, gx, N, C, D, stride_wc, kind,
+                      HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, METRIC: tl.constexpr, ACC: tl.constexpr,
                       BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
     # gx[n, d] = 2 sum_j G[n, j] (w[j, d]) (x[n, d] - c[j, d])
     i_p = tl.program_id(0)
@@ -200,7 +210,7 @@ def _rbf_bwd_x_kernel(x, c, w, sig, prm, r2, ga, gr, gx, N, C, D, stride_wc, kin
         m_nc = m_n[:, None] & m_c[None, :]
         b_r2 = tl.load(r2 + o_nc, mask=m_nc, other=1).to(ACC)
         b_s = tl.load(sig + o_c, mask=m_c, other=1).to(ACC)
-        b_g, b_gs = _load_g(ga, gr, o_nc, m_nc, b_r2, b_s[None, :], a, kind, has_ga, has_gr, ACC)
+        b_g, b_gs = _load_g(ga, gr, o_nc, m_nc, b_r2, b_s[None, :], a, kind, HAS_GA, HAS_GR, ACC)
         m_cd = m_c[:, None] & m_d[None, :]
         b_c = tl.load(c + o_c[:, None] * D + o_d[None, :], mask=m_cd, other=0).to(ACC)
         b_diff = b_x[:, None, :] - b_c[None, :, :]
@@ -213,8 +223,8 @@ def _rbf_bwd_x_kernel(x, c, w, sig, prm, r2, ga, gr, gx, N, C, D, stride_wc, kin
 
 
 @triton.jit
-def _rbf_bwd_x_tril_kernel(x, c, M, sig, prm, r2, ga, gr, gx, N, C, D, stride_mc, kind, has_ga, has_gr,
-                           ACC: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _rbf_bwd_x_tril_kernel(x, c, M, sig, prm, r2, ga, gr, gx, N, C, D, stride_mc, kind,
+                           HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     # gx = 2 sum_j G[:, j] (diff_j @ M_j), M_j = L_j L_j^T symmetric (= 2 L_j u_j per row)
     i_p = tl.program_id(0)
     nb_d = tl.cdiv(D, BD)
@@ -230,7 +240,7 @@ def _rbf_bwd_x_tril_kernel(x, c, M, sig, prm, r2, ga, gr, gx, N, C, D, stride_mc
         o_nc = o_n * C + i_j
         b_r2 = tl.load(r2 + o_nc, mask=m_n, other=1).to(ACC)
         b_s = tl.load(sig + i_j).to(ACC)
-        b_g, b_gs = _load_g(ga, gr, o_nc, m_n, b_r2, b_s, a, kind, has_ga, has_gr, ACC)
+        b_g, b_gs = _load_g(ga, gr, o_nc, m_n, b_r2, b_s, a, kind, HAS_GA, HAS_GR, ACC)
         b_v = tl.zeros([BN, BD], dtype=ACC)
         for i_e in range(0, D, BD):
             o_e = i_e + tl.arange(0, BD)
@@ -249,9 +259,9 @@ def _rbf_bwd_x_tril_kernel(x, c, M, sig, prm, r2, ga, gr, gx, N, C, D, stride_mc
 
 
 @triton.jit
-def _rbf_bwd_c_kernel(x, c, sig, prm, r2, ga, gr, s_out, t_out, gs_out, N, C, D, n_per, n_split,
-                      kind, has_ga, has_gr, need_s, need_t, need_sig,
-                      ACC: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
+def _rbf_bwd_c_kernel(x, c, sig, prm, r2, ga, gr, s_out, t_out, gs_out, N, C, D, n_per, n_split, kind,
+                      HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, NEED_S: tl.constexpr,
+                      NEED_T: tl.constexpr, NEED_SIG: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
     # partials over row split i_s: S[i_s, j, d] = sum_n G diff, T[i_s, j, d] = sum_n G diff^2,
     # gsig[i_s, j] = sum_n grad_act df/dsigma (written by the i_d == 0 programs)
     i_p = tl.program_id(0)
@@ -277,25 +287,29 @@ def _rbf_bwd_c_kernel(x, c, sig, prm, r2, ga, gr, s_out, t_out, gs_out, N, C, D,
         o_nc = o_n[:, None] * C + o_c[None, :]
         m_nc = m_n[:, None] & m_c[None, :]
         b_r2 = tl.load(r2 + o_nc, mask=m_nc, other=1).to(ACC)
-        b_g, b_gs = _load_g(ga, gr, o_nc, m_nc, b_r2, b_s[None, :], a, kind, has_ga, has_gr, ACC)
+        b_g, b_gs = _load_g(ga, gr, o_nc, m_nc, b_r2, b_s[None, :], a, kind, HAS_GA, HAS_GR, ACC)
         b_sig += tl.sum(b_gs, 0)
         b_x = tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0).to(ACC)
         b_diff = b_x[:, None, :] - b_c[None, :, :]
         b_gd = b_g[:, :, None] * b_diff
         b_S += tl.sum(b_gd, 0)
-        if need_t != 0:
+        if NEED_T:
             b_T += tl.sum(b_gd * b_diff, 0)
     o_cd = (i_s.to(tl.int64) * C + o_c[:, None]) * D + o_d[None, :]
-    tl.store(s_out + o_cd, b_S.to(s_out.dtype.element_ty), mask=m_cd & (need_s != 0))
-    tl.store(t_out + o_cd, b_T.to(t_out.dtype.element_ty), mask=m_cd & (need_t != 0))
-    tl.store(gs_out + i_s.to(tl.int64) * C + o_c, b_sig.to(gs_out.dtype.element_ty),
-             mask=m_c & (need_sig != 0) & (i_d == 0))
+    if NEED_S:
+        tl.store(s_out + o_cd, b_S.to(s_out.dtype.element_ty), mask=m_cd)
+    if NEED_T:
+        tl.store(t_out + o_cd, b_T.to(t_out.dtype.element_ty), mask=m_cd)
+    # a branch, not `mask=m_c & (i_d == 0)`: a scalar comparison broadcast into a mask is int32
+    # data in the interpreter of triton 3.8-3.9, which 3.9's interpreted load/store reject
+    if NEED_SIG:
+        if i_d == 0:
+            tl.store(gs_out + i_s.to(tl.int64) * C + o_c, b_sig.to(gs_out.dtype.element_ty), mask=m_c)
 
 
 @triton.jit
-def _rbf_bwd_cov_tril_kernel(x, c, sig, prm, r2, ga, gr, cov, N, C, D, c_per, n_per, n_split,
-                             kind, has_ga, has_gr,
-                             ACC: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _rbf_bwd_cov_tril_kernel(x, c, sig, prm, r2, ga, gr, cov, N, C, D, c_per, n_per, n_split, kind,
+                             HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     # cov[i_g, i_s, a, b] = sum_{j in group i_g} sum_{n in split i_s} G[n, j] diff[n, j, a] diff[n, j, b]
     i_p = tl.program_id(0)
     nb_d = tl.cdiv(D, BD)
@@ -322,7 +336,7 @@ def _rbf_bwd_cov_tril_kernel(x, c, sig, prm, r2, ga, gr, cov, N, C, D, c_per, n_
             m_n = o_n < n_hi
             o_nc = o_n * C + i_j
             b_r2 = tl.load(r2 + o_nc, mask=m_n, other=1).to(ACC)
-            b_g, b_gs = _load_g(ga, gr, o_nc, m_n, b_r2, b_s, a, kind, has_ga, has_gr, ACC)
+            b_g, b_gs = _load_g(ga, gr, o_nc, m_n, b_r2, b_s, a, kind, HAS_GA, HAS_GR, ACC)
             m_xa = m_n[:, None] & m_a[None, :]
             m_xb = m_n[:, None] & m_b[None, :]
             b_xa = tl.load(x + o_n[:, None] * D + o_a[None, :], mask=m_xa, other=0).to(ACC)
@@ -454,7 +468,7 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
     prm = _prm(shape, dev, tdt)
     p_ga = grad_act if has_ga else r2
     p_gr = grad_r2 if has_gr else r2
-    flags = (kid, int(has_ga), int(has_gr))
+    flags = dict(HAS_GA=has_ga, HAS_GR=has_gr)
     ltri = torch.tril(tril.to(tdt)) if tril is not None else None
     M = None
     if tril is not None and (need_x or need_c):
@@ -465,14 +479,14 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
             blk = _pick_blocks(N, C, D, "bwd_x_tril")
             grid = (triton.cdiv(N, blk["BN"]) * triton.cdiv(D, blk["BD"]),)
             _rbf_bwd_x_tril_kernel[grid](x, centers, M, sigma, prm, r2, p_ga, p_gr, gx, N, C, D,
-                                         D * D if M.dim() == 3 else 0, *flags, ACC=ACC,
+                                         D * D if M.dim() == 3 else 0, kid, **flags, ACC=ACC,
                                          **_tril_opts("bwd_x_tril", dt), **blk)
         else:
             blk = _pick_blocks(N, C, D, "bwd_x")
             stride_wc = D if (diag is not None and diag.dim() == 2) else 0
             grid = (triton.cdiv(N, blk["BN"]) * triton.cdiv(D, blk["BD"]),)
             _rbf_bwd_x_kernel[grid](x, centers, diag if diag is not None else x, sigma, prm, r2, p_ga, p_gr, gx,
-                                    N, C, D, stride_wc, *flags, METRIC=0 if diag is None else 1,
+                                    N, C, D, stride_wc, kid, **flags, METRIC=0 if diag is None else 1,
                                     ACC=ACC, num_warps=4, **blk)
 
     sig_dep = has_ga and kid in _SIGMA_KINDS and need_sig
@@ -491,9 +505,8 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
         grid = (nb_c * nb_d * n_split,)
         _rbf_bwd_c_kernel[grid](x, centers, sigma, prm, r2, p_ga, p_gr,
                                 S if S is not None else dummy, T if T is not None else dummy,
-                                GS if GS is not None else dummy, N, C, D, n_per, n_split, *flags,
-                                int(need_s), int(need_t), int(sig_dep),
-                                ACC=ACC, num_warps=4, BN=BN, BC=BC, BD=BD)
+                                GS if GS is not None else dummy, N, C, D, n_per, n_split, kid, **flags,
+                                NEED_S=need_s, NEED_T=need_t, NEED_SIG=sig_dep, ACC=ACC, num_warps=4, BN=BN, BC=BC, BD=BD)
         if need_s:
             S = S.sum(0)
             if tril is not None:
@@ -522,7 +535,7 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
         cov = torch.empty((n_grp, n_split, D, D), dtype=tdt, device=dev)
         grid = (n_grp * n_split * nb_d * nb_d,)
         _rbf_bwd_cov_tril_kernel[grid](x, centers, sigma, prm, r2, p_ga, p_gr, cov, N, C, D, c_per, n_per,
-                                       n_split, *flags, ACC=ACC,
+                                       n_split, kid, **flags, ACC=ACC,
                                        **_tril_opts("bwd_cov_tril", dt), **blk)
         cov = cov.sum(1)
         if tril.dim() == 2:
@@ -540,6 +553,7 @@ def aot_specs():
            for k in ("fwd", "bwd_x", "bwd_c", "fwd_tril", "bwd_x_tril", "bwd_cov_tril")}
     opts = {"num_warps": 4}
     ce, i32 = "constexpr", "i32"
+    grads = dict(HAS_GA=True, HAS_GR=True)  # both gradient terms: the longest variant
     specs = []
     for dt in ("fp32", "bf16", "fp64"):
         p = "*" + dt
@@ -554,25 +568,27 @@ def aot_specs():
                 specs.append((f"rbf_fwd_m{metric}_{dt}", _rbf_fwd_kernel, s,
                               dict(METRIC=metric, ACC=acc, **blk["fwd"]), opts))
             s = dict(x=p, c=p, w=p, sig=p, prm=pa, r2=p, ga=p, gr=p, gx=p, N=i32, C=i32, D=i32, stride_wc=i32,
-                     kind=i32, has_ga=i32, has_gr=i32, METRIC=ce, ACC=ce, BN=ce, BC=ce, BD=ce)
+                     kind=i32, HAS_GA=ce, HAS_GR=ce, METRIC=ce, ACC=ce, BN=ce, BC=ce, BD=ce)
             if full:
                 specs.append((f"rbf_bwd_x_m{metric}_{dt}", _rbf_bwd_x_kernel, s,
-                              dict(METRIC=metric, ACC=acc, **blk["bwd_x"]), opts))
+                              dict(METRIC=metric, ACC=acc, **grads, **blk["bwd_x"]), opts))
         s = dict(x=p, c=p, L=p, sig=p, prm=pa, r2=p, act=p, N=i32, C=i32, D=i32, stride_lc=i32, kind=i32,
                  need_act=i32, ACC=ce, BN=ce, BD=ce)
         specs.append((f"rbf_fwd_tril_{dt}", _rbf_fwd_tril_kernel, s, dict(ACC=acc, **blk["fwd_tril"]),
                       _tril_opts("fwd_tril", tdt)))
         s = dict(x=p, c=p, M=pa, sig=p, prm=pa, r2=p, ga=p, gr=p, gx=p, N=i32, C=i32, D=i32, stride_mc=i32,
-                 kind=i32, has_ga=i32, has_gr=i32, ACC=ce, BN=ce, BD=ce)
-        specs.append((f"rbf_bwd_x_tril_{dt}", _rbf_bwd_x_tril_kernel, s, dict(ACC=acc, **blk["bwd_x_tril"]),
+                 kind=i32, HAS_GA=ce, HAS_GR=ce, ACC=ce, BN=ce, BD=ce)
+        specs.append((f"rbf_bwd_x_tril_{dt}", _rbf_bwd_x_tril_kernel, s, dict(ACC=acc, **grads, **blk["bwd_x_tril"]),
                       _tril_opts("bwd_x_tril", tdt)))
         s = dict(x=p, c=p, sig=p, prm=pa, r2=p, ga=p, gr=p, s_out=pa, t_out=pa, gs_out=pa, N=i32, C=i32, D=i32,
-                 n_per=i32, n_split=i32, kind=i32, has_ga=i32, has_gr=i32, need_s=i32, need_t=i32,
-                 need_sig=i32, ACC=ce, BN=ce, BC=ce, BD=ce)
+                 n_per=i32, n_split=i32, kind=i32, HAS_GA=ce, HAS_GR=ce, NEED_S=ce, NEED_T=ce,
+                 NEED_SIG=ce, ACC=ce, BN=ce, BC=ce, BD=ce)
         if full:
-            specs.append((f"rbf_bwd_c_{dt}", _rbf_bwd_c_kernel, s, dict(ACC=acc, **blk["bwd_c"]), opts))
+            specs.append((f"rbf_bwd_c_{dt}", _rbf_bwd_c_kernel, s,
+                          dict(ACC=acc, **grads, NEED_S=True, NEED_T=True, NEED_SIG=True, **blk["bwd_c"]), opts))
         s = dict(x=p, c=p, sig=p, prm=pa, r2=p, ga=p, gr=p, cov=pa, N=i32, C=i32, D=i32, c_per=i32, n_per=i32,
-                 n_split=i32, kind=i32, has_ga=i32, has_gr=i32, ACC=ce, BN=ce, BD=ce)
-        specs.append((f"rbf_bwd_cov_tril_{dt}", _rbf_bwd_cov_tril_kernel, s, dict(ACC=acc, **blk["bwd_cov_tril"]),
+                 n_split=i32, kind=i32, HAS_GA=ce, HAS_GR=ce, ACC=ce, BN=ce, BD=ce)
+        specs.append((f"rbf_bwd_cov_tril_{dt}", _rbf_bwd_cov_tril_kernel, s,
+                      dict(ACC=acc, **grads, **blk["bwd_cov_tril"]),
                       _tril_opts("bwd_cov_tril", tdt)))
     return specs
