@@ -28,6 +28,31 @@ def assert_close_to_ref(got, want64, dtype, scale=None, what=""):
     assert torch.isfinite(got).all() == torch.isfinite(want).all(), f"{what}: finiteness differs"
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def assert_within_naive_error(got, want, naive, what="", factor=2.0):
+    """The flash-attention rule for float16/bfloat16 results: the error of ``got`` against a float32
+    (or float64) reference ``want`` is at most ``factor`` times the error of ``naive``, the same
+    computation done plainly in the half dtype (the reference called on the half inputs). A floor of
+    one unit in the last place of the half dtype at the reference's scale keeps an exact ``naive``
+    from demanding more than exactness."""
+    want = want.detach().to(torch.float64)
+    g, n = got.detach().to(torch.float64), naive.detach().to(torch.float64)
+    assert g.shape == want.shape == n.shape, f"{what}: shapes {tuple(g.shape)}, {tuple(want.shape)}, {tuple(n.shape)}"
+    if not want.numel():
+        return
+    fin = torch.isfinite(want)
+    assert torch.equal(torch.isfinite(g), fin), f"{what}: finiteness differs from the reference"
+    scale = max(1.0, float(want[fin].abs().max())) if bool(fin.any()) else 1.0
+    err = float((g - want)[fin].abs().max()) if bool(fin.any()) else 0.0
+    err_naive = float((n - want)[fin & torch.isfinite(n)].abs().max()) if bool((fin & torch.isfinite(n)).any()) else 0.0
+    floor = torch.finfo(got.dtype).eps * scale
+    bound = factor * err_naive + floor
+    assert err <= bound, (f"{what}: max abs err {err:.3g} > {factor} x naive {got.dtype} err {err_naive:.3g} "
+                          f"+ {floor:.3g} (reference scale {scale:.3g})")
+
+
 # ---------------------------------------------------------------------------------------------
 # One representative call of every public op (determinism, threads, autocast tests)
 # ---------------------------------------------------------------------------------------------
