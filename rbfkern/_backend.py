@@ -16,6 +16,9 @@ import os
 import torch
 
 BACKENDS = ("auto", "cpp", "triton", "reference")
+# Device types whose tensors run the Triton kernels, compiled. tests/test_cuda_trace.py adds "meta"
+# to trace the CUDA path of every op where no GPU is.
+GPU_DEVICE_TYPES = ("cuda",)
 
 _cext = None
 
@@ -75,7 +78,7 @@ def gpu_module(family: str):
 
 def choose(device: torch.device) -> str:
     """Backend name for tensors on ``device``: 'cpp', 'triton' or 'reference'."""
-    if device.type == "cuda":
+    if device.type in GPU_DEVICE_TYPES:
         return "triton"
     name = os.environ.get("RBFKERN_BACKEND", "auto").strip().lower() or "auto"
     if name not in BACKENDS:

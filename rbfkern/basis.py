@@ -115,8 +115,9 @@ def _support(sigma: Tensor, truncate: float, rads: Sequence[int] | None):
         raise ValueError(f"radii must have one entry per scale ({sigma.numel()}), got {len(rads)}")
     big = max(rads) if rads else 0
     u = torch.arange(-big, big + 1, dtype=sigma.dtype, device=sigma.device)
-    r = torch.tensor(rads, dtype=sigma.dtype, device=sigma.device)
-    mask = (u.abs()[None, :] <= r[:, None]).to(sigma.dtype)
+    # one comparison per scale with its Python radius: no host-to-device copy of the radii (a
+    # host sync, not allowed while a CUDA graph captures)
+    mask = torch.stack([u.abs() <= r for r in rads]).to(sigma.dtype) if rads else u.new_zeros(0, u.numel())
     return u, big, mask
 
 

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from . import _interpreter
+from ._launch import launch
 
 _interpreter.apply()
 
@@ -506,7 +507,12 @@ def _acc(dtype):
 def _prm(b, eps, dtype, device):
     """(B, eps_in, eps_out) as a tensor, so float64 runs keep full precision."""
     pdt = torch.float64 if dtype == torch.float64 else torch.float32
-    return torch.tensor([float(b), float(eps[0]), float(eps[1])], dtype=pdt, device=device)
+    # fills, not torch.tensor([...], device=...): a host-to-device copy blocks the host and is not
+    # allowed while a CUDA graph captures
+    prm = torch.full((3,), float(b), dtype=pdt, device=device)
+    prm[1] = float(eps[0])
+    prm[2] = float(eps[1])
+    return prm
 
 
 def _mode(b):
@@ -533,9 +539,9 @@ def forward(g, b, eps, x, l, save):
     prm = _prm(b, eps, dt, dev)
     if root is not None:
         (C, H, W), _, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
-        _bcos_root_kernel[(N * G, triton.cdiv(P, _BP))](
+        launch(_bcos_root_kernel)[(N * G, triton.cdiv(P, _BP))](
             x, root, prm, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, ACC=ACC, BP=_BP)
-    _bcos_fwd_kernel[(N * O, triton.cdiv(P, _BP))](
+    launch(_bcos_fwd_kernel)[(N * O, triton.cdiv(P, _BP))](
         l, root if root is not None else y, prm, y, lmax if save else y, idx if save else y, O, M, G, P, MODE=mode, SAVE=bool(save), ACC=ACC, BP=_BP)
     return y, lmax, idx, (root if save else None)
 
@@ -549,7 +555,7 @@ def backward(g, b, eps, gy, lmax, idx, root, explain, need_q):
     if N == 0 or O == 0 or P == 0:
         return gl, q
     mode = _mode(b)
-    _bcos_bwd_kernel[(N * G, triton.cdiv(P, _BP))](
+    launch(_bcos_bwd_kernel)[(N * G, triton.cdiv(P, _BP))](
         gy, lmax, idx, root if root is not None else gy, _prm(b, eps, dt, dev), gl, q if q is not None else gl, O, M, G, P,
         MODE=mode, EXPLAIN=bool(explain), NEED_Q=q is not None, ACC=_acc(dt), BP=_BP)
     return gl, q
@@ -561,7 +567,7 @@ def backward_norm(g, x, q, gx):
     (C, H, W), G, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
     if N == 0 or C == 0:
         return gx
-    _bcos_bwd_norm_kernel[(N * C, triton.cdiv(H * W, _BP))](
+    launch(_bcos_bwd_norm_kernel)[(N * C, triton.cdiv(H * W, _BP))](
         x, q, gx, C, H, W, G, g[7], g[8], kh, kw, sh, sw, ph, pw, dh, dw, ACC=_acc(x.dtype), BP=_BP)
     return gx
 
@@ -589,7 +595,7 @@ def conv_forward(g, b, eps, x, weight, save):
     BP, BO, BK = _CONV_FWD_TILES[dt]
     BO = _clamp_p2(Og, 16, BO)
     grid = (N * triton.cdiv(P, BP), G * triton.cdiv(Og, BO))
-    _bcos_conv_fwd_kernel[grid](
+    launch(_bcos_conv_fwd_kernel)[grid](
         x, w, rinv, _prm(b, eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
         root if root is not None else y, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
         M=M, MODE=mode, SAVE=bool(save), BP=BP, BO=BO, BK=BK)
@@ -645,7 +651,7 @@ def linear_forward(g, b, eps, x, weight, save):
     w = weight.contiguous()
     BR, BO, BK = _LIN_FWD_TILES[dt]
     BO = _clamp_p2(O, 16, BO)
-    _bcos_linear_fwd_kernel[(triton.cdiv(R, BR), triton.cdiv(O, BO))](
+    launch(_bcos_linear_fwd_kernel)[(triton.cdiv(R, BR), triton.cdiv(O, BO))](
         x, w, _row_inv_norm(w), _prm(b, eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
         root if root is not None else y, R, C, O, M=M, MODE=mode, SAVE=bool(save), BR=BR, BO=BO, BK=BK)
     return y, lmax, idx, root
@@ -673,7 +679,7 @@ def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, l
         grid, sizes = (1, triton.cdiv(N, _BP)), (O, 1, N, 1, O)
     else:
         grid, sizes = (N * G, triton.cdiv(P, _BP)), (O, G, P, P, 1)
-    _bcos_bwd_gv_kernel[grid](
+    launch(_bcos_bwd_gv_kernel)[grid](
         gy, lmax, root if root is not None else gy, _prm(b, eps, torch.float32, dev), gv, q if q is not None else gv,
         *sizes, MODE=mode, EXPLAIN=bool(explain), NEED_Q=need_q, BP=_BP)
     geo = (C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
@@ -682,7 +688,7 @@ def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, l
         gx = torch.empty_like(x)
         BP, BC, BO = _GX_TILES
         BC = _clamp_p2(Cg, 16, BC)
-        _bcos_bwd_gx_kernel[(triton.cdiv(N * H * W, BP), G * triton.cdiv(Cg, BC))](
+        launch(_bcos_bwd_gx_kernel)[(triton.cdiv(N * H * W, BP), G * triton.cdiv(Cg, BC))](
             gv, idx, w_hat.to(dt), x, q if q is not None else gv, gx, N * H * W, *geo,
             M=M, HAS_Q=need_q, BP=BP, BC=BC, BO=BO, **_GX_OPTS.get(dt, {}))
     if needs[1]:
@@ -697,7 +703,7 @@ def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, l
         TS = triton.cdiv(n_tb, splits) * BT
         splits = triton.cdiv(N * P, TS)
         part = torch.empty(splits, O * M, K, dtype=torch.float32, device=dev)
-        _bcos_bwd_gw_kernel[(G * triton.cdiv(Og, BO), triton.cdiv(K, BK), splits)](
+        launch(_bcos_bwd_gw_kernel)[(G * triton.cdiv(Og, BO), triton.cdiv(K, BK), splits)](
             gv, idx, x, part, N * P, *geo, TS, M=M, BO=BO, BK=BK, BT=BT, **_GW_OPTS.get(dt, {}))
         gwh = part.sum(0).reshape(w.shape)  # fixed-order reduction of the partials
         # d/dW of W / ||W|| (rows): (g - W-hat <g, W-hat>) / ||W||, in float32

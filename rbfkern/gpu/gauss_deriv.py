@@ -33,6 +33,7 @@ import triton.language as tl
 
 from .. import basis
 from . import _interpreter
+from ._launch import launch
 
 _interpreter.apply()
 
@@ -194,10 +195,17 @@ def _gd_bwd_kernel(g, x, a, f, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n
 
 
 @triton.jit
-def _gd3_fwd_kernel(x, a, f, tab, out, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st, pad, n_tw,
+def _basis_index_3d(p, q, t):
+    """The index of (p, q, t) in rbfkern.basis.derivative_orders_3d: the members of lower total
+    degree n come first, then within degree n p descending, then q descending."""
+    n = p + q + t
+    return n * (n + 1) * (n + 2) // 6 + (n - p) * (n - p + 1) // 2 + (n - p - q)
+
+
+@triton.jit
+def _gd3_fwd_kernel(x, a, f, out, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st, pad, n_tw,
                     ORDER: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr, BCO: tl.constexpr,
                     BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr, BWK: tl.constexpr):
-    """tab (O1, O1, O1) int32: basis index of (p, q, t) (-1 where p + q + t > ORDER)."""
     i_nt, i_co = tl.program_id(0), tl.program_id(1)
     n_tiles = tl.cdiv(Ho, BH) * n_tw
     i_nz = i_nt // n_tiles
@@ -231,7 +239,7 @@ def _gd3_fwd_kernel(x, a, f, tab, out, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st,
                             b_z = tl.dot(b_tq.to(ACC), b_r, input_precision="ieee", out_dtype=ACC)
                             b_c = tl.zeros([BCO], dtype=ACC)
                             for t in range(ORDER + 1 - p - q):
-                                bi = tl.load(tab + (p * (ORDER + 1) + q) * (ORDER + 1) + t)
+                                bi = _basis_index_3d(p, q, t)
                                 f_t = tl.load(f + (s * (ORDER + 1) + t) * K + az).to(ACC)
                                 b_a = tl.load(a + o_co * J + (i * S + s) * M + bi, mask=m_co, other=0.0).to(ACC)
                                 b_c += f_t * b_a
@@ -245,7 +253,7 @@ def _gd3_fwd_kernel(x, a, f, tab, out, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st,
 
 
 @triton.jit
-def _gd3_bwd_kernel(g, x, a, f, tab, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st, pad, n_tw,
+def _gd3_bwd_kernel(g, x, a, f, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st, pad, n_tw,
                     need_a, need_f,
                     ORDER: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr, BCO: tl.constexpr,
                     BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr, BWK: tl.constexpr,
@@ -298,7 +306,7 @@ def _gd3_bwd_kernel(g, x, a, f, tab, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, 
                             b_v = tl.sum(tl.sum(b_g * b_z[None, :, :], axis=2), axis=1)  # <G_o, Z2_pq(a)>
                             b_w = tl.zeros([BCO], dtype=ACC)
                             for t in range(ORDER + 1 - p - q):
-                                col = (i * S + s) * M + tl.load(tab + (p * (ORDER + 1) + q) * (ORDER + 1) + t)
+                                col = (i * S + s) * M + _basis_index_3d(p, q, t)
                                 f_t = tl.load(f + (s * (ORDER + 1) + t) * K + az).to(ACC)
                                 b_a = tl.load(a + o_co * J + col, mask=m_co, other=0.0).to(ACC)
                                 if need_a:
@@ -335,15 +343,6 @@ def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _tab3(order, device):
-    """(O1, O1, O1) int32: index of (p, q, t) in rbfkern.basis.derivative_orders_3d, else -1."""
-    o1 = order + 1
-    t = torch.full((o1, o1, o1), -1, dtype=torch.int32)
-    for b, (p, q, s) in enumerate(basis.derivative_orders_3d(order)):
-        t[p, q, s] = b
-    return t.to(device)
-
-
 def _launch_common(x, alpha, g, order, stride):
     nd = x.dim() - 2
     k = g.shape[-1]
@@ -366,11 +365,11 @@ def forward(x, alpha, g, order, stride, pad):
     cex["BCO"] = min(_fwd_bco(cex["BWK"]), triton.next_power_of_2(co))
     if nd == 2:
         grid = (x.shape[0] * triton.cdiv(ho, BH) * n_tw, triton.cdiv(co, cex["BCO"]))
-        _gd_fwd_kernel[grid](x, a, f, out, x.shape[1], *x.shape[2:], co, ho, wo, g.shape[0], k, a.shape[1],
+        launch(_gd_fwd_kernel)[grid](x, a, f, out, x.shape[1], *x.shape[2:], co, ho, wo, g.shape[0], k, a.shape[1],
                              stride, pad, n_tw, **cex, **_FWD_OPTS)
     else:
         grid = (x.shape[0] * outs[0] * triton.cdiv(ho, BH) * n_tw, triton.cdiv(co, cex["BCO"]))
-        _gd3_fwd_kernel[grid](x, a, f, _tab3(order, x.device), out, x.shape[1], *x.shape[2:], co, *outs,
+        launch(_gd3_fwd_kernel)[grid](x, a, f, out, x.shape[1], *x.shape[2:], co, *outs,
                               g.shape[0], k, a.shape[1], stride, pad, n_tw, **cex, **_FWD_OPTS)
     return out
 
@@ -409,12 +408,12 @@ def backward(grad, x, alpha, g, order, stride, pad, needs):
         ga_part = torch.zeros(nprog if needs[1] else 1, co, a.shape[1], dtype=acc, device=x.device)
         gf_part = torch.zeros(nprog * ci if needs[2] else 1, g.shape[0], o1p, kp, dtype=acc, device=x.device)
         if grad.numel() and ci:
-            args = (grad, x, a, f) + ((_tab3(order, x.device),) if nd == 3 else ()) + (ga_part, gf_part, ci)
+            args = (grad, x, a, f, ga_part, gf_part, ci)
             args += tuple(x.shape[2:]) + (co, *outs, g.shape[0], k, a.shape[1], stride, pad, n_tw,
                                             int(needs[1]), int(needs[2]))
             kern = _gd_bwd_kernel if nd == 2 else _gd3_bwd_kernel
             cex["BCO"] = min(_bwd_bco(nd, x.dtype), triton.next_power_of_2(co))
-            kern[(nprog, ci)](*args, O1P=o1p, KP=kp, **cex, **_BWD_OPTS)
+            launch(kern)[(nprog, ci)](*args, O1P=o1p, KP=kp, **cex, **_BWD_OPTS)
         # fixed-order reductions of the per-program partials
         if needs[1]:
             ga = ga_part.sum(0).reshape(alpha.shape).to(x.dtype)
@@ -455,11 +454,11 @@ def aot_specs():
         acc = tl.float64 if dt == "fp64" else tl.float32
         k = 9
         cex = cex_of(2, 3, k, acc)
-        sig = dict(x=p, a=p, f=p, tab="*i32", out=p, Ci=i32, D=i32, H=i32, W=i32, Co=i32, Do=i32, Ho=i32, Wo=i32,
+        sig = dict(x=p, a=p, f=p, out=p, Ci=i32, D=i32, H=i32, W=i32, Co=i32, Do=i32, Ho=i32, Wo=i32,
                    S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, **{c: ce for c in cex})
         specs.append((f"gd3_fwd_k{k}_{dt}", _gd3_fwd_kernel, sig, dict(cex, BCO=_fwd_bco(cex["BWK"])), dict(_FWD_OPTS)))
         cexb = dict(cex, O1P=4, KP=16, BCO=_bwd_bco(3, torch.float64 if dt == "fp64" else torch.float32))
-        sig = dict(g=p, x=p, a=p, f=p, tab="*i32", ga=p, gf=p, Ci=i32, D=i32, H=i32, W=i32, Co=i32, Do=i32,
+        sig = dict(g=p, x=p, a=p, f=p, ga=p, gf=p, Ci=i32, D=i32, H=i32, W=i32, Co=i32, Do=i32,
                    Ho=i32, Wo=i32, S=i32, K=i32, J=i32, st=i32, pad=i32, n_tw=i32, need_a=i32, need_f=i32,
                    **{c: ce for c in cexb})
         specs.append((f"gd3_bwd_k{k}_{dt}", _gd3_bwd_kernel, sig, cexb, dict(_BWD_OPTS)))

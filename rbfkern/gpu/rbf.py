@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from . import _interpreter
+from ._launch import launch
 
 _interpreter.apply()
 
@@ -428,7 +429,7 @@ def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
         stride_lc = D * D if tril.dim() == 3 else 0
         blk = _pick_blocks(N, C, D, "fwd_tril")
         grid = (triton.cdiv(N, blk["BN"]) * C,)
-        _rbf_fwd_tril_kernel[grid](x, centers, tril, sigma, prm, r2, p_act, N, C, D, stride_lc, kid, need,
+        launch(_rbf_fwd_tril_kernel)[grid](x, centers, tril, sigma, prm, r2, p_act, N, C, D, stride_lc, kid, need,
                                    ACC=ACC, **_tril_opts("fwd_tril", x.dtype), **blk)
     else:
         metric = 0 if diag is None else 1
@@ -436,7 +437,7 @@ def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
         w = diag if diag is not None else x
         blk = _pick_blocks(N, C, D, "fwd")
         grid = (triton.cdiv(N, blk["BN"]) * triton.cdiv(C, blk["BC"]),)
-        _rbf_fwd_kernel[grid](x, centers, w, sigma, prm, r2, p_act, N, C, D, stride_wc, kid, need,
+        launch(_rbf_fwd_kernel)[grid](x, centers, w, sigma, prm, r2, p_act, N, C, D, stride_wc, kid, need,
                               METRIC=metric, ACC=ACC, num_warps=4, **blk)
     if need_act and kid == 0:
         act.copy_(r2)
@@ -456,36 +457,40 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
     tdt, ACC = _acc(dt)
     has_ga = grad_act is not None  # kind "none": act == r2, df/dr2 = 1
     has_gr = grad_r2 is not None
-    launch = N > 0 and C > 0 and (has_ga or has_gr)
-    # gx is written in full by its kernel; the per-centre outputs are copied into
-    gx = (torch.empty_like(x) if launch else torch.zeros_like(x)) if need_x else None
-    gc = torch.zeros_like(centers) if need_c else None
-    gw = torch.zeros_like(diag) if need_w else None
-    gl = torch.zeros_like(tril) if need_l else None
-    gs = torch.zeros_like(sigma) if need_sig else None
-    if not launch:
-        return gx, gc, gw, gl, gs
+    run = N > 0 and C > 0 and (has_ga or has_gr)
+    # gx is written in full by its kernel; a gradient no kernel computes is zero
+    gx = (torch.empty_like(x) if run else torch.zeros_like(x)) if need_x else None
+    gc = gw = gl = gs = None
+
+    def result():
+        zero = lambda g, need, like: torch.zeros_like(like) if need and g is None else g  # noqa: E731
+        return gx, zero(gc, need_c, centers), zero(gw, need_w, diag), zero(gl, need_l, tril), zero(gs, need_sig, sigma)
+
+    if not run:
+        return result()
     prm = _prm(shape, dev, tdt)
     p_ga = grad_act if has_ga else r2
     p_gr = grad_r2 if has_gr else r2
     flags = dict(HAS_GA=has_ga, HAS_GR=has_gr)
-    ltri = torch.tril(tril.to(tdt)) if tril is not None else None
+    # The small O(C D^3) products around the kernels run in float64: on a GPU a float32 matmul may
+    # run in TF32 (torch.backends.cuda.matmul.allow_tf32), which would cost the gradients 3 digits.
+    ltri = torch.tril(tril.to(torch.float64)) if tril is not None else None
     M = None
     if tril is not None and (need_x or need_c):
-        M = (ltri @ ltri.transpose(-1, -2)).contiguous()
+        M = ltri @ ltri.transpose(-1, -2)
 
     if need_x and D > 0:
         if tril is not None:
             blk = _pick_blocks(N, C, D, "bwd_x_tril")
             grid = (triton.cdiv(N, blk["BN"]) * triton.cdiv(D, blk["BD"]),)
-            _rbf_bwd_x_tril_kernel[grid](x, centers, M, sigma, prm, r2, p_ga, p_gr, gx, N, C, D,
+            launch(_rbf_bwd_x_tril_kernel)[grid](x, centers, M.to(tdt), sigma, prm, r2, p_ga, p_gr, gx, N, C, D,
                                          D * D if M.dim() == 3 else 0, kid, **flags, ACC=ACC,
                                          **_tril_opts("bwd_x_tril", dt), **blk)
         else:
             blk = _pick_blocks(N, C, D, "bwd_x")
             stride_wc = D if (diag is not None and diag.dim() == 2) else 0
             grid = (triton.cdiv(N, blk["BN"]) * triton.cdiv(D, blk["BD"]),)
-            _rbf_bwd_x_kernel[grid](x, centers, diag if diag is not None else x, sigma, prm, r2, p_ga, p_gr, gx,
+            launch(_rbf_bwd_x_kernel)[grid](x, centers, diag if diag is not None else x, sigma, prm, r2, p_ga, p_gr, gx,
                                     N, C, D, stride_wc, kid, **flags, METRIC=0 if diag is None else 1,
                                     ACC=ACC, num_warps=4, **blk)
 
@@ -503,24 +508,24 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
         GS = torch.empty((n_split, C), dtype=tdt, device=dev) if sig_dep else None
         dummy = next(t for t in (S, T, GS) if t is not None)
         grid = (nb_c * nb_d * n_split,)
-        _rbf_bwd_c_kernel[grid](x, centers, sigma, prm, r2, p_ga, p_gr,
+        launch(_rbf_bwd_c_kernel)[grid](x, centers, sigma, prm, r2, p_ga, p_gr,
                                 S if S is not None else dummy, T if T is not None else dummy,
                                 GS if GS is not None else dummy, N, C, D, n_per, n_split, kid, **flags,
                                 NEED_S=need_s, NEED_T=need_t, NEED_SIG=sig_dep, ACC=ACC, num_warps=4, BN=BN, BC=BC, BD=BD)
         if need_s:
             S = S.sum(0)
             if tril is not None:
-                g = -2 * (M @ S.unsqueeze(-1)).squeeze(-1)
+                g = -2 * (M @ S.to(torch.float64).unsqueeze(-1)).squeeze(-1)
             elif diag is not None:
                 g = -2 * diag.to(tdt) * S
             else:
                 g = -2 * S
-            gc.copy_(g)
+            gc = g.to(centers.dtype)
         if need_t:
             T = T.sum(0)
-            gw.copy_(T if diag.dim() == 2 else T.sum(0))
+            gw = (T if diag.dim() == 2 else T.sum(0)).to(diag.dtype)
         if sig_dep:
-            gs.copy_(GS.sum(0))
+            gs = GS.sum(0).to(sigma.dtype)
 
     if need_l and D > 0:
         blk = _pick_blocks(N, C, D, "bwd_cov_tril")
@@ -534,15 +539,15 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
         n_split, n_per = _n_split(n_grp * nb_d * nb_d, N, blk["BN"])
         cov = torch.empty((n_grp, n_split, D, D), dtype=tdt, device=dev)
         grid = (n_grp * n_split * nb_d * nb_d,)
-        _rbf_bwd_cov_tril_kernel[grid](x, centers, sigma, prm, r2, p_ga, p_gr, cov, N, C, D, c_per, n_per,
+        launch(_rbf_bwd_cov_tril_kernel)[grid](x, centers, sigma, prm, r2, p_ga, p_gr, cov, N, C, D, c_per, n_per,
                                        n_split, kid, **flags, ACC=ACC,
                                        **_tril_opts("bwd_cov_tril", dt), **blk)
         cov = cov.sum(1)
         if tril.dim() == 2:
             cov = cov.sum(0)
-        gl.copy_(torch.tril(2 * (cov @ ltri)))
+        gl = torch.tril(2 * (cov.to(torch.float64) @ ltri)).to(tril.dtype)
 
-    return gx, gc, gw, gl, gs
+    return result()
 
 
 def aot_specs():

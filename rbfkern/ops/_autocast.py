@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import torch
 
-# Every rbfkern custom op, the backward ops included (torch.autograd.grad may run inside autocast).
-OPS = (
+# Every rbfkern op, the backward ops included (torch.autograd.grad may run inside autocast), and
+# the CPU op behind each (rbfkern/ops/_family.py), which a caller may also call directly.
+PUBLIC_OPS = (
     "rbf_r2", "rbf", "rbf_bwd",
     "bcos_conv2d", "bcos_linear", "bcos_conv2d_bwd", "bcos_linear_bwd",
     "gauss_deriv_conv2d", "gauss_deriv_conv2d_bwd", "gauss_deriv_conv3d", "gauss_deriv_conv3d_bwd",
 )
+OPS = PUBLIC_OPS + tuple(f"{name}_cpu" for name in PUBLIC_OPS)
 DEVICES = ("cpu", "cuda")
 CAST_TO = torch.float32
 

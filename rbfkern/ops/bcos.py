@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, reference
-from . import _checks
+from . import _checks, _family
 
 _HALF = (torch.float16, torch.bfloat16)
 # (eps inside the sqrt, eps after it) of the input norm: conv patches / linear rows, as bcos does.
@@ -431,18 +431,7 @@ def _backward(kind, gy, x, weight, lmax, idx, root, b, max_out, conv, explain, n
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("rbfkern::bcos_conv2d", mutates_args=())
-def _bcos_conv2d_op(
-    x: Tensor, weight: Tensor, b: float, max_out: int, stride: list[int], padding: list[int],
-    dilation: list[int], groups: int, explain: bool, save: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(y [N, O, H', W'], lmax [N, O, H', W'], idx uint8 [N, O, H', W'], root [N, G, H', W']);
-    the last three are empty unless ``save`` (root also for b == 1)."""
-    return _forward("conv", x, weight, b, max_out, (stride, padding, dilation, groups), save)
-
-
-@_bcos_conv2d_op.register_fake
-def _(x, weight, b, max_out, stride, padding, dilation, groups, explain, save):
+def _bcos_conv2d_fake(x, weight, b, max_out, stride, padding, dilation, groups, explain, save):
     N, _, H, W = x.shape
     ho, wo = _out_hw(H, W, weight.shape[2], weight.shape[3], stride, padding, dilation)
     ys = (N, weight.shape[0] // max_out, ho, wo)
@@ -452,7 +441,25 @@ def _(x, weight, b, max_out, stride, padding, dilation, groups, explain, save):
     return x.new_empty(ys), x.new_empty(ys), x.new_empty(ys, dtype=torch.uint8), root
 
 
-@torch.library.custom_op("rbfkern::bcos_linear", mutates_args=())
+@_family.device_op("bcos_conv2d", fake=_bcos_conv2d_fake)
+def _bcos_conv2d_op(
+    x: Tensor, weight: Tensor, b: float, max_out: int, stride: list[int], padding: list[int],
+    dilation: list[int], groups: int, explain: bool, save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y [N, O, H', W'], lmax [N, O, H', W'], idx uint8 [N, O, H', W'], root [N, G, H', W']);
+    the last three are empty unless ``save`` (root also for b == 1)."""
+    return _forward("conv", x, weight, b, max_out, (stride, padding, dilation, groups), save)
+
+
+def _bcos_linear_fake(x, weight, b, max_out, explain, save):
+    ys = (x.shape[0], weight.shape[0] // max_out)
+    if not save:
+        return x.new_empty(ys), x.new_empty(0), x.new_empty(0, dtype=torch.uint8), x.new_empty(0)
+    root = x.new_empty(x.shape[0], 1) if b != 1 else x.new_empty(0)
+    return x.new_empty(ys), x.new_empty(ys), x.new_empty(ys, dtype=torch.uint8), root
+
+
+@_family.device_op("bcos_linear", fake=_bcos_linear_fake)
 def _bcos_linear_op(
     x: Tensor, weight: Tensor, b: float, max_out: int, explain: bool, save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -464,16 +471,13 @@ def _bcos_linear_op(
     return y.reshape(ys), lmax.reshape(ys), idx.reshape(ys), root.reshape(x.shape[0], 1) if b != 1 else root
 
 
-@_bcos_linear_op.register_fake
-def _(x, weight, b, max_out, explain, save):
-    ys = (x.shape[0], weight.shape[0] // max_out)
-    if not save:
-        return x.new_empty(ys), x.new_empty(0), x.new_empty(0, dtype=torch.uint8), x.new_empty(0)
-    root = x.new_empty(x.shape[0], 1) if b != 1 else x.new_empty(0)
-    return x.new_empty(ys), x.new_empty(ys), x.new_empty(ys, dtype=torch.uint8), root
+def _bcos_bwd_fake(grad_y, x, weight, *args):
+    needs = args[-1]
+    return (torch.empty_like(x) if needs[0] else x.new_empty(0),
+            torch.empty_like(weight) if needs[1] else x.new_empty(0))
 
 
-@torch.library.custom_op("rbfkern::bcos_conv2d_bwd", mutates_args=())
+@_family.device_op("bcos_conv2d_bwd", fake=_bcos_bwd_fake)
 def _bcos_conv2d_bwd_op(
     grad_y: Tensor, x: Tensor, weight: Tensor, lmax: Tensor, idx: Tensor, root: Tensor, b: float,
     max_out: int, stride: list[int], padding: list[int], dilation: list[int], groups: int, explain: bool,
@@ -484,25 +488,13 @@ def _bcos_conv2d_bwd_op(
                      explain, needs)
 
 
-@_bcos_conv2d_bwd_op.register_fake
-def _(grad_y, x, weight, lmax, idx, root, b, max_out, stride, padding, dilation, groups, explain, needs):
-    return (torch.empty_like(x) if needs[0] else x.new_empty(0),
-            torch.empty_like(weight) if needs[1] else x.new_empty(0))
-
-
-@torch.library.custom_op("rbfkern::bcos_linear_bwd", mutates_args=())
+@_family.device_op("bcos_linear_bwd", fake=_bcos_bwd_fake)
 def _bcos_linear_bwd_op(
     grad_y: Tensor, x: Tensor, weight: Tensor, lmax: Tensor, idx: Tensor, root: Tensor, b: float,
     max_out: int, explain: bool, needs: list[bool],
 ) -> tuple[Tensor, Tensor]:
     """(grad_x [R, C], grad_weight); one not needed is an empty tensor."""
     return _backward("linear", grad_y, x, weight, lmax, idx, root, b, max_out, None, explain, needs)
-
-
-@_bcos_linear_bwd_op.register_fake
-def _(grad_y, x, weight, lmax, idx, root, b, max_out, explain, needs):
-    return (torch.empty_like(x) if needs[0] else x.new_empty(0),
-            torch.empty_like(weight) if needs[1] else x.new_empty(0))
 
 
 def _no_aux_grads(ctx, output):

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, basis, reference
-from . import _checks
+from . import _checks, _family
 
 _HALF = (torch.float16, torch.bfloat16)
 PATHS = ("auto", "separable", "dense")
@@ -138,14 +138,25 @@ def _path_env() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _sigma_compute(sigma: Tensor) -> Tensor:
+    """sigma detached, in the dtype the taps are built in: float32 for the half types (taps and the
+    sigma gradient in float16 / bfloat16 lose more than the op's one rounding at the end)."""
+    s = sigma.detach()
+    return s.float() if s.dtype in _HALF else s
+
+
+def _tap_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _taps(sigma: Tensor, order: int, truncate: float, radii: Sequence[int], scale_normalized: bool):
-    """The 1D kernels g (S, order+1, K) in sigma's dtype, outside the autograd graph (the sigma
-    gradient comes from :func:`_gsigma`)."""
-    return basis.gauss_kernels_1d(sigma.detach(), order, truncate, radii, scale_normalized)
+    """The 1D kernels g (S, order+1, K) in float32 or float64 (sigma's dtype, half types in
+    float32), outside the autograd graph (the sigma gradient comes from :func:`_gsigma`)."""
+    return basis.gauss_kernels_1d(_sigma_compute(sigma), order, truncate, radii, scale_normalized)
 
 
 def _gsigma(gtaps: Tensor, sigma: Tensor, order, truncate, radii, scale_normalized) -> Tensor:
-    dg = basis.gauss_kernels_1d_dsigma(sigma.detach(), order, truncate, radii, scale_normalized)
+    dg = basis.gauss_kernels_1d_dsigma(_sigma_compute(sigma), order, truncate, radii, scale_normalized)
     return (gtaps.to(dg.dtype) * dg).sum((1, 2)).to(sigma.dtype)
 
 
@@ -175,21 +186,23 @@ class _Dense:
 
     @staticmethod
     def forward(x, alpha, g, order, stride, pad, ndim=2):
-        w = effective_weight_from_taps(alpha, g.to(x.dtype), order, ndim)
+        # the filters built in the taps' dtype (float32 for half inputs), rounded once
+        w = effective_weight_from_taps(alpha.to(g.dtype), g, order, ndim).to(x.dtype)
         conv = torch.nn.functional.conv2d if ndim == 2 else torch.nn.functional.conv3d
         return conv(x, w, stride=stride, padding=pad)
 
     @staticmethod
     def backward(grad, x, alpha, g, order, stride, pad, needs, ndim=2):
-        f = g.flip(-1).to(x.dtype)
-        w = effective_weight_from_taps(alpha, g.to(x.dtype), order, ndim)
+        # the contractions with the taps in their dtype (float32 for half inputs)
+        f = g.flip(-1)
+        w = effective_weight_from_taps(alpha.to(g.dtype), g, order, ndim).to(x.dtype)
         gx = galpha = gg = None
         if needs[0]:
             fn = torch.nn.grad.conv2d_input if ndim == 2 else torch.nn.grad.conv3d_input
             gx = fn(x.shape, w, grad, stride=stride, padding=pad)
         if needs[1] or needs[2]:
             fn = torch.nn.grad.conv2d_weight if ndim == 2 else torch.nn.grad.conv3d_weight
-            gw = fn(x, w.shape, grad, stride=stride, padding=pad)
+            gw = fn(x, w.shape, grad, stride=stride, padding=pad).to(f.dtype)
             pq = _pq(order, ndim)
             S, co, ci = g.shape[0], alpha.shape[0], alpha.shape[1]
             if needs[1]:
@@ -202,7 +215,7 @@ class _Dense:
                     galpha = torch.einsum("oizyx,sbzyx->oisb", gw, ph)
                 galpha = galpha.reshape(co, ci, S * len(pq))
             if needs[2]:
-                a = alpha.reshape(co, ci, S, len(pq))
+                a = alpha.to(f.dtype).reshape(co, ci, S, len(pq))
                 gf = torch.zeros_like(f)
                 if ndim == 2:
                     u = torch.einsum("oisb,oiyx->sbyx", a, gw)
@@ -300,7 +313,16 @@ def _out_hw(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-@torch.library.custom_op("rbfkern::gauss_deriv_conv2d", mutates_args=())
+def _gd_fake(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
+    k = 2 * max(radii) + 1
+    return x.new_empty(x.shape[0], alpha.shape[0], *(_out_hw(d, k, stride, padding) for d in x.shape[2:]))
+
+
+def _gd_bwd_fake(grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
+    return tuple(torch.empty_like(t) if n else x.new_empty(0) for t, n in zip((x, alpha, sigma), needs))
+
+
+@_family.device_op("gauss_deriv_conv2d", fake=_gd_fake)
 def _gd2_op(
     x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
     stride: int, padding: int, scale_normalized: bool,
@@ -312,15 +334,8 @@ def _gd2_op(
     xc, ac = x.contiguous(), alpha.contiguous()
     if xc.dtype in _HALF and x.device.type == "cpu":
         xc, ac = xc.float(), ac.float()
-    g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+    g = _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(xc))
     return _run_forward(name, xc, ac, g, order, stride, padding).to(x.dtype)
-
-
-@_gd2_op.register_fake
-def _(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
-    k = 2 * max(radii) + 1
-    return x.new_empty(x.shape[0], alpha.shape[0], _out_hw(x.shape[2], k, stride, padding),
-                       _out_hw(x.shape[3], k, stride, padding))
 
 
 def _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized):
@@ -328,7 +343,7 @@ def _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized)
     xc, ac, gc = x.contiguous(), alpha.contiguous(), grad.contiguous()
     if xc.dtype in _HALF and x.device.type == "cpu":
         xc, ac, gc = xc.float(), ac.float(), gc.float()
-    return xc, ac, gc, _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+    return xc, ac, gc, _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(xc))
 
 
 def _bwd_outputs(grads, inputs, needs):
@@ -336,7 +351,7 @@ def _bwd_outputs(grads, inputs, needs):
     return tuple(g.to(t.dtype) if n else inputs[0].new_empty(0) for g, t, n in zip(grads, inputs, needs))
 
 
-@torch.library.custom_op("rbfkern::gauss_deriv_conv2d_bwd", mutates_args=())
+@_family.device_op("gauss_deriv_conv2d_bwd", fake=_gd_bwd_fake)
 def _gd2_bwd_op(
     grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
     stride: int, padding: int, scale_normalized: bool, needs: list[bool],
@@ -351,11 +366,6 @@ def _gd2_bwd_op(
         gx, ga, gg = _run_backward(name, gc, xc, ac, g, order, stride, padding, needs)
         gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
     return _bwd_outputs((gx, ga, gs), (x, alpha, sigma), needs)
-
-
-@_gd2_bwd_op.register_fake
-def _(grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
-    return tuple(torch.empty_like(t) if n else x.new_empty(0) for t, n in zip((x, alpha, sigma), needs))
 
 
 def _reference_vjp(fn, grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
@@ -383,7 +393,7 @@ def _backward2(ctx, grad):
 _gd2_op.register_autograd(_backward2, setup_context=_setup)
 
 
-@torch.library.custom_op("rbfkern::gauss_deriv_conv3d", mutates_args=())
+@_family.device_op("gauss_deriv_conv3d", fake=_gd_fake)
 def _gd3_op(
     x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
     stride: int, padding: int, scale_normalized: bool,
@@ -395,17 +405,11 @@ def _gd3_op(
     xc, ac = x.contiguous(), alpha.contiguous()
     if xc.dtype in _HALF and x.device.type == "cpu":
         xc, ac = xc.float(), ac.float()
-    g = _taps(sigma, order, truncate, radii, scale_normalized).to(xc.dtype)
+    g = _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(xc))
     return _run_forward(name, xc, ac, g, order, stride, padding).to(x.dtype)
 
 
-@_gd3_op.register_fake
-def _(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
-    k = 2 * max(radii) + 1
-    return x.new_empty(x.shape[0], alpha.shape[0], *(_out_hw(x.shape[d], k, stride, padding) for d in (2, 3, 4)))
-
-
-@torch.library.custom_op("rbfkern::gauss_deriv_conv3d_bwd", mutates_args=())
+@_family.device_op("gauss_deriv_conv3d_bwd", fake=_gd_bwd_fake)
 def _gd3_bwd_op(
     grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
     stride: int, padding: int, scale_normalized: bool, needs: list[bool],
@@ -419,11 +423,6 @@ def _gd3_bwd_op(
         gx, ga, gg = _run_backward(name, gc, xc, ac, g, order, stride, padding, needs)
         gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
     return _bwd_outputs((gx, ga, gs), (x, alpha, sigma), needs)
-
-
-@_gd3_bwd_op.register_fake
-def _(grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
-    return tuple(torch.empty_like(t) if n else x.new_empty(0) for t, n in zip((x, alpha, sigma), needs))
 
 
 def _backward3(ctx, grad):
@@ -475,7 +474,11 @@ def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sig
         if not vals:
             raise ValueError("sigma must hold at least one scale, got an empty sequence")
         vals = [_checks.finite_float("sigma", v, positive=True) for v in vals]
-        sig = x.new_tensor(vals)
+        # float32 (float64 for float64 x), the scales as given; filled on the device, not copied
+        # there (a host-to-device copy blocks the host and breaks CUDA graph capture)
+        sig = x.new_empty(len(vals), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        for i, v in enumerate(vals):
+            sig[i] = v
         if max_sigma is None:
             rads = basis.radii(vals, truncate)
         else:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, reference
-from . import _checks
+from . import _checks, _family
 
 KINDS = reference.RBF_KINDS
 _KIND_ID = {"none": -1, **{k: i for i, k in enumerate(KINDS)}}
@@ -132,18 +132,22 @@ def _run_forward(x, centers, diag, tril, sigma, kind, shape, need_act):
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("rbfkern::rbf_r2", mutates_args=())
+def _rbf_r2_fake(x, centers, diag, tril):
+    return x.new_empty(x.shape[0], centers.shape[0])
+
+
+@_family.device_op("rbf_r2", fake=_rbf_r2_fake)
 def _rbf_r2_op(x: Tensor, centers: Tensor, diag: Optional[Tensor], tril: Optional[Tensor]) -> Tensor:
     sigma = x.new_ones(centers.shape[0])
     return _run_forward(x, centers, diag, tril, sigma, "none", 0.0, False)[1]
 
 
-@_rbf_r2_op.register_fake
-def _(x, centers, diag, tril):
-    return x.new_empty(x.shape[0], centers.shape[0])
+def _rbf_fake(x, centers, diag, tril, sigma, kind, shape):
+    n, c = x.shape[0], centers.shape[0]
+    return x.new_empty(n, c), x.new_empty(n, c)
 
 
-@torch.library.custom_op("rbfkern::rbf", mutates_args=())
+@_family.device_op("rbf", fake=_rbf_fake)
 def _rbf_op(
     x: Tensor, centers: Tensor, diag: Optional[Tensor], tril: Optional[Tensor], sigma: Tensor,
     kind: str, shape: float,
@@ -151,13 +155,14 @@ def _rbf_op(
     return _run_forward(x, centers, diag, tril, sigma, kind, shape, True)
 
 
-@_rbf_op.register_fake
-def _(x, centers, diag, tril, sigma, kind, shape):
-    n, c = x.shape[0], centers.shape[0]
-    return x.new_empty(n, c), x.new_empty(n, c)
+def _rbf_bwd_fake(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, needs):
+    out = []
+    for need, like in zip(needs, (x, centers, diag, tril, sigma)):
+        out.append(torch.empty_like(like) if need and like is not None else x.new_empty(0))
+    return tuple(out)
 
 
-@torch.library.custom_op("rbfkern::rbf_bwd", mutates_args=())
+@_family.device_op("rbf_bwd", fake=_rbf_bwd_fake)
 def _rbf_bwd_op(
     grad_act: Optional[Tensor], grad_r2: Optional[Tensor], x: Tensor, centers: Tensor,
     diag: Optional[Tensor], tril: Optional[Tensor], sigma: Tensor, r2: Tensor, kind: str,
@@ -173,14 +178,6 @@ def _rbf_bwd_op(
     out = []
     for g, like in zip(grads, (x, centers, diag, tril, sigma)):
         out.append(x.new_empty(0) if g is None else g.to(dtype))
-    return tuple(out)
-
-
-@_rbf_bwd_op.register_fake
-def _(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, needs):
-    out = []
-    for need, like in zip(needs, (x, centers, diag, tril, sigma)):
-        out.append(torch.empty_like(like) if need and like is not None else x.new_empty(0))
     return tuple(out)
 
 

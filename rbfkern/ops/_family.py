@@ -1,0 +1,77 @@
+"""What every op family shares: how one op is registered for every device.
+
+Each computation is one public op ``rbfkern::<name>``, a ``torch.library.triton_op`` whose body
+branches on the device of its tensors:
+
+* CUDA: the family's Python body itself, which launches the Triton kernels through
+  ``torch.library.wrap_triton`` (``rbfkern.gpu._launch``). ``torch.compile`` traces into it and
+  sees the kernels (inductor can schedule them, CUDA graphs capture them, AOTInductor can ship
+  them); eager calls launch the kernels directly. Runs under a device guard, so tensors on a
+  device other than the current one launch there.
+* CPU: ``rbfkern::<name>_cpu``, an opaque custom op with the same schema and body and a
+  shapes-only fake: the C++ kernels take numpy buffers, which a trace cannot follow. Its body
+  picks the C++ extension, the interpreted Triton kernels or the reference (``RBFKERN_BACKEND``).
+
+The fake (meta) implementation of the public op is its own body (triton_op's rule), so that body
+must run on fake tensors: no data reads, no host syncs, sizes only.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import typing
+
+import torch
+
+from .. import _backend
+
+NAMESPACE = "rbfkern"
+
+
+def _first_tensor(args):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+    raise TypeError("an rbfkern op needs at least one tensor argument")
+
+
+def cuda_guard(device: torch.device):
+    """Make ``device`` current while kernels launch (Triton launches on the current device)."""
+    if device.type != "cuda" or torch.cuda.device_count() < 2:
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def _copy_resolved_signature(src, dst):
+    """dst gets src's signature with the annotations resolved in src's module (schema inference
+    reads them; as strings, under ``from __future__ import annotations``, they would be looked up
+    in this module)."""
+    hints = typing.get_type_hints(src)
+    sig = inspect.signature(src)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
+    dst.__signature__ = sig.replace(parameters=params, return_annotation=hints.get("return", sig.return_annotation))
+    dst.__annotations__ = hints
+
+
+def device_op(name: str, fake):
+    """Decorator: register ``body`` as ``rbfkern::<name>`` (see the module docstring), with
+    ``fake`` as the shapes-only implementation of its CPU op. Returns the public op
+    (a CustomOpDef: register_autograd etc. work on it)."""
+
+    def register(body):
+        cpu_op = torch.library.custom_op(f"{NAMESPACE}::{name}_cpu", body, mutates_args=(), device_types="cpu")
+        cpu_op.register_fake(fake)
+
+        @functools.wraps(body)
+        def dispatch(*args, **kwargs):
+            device = _first_tensor(args).device
+            if device.type in _backend.GPU_DEVICE_TYPES:
+                with cuda_guard(device):
+                    return body(*args, **kwargs)
+            return cpu_op(*args, **kwargs)
+
+        _copy_resolved_signature(body, dispatch)
+        return torch.library.triton_op(f"{NAMESPACE}::{name}", dispatch, mutates_args=())
+
+    return register
