@@ -99,7 +99,7 @@ def run_case(fn, tensors, seed=1):
     """Forward and backward of ``fn`` on fresh leaf copies: [output, grad of each tensor]."""
     leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
     y = fn(*leaves)
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y.dtype)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y.device, y.dtype)
     y.backward(gy)
     return [y.detach()] + [t.grad for t in leaves]
 

@@ -86,4 +86,6 @@ def pytest_collection_modifyitems(config, items):
         if callspec.params.get("backend") == "triton":
             item.add_marker(pytest.mark.triton)
         if "cuda" in (callspec.params.get("backend"), callspec.params.get("device")):
-            item.add_marker(pytest.mark.cuda)
+            item.add_marker(pytest.mark.cuda)  # also where a test wrote a plain "cuda", not CUDA
+            if not CUDA_RUNS:
+                item.add_marker(pytest.mark.skip(reason=_CUDA_SKIP))

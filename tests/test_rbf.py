@@ -1,5 +1,6 @@
 """The Mahalanobis RBF ops: reference vs the paper, every backend vs the reference, gradients, errors."""
 import math
+import os
 
 import pytest
 import torch
@@ -8,14 +9,14 @@ import rbfkern
 from rbfkern import reference
 from rbfkern.ops import rbf, rbf_r2
 
-from _util import assert_close_to_ref
-from conftest import CPU_BACKENDS
+from _util import HALF, assert_close_to_ref, assert_within_naive_error
+from conftest import BACKENDS, CPU_BACKENDS, CUDA, DEVICES, TRITON_BACKENDS, device_of
 
 KINDS = reference.RBF_KINDS
 METRICS = ["none", "diag", "shared_diag", "tril", "shared_tril"]
 
 
-def make_inputs(n, c, d, metric, dtype=torch.float64, seed=0, noncontig=False):
+def make_inputs(n, c, d, metric, dtype=torch.float64, seed=0, noncontig=False, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64) / math.sqrt(d)
     cen = torch.randn(c, d, generator=g, dtype=torch.float64) / math.sqrt(d)
@@ -31,15 +32,15 @@ def make_inputs(n, c, d, metric, dtype=torch.float64, seed=0, noncontig=False):
     if noncontig:
         x = x.T.contiguous().T  # column-major view
         cen = torch.cat([cen, cen], 1)[:, :d]  # row stride 2d
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
     return cast(x), cast(cen), cast(diag), cast(tril)
 
 
-def sigma_for(c, per_centre, dtype, seed=1):
+def sigma_for(c, per_centre, dtype, seed=1, device="cpu"):
     if not per_centre:
         return 0.8
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    return (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(device=device, dtype=dtype)
 
 
 def f64(t):
@@ -100,15 +101,15 @@ def test_reference_singular_points_are_zero():
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_forward(n, c, d, metric, dtype, noncontig, kinds=KINDS, sigma_forms=(False, True)):
-    x, cen, diag, tril = make_inputs(n, c, d, metric, dtype, noncontig=noncontig)
+def _check_forward(n, c, d, metric, dtype, noncontig, kinds=KINDS, sigma_forms=(False, True), device="cpu"):
+    x, cen, diag, tril = make_inputs(n, c, d, metric, dtype, noncontig=noncontig, device=device)
     r2_ref = reference.rbf_r2(f64(x), f64(cen), f64(diag), f64(tril))
     r2 = rbf_r2(x, cen, diag=diag, tril=tril)
     assert r2.shape == (n, c) and r2.dtype == dtype
     assert_close_to_ref(r2, r2_ref, dtype, what=f"r2 {metric}")
     for i, kind in enumerate(kinds):
         for per_centre in sigma_forms if len(sigma_forms) < 2 or len(kinds) > 2 else (i % 2 == 1,):
-            s = sigma_for(c, per_centre, dtype)
+            s = sigma_for(c, per_centre, dtype, device=device)
             act, r2b = rbf(x, cen, diag=diag, tril=tril, sigma=s, kind=kind, shape=0.6, return_r2=True)
             want = reference.rbf_activation(r2_ref, kind, f64(s), 0.6)
             assert_close_to_ref(act, want, dtype, what=f"{kind} {metric} per_centre={per_centre}")
@@ -130,14 +131,29 @@ _TRITON_GRID = [(n, c, d, m) for n, c, d in [(1, 1, 1), (7, 5, 3), (33, 17, 33),
                 for m in METRICS if n < 300 or "tril" not in m]
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b == "triton"], indirect=True)
+@pytest.mark.parametrize("backend", TRITON_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("n,c,d,metric", _TRITON_GRID)
 def test_triton_matches_reference(backend, n, c, d, metric, dtype):
     # The interpreter is slow: every kind on the small shapes, two kinds (and both sigma forms)
-    # on the large ones; the kinds' epilogues are shape-independent.
-    kinds = KINDS if n * c * d < 200 else ("gaussian", "logistic")
-    _check_forward(n, c, d, metric, dtype, noncontig=n == 7, kinds=kinds)
+    # on the large ones; the kinds' epilogues are shape-independent. A GPU runs every kind.
+    dev = device_of(backend)
+    kinds = KINDS if n * c * d < 200 or dev.type == "cuda" else ("gaussian", "logistic")
+    _check_forward(n, c, d, metric, dtype, noncontig=n == 7, kinds=kinds, device=dev)
+
+
+# On a GPU, also the shapes the interpreter cannot afford: tril at (300, 64, 33), several tiles in
+# every direction, and N or C not a multiple of any tile.
+_CUDA_GRID = [(n, c, d, m) for n, c, d in [(300, 64, 33), (1000, 129, 70), (4099, 37, 16)] for m in METRICS]
+
+
+@pytest.mark.parametrize("device", [CUDA], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("n,c,d,metric", _CUDA_GRID)
+def test_cuda_large_shapes_match_reference(device, n, c, d, metric, dtype):
+    if device.type != "cuda":
+        pytest.skip("GPU-sized shapes: too slow for the interpreter's rehearsal")
+    _check_forward(n, c, d, metric, dtype, noncontig=False, kinds=("gaussian", "thin_plate"), device=device)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
@@ -150,17 +166,100 @@ def test_half_inputs_return_input_dtype(backend):
         assert_close_to_ref(act, want, dtype, what="bf16")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
-def test_no_cancellation_near_a_centre(backend):
+def _rbf_call(x, cen, metric_t, metric, sig, kind):
+    diag = metric_t if "diag" in metric else None
+    tril = metric_t if "tril" in metric else None
+    return rbf(x, cen, diag=diag, tril=tril, sigma=sig, kind=kind, shape=0.6, return_r2=True)
+
+
+def _ref_call(x, cen, metric_t, metric, sig, kind):
+    diag = metric_t if "diag" in metric else None
+    tril = metric_t if "tril" in metric else None
+    r2 = reference.rbf_r2(x, cen, diag, tril)
+    return reference.rbf_activation(r2, kind, sig, 0.6), r2
+
+
+@pytest.mark.parametrize("backend", [CUDA], indirect=True)
+@pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("kind", ["gaussian", "inverse_multiquadric", "thin_plate"])
+def test_half_types_within_naive_error(backend, metric, kind, dtype):
+    """float16 / bfloat16 on the GPU: outputs and gradients within 2x the error of the reference
+    computed in the half dtype, against the reference in float32 (the flash-attention rule)."""
+    dev = device_of(backend)
+    n, c, d = (70, 19, 24) if dev.type == "cuda" else (9, 5, 6)
+    x, cen, diag, tril = make_inputs(n, c, d, metric, dtype, seed=5, device=dev)
+    metric_t = diag if diag is not None else tril
+    sig = sigma_for(c, True, dtype, device=dev)
+    w = torch.randn(n, c, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dev)
+    ins = [t for t in (x, cen, metric_t, sig) if t is not None]
+
+    def run(fn, cast):
+        leaves = [t.detach().to(cast).requires_grad_(True) for t in ins]
+        xs, cs = leaves[:2]
+        mt = leaves[2] if metric_t is not None else None
+        act, r2 = fn(xs, cs, mt, metric, leaves[-1], kind)
+        (act * w.to(cast)).sum().backward()
+        return [act.detach(), r2.detach()] + [t.grad for t in leaves]
+
+    got, want, naive = run(_rbf_call, dtype), run(_ref_call, torch.float32), run(_ref_call, dtype)
+    assert got[0].dtype == dtype
+    names = ["act", "r2", "x", "centers"] + (["metric"] if metric_t is not None else []) + ["sigma"]
+    for name, g, r, nv in zip(names, got, want, naive):
+        if r is None:  # sigma of a kind that does not use it
+            assert g is None or not bool(g.any()), f"{kind}: non-zero gradient of an unused {name}"
+            continue
+        assert_within_naive_error(g, r, nv, what=f"{kind} {metric} {dtype} {name}")
+
+
+def _near_centre(device):
     # |c| ~ 1e3 and x - c ~ 1e-2: the expanded x^2 - 2xc + c^2 form loses every digit in float32.
     d = 16
     c = torch.full((1, d), 1000.0) + torch.arange(d, dtype=torch.float32)
     x = c + 1e-2
-    r2 = rbf_r2(x, c)
     exact = float(((x.double() - c.double()) ** 2).sum())
+    return x.to(device), c.to(device), exact
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_no_cancellation_near_a_centre(backend):
+    x, c, exact = _near_centre(device_of(backend))
+    r2 = rbf_r2(x, c)
     assert abs(float(r2) - exact) <= 1e-5 * exact
     expanded = reference.rbf_r2_expanded(x, c)
     assert abs(float(expanded) - exact) > 1e-2 * exact  # the test can tell the two forms apart
+
+
+@pytest.mark.tf32
+@pytest.mark.parametrize("backend", [CUDA], indirect=True)
+@pytest.mark.parametrize("metric", ["none", "diag", "tril"])
+def test_near_centre_exact_with_tf32_enabled(backend, metric):
+    """The RBF kernels' tl.dot (tril) run in IEEE float32 whatever PyTorch's TF32 switches say, and
+    the torch products in the backward run in float64: float32 distances stay exact near a centre
+    and gradients stay at float32 accuracy with TF32 switched on everywhere."""
+    dev = device_of(backend)
+    x, c, exact = _near_centre(dev)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        d = x.shape[1]
+        diag = torch.full((d,), 0.5, device=dev) if metric == "diag" else None
+        tril = torch.eye(d, device=dev) * 0.7 if metric == "tril" else None
+        r2 = rbf_r2(x, c, diag=diag, tril=tril)
+        factor = 1.0 if metric == "none" else (0.5 if metric == "diag" else 0.49)
+        assert abs(float(r2) - factor * exact) <= 1e-5 * factor * exact
+        _check_forward(40, 23, 33, "tril", torch.float32, noncontig=False, kinds=("gaussian",), device=dev)
+        ins = [t.detach().requires_grad_(True) for t in make_inputs(40, 23, 33, "tril", torch.float32, seed=4, device=dev)[:2]]
+        L = make_inputs(40, 23, 33, "tril", torch.float32, seed=4, device=dev)[3].requires_grad_(True)
+        rbf(*ins, tril=L).sum().backward()
+        refs = [t.detach().double().requires_grad_(True) for t in (*ins, L)]
+        reference.rbf(*refs[:2], tril=refs[2]).sum().backward()
+        for name, a, b in zip(("x", "centers", "tril"), (*ins, L), refs):
+            assert_close_to_ref(a.grad, b.grad, torch.float32, what=f"TF32 on: grad {name}")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
+        torch.set_float32_matmul_precision(before[2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,14 +267,14 @@ def test_no_cancellation_near_a_centre(backend):
 # ---------------------------------------------------------------------------------------------
 
 
-def _grad_inputs(n, c, d, metric, seed=3):
-    x, cen, diag, tril = make_inputs(n, c, d, metric, torch.float64, seed=seed)
-    sig = sigma_for(c, True, torch.float64)
+def _grad_inputs(n, c, d, metric, seed=3, device="cpu"):
+    x, cen, diag, tril = make_inputs(n, c, d, metric, torch.float64, seed=seed, device=device)
+    sig = sigma_for(c, True, torch.float64, device=device)
     return [t.clone().requires_grad_(True) if t is not None else None for t in (x, cen, diag, tril, sig)]
 
 
-def _gradcheck(n, c, d, metric, kind):
-    x, cen, diag, tril, sig = _grad_inputs(n, c, d, metric)
+def _gradcheck(n, c, d, metric, kind, device="cpu"):
+    x, cen, diag, tril, sig = _grad_inputs(n, c, d, metric, device=device)
     leaves = [t for t in (x, cen, diag, tril, sig) if t is not None]
 
     def fn(*args):
@@ -204,16 +303,19 @@ _TRITON_GRAD = [(m, k) for m in ("none", "diag") for k in KINDS] + [
 ]
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b == "triton"], indirect=True)
+@pytest.mark.parametrize("backend", TRITON_BACKENDS, indirect=True)
 @pytest.mark.parametrize("metric,kind", _TRITON_GRAD)
 def test_gradcheck_triton(backend, metric, kind):
-    _gradcheck(2, 3, 3, metric, kind)
+    dev = device_of(backend)
+    # on a GPU also several tiles in every direction (N, C, D not multiples of a tile)
+    for n, c, d in [(2, 3, 3)] + ([(37, 19, 21)] if dev.type == "cuda" else []):
+        _gradcheck(n, c, d, metric, kind, device=dev)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("metric", ["none", "diag", "tril"])
 def test_gradcheck_r2(backend, metric):
-    x, cen, diag, tril, _ = _grad_inputs(3, 2, 4, metric)
+    x, cen, diag, tril, _ = _grad_inputs(3, 2, 4, metric, device=device_of(backend))
     leaves = [t for t in (x, cen, diag, tril) if t is not None]
 
     def fn(*args):
@@ -224,18 +326,19 @@ def test_gradcheck_r2(backend, metric):
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("metric", METRICS)
 def test_gradients_match_reference_float32(backend, metric):
     """Larger float32 case, gradients against autograd through the reference in float64."""
-    n, c, d = (65, 33, 20) if backend == "cpp" else (9, 6, 5)
-    x, cen, diag, tril = make_inputs(n, c, d, metric, torch.float32, seed=7)
-    sig = sigma_for(c, True, torch.float32)
+    dev = device_of(backend)
+    n, c, d = (65, 33, 20) if backend == "cpp" else (1031, 257, 40) if dev.type == "cuda" else (9, 6, 5)
+    x, cen, diag, tril = make_inputs(n, c, d, metric, torch.float32, seed=7, device=dev)
+    sig = sigma_for(c, True, torch.float32, device=dev)
     for kind in ("gaussian", "logistic", "multiquadric"):
         ins = [t.clone().requires_grad_(True) if t is not None else None for t in (x, cen, diag, tril, sig)]
         ref = [f64(t).detach().requires_grad_(True) if t is not None else None for t in ins]
         g = torch.Generator().manual_seed(11)
-        w = torch.randn(n, c, generator=g)
+        w = torch.randn(n, c, generator=g).to(dev)
         act, r2 = rbf(*ins[:2], diag=ins[2], tril=ins[3], sigma=ins[4], kind=kind, shape=0.6, return_r2=True)
         ((act * w).sum() + (r2 * w).sum() * 0.1).backward()
         act_r, r2_r = reference.rbf_activation(reference.rbf_r2(*ref[:4]), kind, ref[4], 0.6), reference.rbf_r2(*ref[:4])
@@ -246,14 +349,15 @@ def test_gradients_match_reference_float32(backend, metric):
                 torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-4 * scale, msg=f"{kind} {metric} d{name}")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("kind", KINDS)
 def test_x_on_a_centre_gives_finite_gradients(backend, kind):
-    x, cen, diag, _ = make_inputs(3, 4, 5, "diag", torch.float64)
+    dev = device_of(backend)
+    x, cen, diag, _ = make_inputs(3, 4, 5, "diag", torch.float64, device=dev)
     x = torch.cat([x, cen[:2]]).requires_grad_(True)  # rows 3 and 4 sit exactly on centres 0 and 1
     cen = cen.clone().requires_grad_(True)
     diag = diag.clone().requires_grad_(True)
-    sig = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    sig = torch.tensor(0.9, dtype=torch.float64, device=dev, requires_grad=True)
     act = rbf(x, cen, diag=diag, sigma=sig, kind=kind, shape=0.6)
     assert torch.isfinite(act).all()
     act.sum().backward()
@@ -265,9 +369,9 @@ def test_x_on_a_centre_gives_finite_gradients(backend, kind):
     assert torch.equal(gx[3], torch.zeros_like(gx[3]))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_empty_batch(backend):
-    x, cen, diag, _ = make_inputs(0, 5, 3, "diag", torch.float32)
+    x, cen, diag, _ = make_inputs(0, 5, 3, "diag", torch.float32, device=device_of(backend))
     x.requires_grad_(True)
     cen.requires_grad_(True)
     act = rbf(x, cen, diag=diag)
@@ -276,9 +380,9 @@ def test_empty_batch(backend):
     assert x.grad.shape == (0, 3) and torch.equal(cen.grad, torch.zeros_like(cen))
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_inputs_not_modified(backend):
-    x, cen, diag, tril = make_inputs(6, 4, 5, "tril", torch.float32)
+    x, cen, diag, tril = make_inputs(6, 4, 5, "tril", torch.float32, device=device_of(backend))
     copies = [t.clone() for t in (x, cen, tril)]
     rbf(x, cen, tril=tril, kind="logistic")
     for a, b in zip((x, cen, tril), copies):
@@ -290,11 +394,13 @@ def test_inputs_not_modified(backend):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("metric", ["none", "diag", "shared_diag", "tril", "shared_tril"])
-def test_opcheck(metric, monkeypatch):
-    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
-    x, cen, diag, tril = make_inputs(5, 3, 4, metric, torch.float64)
-    sig = sigma_for(3, True, torch.float64)
+def test_opcheck(metric, device, monkeypatch):
+    if device.type == "cpu" and "RBFKERN_BACKEND" not in os.environ:
+        monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    x, cen, diag, tril = make_inputs(5, 3, 4, metric, torch.float64, device=device)
+    sig = sigma_for(3, True, torch.float64, device=device)
     for rg in (False, True):
         args = [t.clone().requires_grad_(rg) if t is not None else None for t in (x, cen, diag, tril, sig)]
         torch.library.opcheck(torch.ops.rbfkern.rbf_r2.default, tuple(args[:4]))
