@@ -3,7 +3,9 @@ the tile and vector widths), strides (transposed, sliced, expanded inputs), dtyp
 for every public op. For each, the backend under test (``cpp``; ``triton`` through the interpreter
 on tiny shapes) equals the ``reference`` backend (the same public call on float64 copies, which
 runs rbfkern.reference) forward and backward; outputs are finite where the reference's are; the
-input tensors are never modified.
+input tensors are never modified. The B-cos and Gaussian-derivative properties also run on CUDA
+(backend "cuda": the Triton kernels compiled, the reference on the same device); in the CPU
+rehearsal (RBFKERN_CUDA_ON_CPU=1) those take the interpreter's tiny sizes, on a GPU the cpp ones.
 
 Example counts are bounded and derandomised (the same examples on every run), so CI is reproducible.
 """
@@ -18,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _util import assert_close_to_ref
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, device_of
 from rbfkern import ops, reference
 
 # Examples per parametrised case (the discrete axes -- activation, B, derivative order -- are
@@ -32,13 +34,20 @@ DIMS = [1, 2, 3, 15, 16, 17, 31, 33]
 TINY = [0, 1, 2, 3, 5, 9]  # for the interpreter: every program runs in Python
 
 
+def _tiny(backend):
+    """Whether ``backend`` runs the interpreted Triton kernels (tiny sizes, few examples)."""
+    return backend == "triton" or (backend == "cuda" and CUDA_ON_CPU)
+
+
 def _settings(backend, scale=1):
-    n = CPP_EXAMPLES if backend == "cpp" else TRITON_EXAMPLES
+    n = TRITON_EXAMPLES if _tiny(backend) else CPP_EXAMPLES
     return settings(max_examples=n * scale, deadline=None,
                     derandomize=True, suppress_health_check=list(HealthCheck), database=None)
 
 
 BACKENDS = [pytest.param(b, marks=pytest.mark.triton) if b == "triton" else b for b in CPU_BACKENDS]
+# The B-cos and Gaussian-derivative properties also on CUDA.
+BACKENDS_CUDA = BACKENDS + [CUDA]
 
 
 @contextlib.contextmanager
@@ -101,14 +110,16 @@ class Call:
         self.base = [maker(g, _leaf_shape(shape, layout)) for shape, layout, maker in specs]
         self.seed = seed
 
-    def run(self, dtype, backend=None):
-        """backend None: the reference functions themselves."""
-        leaves = [b.to(dtype).requires_grad_(True) for b in self.base]
+    def run(self, dtype, backend=None, device=torch.device("cpu")):
+        """backend None: the reference functions themselves; the leaves on ``device``."""
+        leaves = [b.to(dtype).to(device).requires_grad_(True) for b in self.base]
         before = [t.detach().clone() for t in leaves]
         views = [_view(t, shape, layout) for t, (shape, layout, _) in zip(leaves, self.specs)]
-        with _env(RBFKERN_BACKEND=backend):
+        # CUDA tensors always run the Triton kernels; in the rehearsal the CPU tensors must be told
+        with _env(RBFKERN_BACKEND="triton" if backend == "cuda" else backend):
             y = self.fn(*views) if backend else self.ref(*views)
-            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(self.seed + 1), dtype=torch.float64)
+            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(self.seed + 1),
+                             dtype=torch.float64).to(device)
             grads = torch.autograd.grad(y, leaves, gy.to(dtype), allow_unused=True)
         for t, b in zip(leaves, before):  # inputs never modified
             assert torch.equal(t.detach(), b), "an input tensor was modified by the op"
@@ -116,8 +127,9 @@ class Call:
 
 
 def check(call, dtype, backend, what):
-    y, grads = call.run(dtype, backend)
-    y_ref, grads_ref = call.run(torch.float64)
+    dev = device_of(backend)  # the reference runs on the same device, in float64
+    y, grads = call.run(dtype, backend, dev)
+    y_ref, grads_ref = call.run(torch.float64, None, dev)
     assert y.dtype == dtype and y.shape == y_ref.shape, f"{what}: output {y.dtype} {tuple(y.shape)}"
     assert_close_to_ref(y, y_ref, dtype, what=f"{what} forward")
     if bool(torch.isfinite(y_ref).all()):
@@ -262,10 +274,10 @@ def bcos_linear_calls(draw, tiny, b):
 
 
 @pytest.mark.parametrize("b", B_VALUES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CUDA)
 def test_bcos_conv2d_matches_reference(backend, b):
-    @_settings(backend, scale=2 if backend == "cpp" else 1)
-    @given(case=bcos_conv_calls(tiny=backend == "triton", b=b), dtype=DTYPES)
+    @_settings(backend, scale=1 if _tiny(backend) else 2)
+    @given(case=bcos_conv_calls(tiny=_tiny(backend), b=b), dtype=DTYPES)
     def prop(case, dtype):
         call, what = case
         check(call, dtype, backend, f"[{backend} {dtype}] {what}")
@@ -274,10 +286,10 @@ def test_bcos_conv2d_matches_reference(backend, b):
 
 
 @pytest.mark.parametrize("b", B_VALUES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS_CUDA)
 def test_bcos_linear_matches_reference(backend, b):
     @_settings(backend)
-    @given(case=bcos_linear_calls(tiny=backend == "triton", b=b), dtype=DTYPES)
+    @given(case=bcos_linear_calls(tiny=_tiny(backend), b=b), dtype=DTYPES)
     def prop(case, dtype):
         call, what = case
         check(call, dtype, backend, f"[{backend} {dtype}] {what}")
@@ -328,7 +340,7 @@ def gauss_deriv_calls(draw, ndim, tiny, order):
     ref_op = reference.gauss_deriv_conv2d if ndim == 2 else reference.gauss_deriv_conv3d
 
     def ref(x, alpha, *rest):
-        sigma = rest[0].reshape(-1) if rest else torch.tensor(sig_vals, dtype=x.dtype)
+        sigma = rest[0].reshape(-1) if rest else torch.tensor(sig_vals, dtype=x.dtype, device=x.device)
         return ref_op(x, alpha, sigma, order, truncate, radii, stride, pad, scale_normalized)
 
     what = (f"gauss_deriv_conv{ndim}d x={(n, cin, *spatial)} cout={cout} sigma={sig_vals} ({sigma_form}) "
@@ -338,7 +350,7 @@ def gauss_deriv_calls(draw, ndim, tiny, order):
 
 
 def _gd_params():
-    for backend in BACKENDS:
+    for backend in BACKENDS_CUDA:
         name = getattr(backend, "values", [backend])[0]
         for ndim, top in ((2, 4), (3, 2)):
             for order in range(0, (1 if name == "triton" else top) + 1):
@@ -348,8 +360,8 @@ def _gd_params():
 
 @pytest.mark.parametrize("backend,ndim,order", list(_gd_params()))
 def test_gauss_deriv_matches_reference(backend, ndim, order):
-    @_settings(backend, scale=2 if backend == "triton" else 1)
-    @given(case=gauss_deriv_calls(ndim=ndim, tiny=backend == "triton", order=order), dtype=DTYPES)
+    @_settings(backend, scale=2 if _tiny(backend) else 1)
+    @given(case=gauss_deriv_calls(ndim=ndim, tiny=_tiny(backend), order=order), dtype=DTYPES)
     def prop(case, dtype):
         call, what = case
         check(call, dtype, backend, f"[{backend} {dtype}] {what}")
