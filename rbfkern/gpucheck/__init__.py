@@ -1,0 +1,1 @@
+"""``python -m rbfkern gpucheck``: the prepared check of the package on a CUDA device (in progress)."""
