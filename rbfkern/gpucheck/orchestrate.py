@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +42,8 @@ class Runner:
         self.lock = threading.Lock()  # the warm-up threads share the log
         self.log_left = LOG_TOTAL
         self.env = self._child_env()
+        self.children = set()  # process groups of the running children (killed if the run is stopped)
+        self.doc = {}
 
     # -- helpers ---------------------------------------------------------------------------------
     def say(self, msg: str):
@@ -82,14 +85,19 @@ class Runner:
                 "deadline": deadline, "timer": self.plan.timer, "results": str(res)}
         spec_path.write_text(json.dumps(spec))
         with open(log_path, "w") as lf:
+            # Its own process group (killed as one), in this session: what ends the session ends it.
+            group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
             proc = subprocess.Popen([sys.executable, "-m", "rbfkern.gpucheck.worker", str(spec_path)], cwd=ROOT,
-                                    env=self.env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+                                    env=self.env, stdout=lf, stderr=subprocess.STDOUT, **group)
+            self.children.add(proc.pid)
             try:
                 rc = proc.wait(timeout=max(1.0, deadline + GRACE_S - time.time()))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 rc = "killed at the deadline"
+            finally:
+                self.children.discard(proc.pid)
         recs = []
         if res.exists():
             for line in res.read_text().splitlines():
@@ -104,9 +112,10 @@ class Runner:
     # -- steps -----------------------------------------------------------------------------------
     def run(self) -> dict:
         plan = self.plan
-        doc = {"schema": report.SCHEMA, "date": datetime.fromtimestamp(self.t0, timezone.utc).isoformat(timespec="seconds"),
+        doc = self.doc
+        doc.update({"schema": report.SCHEMA, "date": datetime.fromtimestamp(self.t0, timezone.utc).isoformat(timespec="seconds"),
                "mode": "rehearse" if plan.rehearse else "cuda", "profile": plan.profile,
-               "command": "python -m rbfkern " + " ".join(self.argv), "budget_s": plan.budget}
+               "command": "python -m rbfkern " + " ".join(self.argv), "budget_s": plan.budget})
         doc["env"] = envinfo.collect(plan.device, ROOT)
         self.say("env: " + envinfo.one_line(doc["env"]))
         tests = self.start_tests()
@@ -133,6 +142,7 @@ class Runner:
         run = PytestRun(plan.tests_cmd, ROOT, env, plan.out / "pytest.log", plan.out / "pytest-junit.xml")
         run.junit.unlink(missing_ok=True)
         run.start()
+        self.children.add(run.proc.pid)
         self.say(f"tests: started {plan.tests_selection} ({plan.test_workers} xdist workers), log pytest.log")
         return run
 
@@ -144,6 +154,7 @@ class Runner:
         if run.proc.poll() is None:
             self.say("tests: waiting for pytest")
         res = run.finish(self.deadline - self.reserve)
+        self.children.discard(run.proc.pid)
         res["selection"] = plan.tests_selection
         res["workers"] = plan.test_workers
         c = res["counts"]
@@ -266,21 +277,52 @@ class Runner:
         else:
             self.say(f"{what}: {r['status'].upper()} {(r.get('reason') or r.get('error') or '')[:200]}")
 
+    def kill_children(self):
+        for pgid in list(self.children):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+
     def close(self):
+        self.kill_children()
         self.log.close()
         shutil.rmtree(self.work, ignore_errors=True)
 
 
 def run(plan: Plan, argv: list[str]) -> int:
+    """Run the plan and write the report; on an error of the harness itself or SIGTERM / SIGINT,
+    the children are killed and what was gathered so far is still written (exit 1)."""
     runner = Runner(plan, argv)
+
+    def stop(signum, _frame):
+        runner.kill_children()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, stop)
     try:
-        doc = runner.run()
-        doc = report.assemble(doc)
-        report.write(doc, plan.out)
+        try:
+            runner.run()
+        except BaseException as e:  # noqa: BLE001 - recorded; the partial report still gets written
+            runner.kill_children()
+            runner.doc["harness_error"] = f"{type(e).__name__}: {e}\n" + traceback.format_exc()[-4000:]
+            runner.say(f"HARNESS ERROR ({type(e).__name__}: {e}); writing what was gathered")
+        doc = runner.doc
+        doc.setdefault("wall_s", time.time() - runner.t0)
+        try:
+            doc = report.assemble(doc)
+            report.write(doc, plan.out)
+        except Exception:  # noqa: BLE001 - a report bug must not lose the raw results
+            doc["report_error"] = traceback.format_exc()[-4000:]
+            doc["exit_code"] = 1
+            (plan.out / "gpucheck.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+            runner.say("REPORT ERROR: raw results written to gpucheck.json\n" + doc["report_error"])
+            return 1
         runner.say(f"wrote {plan.out / 'gpucheck.json'} and {plan.out / 'gpucheck.md'}; exit {doc['exit_code']}"
                    + (f" ({'; '.join(doc['exit_reasons'])})" if doc["exit_reasons"] else ""))
         print()
         print(report.summary_text(doc))
         return doc["exit_code"]
     finally:
+        signal.signal(signal.SIGTERM, before)
         runner.close()

@@ -55,7 +55,7 @@ class PytestRun:
         self._log.write("$ " + " ".join(self.cmd) + "\n")
         self._log.flush()
         self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=_default_sigint)
+                                     preexec_fn=_child_setup)
 
     def finish(self, deadline: float) -> dict:
         stopped = None
@@ -103,9 +103,12 @@ class PytestRun:
             return "SIGKILL after SIGINT did not end it in 30 s"
 
 
-def _default_sigint():
-    """In the child before exec: SIGINT back to its default. A shell's background job (as a device
-    command may be) starts with SIGINT ignored, which would make pytest deaf to the stop below."""
+def _child_setup():
+    """In the child before exec (started before any thread of the parent): its own process group,
+    so the stop reaches the xdist workers too, in the parent's session, so whatever ends the
+    parent's session ends it; SIGINT back to its default, as a shell's background job (a device
+    command may be one) starts with SIGINT ignored, which would make pytest deaf to the stop."""
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 

@@ -156,6 +156,9 @@ def assemble(doc: dict) -> dict:
     doc["models"] = model.describe()
 
     reasons = []
+    if doc.get("harness_error"):
+        reasons.append("the run stopped early: " + doc["harness_error"].splitlines()[0][:200])
+        errors.append({"what": "harness", "error": doc["harness_error"]})
     c = t.get("counts") or {}
     if t.get("status") in ("failed", "error") or c.get("failed") or c.get("errors"):
         reasons.append(f"tests {t.get('status')}: {c.get('failed', 0)} failed, {c.get('errors', 0)} errors"
@@ -259,19 +262,19 @@ def _saved_table(doc) -> list[str]:
 
 
 def markdown(doc) -> str:
-    env, t = doc["env"], doc.get("tests") or {}
+    env, t = doc.get("env") or {}, doc.get("tests") or {}
     out = [f"# rbfkern gpucheck: {env.get('device')}, {doc['date']}", "",
            f"- command: `{doc['command']}` (mode {doc['mode']}, profile {doc['profile']}, budget {doc['budget_s']:.0f} s, "
            f"wall {doc.get('wall_s', 0):.0f} s)",
            f"- exit code {doc['exit_code']}" + (": " + "; ".join(doc["exit_reasons"]) if doc["exit_reasons"] else ""),
-           f"- torch {env['torch']} (CUDA {env['torch_cuda']}, cuDNN {env['cudnn']}), triton {env['triton']}, "
-           f"python {env['python']}, driver {env.get('driver') or '-'}",
-           (f"- device: {env['device']} {env['capability']}, {env['sm_count']} SMs, {env['memory_gib']} GiB; "
+           f"- torch {env.get('torch')} (CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')}), triton {env.get('triton')}, "
+           f"python {env.get('python')}, driver {env.get('driver') or '-'}",
+           (f"- device: {env.get('device')} {env.get('capability')}, {env.get('sm_count')} SMs, {env.get('memory_gib')} GiB; "
             f"nvidia-smi: {env.get('nvidia_smi')}" if env.get("capability") else
             "- rehearsal on CPU: tiny shapes (the case names are the device shapes), a host timer, the C++ kernels; "
             "the rates are not device numbers"),
-           f"- rbfkern {env['rbfkern']} at {env['rbfkern_path']} (git {env.get('git_commit') or 'unknown'}), C++ extension "
-           f"{'built' if env['cext'] else 'MISSING'}, official bcos: {env['bcos']}",
+           f"- rbfkern {env.get('rbfkern')} at {env.get('rbfkern_path')} (git {env.get('git_commit') or 'unknown'}), C++ extension "
+           f"{'built' if env.get('cext') else 'MISSING'}, official bcos: {env.get('bcos')}",
            f"- timer: {doc.get('timer')}", "", "## Tests", ""]
     c = t.get("counts") or {}
     out.append(f"**{t.get('status')}**: {c.get('passed', 0)} passed, {c.get('failed', 0)} failed, {c.get('errors', 0)} "
@@ -321,9 +324,9 @@ def summary_text(doc) -> str:
     """What the run prints last (the end of a device command's output is what comes back)."""
     t = doc.get("tests") or {}
     c = t.get("counts") or {}
-    env = doc["env"]
-    lines = [f"gpucheck {doc['mode']} {doc['profile']}: {env.get('device')}; torch {env['torch']}, triton {env['triton']}, "
-             f"CUDA {env['torch_cuda']}; {doc.get('wall_s', 0):.0f} s of {doc['budget_s']:.0f}",
+    env = doc.get("env") or {}
+    lines = [f"gpucheck {doc['mode']} {doc['profile']}: {env.get('device')}; torch {env.get('torch')}, triton {env.get('triton')}, "
+             f"CUDA {env.get('torch_cuda')}; {doc.get('wall_s', 0):.0f} s of {doc['budget_s']:.0f}",
              f"tests {t.get('status')}: {c.get('passed', 0)} passed, {c.get('failed', 0)} failed, {c.get('errors', 0)} "
              f"errors, {c.get('skipped', 0)} skipped"]
     lines += [f"  FAILED {f['nodeid']}: {f['message'][:150]}" for f in (t.get("failures") or [])[:15]]
