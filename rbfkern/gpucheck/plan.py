@@ -14,9 +14,9 @@ from .families import FAMILY_NAMES, all_cases, family
 # Seconds. budget: the whole gpucheck run (the build before it is not counted); bench_reserve: kept
 # for peaks + timing when the tests and the warm-up are stopped; warmup / rep: do_bench's windows.
 PROFILES = {
-    "quick": dict(budget=270, bench_reserve=75, warmup_ms=10, rep_ms=40),
-    "default": dict(budget=420, bench_reserve=150, warmup_ms=15, rep_ms=60),
-    "full": dict(budget=540, bench_reserve=170, warmup_ms=25, rep_ms=100),
+    "quick": dict(budget=270, bench_reserve=90, warmup_ms=10, rep_ms=40),  # ~100 timed steps
+    "default": dict(budget=420, bench_reserve=170, warmup_ms=15, rep_ms=60),  # ~240 timed steps
+    "full": dict(budget=540, bench_reserve=190, warmup_ms=25, rep_ms=100),
 }
 REHEARSAL = dict(budget=150, bench_reserve=60, warmup_ms=0, rep_ms=0, cpu_rep_ms=20)
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout (tests/ beside rbfkern/)
