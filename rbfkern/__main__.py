@@ -1,4 +1,4 @@
-"""Command line: ``python -m rbfkern info | demo | bench | mcu ...``."""
+"""Command line: ``python -m rbfkern info | demo | bench | gpucheck | mcu ...``."""
 from __future__ import annotations
 
 import argparse
@@ -59,10 +59,13 @@ def main(argv=None) -> int:
     bench.add_argument("--json", help="also write the rows as JSON to this file")
     bench.add_argument("--family", action="append", help="only this family (repeatable): rbf, 'rbf layers', bcos, gauss_deriv")
     bench.set_defaults(fn=_bench)
+    from rbfkern.gpucheck.cli import add_parser as add_gpucheck_parser
     from rbfkern.mcu.cli import add_parser as add_mcu_parser
 
+    add_gpucheck_parser(sub)  # `gpucheck --out DIR [--quick|--full] [--dry-run|--rehearse]`
     add_mcu_parser(sub)  # `mcu export|build|run|report|targets`; its leaf parsers set fn
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args.fn(args)
 
 
