@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from _util import assert_bitwise, op_cases, run_case
+from conftest import CUDA, device_of
 from rbfkern.ops import _autocast
 
 NAMES = sorted(op_cases())
@@ -16,12 +17,14 @@ def _leaves(tensors, dtype):
     return [t.detach().to(dtype).requires_grad_(True) for t in tensors]
 
 
+@pytest.mark.parametrize("backend", ["cpp", CUDA], indirect=True)
 @pytest.mark.parametrize("amp", AMP, ids=["bf16", "f16"])
 @pytest.mark.parametrize("inputs", ["f32", "bf16", "mixed"])
 @pytest.mark.parametrize("name", NAMES)
-def test_runs_in_float32(name, inputs, amp, monkeypatch):
-    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+def test_runs_in_float32(name, inputs, amp, backend):
+    dev = device_of(backend)
     fn, tensors = op_cases(torch.float32, seed=7)[name]
+    tensors = [t.to(dev) for t in tensors]
     if inputs == "f32":
         dtypes = [torch.float32] * len(tensors)
     elif inputs == "bf16":
@@ -29,13 +32,13 @@ def test_runs_in_float32(name, inputs, amp, monkeypatch):
     else:  # the first argument as a preceding autocast layer leaves it, the parameters float32
         dtypes = [torch.bfloat16] + [torch.float32] * (len(tensors) - 1)
     leaves = [t.detach().to(d).requires_grad_(True) for t, d in zip(tensors, dtypes)]
-    with torch.autocast("cpu", dtype=amp):
+    with torch.autocast(dev.type, dtype=amp):
         y = fn(*leaves)
     assert y.dtype == torch.float32, f"{name}: autocast output is {y.dtype}, documented float32"
 
     # The same call outside autocast on the float32 values the cast produced.
     want = run_case(fn, [t.detach().float() for t in leaves])
-    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float().to(dev)
     y.backward(gy)
     assert_bitwise([y.detach()], want[:1], f"{name} forward under autocast")
     for leaf, d, g32 in zip(leaves, dtypes, want[1:]):
@@ -60,20 +63,24 @@ def test_float64_stays_float64(name, monkeypatch):
     assert_bitwise(got, run_case(fn, tensors), f"{name} float64 under autocast")
 
 
-def test_gradients_flow_through_layers():
+@pytest.mark.parametrize("backend", ["cpp", CUDA], indirect=True)
+def test_gradients_flow_through_layers(backend):
     """A small autocast model (Linear -> RBF / B-cos / Gaussian-derivative layers) trains a step:
     every parameter gets a finite float32 gradient."""
     from rbfkern import nn as rnn
 
+    dev = device_of(backend)
     torch.manual_seed(0)
     conv = rnn.GaussDerivConv2d(2, 4, order=2, sigmas=(1.0,))
     bconv = rnn.BcosConv2d(4, 6, kernel_size=3, padding=1, max_out=2)
     lin = torch.nn.Linear(6, 5)
     blin = rnn.BcosLinear(5, 5)
     head = rnn.RBFClassifier(5, 7, 3)
+    for m in (conv, bconv, lin, blin, head):
+        m.to(dev)
     params = [p for m in (conv, bconv, lin, blin, head) for p in m.parameters()]
-    x = torch.randn(3, 2, 9, 9)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = torch.randn(3, 2, 9, 9).to(dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
         h = bconv(conv(x)).mean((2, 3))
         z = lin(h)
         assert z.dtype == torch.bfloat16  # the preceding op really is autocast

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from _util import assert_bitwise, op_cases, run_case
+from conftest import CUDA, device_of
 
 CASES = sorted(op_cases())
 # The Gaussian-derivative ops have two CPU paths (fused separable C++ kernels, dense conv): both.
@@ -50,4 +51,24 @@ def test_bitwise_across_runs_and_thread_counts(name, path, dtype, threads, monke
     assert_bitwise(run_case(fn, tensors), first, f"{name} repeated, 2 threads")
     threads(1)
     assert_bitwise(run_case(fn, tensors), first, f"{name} 1 thread vs 2 threads")
+    assert all(bool(torch.isfinite(t).all()) for t in first), f"{name}: non-finite output or gradient"
+
+
+# On a GPU the Triton kernels use no atomics (per-program partials summed in a fixed order): every
+# op that runs only them repeats bit for bit. Excluded: what hands work to cuDNN / cuBLAS (B-cos in
+# float64 takes the unfused path, the Gaussian-derivative dense path), deterministic only under
+# torch.use_deterministic_algorithms with CUBLAS_WORKSPACE_CONFIG set (README, Guarantees).
+@pytest.mark.parametrize("backend", [CUDA], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", CASES)
+def test_cuda_bitwise_across_runs(name, dtype, backend, monkeypatch):
+    if dtype == torch.float64 and name.startswith("bcos"):
+        pytest.skip("float64 B-cos runs cuDNN / cuBLAS for its linear map")
+    monkeypatch.setenv("RBFKERN_GD_PATH", "separable")
+    dev = device_of(backend)
+    fn, tensors = op_cases(dtype, seed=3, scale=4 if dev.type == "cuda" else 1)[name]
+    tensors = [t.to(dev) for t in tensors]
+    first = run_case(fn, tensors)
+    for _ in range(2):
+        assert_bitwise(run_case(fn, tensors), first, f"{name} repeated on {dev}")
     assert all(bool(torch.isfinite(t).all()) for t in first), f"{name}: non-finite output or gradient"

@@ -87,16 +87,7 @@ def _check_cuda_against_reference(ndim, got, inputs64, dtype, gout, kw):
         naive = _out_and_grads(ref, rounded, gout.to(dtype).to(dev))
         for a, c, n, name in zip(got, want, naive, names):
             assert a.dtype == dtype
-            if name != "gsigma":
-                assert_within_naive_error(a, c, n, f"{name} {dtype}")
-        try:
-            assert_within_naive_error(got[3], want[3], naive[3], f"gsigma {dtype}")
-        except AssertionError as e:
-            # Known package bug: the op computes the 1D taps and d taps / d sigma in sigma's dtype
-            # (ops/gauss_deriv.py _taps, _gsigma), so a half-precision sigma gets its taps and its
-            # gradient sum in float16/bfloat16; in float32 the error here is below one bfloat16 ulp.
-            # Remove this once they compute in float32: then this check is plain again.
-            pytest.xfail(f"sigma taps/gradient computed in {dtype} (ops/gauss_deriv.py _taps/_gsigma): {e}")
+            assert_within_naive_error(a, c, n, f"{name} {dtype}")
         return
     want = _out_and_grads(ref, [t.to(dev) for t in inputs64], gout.to(dev))
     for a, c, name in zip(got, want, names):

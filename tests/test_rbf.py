@@ -493,3 +493,22 @@ def test_cpp_bitwise_same_for_1_and_2_threads(metric, monkeypatch):
         torch.set_num_threads(old)
     for a, b in zip(*outs):
         assert torch.equal(a, b), metric
+
+
+@pytest.mark.parametrize("backend", [CUDA], indirect=True)
+def test_bad_input_on_cuda(backend):
+    """On the GPU too: a clear error naming the argument, before any kernel runs (mixed devices
+    need a real GPU; the value checks run on the device's tensors)."""
+    dev = device_of(backend)
+    x, c = _X.to(dev), _C.to(dev)
+    with pytest.raises(ValueError, match="diag"):
+        rbf(x, c, diag=-torch.rand(3, device=dev))
+    with pytest.raises(ValueError, match="sigma"):
+        rbf(x, c, sigma=torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0], device=dev))
+    with pytest.raises(ValueError, match="tril"):
+        rbf(x, c, tril=torch.full((3, 3), float("inf"), device=dev))
+    if dev.type == "cuda":
+        with pytest.raises(ValueError, match="centers"):
+            rbf(x, _C)
+        with pytest.raises(ValueError, match="diag"):
+            rbf(x, c, diag=torch.rand(3))

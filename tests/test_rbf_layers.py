@@ -15,7 +15,7 @@ from rbfkern.ols import ols_select
 from rbfkern.retrieval import similar
 from rbfkern.ridge import Ridge
 
-from conftest import CPU_BACKENDS
+from conftest import CPU_BACKENDS, CUDA, device_of
 
 METRICS = ["none", "diag", "shared_diag", "full", "shared_full"]
 
@@ -604,23 +604,28 @@ def test_digits_cnn_rbf_classifier():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS, indirect=True)
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS + [CUDA], indirect=True)
 def test_layers_on_every_backend(backend, monkeypatch):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    x64 = torch.randn(9, 3, generator=g, dtype=torch.float64)
     results = {}
     for name in ("reference", backend):
-        monkeypatch.setenv("RBFKERN_BACKEND", name)
+        dev = device_of(name)
+        if name == "cuda":
+            monkeypatch.setenv("RBFKERN_BACKEND", "triton" if dev.type == "cpu" else "auto")
+        else:
+            monkeypatch.setenv("RBFKERN_BACKEND", name)
+        x, xor_x, xor_y = x64.to(dev), XOR_X.to(dev), XOR_Y.to(dev)
         out = []
         for metric in METRICS:
-            m = randomise(RBF(3, 4, metric=metric, kind="gaussian", dtype=torch.float64), seed=10)
+            m = randomise(RBF(3, 4, metric=metric, kind="gaussian", dtype=torch.float64), seed=10).to(dev)
             act, r2 = m(x, return_r2=True)
             grads = torch.autograd.grad((act.sum() + r2.sum()), list(m.parameters()))
             out += [act, r2, *grads]
-        net = RBFNetwork(2, centers=XOR_X[:2].clone(), sigma=1.0).fit(XOR_X, XOR_Y)
+        net = RBFNetwork(2, centers=xor_x[:2].clone(), sigma=1.0).fit(xor_x, xor_y)
         out.append(torch.cat([net.out.weight.flatten(), net.out.bias]).detach())
         out.append(kmeans(x, 3, seed=0).centers)
         out += list(similar(x[:4], x, 3, fast=False))
-        results[name] = out
+        results[name] = [t.cpu() for t in out]
     for a, b in zip(results["reference"], results[backend]):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
