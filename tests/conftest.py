@@ -26,6 +26,9 @@ _CUDA_SKIP = "needs a CUDA device (RBFKERN_CUDA_ON_CPU=1 rehearses the cuda test
 # The CUDA variant of a test: the parameter value "cuda" of `backend` or `device` (`-m cuda` selects them).
 CUDA = pytest.param("cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not CUDA_RUNS, reason=_CUDA_SKIP)),
                     id="cuda")
+# The same, outside the default GPU check's subset (`-m "cuda and not slow"`, python -m rbfkern
+# gpucheck): grids whose variants the quicker tests already cover.
+CUDA_SLOW = pytest.param("cuda", marks=(*CUDA.marks, pytest.mark.slow), id="cuda")
 # Backends of tests that compare an implementation with the reference, the CUDA one included.
 BACKENDS = CPU_BACKENDS + [CUDA]
 # The Triton kernels: interpreted on CPU tensors where that is on, compiled on a CUDA device.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _util import assert_bitwise, op_cases, run_case
-from conftest import CUDA, device_of
+from conftest import CUDA, CUDA_SLOW, device_of
 from rbfkern.ops import _autocast
 
 NAMES = sorted(op_cases())
@@ -17,7 +17,7 @@ def _leaves(tensors, dtype):
     return [t.detach().to(dtype).requires_grad_(True) for t in tensors]
 
 
-@pytest.mark.parametrize("backend", ["cpp", CUDA], indirect=True)
+@pytest.mark.parametrize("backend", ["cpp", CUDA_SLOW], indirect=True)
 @pytest.mark.parametrize("amp", AMP, ids=["bf16", "f16"])
 @pytest.mark.parametrize("inputs", ["f32", "bf16", "mixed"])
 @pytest.mark.parametrize("name", NAMES)

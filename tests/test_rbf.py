@@ -10,7 +10,7 @@ from rbfkern import reference
 from rbfkern.ops import rbf, rbf_r2
 
 from _util import HALF, assert_close_to_ref, assert_within_naive_error
-from conftest import BACKENDS, CPU_BACKENDS, CUDA, DEVICES, TRITON_BACKENDS, device_of
+from conftest import BACKENDS, CPU_BACKENDS, CUDA, CUDA_SLOW, DEVICES, TRITON_BACKENDS, device_of
 
 KINDS = reference.RBF_KINDS
 METRICS = ["none", "diag", "shared_diag", "tril", "shared_tril"]
@@ -147,7 +147,7 @@ def test_triton_matches_reference(backend, n, c, d, metric, dtype):
 _CUDA_GRID = [(n, c, d, m) for n, c, d in [(300, 64, 33), (1000, 129, 70), (4099, 37, 16)] for m in METRICS]
 
 
-@pytest.mark.parametrize("device", [CUDA], indirect=True)
+@pytest.mark.parametrize("device", [CUDA_SLOW], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("n,c,d,metric", _CUDA_GRID)
 def test_cuda_large_shapes_match_reference(device, n, c, d, metric, dtype):
@@ -182,7 +182,8 @@ def _ref_call(x, cen, metric_t, metric, sig, kind):
 @pytest.mark.parametrize("backend", [CUDA], indirect=True)
 @pytest.mark.parametrize("dtype", HALF, ids=["f16", "bf16"])
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("kind", ["gaussian", "inverse_multiquadric", "thin_plate"])
+@pytest.mark.parametrize("kind", ["gaussian", pytest.param("inverse_multiquadric", marks=pytest.mark.slow),
+                                  pytest.param("thin_plate", marks=pytest.mark.slow)])
 def test_half_types_within_naive_error(backend, metric, kind, dtype):
     """float16 / bfloat16 on the GPU: outputs and gradients within 2x the error of the reference
     computed in the half dtype, against the reference in float32 (the flash-attention rule)."""
