@@ -1,4 +1,6 @@
 """Shared test helpers: tolerance table, readable comparisons."""
+import contextlib
+
 import torch
 
 # (rtol, atol) per dtype for results compared with a float64 reference of the same inputs.
@@ -29,6 +31,19 @@ def assert_close_to_ref(got, want64, dtype, scale=None, what=""):
 
 
 HALF = (torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def cudnn_deterministic():
+    """cuDNN's default convolution algorithms may sum in any order; gradcheck runs backward twice
+    and wants the same bits (its reentrancy check), which the README promises for the cuDNN parts
+    only in deterministic mode. No effect on CPU tensors."""
+    before = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic = before
 
 
 def assert_within_naive_error(got, want, naive, what="", factor=2.0):

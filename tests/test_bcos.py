@@ -1,6 +1,5 @@
 """B-cos ops, layers and explanations: equality with the official bcos 0.1.3 package (float64),
 gradients, registration, bad input, and the explanation identities of the paper (eq. 13, 15)."""
-import contextlib
 import importlib
 import importlib.util
 import math
@@ -15,7 +14,7 @@ from rbfkern import explain, reference
 from rbfkern.nn import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, explanation_mode
 from rbfkern.ops import bcos_conv2d, bcos_linear
 
-from _util import HALF, assert_within_naive_error
+from _util import HALF, assert_within_naive_error, cudnn_deterministic
 from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, DEVICES, TRITON_BACKENDS, device_of
 
 ALL_BACKENDS = CPU_BACKENDS + ["reference"]
@@ -25,19 +24,6 @@ CPU = torch.device("cpu")
 def _on_cuda(*values, id=None):
     """A parametrised row of the CUDA variant: backend "cuda" first, then ``values``, with its marks."""
     return pytest.param("cuda", *values, marks=CUDA.marks, id=id)
-
-
-@contextlib.contextmanager
-def _cudnn_deterministic():
-    """cuDNN's default convolution algorithms may sum in any order; gradcheck runs backward twice
-    and wants the same bits (its reentrancy check), which the README promises for the cuDNN parts
-    only in deterministic mode. No effect on CPU tensors."""
-    before = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.deterministic = before
 
 
 def load_official():
@@ -371,7 +357,7 @@ def _gradcheck(b, max_out, explain_mode, groups=1, linear=False, device=CPU):
         for a, c in zip(got, want):
             _assert_close(a, c, "explain grads")
     else:
-        with _cudnn_deterministic():
+        with cudnn_deterministic():
             assert torch.autograd.gradcheck(fn, (x, w), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
 
 

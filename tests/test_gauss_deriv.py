@@ -3,7 +3,6 @@ backend and path, gradients (x, alpha, sigma), opcheck, compile, errors, layers,
 
 The CUDA variants (backend or device "cuda") make their inputs on CPU as the others do and move
 them to device_of(backend); both paths run there (separable: the Triton kernels; dense: cuDNN)."""
-import contextlib
 import math
 
 import pytest
@@ -15,7 +14,7 @@ from rbfkern.nn import GaussDerivConv2d, GaussDerivConv3d, RFNiNBlock
 from rbfkern.ops import gauss_deriv_conv2d, gauss_deriv_conv3d
 from rbfkern.ops import gauss_deriv as gd
 
-from _util import HALF, assert_close_to_ref, assert_within_naive_error
+from _util import HALF, assert_close_to_ref, assert_within_naive_error, cudnn_deterministic
 from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, DEVICES, TRITON_BACKENDS, device_of
 
 F64 = torch.float64
@@ -31,18 +30,6 @@ def _interpreted(backend):
     """Whether ``backend`` runs the Triton kernels in the interpreter (every program in Python:
     those tests take their smallest shapes)."""
     return backend == "triton" or (backend == "cuda" and CUDA_ON_CPU)
-
-
-@contextlib.contextmanager
-def _cudnn_deterministic():
-    """gradcheck runs backward twice and wants identical bits (its reentrancy check); cuDNN's
-    default convolution algorithms (the dense path on CUDA) need not give them. No effect on CPU."""
-    before = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.deterministic = before
 
 
 @pytest.fixture
@@ -249,7 +236,7 @@ def test_gradcheck(backend, path):
     for stride, padding, sn in [(1, "same", False), (2, 1, True)]:
         f = lambda x, a, s: gauss_deriv_conv2d(x, a, s, order=order, truncate=2.5, stride=stride,  # noqa: E731
                                                padding=padding, scale_normalized=sn)
-        with _cudnn_deterministic():
+        with cudnn_deterministic():
             assert torch.autograd.gradcheck(f, (x, a, s), fast_mode=True)
 
 
@@ -510,7 +497,7 @@ def test_conv3d_gradcheck(backend, path):
     for stride, padding in [(1, "same")] + ([] if tiny else [(2, 1)]):
         f = lambda x, a, s: gauss_deriv_conv3d(x, a, s, order=order, truncate=1.5 if tiny else 2.0,  # noqa: E731
                                                stride=stride, padding=padding)
-        with _cudnn_deterministic():
+        with cudnn_deterministic():
             assert torch.autograd.gradcheck(f, (x, a, s), fast_mode=True)
 
 
