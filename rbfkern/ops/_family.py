@@ -75,3 +75,47 @@ def device_op(name: str, fake):
         return torch.library.triton_op(f"{NAMESPACE}::{name}", dispatch, mutates_args=())
 
     return register
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend contract: each family has a C++ backend, the Triton module rbfkern.gpu.<family>
+# and a reference backend, with the same forward / backward signatures; these helpers are the
+# dispatch and the input / output conventions around them.
+# ---------------------------------------------------------------------------------------------
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def backend(family: str, device: torch.device, cpp, reference):
+    """The backend object for tensors on ``device`` (rbfkern._backend.choose): ``cpp``, the family's
+    Triton module, or ``reference``."""
+    name = _backend.choose(device)
+    if name == "cpp":
+        return cpp
+    if name == "triton":
+        return _backend.gpu_module(family)
+    return reference
+
+
+def prepare(impl, *tensors, contiguous: bool = True):
+    """The inputs as a backend takes them: contiguous (unless told otherwise), and in float32 where
+    the backend computes half types in float32 (``impl.HALF_AS_FLOAT32``, the C++ kernels). None
+    stays None."""
+    up = getattr(impl, "HALF_AS_FLOAT32", False)
+    out = []
+    for t in tensors:
+        if t is not None:
+            if up and t.dtype in HALF:
+                t = t.float()
+            if contiguous:
+                t = t.contiguous()
+        out.append(t)
+    return tuple(out)
+
+
+def grads_or_empty(grads, inputs, needs):
+    """A backward op's outputs: each gradient in its input's dtype, an empty tensor where it is not
+    needed (or its input is None)."""
+    ref = next(t for t in inputs if t is not None)
+    return tuple(g.to(t.dtype) if need and g is not None and t is not None else ref.new_empty(0)
+                 for g, t, need in zip(grads, inputs, needs))

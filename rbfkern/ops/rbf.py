@@ -19,7 +19,6 @@ from . import _checks, _family
 
 KINDS = reference.RBF_KINDS
 _KIND_ID = {"none": -1, **{k: i for i, k in enumerate(KINDS)}}
-_HALF = (torch.float16, torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,6 +35,8 @@ def _np(t: Tensor | None):
 
 class _Cpp:
     """The C++ kernels of csrc/cpu/rbf.cpp (float32/float64; half types are computed in float32)."""
+
+    HALF_AS_FLOAT32 = True
 
     @staticmethod
     def _metric(x: Tensor, diag: Tensor | None, tril: Tensor | None):
@@ -106,25 +107,13 @@ class _Reference:
 
 
 def _impl(device: torch.device):
-    name = _backend.choose(device)
-    if name == "cpp":
-        return _Cpp
-    if name == "triton":
-        return _backend.gpu_module("rbf")
-    return _Reference
-
-
-def _upcast(*ts):
-    return tuple(None if t is None else t.float() for t in ts)
+    return _family.backend("rbf", device, _Cpp, _Reference)
 
 
 def _run_forward(x, centers, diag, tril, sigma, kind, shape, need_act):
     impl = _impl(x.device)
-    args = [t.contiguous() if t is not None else None for t in (x, centers, diag, tril, sigma)]
-    if impl is _Cpp and x.dtype in _HALF:
-        act, r2 = impl.forward(*_upcast(*args), kind, shape, need_act)
-        return (None if act is None else act.to(x.dtype)), r2.to(x.dtype)
-    return impl.forward(*args, kind, shape, need_act)
+    act, r2 = impl.forward(*_family.prepare(impl, x, centers, diag, tril, sigma), kind, shape, need_act)
+    return (None if act is None else act.to(x.dtype)), r2.to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,15 +159,10 @@ def _rbf_bwd_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (x, centers, diag, tril, sigma); an input not needed gets an empty tensor."""
     impl = _impl(x.device)
-    ts = [t.contiguous() if t is not None else None for t in (grad_act, grad_r2, x, centers, diag, tril, sigma, r2)]
-    dtype = x.dtype
-    if impl is _Cpp and dtype in _HALF:
-        ts = list(_upcast(*ts))
+    ts = _family.prepare(impl, grad_act, grad_r2, x, centers, diag, tril, sigma, r2)
     grads = impl.backward(*ts, kind, shape, tuple(needs))
-    out = []
-    for g, like in zip(grads, (x, centers, diag, tril, sigma)):
-        out.append(x.new_empty(0) if g is None else g.to(dtype))
-    return tuple(out)
+    # gradients in x's dtype (sigma and the metric share it), empty where not computed
+    return _family.grads_or_empty(grads, (x,) * 5, [g is not None for g in grads])
 
 
 def _grads_or_none(grads, needs):
