@@ -13,6 +13,7 @@ import torch
 from rbfkern import explain, reference
 from rbfkern.nn import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, explanation_mode
 from rbfkern.ops import bcos_conv2d, bcos_linear
+from rbfkern.ops._bcos_common import BcosGeometry
 
 from _util import HALF, assert_within_naive_error, cudnn_deterministic
 from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, DEVICES, TRITON_BACKENDS, device_of
@@ -159,10 +160,10 @@ def test_conv_matches_official_triton(backend, geom, b, max_out):
 def test_triton_fused_implicit_gemm_float32(backend, monkeypatch, C, O, max_out, k, stride, padding, dilation,
                                             groups, b):
     # float32 takes the implicit-GEMM kernel with the fused epilogue: l is never computed by torch.
-    from rbfkern.ops import bcos as bcos_ops
-    real_map = bcos_ops._linear_map
+    from rbfkern.ops import _bcos_common as bcos_common
+    real_map = bcos_common.linear_map
 
-    def no_forward_conv(kind, *args):
+    def no_forward_conv(*args, **kwargs):
         raise AssertionError("the fused Triton forward should not run the torch convolution")
 
     dev = device_of(backend)
@@ -171,9 +172,9 @@ def test_triton_fused_implicit_gemm_float32(backend, monkeypatch, C, O, max_out,
     x = torch.randn(2, C, 7, 6, generator=g).to(dev).requires_grad_()
     w = torch.randn(O * max_out, C // groups, *kk, generator=g).to(dev).requires_grad_()
     kw = dict(b=b, max_out=max_out, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    monkeypatch.setattr(bcos_ops, "_linear_map", no_forward_conv)
+    monkeypatch.setattr(bcos_common, "linear_map", no_forward_conv)
     y = bcos_conv2d(x, w, **kw)
-    monkeypatch.setattr(bcos_ops, "_linear_map", real_map)
+    monkeypatch.setattr(bcos_common, "linear_map", real_map)
     gy = torch.randn(y.shape, generator=g).to(dev)
     gx, gw = torch.autograd.grad(y, (x, w), gy)
     xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
@@ -375,14 +376,14 @@ def test_gradcheck_cpp(backend, b, max_out, explain_mode, linear):
                                                            (2.0, 1, True, 1)])
 @pytest.mark.parametrize("chunk_images", [1, 3])
 def test_cpp_batch_chunks_match_reference(backend, monkeypatch, b, max_out, explain_mode, groups, chunk_images):
-    # The C++ convolution runs forward and backward a batch chunk at a time (ops.bcos._CHUNK_BYTES
+    # The C++ convolution runs forward and backward a batch chunk at a time (ops.bcos_cpp._CHUNK_BYTES
     # of raw conv output); chunks of 1 or 3 images of a batch of 5 (an uneven last chunk) must give
     # the reference's outputs and gradients, the weight gradient summed over the chunks.
-    from rbfkern.ops import bcos as ob
+    from rbfkern.ops import bcos_cpp as ob
     N, C, H, W, O = 5, 4, 6, 5, 2
     monkeypatch.setattr(ob, "_CONV_PATH", "onednn")  # the chunked forward, not the direct convolution
     monkeypatch.setattr(ob, "_CHUNK_BYTES", chunk_images * O * max_out * H * W * 8)
-    geom = [N, C, H, W, groups, O, max_out, H, W, 3, 3, 1, 1, 1, 1, 1, 1]
+    geom = BcosGeometry(N, C, H, W, groups, O, max_out, H, W, 3, 3, 1, 1, 1, 1, 1, 1)
     assert len(ob._batch_chunks(geom, 8)) == -(-N // chunk_images)
     calls = []
     real = ob._linear_map_bwd
@@ -428,7 +429,7 @@ def test_cpp_direct_conv_matches_reference(backend, monkeypatch, geom, b, max_ou
     # against the float64 reference: y, the saved MaxOut value / argmax / root (through the
     # gradients), and against the oneDNN path's saved tensors. Padded-input chunks of one plane
     # (float32) or all planes (float64).
-    from rbfkern.ops import bcos as ob
+    from rbfkern.ops import bcos_cpp as ob
     if dtype == torch.float32:
         monkeypatch.setattr(ob, "_DIRECT_CHUNK_BYTES", 1)
     N, C, H, W, O, k, stride, padding, dilation, groups = DIRECT_GEOMS[geom]
@@ -472,12 +473,13 @@ def test_cpp_direct_conv_matches_reference(backend, monkeypatch, geom, b, max_ou
 def test_deterministic_weight_grad_ignores_unused_columns():
     # An inf in the last input column reaches only the taps that read it (j = 2 of a 3-wide window
     # without padding); the register tiles' unused lanes must not turn it into NaN elsewhere.
-    from rbfkern.ops import bcos as bcos_ops
+    from rbfkern.ops import bcos_cpp
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 2, 4, 21, dtype=F64, generator=g)
     x[:, :, :, -1] = float("inf")
     gl = torch.randn(2, 3, 2, 19, dtype=F64, generator=g)
-    got = bcos_ops._weight_grad_deterministic(gl, x, torch.empty(3, 2, 3, 3, dtype=F64), ([1, 1], [0, 0], [1, 1], 1))
+    w = torch.empty(3, 2, 3, 3, dtype=F64)
+    got = bcos_cpp._weight_grad_deterministic(BcosGeometry.of_conv(x, w, 1, [1, 1], [0, 0], [1, 1], 1), gl, x, w)
     want = torch.ops.aten.convolution_backward(gl, x.nan_to_num(posinf=0.0), torch.empty(3, 2, 3, 3, dtype=F64), None,
                                                [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, False])[1]
     assert torch.isfinite(got[..., :2]).all()
@@ -566,7 +568,7 @@ def test_cpu_bitwise_deterministic_across_thread_counts(backend, case):
     # Issue 8: forward and backward identical across runs and torch.set_num_threads(1) vs (2).
     # MKL's long-K GEMMs change with the thread count: the linear op always uses fixed K chunks.
     # oneDNN's conv weight gradient does too: under torch.use_deterministic_algorithms the conv
-    # op computes it with its own fixed-order C++ loop (rbfkern/ops/bcos.py).
+    # op computes it with its own fixed-order C++ loop (rbfkern/ops/bcos_cpp.py).
     fn, shapes = {
         "conv": (lambda x, w: bcos_conv2d(x, w, b=2.0, max_out=2, padding=1), ((8, 16, 12, 12), (16, 16, 3, 3))),
         "conv_groups_stride": (lambda x, w: bcos_conv2d(x, w, b=1.5, max_out=1, stride=2, padding=1, groups=2),
@@ -600,7 +602,7 @@ def test_cpu_bitwise_deterministic_across_thread_counts(backend, case):
 def test_deterministic_weight_grad_matches_torch(dtype, geom):
     # The fixed-order C++ weight gradient (use_deterministic_algorithms) against torch's own:
     # register tiles for column stride 1, the plain loop otherwise.
-    from rbfkern.ops import bcos as bcos_ops
+    from rbfkern.ops import bcos_cpp
     N, C, H, W, O, kh, kw, stride, padding, dilation, groups = geom
     g = torch.Generator().manual_seed(7)
     x = torch.randn(N, C, H, W, dtype=dtype, generator=g)
@@ -609,7 +611,8 @@ def test_deterministic_weight_grad_matches_torch(dtype, geom):
     gl = torch.randn(N, O, ho, wo, dtype=dtype, generator=g)
     want = torch.ops.aten.convolution_backward(gl, x, w, None, stride, padding, dilation, False, [0, 0], groups,
                                                [False, True, False])[1]
-    got = bcos_ops._weight_grad_deterministic(gl, x, w, (list(stride), list(padding), list(dilation), groups))
+    geo = BcosGeometry.of_conv(x, w, 1, list(stride), list(padding), list(dilation), groups)
+    got = bcos_cpp._weight_grad_deterministic(geo, gl, x, w)
     tol = 1e-12 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rbfkern import reference
-from rbfkern.ops import bcos as bcos_ops
+from rbfkern.ops import _bcos_common as bcos_common
 from rbfkern.ops import bcos_conv2d, bcos_linear
 
 from _util import assert_bitwise, assert_within_naive_error
@@ -44,8 +44,8 @@ def fused_only(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the fused Triton path should have run")
 
-    for mod, name in ((bcos_ops, "_linear_map"), (bcos_ops, "_backward_unfused"), (gpu_bcos, "forward"),
-                      (gpu_bcos, "backward"), (gpu_bcos, "backward_norm")):
+    for mod, name in ((bcos_common, "linear_map"), (gpu_bcos, "_forward_unfused"), (gpu_bcos, "_backward_unfused"),
+                      (gpu_bcos, "_epilogue_forward"), (gpu_bcos, "_epilogue_backward"), (gpu_bcos, "_norm_backward")):
         monkeypatch.setattr(mod, name, boom)
 
 
@@ -184,11 +184,12 @@ def test_fused_weight_grad_split_and_deterministic(backend, fused_only, monkeypa
 @triton_backends
 @pytest.mark.parametrize("linear", [False, True])
 def test_unfused_fallback_for_wide_maxout(backend, monkeypatch, linear):
-    # max_out > 3 has no fused kernel: the launchers say so (None) and the unfused path runs
+    # max_out > 3 has no fused kernel: the unfused path runs
     # (on CUDA: cuBLAS / cuDNN for the linear map, the Triton epilogue kernels).
     calls = []
-    real = bcos_ops._backward_unfused
-    monkeypatch.setattr(bcos_ops, "_backward_unfused", lambda *a: calls.append(1) or real(*a))
+    from rbfkern.gpu import bcos as gpu_bcos
+    real = gpu_bcos._backward_unfused
+    monkeypatch.setattr(gpu_bcos, "_backward_unfused", lambda *a: calls.append(1) or real(*a))
     dev = device_of(backend)
     g = torch.Generator().manual_seed(6)
     if linear:

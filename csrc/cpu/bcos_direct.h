@@ -9,7 +9,7 @@
 //
 // The other path runs the convolution in oneDNN and the epilogue over its raw map; oneDNN wins at
 // long reductions (C/groups * kh * kw above ~1536) and on narrow rows that leave vectors half
-// empty, this kernel elsewhere: the caller picks from the sizes (rbfkern/ops/bcos.py).
+// empty, this kernel elsewhere: the caller picks from the sizes (rbfkern/ops/bcos_cpp.py).
 //
 // No include guard on purpose: the kernel section of bcos.cpp includes this once per instruction
 // set, with RBFKERN_BCOS_VBYTES the vector width of that set in bytes.

@@ -24,7 +24,7 @@ float32/float16/bfloat16 with max_out <= 3 (the fused path; float32 accumulation
   The linear layer runs the same backward kernels (gv pre-pass with the row layout through its
   strides, gx / gw with the 1x1 geometry and N = R).
 
-float64 and max_out > 3 (the launchers above return None): the linear map l = conv2d(x, W-hat)
+float64 and max_out > 3 (the unfused route of forward / backward): the linear map l = conv2d(x, W-hat)
 (or x W-hat^T) runs in PyTorch and these kernels do everything around it:
   _bcos_root_kernel      root = sqrt(window sum of x^2 over the group's channels + eps_in)
   _bcos_fwd_kernel       MaxOut (first maximum) + power: y, and lmax/idx when SAVE
@@ -38,6 +38,7 @@ import triton.language as tl
 
 from . import _interpreter
 from ._launch import launch
+from ..ops import _bcos_common as common
 
 _interpreter.apply()
 
@@ -496,7 +497,7 @@ def _bcos_bwd_gw_kernel(gv, idx, x, part, NP, C, H, W, G, O, Ho, Wo, kh, kw, sh,
 
 
 # ----------------------------------------------------------------------------------------------
-# Launchers (the interface of rbfkern.ops.bcos._Cpp)
+# Launchers
 # ----------------------------------------------------------------------------------------------
 
 
@@ -519,87 +520,107 @@ def _mode(b):
     return 1 if b == 1 else (2 if b == 2 else 0)
 
 
-def _geo(g):
-    return g[1:4], g[4], g[9:17]  # (C, H, W), G, (kh, kw, sh, sw, ph, pw, dh, dw)
+def _window(geo):
+    """The kernels' (kh, kw, sh, sw, ph, pw, dh, dw) arguments."""
+    return geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw, geo.dh, geo.dw
 
 
-def forward(g, b, eps, x, l, save):
-    """(y, lmax | None, idx | None, root | None) in x.dtype; see the module docstring."""
-    N, G, O, M, Ho, Wo = g[0], g[4], g[5], g[6], g[7], g[8]
-    P = Ho * Wo
+def _fused(geo, dtype):
+    """The fused GEMM kernels cover float32 / float16 / bfloat16 with MaxOut <= 3."""
+    return dtype != torch.float64 and geo.M <= 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend contract (rbfkern/ops/bcos.py): forward(geo, b, x, weight, save) -> (y, lmax, idx,
+# root), backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs) -> (gx, gw); the fused
+# kernels where they apply, else the unfused route (torch's conv / GEMM + the epilogue kernels).
+# ---------------------------------------------------------------------------------------------
+
+
+def forward(geo, b, x, weight, save):
+    """(y, lmax, idx, root) in x.dtype (lmax / idx / root None unless saved; root also for b == 1)."""
+    if _fused(geo, x.dtype):
+        return (_linear_fused_forward if geo.linear else _conv_fused_forward)(geo, b, x, weight, save)
+    return _forward_unfused(geo, b, x, weight, save)
+
+
+def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
+    """(gx | None, gw | None) by ``needs``."""
+    if _fused(geo, x.dtype):
+        return _fused_backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs)
+    return _backward_unfused(geo, b, gy, x, weight, lmax, idx, root, explain, needs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The unfused route (float64, MaxOut > 3): torch's linear map with W-hat, the epilogue kernels
+# ---------------------------------------------------------------------------------------------
+
+
+def _forward_unfused(geo, b, x, weight, save):
+    l = common.linear_map(geo, x, common.unit_weight(weight)).contiguous()
+    return _epilogue_forward(geo, b, x, l, save)
+
+
+def _epilogue_forward(geo, b, x, l, save):
+    """MaxOut + power of the raw map l (and the patch-norm root): (y, lmax, idx, root)."""
+    N, G, O, M, P = geo.N, geo.G, geo.O, geo.M, geo.P
     dev, dt = x.device, x.dtype
-    y = torch.empty(N, O, P, dtype=dt, device=dev)
-    lmax = torch.empty(N, O, P, dtype=dt, device=dev) if save else None
-    idx = torch.empty(N, O, P, dtype=torch.uint8, device=dev) if save else None
+    y = torch.empty(geo.y_shape, dtype=dt, device=dev)
+    lmax = torch.empty(geo.y_shape, dtype=dt, device=dev) if save else None
+    idx = torch.empty(geo.y_shape, dtype=torch.uint8, device=dev) if save else None
     mode = _mode(b)
-    root = torch.empty(N, G, P, dtype=dt, device=dev) if mode != 1 else None
+    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if mode != 1 else None
     if N == 0 or O == 0 or P == 0:
         return y, lmax, idx, (root if save else None)
     ACC = _acc(dt)
-    prm = _prm(b, eps, dt, dev)
+    prm = _prm(b, geo.eps, dt, dev)
     if root is not None:
-        (C, H, W), _, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
         launch(_bcos_root_kernel)[(N * G, triton.cdiv(P, _BP))](
-            x, root, prm, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, ACC=ACC, BP=_BP)
+            x, root, prm, geo.C, geo.H, geo.W, G, geo.Ho, geo.Wo, *_window(geo), ACC=ACC, BP=_BP)
     launch(_bcos_fwd_kernel)[(N * O, triton.cdiv(P, _BP))](
-        l, root if root is not None else y, prm, y, lmax if save else y, idx if save else y, O, M, G, P, MODE=mode, SAVE=bool(save), ACC=ACC, BP=_BP)
+        l, root if root is not None else y, prm, y, lmax if save else y, idx if save else y, O, M, G, P,
+        MODE=mode, SAVE=bool(save), ACC=ACC, BP=_BP)
     return y, lmax, idx, (root if save else None)
 
 
-def backward(g, b, eps, gy, lmax, idx, root, explain, need_q):
+def _epilogue_backward(geo, b, gy, lmax, idx, root, explain, need_q):
     """(gl [N, O*M, P], q [N, G, P] | None)."""
-    N, G, O, M, P = g[0], g[4], g[5], g[6], g[7] * g[8]
+    N, G, O, M, P = geo.N, geo.G, geo.O, geo.M, geo.P
     dev, dt = gy.device, gy.dtype
     gl = torch.empty(N, O * M, P, dtype=dt, device=dev)
     q = torch.empty(N, G, P, dtype=dt, device=dev) if need_q else None
     if N == 0 or O == 0 or P == 0:
         return gl, q
-    mode = _mode(b)
     launch(_bcos_bwd_kernel)[(N * G, triton.cdiv(P, _BP))](
-        gy, lmax, idx, root if root is not None else gy, _prm(b, eps, dt, dev), gl, q if q is not None else gl, O, M, G, P,
-        MODE=mode, EXPLAIN=bool(explain), NEED_Q=q is not None, ACC=_acc(dt), BP=_BP)
+        gy, lmax, idx, root if root is not None else gy, _prm(b, geo.eps, dt, dev), gl, q if q is not None else gl,
+        O, M, G, P, MODE=_mode(b), EXPLAIN=bool(explain), NEED_Q=q is not None, ACC=_acc(dt), BP=_BP)
     return gl, q
 
 
-def backward_norm(g, x, q, gx):
+def _norm_backward(geo, x, q, gx):
     """gx += x * box-sum^T(q), in place; returns gx."""
-    N = g[0]
-    (C, H, W), G, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
-    if N == 0 or C == 0:
+    if geo.N == 0 or geo.C == 0:
         return gx
-    launch(_bcos_bwd_norm_kernel)[(N * C, triton.cdiv(H * W, _BP))](
-        x, q, gx, C, H, W, G, g[7], g[8], kh, kw, sh, sw, ph, pw, dh, dw, ACC=_acc(x.dtype), BP=_BP)
+    launch(_bcos_bwd_norm_kernel)[(geo.N * geo.C, triton.cdiv(geo.H * geo.W, _BP))](
+        x, q, gx, geo.C, geo.H, geo.W, geo.G, geo.Ho, geo.Wo, *_window(geo), ACC=_acc(x.dtype), BP=_BP)
     return gx
 
 
-def conv_forward(g, b, eps, x, weight, save):
-    """Fused implicit-GEMM forward for conv (float32/float16/bfloat16, max_out <= 3): like
-    ``forward`` but from x and the raw weight, without materialising l. None when not applicable
-    (the caller then runs the convolution in torch and ``forward``)."""
-    N, G, O, M, Ho, Wo = g[0], g[4], g[5], g[6], g[7], g[8]
-    if x.dtype == torch.float64 or M > 3:
-        return None
-    P = Ho * Wo
-    dev, dt = x.device, x.dtype
-    y = torch.empty(N, O, P, dtype=dt, device=dev)
-    lmax = torch.empty(N, O, P, dtype=dt, device=dev) if save else None
-    idx = torch.empty(N, O, P, dtype=torch.uint8, device=dev) if save else None
-    mode = _mode(b)
-    root = torch.empty(N, G, P, dtype=dt, device=dev) if save and mode != 1 else None
-    if N == 0 or O == 0 or P == 0:
-        return y, lmax, idx, root
-    (C, H, W), _, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
-    w = weight.contiguous()
-    rinv = 1.0 / torch.linalg.vector_norm(w.reshape(w.shape[0], -1).float(), dim=1)
-    Og = O // G
-    BP, BO, BK = _CONV_FWD_TILES[dt]
-    BO = _clamp_p2(Og, 16, BO)
-    grid = (N * triton.cdiv(P, BP), G * triton.cdiv(Og, BO))
-    launch(_bcos_conv_fwd_kernel)[grid](
-        x, w, rinv, _prm(b, eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
-        root if root is not None else y, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
-        M=M, MODE=mode, SAVE=bool(save), BP=BP, BO=BO, BK=BK)
-    return y, lmax, idx, root
+def _backward_unfused(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
+    """The epilogue kernels around torch's convolution / GEMM backward."""
+    need_q = needs[0] and b != 1 and not explain
+    gl, q = _epilogue_backward(geo, b, gy, lmax, idx, root, explain, need_q)
+    w_hat = common.unit_weight(weight)
+    gx, gwh = common.linear_map_backward(geo, gl.reshape(geo.raw_shape), x, w_hat, needs)
+    if q is not None:
+        gx = _norm_backward(geo, x, q, gx.contiguous())
+    gw = common.unit_weight_backward(weight, w_hat, gwh) if needs[1] else None
+    return gx, gw
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused route: implicit-GEMM / GEMM kernels with the epilogue, l never materialised
+# ---------------------------------------------------------------------------------------------
 
 
 # Tile sizes of the fused GEMM kernels (largest; the launchers shrink BO/BC to the layer, min 16).
@@ -634,68 +655,82 @@ def _row_inv_norm(w):
     return 1.0 / torch.linalg.vector_norm(w.reshape(w.shape[0], -1).float(), dim=1)
 
 
-def linear_forward(g, b, eps, x, weight, save):
-    """Fused GEMM forward of the linear layer (float32/float16/bfloat16, max_out <= 3), contract of
-    ``conv_forward`` with x [R, C] (y/lmax/idx [R, O], root [R]); None when not applicable."""
-    R, C, O, M = g[0], g[1], g[5], g[6]
-    if x.dtype == torch.float64 or M > 3:
-        return None
+def _conv_fused_forward(geo, b, x, weight, save):
+    N, G, O, M, P = geo.N, geo.G, geo.O, geo.M, geo.P
+    dev, dt = x.device, x.dtype
+    y = torch.empty(geo.y_shape, dtype=dt, device=dev)
+    lmax = torch.empty(geo.y_shape, dtype=dt, device=dev) if save else None
+    idx = torch.empty(geo.y_shape, dtype=torch.uint8, device=dev) if save else None
+    mode = _mode(b)
+    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if save and mode != 1 else None
+    if N == 0 or O == 0 or P == 0:
+        return y, lmax, idx, root
+    w = weight.contiguous()
+    BP, BO, BK = _CONV_FWD_TILES[dt]
+    BO = _clamp_p2(geo.Og, 16, BO)
+    grid = (N * triton.cdiv(P, BP), G * triton.cdiv(geo.Og, BO))
+    launch(_bcos_conv_fwd_kernel)[grid](
+        x, w, _row_inv_norm(w), _prm(b, geo.eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
+        root if root is not None else y, geo.C, geo.H, geo.W, G, O, geo.Ho, geo.Wo, *_window(geo),
+        M=M, MODE=mode, SAVE=bool(save), BP=BP, BO=BO, BK=BK)
+    return y, lmax, idx, root
+
+
+def _linear_fused_forward(geo, b, x, weight, save):
+    """x [R, C]: y / lmax / idx [R, O], root [R, 1]."""
+    R, C, O, M = geo.N, geo.C, geo.O, geo.M
     dev, dt = x.device, x.dtype
     y = torch.empty(R, O, dtype=dt, device=dev)
     lmax = torch.empty(R, O, dtype=dt, device=dev) if save else None
     idx = torch.empty(R, O, dtype=torch.uint8, device=dev) if save else None
     mode = _mode(b)
-    root = torch.empty(R, dtype=dt, device=dev) if save and mode != 1 else None
+    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if save and mode != 1 else None
     if R == 0:
         return y, lmax, idx, root
     w = weight.contiguous()
     BR, BO, BK = _LIN_FWD_TILES[dt]
     BO = _clamp_p2(O, 16, BO)
     launch(_bcos_linear_fwd_kernel)[(triton.cdiv(R, BR), triton.cdiv(O, BO))](
-        x, w, _row_inv_norm(w), _prm(b, eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
+        x, w, _row_inv_norm(w), _prm(b, geo.eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
         root if root is not None else y, R, C, O, M=M, MODE=mode, SAVE=bool(save), BR=BR, BO=BO, BK=BK)
     return y, lmax, idx, root
 
 
-def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, linear):
-    N, G, O, M, Ho, Wo = g[0], g[4], g[5], g[6], g[7], g[8]
-    if x.dtype == torch.float64 or M > 3:
-        return None
-    (C, H, W), _, (kh, kw, sh, sw, ph, pw, dh, dw) = _geo(g)
-    P = Ho * Wo
+def _fused_backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
+    """The gv/q pre-pass, one implicit-GEMM kernel for grad x (patch-norm term in its epilogue) and
+    one for grad W-hat (deterministic partials), then the unit-weight backward in float32."""
+    N, G, O, M, P = geo.N, geo.G, geo.O, geo.M, geo.P
     dev, dt = x.device, x.dtype
     w = weight.contiguous()
-    norm = torch.linalg.vector_norm(w.reshape(w.shape[0], -1).float(), dim=1)
-    shape1 = (-1,) + (1,) * (w.dim() - 1)
-    w_hat = w.float() / norm.reshape(shape1)  # float32: the weight-gradient projection below
-    gx = gw = None
+    norm = common.weight_norm(w.float())
+    w_hat = w.float() / norm  # float32: the weight-gradient projection below
     if N == 0:  # empty batch: zero gradients
         return (torch.zeros_like(x) if needs[0] else None, torch.zeros_like(w) if needs[1] else None)
     mode = _mode(b)
     need_q = bool(needs[0]) and mode != 1 and not explain
     gv = torch.empty(N, O, P, dtype=dt, device=dev)
     q = torch.empty(N, G, P, dtype=torch.float32, device=dev) if need_q else None
-    if linear:  # rows are the pixels of one "image": gv/gy [R, O], root/q [R]
+    if geo.linear:  # rows are the pixels of one "image": gv/gy [R, O], root/q [R]
         grid, sizes = (1, triton.cdiv(N, _BP)), (O, 1, N, 1, O)
     else:
         grid, sizes = (N * G, triton.cdiv(P, _BP)), (O, G, P, P, 1)
     launch(_bcos_bwd_gv_kernel)[grid](
-        gy, lmax, root if root is not None else gy, _prm(b, eps, torch.float32, dev), gv, q if q is not None else gv,
-        *sizes, MODE=mode, EXPLAIN=bool(explain), NEED_Q=need_q, BP=_BP)
-    geo = (C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
-    Cg, Og = C // G, O // G
+        gy, lmax, root if root is not None else gy, _prm(b, geo.eps, torch.float32, dev), gv,
+        q if q is not None else gv, *sizes, MODE=mode, EXPLAIN=bool(explain), NEED_Q=need_q, BP=_BP)
+    sizes = (geo.C, geo.H, geo.W, G, O, geo.Ho, geo.Wo, *_window(geo))
+    gx = gw = None
     if needs[0]:
         gx = torch.empty_like(x)
         BP, BC, BO = _GX_TILES
-        BC = _clamp_p2(Cg, 16, BC)
-        launch(_bcos_bwd_gx_kernel)[(triton.cdiv(N * H * W, BP), G * triton.cdiv(Cg, BC))](
-            gv, idx, w_hat.to(dt), x, q if q is not None else gv, gx, N * H * W, *geo,
+        BC = _clamp_p2(geo.Cg, 16, BC)
+        launch(_bcos_bwd_gx_kernel)[(triton.cdiv(N * geo.H * geo.W, BP), G * triton.cdiv(geo.Cg, BC))](
+            gv, idx, w_hat.to(dt), x, q if q is not None else gv, gx, N * geo.H * geo.W, *sizes,
             M=M, HAS_Q=need_q, BP=BP, BC=BC, BO=BO, **_GX_OPTS.get(dt, {}))
     if needs[1]:
-        K = Cg * kh * kw
+        K = geo.K
         BO, BK, BT = _GW_TILES
-        BO = _clamp_p2(Og, 16, BO)
-        tiles = G * triton.cdiv(Og, BO) * triton.cdiv(K, BK)
+        BO = _clamp_p2(geo.Og, 16, BO)
+        tiles = G * triton.cdiv(geo.Og, BO) * triton.cdiv(K, BK)
         n_tb = triton.cdiv(N * P, BT)
         # The split depends on the shapes only (not on the device or timing): with the fixed-order
         # sum below, a run repeats bit for bit.
@@ -703,26 +738,11 @@ def _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, l
         TS = triton.cdiv(n_tb, splits) * BT
         splits = triton.cdiv(N * P, TS)
         part = torch.empty(splits, O * M, K, dtype=torch.float32, device=dev)
-        launch(_bcos_bwd_gw_kernel)[(G * triton.cdiv(Og, BO), triton.cdiv(K, BK), splits)](
-            gv, idx, x, part, N * P, *geo, TS, M=M, BO=BO, BK=BK, BT=BT, **_GW_OPTS.get(dt, {}))
+        launch(_bcos_bwd_gw_kernel)[(G * triton.cdiv(geo.Og, BO), triton.cdiv(K, BK), splits)](
+            gv, idx, x, part, N * P, *sizes, TS, M=M, BO=BO, BK=BK, BT=BT, **_GW_OPTS.get(dt, {}))
         gwh = part.sum(0).reshape(w.shape)  # fixed-order reduction of the partials
-        # d/dW of W / ||W|| (rows): (g - W-hat <g, W-hat>) / ||W||, in float32
-        dims = tuple(range(1, w.dim()))
-        gw = (gwh - w_hat * (gwh * w_hat).sum(dims, keepdim=True)) / norm.reshape(shape1)
+        gw = common.unit_weight_backward(w.float(), w_hat, gwh)
     return gx, gw
-
-
-def conv_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs):
-    """Fused backward of the convolution (float32/float16/bfloat16, max_out <= 3): the gv/q pre-pass,
-    one implicit-GEMM kernel for grad x (patch-norm term in its epilogue) and one for grad W-hat
-    (deterministic partials), then the unit-weight backward. (gx | None, gw | None) by ``needs``
-    (gw in float32), or None when not applicable (the caller runs ``backward`` + torch)."""
-    return _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, linear=False)
-
-
-def linear_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs):
-    """``conv_backward`` for the linear layer (x [R, C], gy/lmax/idx [R, O], root [R])."""
-    return _fused_backward(g, b, eps, gy, x, weight, lmax, idx, root, explain, needs, linear=True)
 
 
 def aot_specs():
