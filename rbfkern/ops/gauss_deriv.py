@@ -27,7 +27,9 @@ The cost model's constants are CPU measurements; on CUDA it compares the same MA
 """
 from __future__ import annotations
 
+import functools
 import os
+import types
 from typing import Sequence
 
 import torch
@@ -279,33 +281,85 @@ def _path_for(x: Tensor, alpha: Tensor, g: Tensor, order: int, stride: int, pad:
     return choose_path(n, ci, alpha.shape[0], *sizes, *outs, g.shape[0], order, k, stride)
 
 
-def _deterministic_cpu(name, xc) -> bool:
-    """torch's CPU convolutions split their reductions by thread count: under
-    torch.use_deterministic_algorithms the C++ backend takes the separable kernels (fixed-order sums)."""
-    return xc.device.type == "cpu" and name != "triton" and torch.are_deterministic_algorithms_enabled()
+# ---------------------------------------------------------------------------------------------
+# Backends: forward(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized) -> out
+#           backward(grad, x, alpha, sigma, ..., scale_normalized, needs) -> (gx, galpha, gsigma)
+# 2D or 3D by x's rank; inputs contiguous. _Reference differentiates rbfkern.reference; _Taps
+# puts the separable kernels of one backend (C++ or Triton) and the dense path behind the same
+# contract: it builds the 1D taps, picks the path and turns the taps' gradient into gsigma.
+# ---------------------------------------------------------------------------------------------
 
 
-def _run_forward(name, xc, ac, g, order, stride, padding):
-    """The forward on the path the cost model picks (2D or 3D by x's rank)."""
-    nd = xc.dim() - 2
-    if not _deterministic_cpu(name, xc) and _path_for(xc, ac, g, order, stride, padding) == "dense":
-        return _Dense.forward(xc, ac, g, order, stride, padding, ndim=nd)
-    if name == "triton":
-        return _backend.gpu_module("gauss_deriv").forward(xc, ac, g, order, stride, padding)
-    return _Cpp.forward(xc, ac, g, order, stride, padding)
+class _Reference:
+    """rbfkern.reference (the oracle backend)."""
+
+    @staticmethod
+    def _fn(x):
+        return reference.gauss_deriv_conv2d if x.dim() == 4 else reference.gauss_deriv_conv3d
+
+    @staticmethod
+    def forward(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
+        return _Reference._fn(x)(x, alpha, sigma, order, truncate, list(radii), stride, padding, scale_normalized)
+
+    @staticmethod
+    def backward(grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
+        # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
+        def f(x_, a_, s_):
+            return _Reference.forward(x_, a_, s_, order, truncate, radii, stride, padding, scale_normalized)
+
+        _, vjp = torch.func.vjp(f, x, alpha, sigma)
+        return vjp(grad)
 
 
-def _run_backward(name, gc, xc, ac, g, order, stride, padding, needs):
-    nd = xc.dim() - 2
-    if not _deterministic_cpu(name, xc) and _path_for(xc, ac, g, order, stride, padding, backward=True) == "dense":
-        return _Dense.backward(gc, xc, ac, g, order, stride, padding, needs, ndim=nd)
-    if name == "triton":
-        return _backend.gpu_module("gauss_deriv").backward(gc, xc, ac, g, order, stride, padding, needs)
-    return _Cpp.backward(gc, xc, ac, g, order, stride, padding, needs)
+class _Taps:
+    """The 1D-tap kernels of one backend (``kernels``: _Cpp or rbfkern.gpu.gauss_deriv, both
+    ``forward(x, alpha, g, order, stride, pad)`` / ``backward(grad, x, alpha, g, order, stride,
+    pad, needs) -> (gx, galpha, gtaps)``) or the dense path, by the cost model."""
+
+    def __init__(self, kernels, cpu: bool, half_as_float32: bool):
+        self.kernels = kernels
+        self.cpu = cpu  # the C++ kernels
+        # half types in float32: the C++ kernels, and the interpreted Triton kernels on CPU tensors
+        self.HALF_AS_FLOAT32 = half_as_float32
+
+    def _dense(self, x, alpha, g, order, stride, padding, backward):
+        # torch's CPU convolutions split their reductions by thread count: under
+        # torch.use_deterministic_algorithms the C++ backend takes the separable kernels (fixed-order sums)
+        if self.cpu and torch.are_deterministic_algorithms_enabled():
+            return False
+        return _path_for(x, alpha, g, order, stride, padding, backward) == "dense"
+
+    def forward(self, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
+        g = _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(x))
+        if self._dense(x, alpha, g, order, stride, padding, backward=False):
+            return _Dense.forward(x, alpha, g, order, stride, padding, ndim=x.dim() - 2)
+        return self.kernels.forward(x, alpha, g, order, stride, padding)
+
+    def backward(self, grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
+        g = _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(x))
+        if self._dense(x, alpha, g, order, stride, padding, backward=True):
+            gx, ga, gg = _Dense.backward(grad, x, alpha, g, order, stride, padding, needs, ndim=x.dim() - 2)
+        else:
+            gx, ga, gg = self.kernels.backward(grad, x, alpha, g, order, stride, padding, needs)
+        gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
+        return gx, ga, gs
+
+
+_CPU_TAPS = _Taps(_Cpp, cpu=True, half_as_float32=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_taps(module, on_cpu: bool):
+    return _Taps(module, cpu=False, half_as_float32=on_cpu)
+
+
+def _impl(device):
+    impl = _family.backend("gauss_deriv", device, _CPU_TAPS, _Reference)
+    return _triton_taps(impl, device.type == "cpu") if isinstance(impl, types.ModuleType) else impl
 
 
 # ---------------------------------------------------------------------------------------------
-# Custom ops
+# Custom ops: one body for 2D and 3D (x's rank), registered under both names
 # ---------------------------------------------------------------------------------------------
 
 
@@ -322,59 +376,30 @@ def _gd_bwd_fake(grad, x, alpha, sigma, order, truncate, radii, stride, padding,
     return tuple(torch.empty_like(t) if n else x.new_empty(0) for t, n in zip((x, alpha, sigma), needs))
 
 
-@_family.device_op("gauss_deriv_conv2d", fake=_gd_fake)
-def _gd2_op(
+def _gd_forward(
     x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
     stride: int, padding: int, scale_normalized: bool,
 ) -> Tensor:
-    name = _backend.choose(x.device)
-    if name == "reference":
-        return reference.gauss_deriv_conv2d(x, alpha, sigma, order, truncate, list(radii), stride, padding,
-                                            scale_normalized)
-    xc, ac = x.contiguous(), alpha.contiguous()
-    if xc.dtype in _HALF and x.device.type == "cpu":
-        xc, ac = xc.float(), ac.float()
-    g = _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(xc))
-    return _run_forward(name, xc, ac, g, order, stride, padding).to(x.dtype)
+    impl = _impl(x.device)
+    xc, ac = _family.prepare(impl, x, alpha)
+    return impl.forward(xc, ac, sigma, order, truncate, radii, stride, padding, scale_normalized).to(x.dtype)
 
 
-def _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized):
-    """Contiguous (grad, x, alpha) (half types on CPU in float32) and the 1D taps, for the kernels."""
-    xc, ac, gc = x.contiguous(), alpha.contiguous(), grad.contiguous()
-    if xc.dtype in _HALF and x.device.type == "cpu":
-        xc, ac, gc = xc.float(), ac.float(), gc.float()
-    return xc, ac, gc, _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(xc))
-
-
-def _bwd_outputs(grads, inputs, needs):
-    """Gradients in their input's dtype; an input not needed gets an empty tensor."""
-    return tuple(g.to(t.dtype) if n else inputs[0].new_empty(0) for g, t, n in zip(grads, inputs, needs))
-
-
-@_family.device_op("gauss_deriv_conv2d_bwd", fake=_gd_bwd_fake)
-def _gd2_bwd_op(
+def _gd_backward(
     grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
     stride: int, padding: int, scale_normalized: bool, needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(gx, galpha, gsigma); an input not needed gets an empty tensor."""
-    name = _backend.choose(x.device)
-    if name == "reference":
-        gx, ga, gs = _reference_vjp(reference.gauss_deriv_conv2d, grad, x, alpha, sigma, order, truncate, radii,
-                                    stride, padding, scale_normalized)
-    else:
-        xc, ac, gc, g = _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized)
-        gx, ga, gg = _run_backward(name, gc, xc, ac, g, order, stride, padding, needs)
-        gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
-    return _bwd_outputs((gx, ga, gs), (x, alpha, sigma), needs)
+    impl = _impl(x.device)
+    gc, xc, ac = _family.prepare(impl, grad, x, alpha)
+    grads = impl.backward(gc, xc, ac, sigma, order, truncate, radii, stride, padding, scale_normalized, needs)
+    return _family.grads_or_empty(grads, (x, alpha, sigma), needs)
 
 
-def _reference_vjp(fn, grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
-    # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
-    def f(x_, a_, s_):
-        return fn(x_, a_, s_, order, truncate, list(radii), stride, padding, scale_normalized)
-
-    _, vjp = torch.func.vjp(f, x, alpha, sigma)
-    return vjp(grad)
+_gd2_op = _family.device_op("gauss_deriv_conv2d", fake=_gd_fake)(_gd_forward)
+_gd2_bwd_op = _family.device_op("gauss_deriv_conv2d_bwd", fake=_gd_bwd_fake)(_gd_backward)
+_gd3_op = _family.device_op("gauss_deriv_conv3d", fake=_gd_fake)(_gd_forward)
+_gd3_bwd_op = _family.device_op("gauss_deriv_conv3d_bwd", fake=_gd_bwd_fake)(_gd_backward)
 
 
 def _setup(ctx, inputs, output):
@@ -383,56 +408,18 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(x, alpha, sigma)
 
 
-def _backward2(ctx, grad):
-    x, alpha, sigma = ctx.saved_tensors
-    needs = list(ctx.needs_input_grad[:3])
-    gx, ga, gs = torch.ops.rbfkern.gauss_deriv_conv2d_bwd(grad, x, alpha, sigma, *ctx.args, needs)
-    return (gx if needs[0] else None, ga if needs[1] else None, gs if needs[2] else None) + (None,) * 6
+def _autograd_backward(bwd_op):
+    def backward(ctx, grad):
+        x, alpha, sigma = ctx.saved_tensors
+        needs = list(ctx.needs_input_grad[:3])
+        gx, ga, gs = bwd_op(grad, x, alpha, sigma, *ctx.args, needs)
+        return (gx if needs[0] else None, ga if needs[1] else None, gs if needs[2] else None) + (None,) * 6
+
+    return backward
 
 
-_gd2_op.register_autograd(_backward2, setup_context=_setup)
-
-
-@_family.device_op("gauss_deriv_conv3d", fake=_gd_fake)
-def _gd3_op(
-    x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
-    stride: int, padding: int, scale_normalized: bool,
-) -> Tensor:
-    name = _backend.choose(x.device)
-    if name == "reference":
-        return reference.gauss_deriv_conv3d(x, alpha, sigma, order, truncate, list(radii), stride, padding,
-                                            scale_normalized)
-    xc, ac = x.contiguous(), alpha.contiguous()
-    if xc.dtype in _HALF and x.device.type == "cpu":
-        xc, ac = xc.float(), ac.float()
-    g = _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(xc))
-    return _run_forward(name, xc, ac, g, order, stride, padding).to(x.dtype)
-
-
-@_family.device_op("gauss_deriv_conv3d_bwd", fake=_gd_bwd_fake)
-def _gd3_bwd_op(
-    grad: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float, radii: list[int],
-    stride: int, padding: int, scale_normalized: bool, needs: list[bool],
-) -> tuple[Tensor, Tensor, Tensor]:
-    name = _backend.choose(x.device)
-    if name == "reference":
-        gx, ga, gs = _reference_vjp(reference.gauss_deriv_conv3d, grad, x, alpha, sigma, order, truncate, radii,
-                                    stride, padding, scale_normalized)
-    else:
-        xc, ac, gc, g = _bwd_inputs(grad, x, alpha, sigma, order, truncate, radii, scale_normalized)
-        gx, ga, gg = _run_backward(name, gc, xc, ac, g, order, stride, padding, needs)
-        gs = _gsigma(gg, sigma, order, truncate, radii, scale_normalized) if needs[2] else None
-    return _bwd_outputs((gx, ga, gs), (x, alpha, sigma), needs)
-
-
-def _backward3(ctx, grad):
-    x, alpha, sigma = ctx.saved_tensors
-    needs = list(ctx.needs_input_grad[:3])
-    gx, ga, gs = torch.ops.rbfkern.gauss_deriv_conv3d_bwd(grad, x, alpha, sigma, *ctx.args, needs)
-    return (gx if needs[0] else None, ga if needs[1] else None, gs if needs[2] else None) + (None,) * 6
-
-
-_gd3_op.register_autograd(_backward3, setup_context=_setup)
+_gd2_op.register_autograd(_autograd_backward(torch.ops.rbfkern.gauss_deriv_conv2d_bwd), setup_context=_setup)
+_gd3_op.register_autograd(_autograd_backward(torch.ops.rbfkern.gauss_deriv_conv3d_bwd), setup_context=_setup)
 
 
 # ---------------------------------------------------------------------------------------------
