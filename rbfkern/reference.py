@@ -108,6 +108,30 @@ def rbf_r2_expanded(x: Tensor, centers: Tensor, diag: Tensor | None = None) -> T
 # ----------------------------------------------------------------------------------------------
 
 
+def _gauss_deriv_conv(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
+    """Algorithm 1 of ch. 3 taken literally, for images (x of rank 4) and volumes (rank 5).
+
+    Step 2: every input map is convolved with every basis function (eq. 20: phi_{p,q} =
+    g_q(y) g_p(x) in 2D, phi_{p,q,t} = g_t(z) g_q(y) g_p(x) in 3D; rbfkern.basis) at every scale,
+    giving C_in*S*M maps zeta; step 3: output map o is sum_{i,b} alpha[o, i, b] zeta_{i,b} (eq. 23).
+    Zero padding ``padding`` (default: the largest radius R, "same" at stride 1).
+    """
+    from . import basis
+
+    nd = x.dim() - 2
+    g_phi = (basis.basis_2d if nd == 2 else basis.basis_3d)(sigma, order, truncate, radii, scale_normalized)
+    S, M, K = g_phi.shape[:3]  # (S, M, K, K[, K])
+    pad = (K - 1) // 2 if padding is None else padding
+    cin = x.shape[1]
+    # conv is a cross-correlation: flip every spatial axis to convolve.
+    spatial = tuple(range(-nd, 0))
+    w = g_phi.flip(spatial).reshape(S * M, 1, *(K,) * nd).to(x.dtype).repeat(cin, *(1,) * (nd + 1))
+    conv = torch.nn.functional.conv2d if nd == 2 else torch.nn.functional.conv3d
+    zeta = conv(x, w, stride=stride, padding=pad, groups=cin)  # (N, C_in*S*M, *out)
+    y = alpha.reshape(alpha.shape[0], cin * S * M) @ zeta.flatten(2)  # (N, C_out, prod(out))
+    return y.reshape(x.shape[0], alpha.shape[0], *zeta.shape[2:])
+
+
 def gauss_deriv_conv2d(
     x: Tensor,
     alpha: Tensor,
@@ -119,26 +143,12 @@ def gauss_deriv_conv2d(
     padding: int | None = None,
     scale_normalized: bool = False,
 ) -> Tensor:
-    """Structured-receptive-field convolution, Algorithm 1 of ch. 3 taken literally.
+    """Structured-receptive-field convolution (ch. 3, eq. 18-23, Algorithm 1).
 
-    Step 2: every input map is convolved with every basis function phi_{p,q} (eq. 20, the 2D
-    basis of rbfkern.basis.basis_2d) at every scale, giving C_in*S*M maps zeta; step 3: output map o
-    is sum_{i,b} alpha[o, i, b] zeta_{i,b} (eq. 23). Zero padding ``padding`` (default: the largest
-    radius R, "same" at stride 1).
-
-    x (N, C_in, H, W), alpha (C_out, C_in, S*M), sigma (S,) -> (N, C_out, H', W').
+    x (N, C_in, H, W), alpha (C_out, C_in, S*M), sigma (S,) -> (N, C_out, H', W'), with the basis
+    g_p(x) g_q(y), p + q <= order (rbfkern.basis.basis_2d).
     """
-    from . import basis
-
-    g_phi = basis.basis_2d(sigma, order, truncate, radii, scale_normalized)  # (S, M, K, K)
-    S, M, K, _ = g_phi.shape
-    pad = (K - 1) // 2 if padding is None else padding
-    cin = x.shape[1]
-    # conv2d is a cross-correlation: flip to convolve.
-    w = g_phi.flip(-1, -2).reshape(S * M, 1, K, K).to(x.dtype).repeat(cin, 1, 1, 1)
-    zeta = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad, groups=cin)  # (N, C_in*S*M, H', W')
-    n, _, ho, wo = zeta.shape
-    return torch.einsum("nihw,oi->nohw", zeta, alpha.reshape(alpha.shape[0], cin * S * M))
+    return _gauss_deriv_conv(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized)
 
 
 def gauss_deriv_conv3d(
@@ -154,16 +164,8 @@ def gauss_deriv_conv3d(
 ) -> Tensor:
     """The 3D version (the thesis' MRI network): x (N, C_in, D, H, W), basis members
     phi_{p,q,t} = g_t(z) g_q(y) g_p(x) with p + q + t <= order (rbfkern.basis.basis_3d),
-    alpha (C_out, C_in, S*M3)."""
-    from . import basis
-
-    g_phi = basis.basis_3d(sigma, order, truncate, radii, scale_normalized)  # (S, M, K, K, K)
-    S, M, K = g_phi.shape[:3]
-    pad = (K - 1) // 2 if padding is None else padding
-    cin = x.shape[1]
-    w = g_phi.flip(-1, -2, -3).reshape(S * M, 1, K, K, K).to(x.dtype).repeat(cin, 1, 1, 1, 1)
-    zeta = torch.nn.functional.conv3d(x, w, stride=stride, padding=pad, groups=cin)
-    return torch.einsum("nidhw,oi->nodhw", zeta, alpha.reshape(alpha.shape[0], cin * S * M))
+    alpha (C_out, C_in, S*M3) -> (N, C_out, D', H', W')."""
+    return _gauss_deriv_conv(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized)
 
 
 # ----------------------------------------------------------------------------------------------
