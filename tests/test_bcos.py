@@ -15,7 +15,7 @@ from rbfkern.nn import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, expl
 from rbfkern.ops import bcos_conv2d, bcos_linear
 from rbfkern.ops._bcos_common import BcosGeometry
 
-from _util import HALF, assert_within_naive_error, cudnn_deterministic
+from _util import HALF, assert_close_to_ref, assert_within_naive_error, cudnn_deterministic
 from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, DEVICES, TRITON_BACKENDS, device_of
 
 ALL_BACKENDS = CPU_BACKENDS + ["reference"]
@@ -54,12 +54,6 @@ F64 = torch.float64
 
 def _grads(y, inputs, g):
     return torch.autograd.grad(y, inputs, g)
-
-
-def _assert_close(a, b, what, rtol=1e-10, atol=1e-12):
-    a, b = a.detach(), b.detach()
-    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
-    torch.testing.assert_close(a, b, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,9 +116,9 @@ def _check_conv_vs_official(geom, b, max_out, scale=1.0, zero_region=False, devi
         y1 = bcos_conv2d(x, w, b=b, max_out=max_out, stride=s, padding=p, groups=groups, explain=explain_mode)
         gx1, gw1 = _grads(y1, (x, w), gy)
         tag = f"{geom} b={b} M={max_out} explain={explain_mode}"
-        _assert_close(y1, y0, f"y {tag}")
-        _assert_close(gx1, gx0, f"grad x {tag}")
-        _assert_close(gw1, gw0, f"grad w {tag}")
+        assert_close_to_ref(y1, y0, F64, what=f"y {tag}")
+        assert_close_to_ref(gx1, gx0, F64, what=f"grad x {tag}")
+        assert_close_to_ref(gw1, gw0, F64, what=f"grad w {tag}")
         assert torch.isfinite(gx1).all() and torch.isfinite(gw1).all()
 
 
@@ -181,7 +175,7 @@ def test_triton_fused_implicit_gemm_float32(backend, monkeypatch, C, O, max_out,
     y0 = reference.bcos_conv2d(xd, wd, b, max_out, stride, padding, dilation, groups)
     gx0, gw0 = torch.autograd.grad(y0, (xd, wd), gy.double())
     for got, want, what in ((y, y0, "y"), (gx, gx0, "grad x"), (gw, gw0, "grad w")):
-        _assert_close(got.double(), want, what, rtol=2e-5, atol=2e-5)
+        assert_close_to_ref(got, want, torch.float32, what=what)
 
 
 @needs_official
@@ -221,9 +215,9 @@ def test_linear_matches_official(backend, b, max_out):
         gx0, gw0 = _grads(y0, (x, m.linear.weight), gy)
         y1 = bcos_linear(x, w, b=b, max_out=max_out, explain=explain_mode)
         gx1, gw1 = _grads(y1, (x, w), gy)
-        _assert_close(y1, y0, "y")
-        _assert_close(gx1, gx0, "grad x")
-        _assert_close(gw1, gw0, "grad w")
+        assert_close_to_ref(y1, y0, F64, what="y")
+        assert_close_to_ref(gx1, gx0, F64, what="grad x")
+        assert_close_to_ref(gw1, gw0, F64, what="grad w")
 
 
 @needs_official
@@ -238,7 +232,7 @@ def test_maxout_ties_take_the_first(backend):
     gy = torch.randn(1, 2, 4, 4, dtype=F64).to(dev)
     gw0 = _grads(m(x), (m.linear.weight,), gy)[0]
     gw1 = _grads(bcos_conv2d(x, w, b=2.0, max_out=2, padding=1), (w,), gy)[0]
-    _assert_close(gw1, gw0, "grad w")
+    assert_close_to_ref(gw1, gw0, F64, what="grad w")
     assert gw1[1::2].abs().max() == 0
 
 
@@ -256,9 +250,9 @@ def test_dilation_with_maxout_and_tuples_match_reference(backend, monkeypatch):
     monkeypatch.setenv("RBFKERN_BACKEND", "reference")
     y0 = reference.bcos_conv2d(x, w, 2.5, 3, (2, 1), (2, 1), (2, 3), 2)
     gx0, gw0 = _grads(y0, (x, w), gy)
-    _assert_close(y, y0, "y")
-    _assert_close(gx, gx0, "grad x")
-    _assert_close(gw, gw0, "grad w")
+    assert_close_to_ref(y, y0, F64, what="y")
+    assert_close_to_ref(gx, gx0, F64, what="grad x")
+    assert_close_to_ref(gw, gw0, F64, what="grad w")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS + [CUDA], indirect=True)
@@ -268,11 +262,11 @@ def test_float32_and_half_inputs(backend):
     x = torch.randn(2, 4, 6, 6, generator=g).to(device_of(backend))
     w = torch.randn(8, 4, 3, 3, generator=g).to(device_of(backend))
     want = reference.bcos_conv2d(x.double(), w.double(), 2.0, 2, 1, 1)
-    torch.testing.assert_close(bcos_conv2d(x, w, max_out=2, padding=1), want.float(), rtol=2e-5, atol=2e-5)
+    assert_close_to_ref(bcos_conv2d(x, w, max_out=2, padding=1), want, torch.float32, what="y")
     if backend == "cpp":
         y = bcos_conv2d(x.bfloat16(), w.bfloat16(), max_out=2, padding=1)
         assert y.dtype == torch.bfloat16
-        torch.testing.assert_close(y.float(), want.float(), rtol=5e-2, atol=5e-2)
+        assert_close_to_ref(y, want, torch.bfloat16, what="bfloat16 y")
 
 
 def _skip_bf16_in_rehearsal(dtype):
@@ -356,7 +350,7 @@ def _gradcheck(b, max_out, explain_mode, groups=1, linear=False, device=CPU):
              reference.bcos_conv2d(x, w, b, max_out, (1, 2), 1, 1, groups, True)), (x, w), gy)
         got = torch.autograd.grad(fn(x, w), (x, w), gy)
         for a, c in zip(got, want):
-            _assert_close(a, c, "explain grads")
+            assert_close_to_ref(a, c, F64, what="explain grads")
     else:
         with cudnn_deterministic():
             assert torch.autograd.gradcheck(fn, (x, w), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
@@ -393,13 +387,13 @@ def test_cpp_batch_chunks_match_reference(backend, monkeypatch, b, max_out, expl
     w = torch.randn(O * max_out, C // groups, 3, 3, generator=g, dtype=F64, requires_grad=True)
     y = bcos_conv2d(x, w, b=b, max_out=max_out, padding=1, groups=groups, explain=explain_mode)
     want = reference.bcos_conv2d(x, w, b, max_out, (1, 1), (1, 1), (1, 1), groups, explain_mode)
-    _assert_close(y, want, "y")
+    assert_close_to_ref(y, want, F64, what="y")
     gy = torch.randn(y.shape, generator=g, dtype=F64)
     got = torch.autograd.grad(y, (x, w), gy)
     ref = torch.autograd.grad(want, (x, w), gy)
     assert calls == [min(chunk_images, N - i) for i in range(0, N, chunk_images)]
-    _assert_close(got[0], ref[0], "grad x")
-    _assert_close(got[1], ref[1], "grad w")
+    assert_close_to_ref(got[0], ref[0], F64, what="grad x")
+    assert_close_to_ref(got[1], ref[1], F64, what="grad w")
 
 
 # (N, C, H, W, O, k, stride, padding, dilation, groups): column tails (W not a multiple of the
@@ -457,16 +451,14 @@ def test_cpp_direct_conv_matches_reference(backend, monkeypatch, geom, b, max_ou
         monkeypatch.setattr(ob._backend, "cext", real)
         if path == "direct":
             assert "bcos_forward_direct" in calls and "bcos_forward" not in calls, calls
-        tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=2e-4, atol=2e-5)
-        _assert_close(y.double(), want, f"{path} y", **tol)
-        _assert_close(got[0].double(), ref[0], f"{path} grad x", **tol)
-        _assert_close(got[1].double(), ref[1], f"{path} grad w", **tol)
+        assert_close_to_ref(y, want, dtype, what=f"{path} y", kind="reduction")
+        assert_close_to_ref(got[0], ref[0], dtype, what=f"{path} grad x", kind="reduction")
+        assert_close_to_ref(got[1], ref[1], dtype, what=f"{path} grad w", kind="reduction")
     (yd, md, idd, rd), (yo, mo, ido, ro) = outs["direct"], outs["onednn"]
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == F64 else dict(rtol=2e-4, atol=2e-5)
-    _assert_close(md.double(), mo.double(), "lmax", **tol)
+    assert_close_to_ref(md, mo, dtype, what="lmax", kind="reduction")
     assert torch.equal(idd, ido), "argmax differs between the direct and oneDNN paths"
     if b != 1:
-        _assert_close(rd.double(), ro.double(), "root", **tol)
+        assert_close_to_ref(rd, ro, dtype, what="root", kind="reduction")
 
 
 
@@ -542,10 +534,9 @@ def test_vector_pow_matches_reference(backend, b, dtype):
     gg = torch.autograd.grad(got, (xo, wo), gy.to(dtype))
     # float32: the oneDNN convolution itself is ~5e-5 off the float64 result (so is the float32
     # reference); a wrong power is off by O(1).
-    tol = dict(rtol=1e-11, atol=1e-13) if dtype == F64 else dict(rtol=3e-4, atol=3e-5)
-    _assert_close(got.double(), want, f"y b={b}", **tol)
+    assert_close_to_ref(got, want, dtype, what=f"y b={b}", kind="reduction")
     for a, c, name in zip(gg, gw, ("grad_x", "grad_w")):
-        _assert_close(a.double(), c, f"{name} b={b}", **tol)
+        assert_close_to_ref(a, c, dtype, what=f"{name} b={b}", kind="reduction")
 
 
 def _run_threads(nt, fn, shapes, seed=0):
@@ -613,8 +604,7 @@ def test_deterministic_weight_grad_matches_torch(dtype, geom):
                                                [False, True, False])[1]
     geo = BcosGeometry.of_conv(x, w, 1, list(stride), list(padding), list(dilation), groups)
     got = bcos_cpp._weight_grad_deterministic(geo, gl, x, w)
-    tol = 1e-12 if dtype == torch.float64 else 1e-4
-    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    assert_close_to_ref(got, want, dtype, what="weight grad", kind="reduction")
 
 def saved_bytes(fn, exclude=()):
     """Bytes of distinct storages autograd saves while ``fn()`` runs, but those of ``exclude``."""
@@ -770,9 +760,9 @@ def test_modules_load_official_state_dicts(device):
     mc.load_state_dict(oc.state_dict())
     ml.load_state_dict(ol.state_dict())
     x = torch.rand(2, 6, 7, 7, dtype=F64).to(device)
-    _assert_close(mc(x), oc(x), "conv module")
+    assert_close_to_ref(mc(x), oc(x), F64, what="conv module")
     v = torch.randn(5, 8, dtype=F64).to(device)
-    _assert_close(ml(v), ol(v), "linear module")
+    assert_close_to_ref(ml(v), ol(v), F64, what="linear module")
     # Explanation mode through the context manager, and the flag restored after it.
     x.requires_grad_(True)
     with mc.explanation_mode():
@@ -780,7 +770,7 @@ def test_modules_load_official_state_dicts(device):
         g1 = torch.autograd.grad(mc(x).sum(), x)[0]
     assert not mc.is_in_explanation_mode
     oc.set_explanation_mode(True)
-    _assert_close(g1, torch.autograd.grad(oc(x).sum(), x)[0], "explain grad")
+    assert_close_to_ref(g1, torch.autograd.grad(oc(x).sum(), x)[0], F64, what="explain grad")
 
 
 def test_add_inverse():
@@ -821,7 +811,7 @@ def test_convert_to_bcos_small_cnn(device):
     # The converted model is summarised exactly by W(x) (eq. 13): contributions sum to the logit.
     logits = model(x)
     contrib = explain.contributions(model, x, 3)
-    _assert_close(contrib.sum((1, 2)), logits[:, 3], "contributions vs logit", atol=1e-11)
+    assert_close_to_ref(contrib.sum((1, 2)), logits[:, 3], F64, what="contributions vs logit")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -847,10 +837,10 @@ def test_contributions_sum_to_the_logit(b, device):
     contrib = explain.contributions(model[1:], AddInverse()(x), [0, 2, 3])
     assert contrib.shape == (3, 10, 10)
     want = out[torch.arange(3), torch.tensor([0, 2, 3])]
-    _assert_close(contrib.sum((1, 2)), want, "sum of contributions", atol=1e-11)
+    assert_close_to_ref(contrib.sum((1, 2)), want, F64, what="sum of contributions")
     # y = W(x) x (eq. 13) also for the single-image form.
     c1 = explain.contributions(model[1:], AddInverse()(x)[1], 2)
-    _assert_close(c1, contrib[1], "single image")
+    assert_close_to_ref(c1, contrib[1], F64, what="single image")
     # Explanation mode is off again afterwards.
     assert not any(getattr(m, "explain", False) for m in model.modules())
 

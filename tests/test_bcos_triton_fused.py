@@ -14,7 +14,7 @@ from rbfkern import reference
 from rbfkern.ops import _bcos_common as bcos_common
 from rbfkern.ops import bcos_conv2d, bcos_linear
 
-from _util import assert_bitwise, assert_within_naive_error
+from _util import assert_bitwise, assert_close_to_ref, assert_within_naive_error
 from conftest import CUDA, CUDA_ON_CPU, TRITON_BACKENDS, device_of
 
 # The outermost decorator of every test (so the backend stays the last part of the test ids).
@@ -49,13 +49,6 @@ def fused_only(monkeypatch):
         monkeypatch.setattr(mod, name, boom)
 
 
-def _close(got, want, what, tol=2e-5):
-    got, want = got.detach().double(), want.detach()
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
-    torch.testing.assert_close(got, want, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
-
-
 def _conv_inputs(geom, max_out, seed=0, device=torch.device("cpu")):
     N, C, H, W, O, k, stride, padding, dilation, groups = GEOMS[geom]
     g = torch.Generator().manual_seed(seed)
@@ -65,33 +58,33 @@ def _conv_inputs(geom, max_out, seed=0, device=torch.device("cpu")):
     return x, w, dict(stride=stride, padding=padding, dilation=dilation, groups=groups), g
 
 
-def _check_conv(x, w, conv, b, max_out, explain, g, needs=(True, True), tol=2e-5):
+def _check_conv(x, w, conv, b, max_out, explain, g, needs=(True, True)):
     xs, ws = x.clone().requires_grad_(needs[0]), w.clone().requires_grad_(needs[1])
     y = bcos_conv2d(xs, ws, b=b, max_out=max_out, explain=explain, **conv)
     xd, wd = x.double().requires_grad_(needs[0]), w.double().requires_grad_(needs[1])
     y0 = reference.bcos_conv2d(xd, wd, b, max_out, conv["stride"], conv["padding"], conv["dilation"],
                                conv["groups"], explain)
-    _close(y, y0, "y", tol)
+    assert_close_to_ref(y, y0, x.dtype, what="y")
     gy = torch.randn(y.shape, generator=g).to(y.device)
     ins = [t for t, n in zip((xs, ws), needs) if n]
     got = torch.autograd.grad(y, ins, gy)
     want = torch.autograd.grad(y0, [t for t, n in zip((xd, wd), needs) if n], gy.double())
     for a, c, what in zip(got, want, [n for n, k in zip(("grad x", "grad w"), needs) if k]):
-        _close(a, c, what, tol)
+        assert_close_to_ref(a, c, x.dtype, what=what)
     return got
 
 
-def _check_linear(x, w, b, max_out, explain, g, needs=(True, True), tol=2e-5):
+def _check_linear(x, w, b, max_out, explain, g, needs=(True, True)):
     xs, ws = x.clone().requires_grad_(needs[0]), w.clone().requires_grad_(needs[1])
     y = bcos_linear(xs, ws, b=b, max_out=max_out, explain=explain)
     xd, wd = x.double().requires_grad_(needs[0]), w.double().requires_grad_(needs[1])
     y0 = reference.bcos_linear(xd, wd, b, max_out, explain)
-    _close(y, y0, "y", tol)
+    assert_close_to_ref(y, y0, x.dtype, what="y")
     gy = torch.randn(y.shape, generator=g).to(y.device)
     got = torch.autograd.grad(y, [t for t, n in zip((xs, ws), needs) if n], gy)
     want = torch.autograd.grad(y0, [t for t, n in zip((xd, wd), needs) if n], gy.double())
     for a, c, what in zip(got, want, [n for n, k in zip(("grad x", "grad w"), needs) if k]):
-        _close(a, c, what, tol)
+        assert_close_to_ref(a, c, x.dtype, what=what)
     return got
 
 
@@ -224,11 +217,10 @@ def test_fused_half_types(backend, fused_only, dtype):
     gy = torch.randn(y.shape, generator=g).to(dtype).to(y.device)
     got = torch.autograd.grad(y, (xs, ws), gy)
     want = torch.autograd.grad(y0, (xd, wd), gy.double())
-    tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
-    _close(y, y0, "y", tol)
+    assert_close_to_ref(y, y0, dtype, what="y", kind="reduction")
     for a, c, what in zip(got, want, ("grad x", "grad w")):
         assert a.dtype == dtype
-        _close(a, c, what, tol)
+        assert_close_to_ref(a, c, dtype, what=what, kind="reduction")
     if backend == "cuda":
         xn, wn = x.clone().requires_grad_(), w.clone().requires_grad_()
         yn = reference.bcos_conv2d(xn, wn, 2.0, 2, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
