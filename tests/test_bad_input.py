@@ -1,8 +1,11 @@
 """Issue 8, bad input: a table of malformed calls across the public API. Each must raise ValueError or
 TypeError whose message names the offending argument, before any kernel runs.
 
-The whole table runs in ONE subprocess that prints one JSON line per case, so a crash (segfault,
-abort) fails the cases it did not reach instead of killing pytest; the test then asserts per case.
+This is the one table of bad input: the other test files test behaviour, not argument checks.
+The whole table runs in ONE subprocess per device that prints one JSON line per case, so a crash
+(segfault, abort) fails the cases it did not reach instead of killing pytest; the test then asserts
+per case. On a GPU the table runs with torch's default device set to it (every tensor and layer a
+case makes is on the GPU), plus the cases that put one argument on the CPU.
 """
 from __future__ import annotations
 
@@ -14,17 +17,23 @@ import sys
 
 import pytest
 
+from conftest import CUDA, CUDA_ON_CPU, DEVICES
+
 # Objects the cases use (built once in the subprocess).
 PRELUDE = r"""
-import math, tempfile
+import math, os, tempfile
+import numpy as np
 import torch
 from torch import nn
 import rbfkern
 from rbfkern import ops, explain
 from rbfkern.nn import (RBF, RBFClassifier, RBFNetwork, BcosConv2d, BcosLinear, GaussDerivConv2d,
-                        GaussDerivConv3d, kmeans, init_centers, similar)
+                        GaussDerivConv3d, kmeans, init_centers, similar, cluster_contributions)
 from rbfkern.mcu import export_c
 
+# The table's device: every tensor and layer made below or in a case lands there.
+dev = torch.device(os.environ.get("RBFKERN_BAD_INPUT_DEVICE", "cpu"))
+torch.set_default_device(dev)
 torch.manual_seed(0)
 x = torch.randn(6, 3)
 c = torch.randn(4, 3)
@@ -70,6 +79,15 @@ CASES = [
     ("rbf/kind_unknown", "ops.rbf(x, c, kind='gauss')", "ValueError", r"kind"),
     ("rbf/shape_negative_mq", "ops.rbf(x, c, kind='multiquadric', shape=-1.0)", "ValueError", r"shape"),
     ("rbf/shape_nan", "ops.rbf(x, c, kind='logistic', shape=nan)", "ValueError", r"shape"),
+    ("rbf/x_1d", "ops.rbf(torch.randn(4), c)", "ValueError", r"\bx\b"),
+    ("rbf/centers_1d", "ops.rbf(x, torch.randn(5))", "ValueError", r"centers"),
+    ("rbf/diag_wrong_D", "ops.rbf(x, c, diag=torch.rand(4))", "ValueError", r"diag"),
+    ("rbf/tril_wrong_C", "ops.rbf(x, c, tril=torch.rand(5, 3, 3))", "ValueError", r"tril"),
+    ("rbf/kind_int", "ops.rbf(x, c, kind=3)", "ValueError", r"kind"),
+    ("rbf/sigma_negative", "ops.rbf(x, c, sigma=-1.0)", "ValueError", r"sigma"),
+    ("rbf/sigma_2d", "ops.rbf(x, c, sigma=torch.ones(4, 1))", "ValueError", r"sigma"),
+    ("rbf/shape_inf", "ops.rbf(x, c, shape=inf)", "ValueError", r"shape"),
+    ("rbf_r2/x_1d", "ops.rbf_r2(torch.randn(3), c)", "ValueError", r"\bx\b"),
     # --- bcos -----------------------------------------------------------------------------
     ("bcos_conv2d/x_3d", "ops.bcos_conv2d(img[0], w)", "ValueError", r"\bx\b"),
     ("bcos_conv2d/weight_channels", "ops.bcos_conv2d(img, torch.randn(6, 3, 3, 3))", "ValueError", r"weight"),
@@ -98,6 +116,13 @@ CASES = [
      r"\bx\b|weight"),
     ("bcos_linear/weight_no_rows", "ops.bcos_linear(x, torch.randn(0, 3))", "ValueError", r"weight"),
     ("bcos_linear/max_out_bool", "ops.bcos_linear(x, wl, max_out=True)", "ValueError|TypeError", r"max_out"),
+    ("bcos_conv2d/weight_3d", "ops.bcos_conv2d(img, w[:, :, 0])", "ValueError", r"weight"),
+    ("bcos_conv2d/b_negative", "ops.bcos_conv2d(img, w, b=-1.0)", "ValueError", r"\bb\b"),
+    ("bcos_conv2d/x_int", "ops.bcos_conv2d(img.int(), w)", "TypeError", r"\bx\b"),
+    ("bcos_conv2d/padding_triple", "ops.bcos_conv2d(img, w, padding=(1, 2, 3))", "TypeError", r"padding"),
+    ("bcos_conv2d/explain_int", "ops.bcos_conv2d(img, w, explain=1)", "TypeError", r"explain"),
+    ("bcos_conv2d/x_numpy", "ops.bcos_conv2d(img.cpu().numpy(), w)", "TypeError", r"\bx\b"),
+    ("bcos_linear/max_out_indivisible", "ops.bcos_linear(x, wl, max_out=3)", "ValueError", r"max_out"),
     # --- gauss_deriv ----------------------------------------------------------------------
     ("gauss_deriv_conv2d/x_3d", "ops.gauss_deriv_conv2d(xg[0], ag, 1.0, order=2)", "ValueError", r"\bx\b"),
     ("gauss_deriv_conv2d/alpha_shape", "ops.gauss_deriv_conv2d(xg, torch.randn(3, 2, 5), 1.0, order=2)",
@@ -143,6 +168,11 @@ CASES = [
     ("RBF/forward_wrong_D", "RBF(3, 4)(torch.randn(2, 5))", "ValueError", r"\bx\b"),
     ("RBF/forward_int", "RBF(3, 4)(torch.ones(2, 3, dtype=torch.long))", "TypeError", r"\bx\b"),
     ("RBF/forward_f64", "RBF(3, 4)(torch.randn(2, 3, dtype=torch.float64))", "TypeError", r"\bx\b|centers"),
+    ("RBF/num_centers_float", "RBF(3, 2.5)", "ValueError", r"num_centers"),
+    ("RBF/shape_zero_mq", "RBF(3, 2, kind='multiquadric', shape=0.0)", "ValueError", r"shape"),
+    ("RBF/forward_list", "RBF(3, 2)([1.0, 2.0, 3.0])", "TypeError", r"\bx\b"),
+    ("RBFClassifier/loss_without_r2", "RBFClassifier.loss(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), None, 0.5)",
+     "ValueError", r"r2"),
     ("RBFClassifier/num_classes_zero", "RBFClassifier(3, 4, 0)", "ValueError", r"num_classes"),
     ("BcosConv2d/groups_indivisible", "BcosConv2d(3, 4, groups=2)", "ValueError", r"groups"),
     ("BcosConv2d/in_channels_negative", "BcosConv2d(-1, 4)", "ValueError", r"in_channels"),
@@ -168,6 +198,15 @@ CASES = [
     ("kmeans/max_iter_negative", "kmeans(x, 2, max_iter=-1)", "ValueError", r"max_iter"),
     ("kmeans/n_init_zero", "kmeans(x, 2, n_init=0)", "ValueError", r"n_init"),
     ("kmeans/diag_negative", "kmeans(x, 2, diag=-torch.ones(3))", "ValueError", r"diag"),
+    ("kmeans/more_centers_than_rows", "kmeans(torch.randn(3, 2), 5)", "ValueError", r"num_centers"),
+    ("kmeans/batches_mixed_D", "kmeans([torch.randn(4, 2), torch.randn(4, 3)], 2)", "ValueError", r"embeddings batches"),
+    ("kmeans/empty_iterable", "kmeans(iter([]), 2)", "ValueError", r"empty iterable"),
+    ("kmeans/distributed_without_group", "kmeans(torch.randn(5, 2), 2, distributed=True)", "ValueError",
+     r"distributed=True"),
+    ("kmeans/process_group_bogus", "kmeans(torch.randn(5, 2), 2, process_group=object())", "ValueError",
+     r"process_group"),
+    ("init_centers/distributed_without_group", "init_centers(RBF(3, 2), torch.randn(10, 3), distributed=True)",
+     "ValueError", r"distributed=True"),
     ("init_centers/embeddings_wrong_D", "init_centers(RBF(3, 4), torch.randn(10, 5))", "ValueError", r"embeddings"),
     ("init_centers/not_rbf", "init_centers(nn.Linear(3, 4), torch.randn(10, 3))", "TypeError", r"module"),
     ("init_centers/method_unknown", "init_centers(RBF(3, 4), torch.randn(10, 3), method='grid')", "ValueError",
@@ -181,6 +220,9 @@ CASES = [
     ("similar/bank_meta", "similar(x, meta(c), 1)", "ValueError", r"bank"),
     ("similar/metric_module_wrong_D", "similar(x, c, 1, metric_module=RBF(5, 2))", "ValueError",
      r"metric_module|in_features"),
+    ("similar/metric_module_linear", "similar(x, c, 1, metric_module=nn.Linear(3, 3))", "TypeError",
+     r"metric_module"),
+    ("cluster_contributions/model_rbf", "cluster_contributions(RBF(3, 2), torch.randn(2, 3))", "TypeError", r"model"),
     # --- RBFNetwork ---------------------------------------------------------------------------
     ("RBFNetwork/num_centers_zero", "RBFNetwork(0)", "ValueError", r"num_centers"),
     ("RBFNetwork/lam_negative", "RBFNetwork(3, lam=-1.0)", "ValueError", r"lam"),
@@ -194,6 +236,16 @@ CASES = [
     ("RBFNetwork/fit_labels_float", "RBFNetwork(3, task='classification').fit(torch.randn(10, 2), torch.rand(10))",
      "ValueError", r"\by\b"),
     ("RBFNetwork/forward_wrong_D", "fitted(torch.randn(2, 5))", "ValueError", r"\bx\b"),
+    ("RBFNetwork/metric_unknown", "RBFNetwork(3, metric='foo')", "ValueError", r"metric"),
+    ("RBFNetwork/centers_tensor_wrong_count", "RBFNetwork(3, centers=torch.zeros(2, 2))", "ValueError", r"centers"),
+    ("RBFNetwork/sigma_zero", "RBFNetwork(3, sigma=0.0)", "ValueError", r"sigma"),
+    ("RBFNetwork/forward_unfitted", "RBFNetwork(2)(torch.zeros(3, 2))", "RuntimeError", r"not fitted"),
+    ("RBFNetwork/fit_more_centers_than_rows", "RBFNetwork(9).fit(torch.randn(5, 2), torch.randn(5))", "ValueError",
+     r"num_centers"),
+    ("RBFNetwork/select_criterion", "RBFNetwork(2).select(torch.randn(5, 2), torch.randn(5), criterion='aic')",
+     "ValueError", r"criterion"),
+    ("RBFNetwork/select_lam_grid", "RBFNetwork(2).select(torch.randn(5, 2), torch.randn(5), lam_grid=[-1])",
+     "ValueError", r"lam_grid"),
     # --- explain --------------------------------------------------------------------------------
     ("dynamic_linear_map/x_list", "explain.dynamic_linear_map(bmodel, [[1.0, 2.0, 3.0]], 0)", "TypeError", r"\bx\b"),
     ("dynamic_linear_map/target_count", "explain.dynamic_linear_map(bmodel, torch.randn(2, 3), [0, 1, 1])",
@@ -215,6 +267,27 @@ CASES = [
      "ValueError", r"centers"),
     ("export_c/calib_wrong_D", "export_c(fitted, tmp, dtype='q15', calib=torch.randn(5, 7))", "ValueError",
      r"calib"),
+    ("export_c/q15_full_metric", "export_c((RBF(3, 2, metric='full'), nn.Linear(2, 1)), tmp, dtype='q15')",
+     "ValueError", r"q15 export supports"),
+    ("export_c/q15_linear_kind", "export_c((RBF(3, 2, kind='linear'), nn.Linear(2, 1)), tmp, dtype='q15')",
+     "ValueError", r"q15 export supports"),
+]
+
+# Arguments on two devices: these need a GPU beside the CPU (the table runs on the GPU, one
+# argument is moved to the CPU).
+TWO_DEVICE_CASES = [
+    ("rbf/centers_other_device", "ops.rbf(x, c.cpu())", "ValueError", r"centers"),
+    ("rbf/diag_other_device", "ops.rbf(x, c, diag=torch.rand(3, device='cpu'))", "ValueError", r"diag"),
+    ("bcos_conv2d/weight_other_device", "ops.bcos_conv2d(img, w.cpu())", "ValueError", r"weight is on cpu"),
+    ("bcos_conv2d/x_other_device", "ops.bcos_conv2d(img.cpu(), w)", "ValueError", r"weight is on cuda"),
+    ("bcos_linear/weight_other_device", "ops.bcos_linear(x, wl.cpu())", "ValueError", r"weight is on cpu"),
+    ("bcos_linear/x_other_device", "ops.bcos_linear(x.cpu(), wl)", "ValueError", r"weight is on cuda"),
+    ("gauss_deriv_conv2d/alpha_other_device", "ops.gauss_deriv_conv2d(xg, ag.cpu(), 1.0, order=2)", "ValueError",
+     r"alpha is on cpu"),
+    ("gauss_deriv_conv2d/sigma_other_device", "ops.gauss_deriv_conv2d(xg, ag, torch.ones(1, device='cpu'), order=2)",
+     "ValueError", r"sigma is on cpu"),
+    ("gauss_deriv_conv2d/x_other_device", "ops.gauss_deriv_conv2d(xg.cpu(), ag, torch.ones(1), order=2)",
+     "ValueError", r"sigma is on cuda"),
 ]
 
 RUNNER = r"""
@@ -235,36 +308,62 @@ print(json.dumps({"id": "__done__"}), flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def results():
-    script = f"PRELUDE = {PRELUDE!r}\nCASES = {[(c[0], c[1]) for c in CASES]!r}\n{RUNNER}"
-    env = dict(os.environ, RBFKERN_BACKEND="cpp", PYTHONFAULTHANDLER="1")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
-    out = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            out[rec["id"]] = rec
-    out["__proc__"] = {"rc": proc.returncode, "stderr": proc.stderr[-3000:]}
-    return out
+_RESULTS = {}
+
+
+def _results(where: str) -> dict:
+    """{case id: outcome} of the whole table on one device ("cpu", or "cuda": the GPU, or in the
+    rehearsal on a machine without one the CPU through the interpreted Triton kernels), run once."""
+    if where not in _RESULTS:
+        on_gpu = where == "cuda" and not CUDA_ON_CPU
+        cases = CASES + (TWO_DEVICE_CASES if on_gpu else [])
+        script = f"PRELUDE = {PRELUDE!r}\nCASES = {[(c[0], c[1]) for c in cases]!r}\n{RUNNER}"
+        env = dict(os.environ, RBFKERN_BACKEND="triton" if where == "cuda" and CUDA_ON_CPU else "cpp",
+                   RBFKERN_BAD_INPUT_DEVICE="cuda" if on_gpu else "cpu", PYTHONFAULTHANDLER="1")
+        if on_gpu:
+            env.pop("RBFKERN_BACKEND")
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+        out = {}
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                rec = json.loads(line)
+                out[rec["id"]] = rec
+        out["__proc__"] = {"rc": proc.returncode, "stderr": proc.stderr[-3000:]}
+        _RESULTS[where] = out
+    return _RESULTS[where]
 
 
 def test_table_is_large_and_unique():
-    ids = [c[0] for c in CASES]
+    ids = [c[0] for c in CASES + TWO_DEVICE_CASES]
     assert len(ids) >= 40 and len(set(ids)) == len(ids)
 
 
-def test_subprocess_finished(results):
+@pytest.mark.parametrize("where", DEVICES)
+def test_subprocess_finished(where):
     """The runner reached the end and exited normally: no case crashed the interpreter."""
+    results = _results(where)
     proc = results["__proc__"]
     assert "__done__" in results and proc["rc"] == 0, f"rc={proc['rc']}\n{proc['stderr']}"
 
 
-@pytest.mark.parametrize("cid,stmt,excs,pattern", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(results, cid, stmt, excs, pattern):
+def _check(results, cid, stmt, excs, pattern):
     rec = results.get(cid)
     assert rec is not None, f"{cid}: no result (the subprocess died before it): {results['__proc__']['stderr']}"
     assert rec["exc"] is not None, f"{cid}: `{stmt}` raised nothing"
     assert rec["exc"] in excs.split("|"), (
         f"{cid}: `{stmt}` raised {rec['exc']} (in {rec.get('where')}), want {excs}: {rec['msg']}")
     assert re.search(pattern, rec["msg"]), f"{cid}: the message does not name the argument ({pattern}): {rec['msg']}"
+
+
+@pytest.mark.parametrize("where", DEVICES)
+@pytest.mark.parametrize("cid,stmt,excs,pattern", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(where, cid, stmt, excs, pattern):
+    _check(_results(where), cid, stmt, excs, pattern)
+
+
+@pytest.mark.parametrize("where", [CUDA])
+@pytest.mark.parametrize("cid,stmt,excs,pattern", TWO_DEVICE_CASES, ids=[c[0] for c in TWO_DEVICE_CASES])
+def test_bad_input_two_devices(where, cid, stmt, excs, pattern):
+    if CUDA_ON_CPU:
+        pytest.skip("rehearsal: needs two devices (the CPU and a GPU)")
+    _check(_results(where), cid, stmt, excs, pattern)

@@ -186,53 +186,6 @@ def test_extra_repr():
         assert s in r
 
 
-@pytest.mark.parametrize(
-    "make, exc, name",
-    [
-        (lambda: RBF(0, 3), ValueError, "in_features"),
-        (lambda: RBF(3, 2.5), ValueError, "num_centers"),
-        (lambda: RBF(3, 2, metric="cosine"), ValueError, "metric"),
-        (lambda: RBF(3, 2, kind="relu"), ValueError, "kind"),
-        (lambda: RBF(3, 2, sigma=-1.0), ValueError, "sigma"),
-        (lambda: RBF(3, 2, sigma=torch.ones(5)), ValueError, "sigma"),
-        (lambda: RBF(3, 2, kind="multiquadric", shape=0.0), ValueError, "shape"),
-        (lambda: RBF(3, 2)(torch.randn(4, 5)), ValueError, "x must have shape"),
-        (lambda: RBF(3, 2)([1.0, 2.0, 3.0]), TypeError, "x must be"),
-        (lambda: RBFClassifier(3, 2, 0), ValueError, "num_classes"),
-        (lambda: RBFClassifier.loss(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), None, 0.5), ValueError, "r2"),
-        (lambda: RBFNetwork(3, metric="foo"), ValueError, "metric"),
-        (lambda: RBFNetwork(3, task="ranking"), ValueError, "task"),
-        (lambda: RBFNetwork(3, centers="grid"), ValueError, "centers"),
-        (lambda: RBFNetwork(3, centers=torch.zeros(2, 2)), ValueError, "centers"),
-        (lambda: RBFNetwork(3, lam=-1.0), ValueError, "lam"),
-        (lambda: RBFNetwork(3, sigma=0.0), ValueError, "sigma"),
-        (lambda: RBFNetwork(2)(torch.zeros(3, 2)), RuntimeError, "not fitted"),
-        (lambda: RBFNetwork(2).fit(torch.randn(5, 2), torch.randn(4)), ValueError, "y must have shape"),
-        (lambda: RBFNetwork(9).fit(torch.randn(5, 2), torch.randn(5)), ValueError, "num_centers"),
-        (lambda: RBFNetwork(2).select(torch.randn(5, 2), torch.randn(5), criterion="aic"), ValueError, "criterion"),
-        (lambda: RBFNetwork(2).select(torch.randn(5, 2), torch.randn(5), lam_grid=[-1]), ValueError, "lam_grid"),
-        (lambda: kmeans(torch.randn(3, 2), 5), ValueError, "num_centers"),
-        (lambda: kmeans(torch.randn(3, 2), 2, init="grid"), ValueError, "init"),
-        (lambda: init_centers(RBF(3, 2), torch.randn(10, 4)), ValueError, "embeddings"),
-        (lambda: init_centers(RBF(3, 2), torch.randn(10, 3), method="em"), ValueError, "method"),
-        (lambda: kmeans([torch.randn(4, 2), torch.randn(4, 3)], 2), ValueError, "embeddings batches"),
-        (lambda: kmeans(iter([]), 2), ValueError, "empty iterable"),
-        (lambda: kmeans(torch.randn(5, 2), 2, distributed=True), ValueError, "distributed=True"),
-        (lambda: kmeans(torch.randn(5, 2), 2, process_group=object()), ValueError, "process_group"),
-        (lambda: init_centers(RBF(3, 2), torch.randn(10, 3), distributed=True), ValueError, "distributed=True"),
-        (lambda: similar(torch.randn(2, 3), torch.randn(5, 3), 6), ValueError, "k must"),
-        (lambda: similar(torch.randn(2, 3), torch.randn(5, 4), 1), ValueError, "bank"),
-        (lambda: similar(torch.randn(3), torch.randn(5, 3), 1), ValueError, "query"),
-        (lambda: similar(torch.randn(2, 3), torch.randn(5, 3), 1, metric_module=nn.Linear(3, 3)), TypeError, "metric_module"),
-        (lambda: similar(torch.randn(2, 3), torch.randn(5, 3), 1, metric_module=RBF(4, 2)), ValueError, "metric_module"),
-        (lambda: cluster_contributions(RBF(3, 2), torch.randn(2, 3)), TypeError, "model"),
-    ],
-)
-def test_bad_arguments_name_the_argument(make, exc, name):
-    with pytest.raises(exc, match=name):
-        make()
-
-
 # ---------------------------------------------------------------------------------------------
 # Losses and interpretability
 # ---------------------------------------------------------------------------------------------
