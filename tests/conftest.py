@@ -92,3 +92,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.cuda)  # also where a test wrote a plain "cuda", not CUDA
             if not CUDA_RUNS:
                 item.add_marker(pytest.mark.skip(reason=_CUDA_SKIP))
+
+
+@pytest.fixture(scope="session")
+def cuda_traces():
+    """The CUDA path of every op traced on the meta device (tests/test_cuda_trace.py), once per run:
+    test_cuda_trace checks the traces, test_contract that their kernels are compiled ahead of time."""
+    pytest.importorskip("triton")
+    from test_cuda_trace import run_traces
+
+    return run_traces()

@@ -96,13 +96,17 @@ CASES = {
 
 
 def _kernels_and_ops(gm):
-    kernels, opaque = 0, set()
+    """(names of the Triton kernels launched, rbfkern ops left opaque) in a traced graph."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    kernels, opaque = [], set()
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
         name = str(node.target)
         if "triton_kernel_wrapper" in name:
-            kernels += 1
+            kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+            kernels.append(getattr(kernel, "fn", kernel).__name__)
         elif "rbfkern" in name:
             opaque.add(name)
     return kernels, opaque
@@ -115,7 +119,7 @@ CALLS = [(n, p, d) for n in sorted(CASES) for p in (("separable", "dense") if n.
 
 
 def trace(name, path, dtype):
-    """{'kernels': n, 'opaque': [...], 'convolution': bool} of the traced forward + backward."""
+    """{'kernels': [names], 'opaque': [...], 'convolution': bool} of the traced forward + backward."""
     os.environ["RBFKERN_GD_PATH"] = path
     make, params = CASES[name]
     shapes, step = make(*params)
@@ -123,7 +127,7 @@ def trace(name, path, dtype):
     args = [None if s is None else torch.empty(s, dtype=dt, device="meta") for s in shapes]
     gm = make_fx(dispatch_functionalize(step), tracing_mode="fake")(*args)
     kernels, opaque = _kernels_and_ops(gm)
-    return {"kernels": kernels, "opaque": sorted(opaque), "convolution": "convolution" in gm.code}
+    return {"kernels": sorted(set(kernels)), "opaque": sorted(opaque), "convolution": "convolution" in gm.code}
 
 
 def _child():
@@ -140,9 +144,8 @@ def _child():
     print("@@" + json.dumps(out))
 
 
-@pytest.fixture(scope="module")
-def traces():
-    pytest.importorskip("triton")
+def run_traces():
+    """{"name|path|dtype": trace(...)} of every CALL, traced in a child process (see the docstring)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RBFKERN_BACKEND")}
     proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600,
                           cwd=os.path.dirname(os.path.abspath(__file__)))
@@ -152,13 +155,13 @@ def traces():
 
 
 @pytest.mark.parametrize("name,path,dtype", CALLS, ids=["-".join(c) for c in CALLS])
-def test_cuda_path_traces_with_visible_kernels(name, path, dtype, traces):
-    got = traces["|".join((name, path, dtype))]
+def test_cuda_path_traces_with_visible_kernels(name, path, dtype, cuda_traces):
+    got = cuda_traces["|".join((name, path, dtype))]
     assert "error" not in got, f"{name} ({path}, {dtype}): the CUDA path does not trace: {got.get('error')}"
     if path == "dense":  # one cuDNN convolution and its gradients, no kernel of ours
         assert got["convolution"], f"{name}: the dense path traced no convolution"
     else:
-        assert got["kernels"] >= 1, f"{name}: no Triton kernel visible in the traced forward + backward"
+        assert got["kernels"], f"{name}: no Triton kernel visible in the traced forward + backward"
     assert not got["opaque"], f"{name}: ops left opaque on the CUDA path: {got['opaque']}"
 
 

@@ -119,3 +119,18 @@ def grads_or_empty(grads, inputs, needs):
     ref = next(t for t in inputs if t is not None)
     return tuple(g.to(t.dtype) if need and g is not None and t is not None else ref.new_empty(0)
                  for g, t, need in zip(grads, inputs, needs))
+
+
+def no_double_backward(bwd_op, reference_fn: str):
+    """Give the backward op ``bwd_op`` an autograd formula that raises a clear error: the fused
+    backward kernels have no backward of their own, so second-order gradients (create_graph=True,
+    gradgradcheck) are not supported; ``reference_fn`` names the plain-PyTorch function that has
+    them."""
+    name = f"torch.ops.{NAMESPACE}.{bwd_op._name}"
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{name}: second-order gradients are not supported (the fused backward kernels have no backward "
+            f"of their own); for double backward use the plain-PyTorch definition {reference_fn}")
+
+    bwd_op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)

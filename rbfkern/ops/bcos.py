@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _backend, reference
+from .. import reference
 from . import _bcos_common as common
 from . import _checks, _family, bcos_cpp
 from ._bcos_common import BcosGeometry, out_hw
@@ -204,6 +204,8 @@ def _backward_linear(ctx, gy, _g_lmax, _g_idx, _g_root):
 
 _bcos_conv2d_op.register_autograd(_backward_conv, setup_context=_setup_conv)
 _bcos_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
+_family.no_double_backward(_bcos_conv2d_bwd_op, "rbfkern.reference.bcos_conv2d")
+_family.no_double_backward(_bcos_linear_bwd_op, "rbfkern.reference.bcos_linear")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -420,6 +420,8 @@ def _autograd_backward(bwd_op):
 
 _gd2_op.register_autograd(_autograd_backward(torch.ops.rbfkern.gauss_deriv_conv2d_bwd), setup_context=_setup)
 _gd3_op.register_autograd(_autograd_backward(torch.ops.rbfkern.gauss_deriv_conv3d_bwd), setup_context=_setup)
+_family.no_double_backward(_gd2_bwd_op, "rbfkern.reference.gauss_deriv_conv2d")
+_family.no_double_backward(_gd3_bwd_op, "rbfkern.reference.gauss_deriv_conv3d")
 
 
 # ---------------------------------------------------------------------------------------------

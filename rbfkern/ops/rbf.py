@@ -197,6 +197,7 @@ def _backward_rbf(ctx, grad_act, grad_r2):
 
 _rbf_r2_op.register_autograd(_backward_r2, setup_context=_setup_r2)
 _rbf_op.register_autograd(_backward_rbf, setup_context=_setup_rbf)
+_family.no_double_backward(_rbf_bwd_op, "rbfkern.reference.rbf / rbf_r2")
 
 
 # ---------------------------------------------------------------------------------------------
