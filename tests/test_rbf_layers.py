@@ -557,7 +557,7 @@ def test_digits_cnn_rbf_classifier():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS + [CUDA], indirect=True)
+@pytest.mark.parametrize("backend", CPU_BACKENDS + [CUDA], indirect=True)
 def test_layers_on_every_backend(backend, monkeypatch):
     g = torch.Generator().manual_seed(0)
     x64 = torch.randn(9, 3, generator=g, dtype=torch.float64)
