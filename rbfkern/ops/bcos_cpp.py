@@ -3,8 +3,8 @@
 forward(geo, b, x, weight, save) -> (y, lmax, idx, root) and backward(geo, b, gy, x, weight, lmax,
 idx, root, explain, needs) -> (gx, gw): the contract of every B-cos backend (rbfkern/ops/bcos.py).
 
-Forward: a conv with a short reduction (C/groups * kh * kw <= 1536, column stride 1, max_out <= 3,
-output rows that fill their pixel vectors) is one direct convolution with the epilogue in registers
+Forward: a conv with a short reduction (C/groups * kh * kw <= _DIRECT_MAX_K, column stride 1,
+max_out <= 3, output rows that fill their pixel vectors) is one direct convolution with the epilogue in registers
 (the raw map is never written). Otherwise oneDNN / MKL run the convolution / GEMM with the RAW
 weight, a batch chunk of a few MiB of output at a time (it stays in cache and its buffer is
 reused), and one fused C++ epilogue pass per chunk applies the per-filter 1/||W|| scale, MaxOut,
@@ -97,8 +97,8 @@ def _weight_grad(weight, g_raw):
 # Raw conv output l per batch chunk, in bytes. l has max_out x the channels of y and is the largest
 # tensor of the op; made for a few images at a time it stays in cache for the epilogue and its
 # buffer is reused, where a whole-batch l is a fresh allocation whose page faults cost as much as
-# the epilogue (bench/bench_bcos.py: shape 3 forward 1.3x -> 0.8x the plain convolution). Below
-# ~4 MiB oneDNN's per-call cost grows.
+# the epilogue (bench/bench_bcos.py --reuse-pages shows the effect). Much smaller chunks pay
+# oneDNN's per-call cost.
 _CHUNK_BYTES = 4 << 20
 
 
