@@ -13,7 +13,7 @@ import torch
 from rbfkern import explain, reference
 from rbfkern.nn import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, explanation_mode
 from rbfkern.ops import bcos_conv2d, bcos_linear
-from rbfkern.ops._bcos_common import BcosGeometry
+from rbfkern._bcos_common import BcosGeometry
 
 from _util import HALF, assert_close_to_ref, assert_within_naive_error, cudnn_deterministic
 from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, DEVICES, TRITON_BACKENDS, device_of
@@ -154,7 +154,7 @@ def test_conv_matches_official_triton(backend, geom, b, max_out):
 def test_triton_fused_implicit_gemm_float32(backend, monkeypatch, C, O, max_out, k, stride, padding, dilation,
                                             groups, b):
     # float32 takes the implicit-GEMM kernel with the fused epilogue: l is never computed by torch.
-    from rbfkern.ops import _bcos_common as bcos_common
+    from rbfkern import _bcos_common as bcos_common
     real_map = bcos_common.linear_map
 
     def no_forward_conv(*args, **kwargs):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rbfkern import reference
-from rbfkern.ops import _bcos_common as bcos_common
+from rbfkern import _bcos_common as bcos_common
 from rbfkern.ops import bcos_conv2d, bcos_linear
 
 from _util import assert_bitwise, assert_close_to_ref, assert_within_naive_error

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from . import _interpreter
 from ._launch import launch
-from ..ops import _bcos_common as common
+from .. import _bcos_common as common
 
 _interpreter.apply()
 

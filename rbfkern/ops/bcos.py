@@ -9,7 +9,7 @@ rbfkern/ops/_family.py):
 
 Forward saves only x, the raw weight, the MaxOut values ``lmax``, a 1-byte argmax ``idx`` and the
 patch-norm root (one value per output pixel and group) for backward. Every call is described by
-one BcosGeometry (rbfkern/ops/_bcos_common.py) and runs on one backend with the same contract:
+one BcosGeometry (rbfkern/_bcos_common.py) and runs on one backend with the same contract:
 the C++ kernels (rbfkern/ops/bcos_cpp.py: direct convolution or oneDNN per batch chunk with fused
 epilogues), Triton (rbfkern/gpu/bcos.py: fused implicit-GEMM kernels, or torch's conv / GEMM with
 the epilogue kernels for float64 and MaxOut > 3), or the reference below, differentiated by
@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from . import _bcos_common as common
+from .. import _bcos_common as common
 from . import _checks, _family, bcos_cpp
-from ._bcos_common import BcosGeometry, out_hw
+from .._bcos_common import BcosGeometry, out_hw
 
 # ---------------------------------------------------------------------------------------------
 # Backends: forward(geo, b, x, weight, save) -> (y, lmax | None, idx | None, root | None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend
-from . import _bcos_common as common
+from .. import _bcos_common as common
 
 HALF_AS_FLOAT32 = True  # float16 / bfloat16 inputs are computed in float32 (rbfkern/ops/_family.py)
 

@@ -10,7 +10,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from .. import reference
+from . import reference
 
 # (eps inside the sqrt, eps after it) of the input norm: conv patches / linear rows, as bcos does.
 EPS = {False: (1e-6, 0.0), True: (0.0, 1e-12)}  # keyed by BcosGeometry.linear
