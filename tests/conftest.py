@@ -29,6 +29,16 @@ CUDA = pytest.param("cuda", marks=(pytest.mark.cuda, pytest.mark.skipif(not CUDA
 # The same, outside the default GPU check's subset (`-m "cuda and not slow"`, python -m rbfkern
 # gpucheck): grids whose variants the quicker tests already cover.
 CUDA_SLOW = pytest.param("cuda", marks=(*CUDA.marks, pytest.mark.slow), id="cuda")
+
+
+def fast_subset(values, keep):
+    """A parametrize list: ``values`` with every value not in ``keep`` marked slow, so that the fast
+    selection (``pytest -m "not slow"``) runs ``keep`` and the full run everything. A value is one
+    argument or a tuple of arguments, as parametrize takes them."""
+    return [v if v in keep else pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow)
+            for v in values]
+
+
 # Backends of tests that compare an implementation with the reference, the CUDA one included.
 BACKENDS = CPU_BACKENDS + [CUDA]
 # The Triton kernels: interpreted on CPU tensors where that is on, compiled on a CUDA device.

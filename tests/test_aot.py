@@ -8,6 +8,7 @@ import pytest
 from conftest import HAS_TRITON
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_aot_compiles_every_kernel():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

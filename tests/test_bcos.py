@@ -479,6 +479,7 @@ def test_deterministic_weight_grad_ignores_unused_columns():
     torch.testing.assert_close(got[..., :2], want[..., :2], rtol=1e-12, atol=1e-12)
     assert not torch.isfinite(got[..., 2]).any()
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx2", "default"])
 def test_cpp_direct_conv_other_instruction_sets(isa):
     # The direct kernel and the deterministic weight gradient are compiled once per instruction
