@@ -1,6 +1,6 @@
-"""bench/_harness.py (the scaffold every bench file uses): what is measured, and how the statistics,
-ratios and rates are derived from the samples. No timing is asserted, only how the numbers are
-computed from it."""
+"""bench/_harness.py (the scaffold every bench file uses) and the bench files' declarations: what
+is measured, how the statistics, ratios and rates are derived from the samples, and that every bench
+file's cases build and run. No timing is asserted, only how the numbers are computed from it."""
 from __future__ import annotations
 
 import json
@@ -19,6 +19,7 @@ import _harness as h  # noqa: E402
 import _machine  # noqa: E402
 import _memory  # noqa: E402
 
+BENCH_FILES = ("bench_rbf", "bench_rbf_layers", "bench_bcos", "bench_gauss_deriv")
 
 
 def _toy(calls: list, fail: str | None = None, unavailable: str | None = None, **kw) -> h.Bench:
@@ -161,3 +162,63 @@ def test_memory_child_runs_the_bench_file(tmp_path):
     case = h.Case("alloc", "-", ("a",), params={"mib": 48})
     mib = _memory.in_child(str(path), case, "a", 1)
     assert mib is not None and 48 * 0.9 < mib < 48 * 1.5
+
+
+@pytest.mark.parametrize("name,argv", [(n, ["--quick"]) for n in BENCH_FILES] + [("bench_gauss_deriv", ["--3d"])],
+                         ids=[*BENCH_FILES, "bench_gauss_deriv-3d"])
+def test_bench_file_declares_cases_that_build_and_run(name, argv):
+    """Every case's providers build and run a step (on the warm-up case where the bench has one)."""
+    mod = _memory.load(str(BENCH_DIR / f"{name}.py"), f"test_{name}")
+    bench = mod.BENCH
+    args = h.options(bench, argv)
+    cases = bench.cases(args)
+    assert cases and all(bench.ours in c.providers for c in cases)
+    for c in cases:
+        assert h.Case.from_json(json.loads(json.dumps(c.to_json()))) == c
+    # FLOP / byte models: every case but k-means (its work depends on the iterations each provider runs)
+    assert all(c.flops and c.bytes for c in cases if c.name != "kmeans") and any(c.flops for c in cases)
+    for c in cases:
+        small = bench.warmup_case(c) if bench.warmup_case else c
+        for p in small.providers:
+            try:
+                step = h.make_step(bench, small, p)
+            except h.Unavailable:
+                continue
+            step.run()
+    assert any(k.startswith("test_") and callable(v) for k, v in vars(mod).items())  # pytest-benchmark entry
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m rbfkern bench: the front over the bench files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_front_rows_take_each_family_columns():
+    from rbfkern import bench as front
+
+    fam = front.FAMILIES["rbf layers"]
+    stats = lambda s: {"median_s": s, "p20_s": s, "p80_s": s, "gflops": 1.0, "pct_peak": 2.0}  # noqa: E731
+    hrow = {"case": "retrieval", "shape": "(1, 2, 3, 4)", "mode": "",
+            "results": {"rbfkern": stats(1.0), "rbfkern-op": stats(3.0), "faiss": stats(2.0), "torch": stats(4.0)}}
+    rows = front._rows(fam, hrow, "cpu (C++)")
+    # one row per peer present; the fused column is ours, never rbfkern-op
+    assert [(r["peer"], r["peer_s"], r["fused_s"]) for r in rows] == [("faiss", 2.0, 1.0), ("torch", 4.0, 1.0)]
+    assert rows[0]["fused_gflops"] == 1.0 and rows[0]["fused_pct_peak"] == 2.0 and rows[0]["mode"] == "fwd"
+    text = front.format_table(rows)
+    assert "fused GFLOP/s" in text and "% of peak" in text and "| 2.00x |" in text  # faiss / fused
+
+
+@pytest.mark.slow  # a real quick run of one family in a fresh interpreter
+def test_bench_command_prints_the_unified_table_and_json(tmp_path):
+    import subprocess
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "rbfkern", "bench", "--quick", "--family", "bcos", "--json",
+                           str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["cpu"] and doc["machine"]["threads"] == 2
+    rows = doc["rows"]
+    assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"} and all(r["fused_s"] > 0 for r in rows)
+    assert all(r["fused_gflops"] > 0 for r in rows)
+    assert "| op | shape | mode | backend | fused ms (p20-p80) |" in proc.stdout
