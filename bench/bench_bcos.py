@@ -13,13 +13,14 @@ freed, so which steps fault depends on what else the process allocated: interlea
 B-cos layers the plain convolution reuses memory, alone in a loop its output faults every step.
 The harness interleaves the providers in one process.
 
-Saved-for-backward bytes (the notes column) are the distinct storages autograd keeps beyond the
+Saved-for-backward MiB (the notes column) are the distinct storages autograd keeps beyond the
 input and the weight (saved_tensors_hooks; both providers also keep x and the weight, which the
 caller owns anyway). Peak memory: one step after a warm-up step, in a fresh process.
 """
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 import _harness as h
 from rbfkern.gpucheck.families.bcos import official
 from rbfkern.gpucheck.model import cost
+from rbfkern.gpucheck.worker import saved_mib
 from rbfkern.ops import bcos_conv2d
 
 # (N, C_in, H, W, C_out)
@@ -64,32 +66,17 @@ def setup(case: h.Case, provider: str):
     return h.autograd_step(fn, params, case.mode)
 
 
-def saved_bytes(case: h.Case, provider: str) -> int:
-    """Bytes autograd saves for backward beyond the input and the weight."""
-    fn, params = make(case, provider, True)
-    skip = {p.untyped_storage().data_ptr() for p in params}
-    seen = {}
-
-    def pack(t):
-        key = t.untyped_storage().data_ptr()
-        if key not in skip:
-            seen[key] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
 def notes(case: h.Case) -> dict:
+    """Saved-for-backward MiB of ours and the official layer (the GPU check's measurement)."""
     if case.mode == "fwd":
         return {}
     out = {}
     for p in ("ours", "official"):
         try:
-            out[f"saved MiB {p}"] = round(saved_bytes(case, p) / 2**20, 1)
+            fn, leaves = make(case, p, True)
         except h.Unavailable:
-            pass
+            continue
+        out[f"saved MiB {p}"] = round(saved_mib(SimpleNamespace(fn=fn, leaves=leaves)), 1)
     return out
 
 

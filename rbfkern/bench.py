@@ -26,7 +26,7 @@ class Family(NamedTuple):
     peer_label: str | None  # None: the provider name
     rounds: tuple  # (quick, full)
     memory: tuple  # (quick, full)
-    op: str = "{case}"  # the op column, formatted with the harness case name
+    op: str = "{case}"  # the op column: formatted with the harness case name and the bench module (m)
 
 
 FAMILIES = {
@@ -35,7 +35,7 @@ FAMILIES = {
     "rbf layers": Family("bench_rbf_layers", "rbfkern", None, "naive", ("sklearn", "faiss", "torch"), None, (3, 3),
                          (False, False)),
     "bcos": Family("bench_bcos", "ours", "plain", "plain conv2d (2x channels)", ("official",), "official bcos",
-                   (3, 5), (False, False), op="bcos_conv2d b=2 maxout=2"),
+                   (3, 5), (False, False), op="bcos_conv2d b={m.B:g} maxout={m.MAX_OUT}"),
     "gauss_deriv": Family("bench_gauss_deriv", "ours", "dense", "dense effective filter", ("depthwise+1x1",),
                           "depthwise basis + 1x1", (3, 3), (True, True)),
 }
@@ -62,7 +62,7 @@ def _load(name: str):
     return mod
 
 
-def _rows(fam: Family, hrow: dict, backend: str) -> list[dict]:
+def _rows(fam: Family, mod, hrow: dict, backend: str) -> list[dict]:
     res = hrow["results"]
     fused = res.get(fam.fused) or {}
     naive = (res.get(fam.naive) or {}) if fam.naive else {}
@@ -70,7 +70,7 @@ def _rows(fam: Family, hrow: dict, backend: str) -> list[dict]:
     out = []
     for peer in peers or [None]:
         pr = (res.get(peer) or {}) if peer else {}
-        out.append({"op": fam.op.format(case=hrow["case"]), "shape": hrow["shape"], "mode": hrow["mode"] or "fwd",
+        out.append({"op": fam.op.format(case=hrow["case"], m=mod), "shape": hrow["shape"], "mode": hrow["mode"] or "fwd",
                     "backend": backend, "fused_s": fused.get("median_s"), "fused_p20_s": fused.get("p20_s"),
                     "fused_p80_s": fused.get("p80_s"), "naive": fam.naive_label, "naive_s": naive.get("median_s"),
                     "peer": (fam.peer_label or peer) if peer else "", "peer_s": pr.get("median_s"),
@@ -82,14 +82,15 @@ def _rows(fam: Family, hrow: dict, backend: str) -> list[dict]:
 def run_family(name: str, quick: bool, threads: int = 2) -> list[dict]:
     h = _harness()
     fam = FAMILIES[name]
-    bench = _load(fam.module).BENCH
+    mod = _load(fam.module)
+    bench = mod.BENCH
     args = h.options(bench, ["--quick"] if quick else [])
     rows = h.measure(bench, bench.cases(args), fam.rounds[not quick], fam.memory[not quick], threads)
-    out = [r for hr in rows for r in _rows(fam, hr, "cpu (C++)")]
+    out = [r for hr in rows for r in _rows(fam, mod, hr, "cpu (C++)")]
     if name == "rbf" and torch.cuda.is_available():
         args = h.options(bench, ["--device", "cuda"] + (["--quick"] if quick else []))
         rows = h.measure(bench, bench.cases(args), CUDA_ROUNDS[not quick], False, threads)
-        out += [r for hr in rows for r in _rows(fam, hr, "cuda (Triton)")]
+        out += [r for hr in rows for r in _rows(fam, mod, hr, "cuda (Triton)")]
     return out
 
 

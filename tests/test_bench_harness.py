@@ -200,7 +200,7 @@ def test_front_rows_take_each_family_columns():
     stats = lambda s: {"median_s": s, "p20_s": s, "p80_s": s, "gflops": 1.0, "pct_peak": 2.0}  # noqa: E731
     hrow = {"case": "retrieval", "shape": "(1, 2, 3, 4)", "mode": "",
             "results": {"rbfkern": stats(1.0), "rbfkern-op": stats(3.0), "faiss": stats(2.0), "torch": stats(4.0)}}
-    rows = front._rows(fam, hrow, "cpu (C++)")
+    rows = front._rows(fam, None, hrow, "cpu (C++)")
     # one row per peer present; the fused column is ours, never rbfkern-op
     assert [(r["peer"], r["peer_s"], r["fused_s"]) for r in rows] == [("faiss", 2.0, 1.0), ("torch", 4.0, 1.0)]
     assert rows[0]["fused_gflops"] == 1.0 and rows[0]["fused_pct_peak"] == 2.0 and rows[0]["mode"] == "fwd"
@@ -220,5 +220,5 @@ def test_bench_command_prints_the_unified_table_and_json(tmp_path):
     assert doc["machine"]["cpu"] and doc["machine"]["threads"] == 2
     rows = doc["rows"]
     assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"} and all(r["fused_s"] > 0 for r in rows)
-    assert all(r["fused_gflops"] > 0 for r in rows)
+    assert all(r["fused_gflops"] > 0 for r in rows) and all(r["op"].startswith("bcos_conv2d b=") for r in rows)
     assert "| op | shape | mode | backend | fused ms (p20-p80) |" in proc.stdout
