@@ -1,25 +1,19 @@
 """Fused RBF op vs the naive broadcast PyTorch version vs the GEMM-expanded PyTorch version.
 
-pytest-benchmark (side by side, one run):   pytest bench/bench_rbf.py --benchmark-only
-Ratio + peak-memory table (median of rounds): python bench/bench_rbf.py [--quick]
-Peak memory is the resident-set growth of a fresh process running one step, so each number is
-measured alone.
+Table (interleaved rounds, peak memory): python bench/bench_rbf.py [--quick] [--case diag|tril] [--device cuda]
+pytest-benchmark:                         pytest bench/bench_rbf.py --benchmark-only
+FLOPs and bytes: rbfkern/gpucheck/model.py (the difference-form work of the fused kernels).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
 import sys
-import time
 
 import torch
 
+import _harness as h
 from rbfkern import reference
+from rbfkern.gpucheck.model import cost
 from rbfkern.ops import rbf
-
-import _peak  # bench/_peak.py
 
 # (name, N, C, D, metric)
 CASES = [
@@ -60,124 +54,37 @@ def provider_fn(provider, metric):
     raise ValueError(provider)
 
 
-def step(provider, metric, mode, inputs):
-    fn = provider_fn(provider, metric)
-    if mode == "fwd":
-        def run():
-            with torch.no_grad():
-                return fn(*inputs)
-    else:
-        def run():
-            for t in inputs:
-                if t is not None:
-                    t.grad = None
-            fn(*inputs).sum().backward()
-    return run
+def setup(case: h.Case, provider: str):
+    p = case.params
+    fn = provider_fn(provider, p["metric"])
+    inputs = make_inputs(p["n"], p["c"], p["d"], p["metric"], case.mode != "fwd", case.device)
+    return h.autograd_step(lambda: fn(*inputs), inputs, case.mode)
 
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def make_case(name, n, c, d, metric, mode, device="cpu") -> h.Case:
+    params = {"n": n, "c": c, "d": d, "metric": metric}
+    model = cost("rbf", params, "float32", mode)
+    return h.Case(name, f"N={n} C={c} D={d}", PROVIDERS, mode, params, device, model.flops, model.bytes)
 
 
-def time_median(run, rounds, warmup=1):
-    for _ in range(warmup):
-        run()
-    ts = []
-    for _ in range(rounds):
-        _sync()
-        t0 = time.perf_counter()
-        run()
-        _sync()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+def cases(args) -> list[h.Case]:
+    chosen = [c for c in (QUICK_CASES if args.quick else CASES) if args.case in ("all", c[4])]
+    return [make_case(*c, mode, args.device) for c in chosen for mode in MODES]
 
 
-def peak_memory_mb(case, provider, mode):
-    """Extra resident memory (MiB) of one step in a fresh process, or None if it failed (e.g. OOM)."""
-    return _peak.in_child(__file__, [list(case), provider, mode])
+def warmup_case(case: h.Case) -> h.Case:
+    """Two points and two centres: one-time costs (lazy imports behind the first custom-op call)."""
+    return make_case(case.name, 2, 2, case.params["d"], case.params["metric"], case.mode, case.device)
 
 
-def _peak_child(spec):
-    (name, n, c, d, metric), provider, mode = json.loads(spec)
-    torch.set_num_threads(2)
-    # One-time costs (lazy imports behind the first custom-op call) on a tiny input first.
-    step(provider, metric, mode, make_inputs(2, 2, d, metric, mode != "fwd"))()
-    run = step(provider, metric, mode, make_inputs(n, c, d, metric, mode != "fwd"))
-    print(_peak.extra_peak_mib(run))
+def add_arguments(ap):
+    ap.add_argument("--case", choices=("all", "diag", "tril"), default="all", help="only the cases with this metric")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the Triton kernels")
 
 
-def table(cases, rounds, providers=PROVIDERS, memory=True, device="cpu"):
-    """Median times (and, on CPU, peak extra memory) per provider; ``device="cuda"`` runs the Triton kernels."""
-    torch.set_num_threads(2)
-    rows = []
-    for case in cases:
-        name, n, c, d, metric = case
-        for mode in MODES:
-            inputs = make_inputs(n, c, d, metric, mode != "fwd", device)
-            row = {"case": f"{name} N={n} C={c} D={d}", "mode": mode, "device": device}
-            for p in providers:
-                try:
-                    row[p] = time_median(step(p, metric, mode, inputs), rounds)
-                except RuntimeError as e:  # out of memory in the naive version
-                    row[p] = None
-                    print(f"  {p} failed: {str(e)[:80]}", file=sys.stderr)
-                if memory and device == "cpu":
-                    row[p + "_mb"] = peak_memory_mb(case, p, mode)
-            rows.append(row)
-            print(format_row(row), flush=True)
-    return rows
-
-
-def format_row(r):
-    def ms(v):
-        return "   n/a" if v is None else f"{v * 1e3:8.2f}"
-
-    def ratio(a, b):
-        return "  n/a" if a is None or b is None else f"{a / b:6.2f}x"
-
-    mem = " ".join(f"{p}:{r.get(p + '_mb'):.0f}MiB" for p in PROVIDERS if r.get(p + "_mb") is not None)
-    return (f"{r['case']:<36} {r['mode']:<8} fused {ms(r.get('fused'))} ms  naive {ms(r.get('naive'))} ms  "
-            f"gemm {ms(r.get('gemm'))} ms  naive/fused {ratio(r.get('naive'), r.get('fused'))}  "
-            f"gemm/fused {ratio(r.get('gemm'), r.get('fused'))}  {mem}")
-
-
-# ----------------------------------------------------------------------------------------------
-# pytest-benchmark entry points
-# ----------------------------------------------------------------------------------------------
-try:
-    import pytest
-
-    _BENCH_CASES = QUICK_CASES if os.environ.get("RBFKERN_BENCH_QUICK") else CASES
-
-    @pytest.mark.parametrize("provider", PROVIDERS)
-    @pytest.mark.parametrize("mode", MODES)
-    @pytest.mark.parametrize("case", _BENCH_CASES, ids=[f"{c[0]}-{c[1]}x{c[2]}x{c[3]}" for c in _BENCH_CASES])
-    def test_rbf(benchmark, case, mode, provider):
-        torch.set_num_threads(2)
-        name, n, c, d, metric = case
-        benchmark.group = f"rbf {name} {n}x{c}x{d} {mode}"
-        run = step(provider, metric, mode, make_inputs(n, c, d, metric, mode != "fwd"))
-        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-except ImportError:  # pragma: no cover
-    pass
-
+BENCH = h.Bench("rbf", cases, setup, ours="fused", rounds=5, memory=True, warmup_case=warmup_case,
+                add_arguments=add_arguments, title=lambda a: "float32, kind gaussian")
+test_rbf = h.pytest_benchmark(BENCH, rounds=5)
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--case", choices=("all", "diag", "tril"), default="all",
-                    help="run only the cases with this metric")
-    ap.add_argument("--json")
-    ap.add_argument("--peak", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.peak:
-        _peak_child(a.peak)
-        sys.exit(0)
-    cases = [c for c in (QUICK_CASES if a.quick else CASES) if a.case in ("all", c[4])]
-    rows = table(cases, a.rounds, memory=not a.no_memory)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    sys.exit(h.main(BENCH))

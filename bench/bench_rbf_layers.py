@@ -1,34 +1,29 @@
 """RBF layers: k-means (rbfkern vs scikit-learn) and similarity retrieval (rbfkern.similar, default
 GEMM-candidate path and the fused-op streaming path, vs faiss IndexFlatL2 vs torch cdist + topk).
 
-pytest-benchmark (one run, grouped):  pytest bench/bench_rbf_layers.py --benchmark-only
-Plain table (median of rounds):       python bench/bench_rbf_layers.py [--quick]
-From code (the CLI):                  rows = table(quick=True); CASES lists every (group, provider, setup)
+Table (interleaved rounds):  python bench/bench_rbf_layers.py [--quick]
+pytest-benchmark:            pytest bench/bench_rbf_layers.py --benchmark-only
 
-Both k-means providers: k-means++ seeding, 3 restarts, at most 50 Lloyd iterations.
-Each setup returns ``(run, check)``: ``run()`` is the timed step, ``check(result)`` a dict of
-quality figures (inertia, recall against exact search) reported beside the timing.
+Both k-means providers: k-means++ seeding, KMEANS_INIT restarts, at most KMEANS_ITER Lloyd
+iterations. Each setup returns ``(run, check)``: ``run()`` is the timed step, ``check(result)`` a
+dict of quality figures (inertia, recall against exact search) reported beside the timing.
+FLOPs: retrieval only (:func:`retrieval_cost`); k-means has none, its work depends on the
+iterations each provider runs.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
 import sys
-import time
-from typing import Callable, NamedTuple
 
 import torch
 
+import _harness as h
 from rbfkern.kmeans import kmeans
 from rbfkern.retrieval import similar
 
 FULL = {"kmeans": (20000, 32, 32), "retrieval": (100_000, 64, 1000, 10)}  # (N, D, K); (M, D, Q, k)
 QUICK = {"kmeans": (4000, 16, 16), "retrieval": (20_000, 64, 200, 10)}
-
-
-def _quick() -> bool:
-    return bool(os.environ.get("RBFKERN_BENCH_QUICK"))
+KMEANS_INIT, KMEANS_ITER = 3, 50
+PROVIDERS = {"kmeans": ("rbfkern", "sklearn"), "retrieval": ("rbfkern", "rbfkern-op", "faiss", "torch")}
 
 
 def kmeans_data(n, d, k, seed=0):
@@ -43,14 +38,21 @@ def retrieval_data(m, d, q, seed=0):
     return torch.randn(q, d, generator=g), torch.randn(m, d, generator=g)
 
 
+def retrieval_cost(m, d, q, k) -> tuple[float, float]:
+    """(FLOPs, bytes) of one exact search: the Q x M dot products (2 D each) plus norms added and
+    compared (3 per pair); the bank and queries read once, k (distance, index) pairs written per query."""
+    return 2.0 * q * m * d + 3.0 * q * m, 4.0 * (q * d + m * d) + 12.0 * q * k
+
+
 # ---------------------------------------------------------------------------------------------
-# Providers: setup(sizes) -> (run, check)
+# Providers: (run, check)
 # ---------------------------------------------------------------------------------------------
 
 
 def kmeans_rbfkern(n, d, k):
     x = kmeans_data(n, d, k)
-    return (lambda: kmeans(x, k, seed=0, n_init=3, max_iter=50)), (lambda r: {"inertia": r.inertia, "iters": r.n_iter})
+    return ((lambda: kmeans(x, k, seed=0, n_init=KMEANS_INIT, max_iter=KMEANS_ITER)),
+            (lambda r: {"inertia": r.inertia, "iters": r.n_iter}))
 
 
 def kmeans_sklearn(n, d, k):
@@ -59,9 +61,12 @@ def kmeans_sklearn(n, d, k):
     x = kmeans_data(n, d, k).numpy()
 
     def run():
-        return KMeans(k, n_init=3, max_iter=50, random_state=0).fit(x)
+        return KMeans(k, n_init=KMEANS_INIT, max_iter=KMEANS_ITER, random_state=0).fit(x)
 
     return run, (lambda r: {"inertia": float(r.inertia_), "iters": int(r.n_iter_)})
+
+
+_EXACT: dict = {}
 
 
 def _exact(m, d, q, k):
@@ -74,13 +79,9 @@ def _exact(m, d, q, k):
     return _EXACT[key]
 
 
-_EXACT: dict = {}
-
-
 def _recall(m, d, q, k):
     def check(result):
-        idx = result[1]
-        idx = torch.as_tensor(idx)
+        idx = torch.as_tensor(result[1])
         want = _exact(m, d, q, k)
         hits = sum(len(set(a) & set(b)) for a, b in zip(idx.tolist(), want.tolist()))
         return {"recall": hits / want.numel()}
@@ -99,7 +100,10 @@ def retrieval_rbfkern_op(m, d, q, k):
 
 
 def retrieval_faiss(m, d, q, k):
-    import faiss
+    try:
+        import faiss
+    except ImportError as e:
+        raise h.Unavailable("faiss: pip install faiss-cpu") from e
 
     faiss.omp_set_num_threads(torch.get_num_threads())
     qs, bank = retrieval_data(m, d, q)
@@ -120,75 +124,29 @@ def retrieval_torch(m, d, q, k):
     return run, _recall(m, d, q, k)
 
 
-class Case(NamedTuple):
-    group: str
-    provider: str
-    setup: Callable
+SETUPS = {
+    ("kmeans", "rbfkern"): kmeans_rbfkern, ("kmeans", "sklearn"): kmeans_sklearn,
+    ("retrieval", "rbfkern"): retrieval_rbfkern, ("retrieval", "rbfkern-op"): retrieval_rbfkern_op,
+    ("retrieval", "faiss"): retrieval_faiss, ("retrieval", "torch"): retrieval_torch,
+}
 
 
-CASES = [
-    Case("kmeans", "rbfkern", kmeans_rbfkern),
-    Case("kmeans", "sklearn", kmeans_sklearn),
-    Case("retrieval", "rbfkern", retrieval_rbfkern),
-    Case("retrieval", "rbfkern-op", retrieval_rbfkern_op),
-    Case("retrieval", "faiss", retrieval_faiss),
-    Case("retrieval", "torch", retrieval_torch),
-]
+def setup(case: h.Case, provider: str):
+    return SETUPS[case.name, provider](*case.params["size"])
 
 
-def sizes(group: str, quick: bool | None = None):
-    return (QUICK if (_quick() if quick is None else quick) else FULL)[group]
+def cases(args) -> list[h.Case]:
+    sizes = QUICK if args.quick else FULL
+    out = [h.Case("kmeans", str(sizes["kmeans"]), PROVIDERS["kmeans"], params={"size": list(sizes["kmeans"])})]
+    flops, nbytes = retrieval_cost(*sizes["retrieval"])
+    out.append(h.Case("retrieval", str(sizes["retrieval"]), PROVIDERS["retrieval"],
+                      params={"size": list(sizes["retrieval"])}, flops=flops, bytes=nbytes))
+    return out
 
 
-def time_case(case: Case, rounds: int = 3, quick: bool | None = None) -> dict:
-    """Median / min seconds of ``rounds`` runs after one warm-up, plus the quality figures."""
-    size = sizes(case.group, quick)
-    run, check = case.setup(*size)
-    result = run()  # warm-up
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        result = run()
-        ts.append(time.perf_counter() - t0)
-    return {"group": case.group, "provider": case.provider, "size": size, "median_s": statistics.median(ts),
-            "min_s": min(ts), **check(result)}
-
-
-def table(quick: bool = False, rounds: int = 3, threads: int = 2) -> list[dict]:
-    torch.set_num_threads(threads)
-    rows = []
-    for case in CASES:
-        row = time_case(case, rounds, quick)
-        rows.append(row)
-        extra = "  ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                          if k not in ("group", "provider", "size", "median_s", "min_s"))
-        print(f"{row['group']:<10} {str(row['size']):<22} {row['provider']:<8} {row['median_s'] * 1e3:10.1f} ms  {extra}", flush=True)
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# pytest-benchmark entry point
-# ---------------------------------------------------------------------------------------------
-try:
-    import pytest
-
-    @pytest.mark.parametrize("case", CASES, ids=[f"{c.group}-{c.provider}" for c in CASES])
-    def test_rbf_layers(benchmark, case):
-        torch.set_num_threads(2)
-        size = sizes(case.group)
-        benchmark.group = f"{case.group} {size}"
-        run, check = case.setup(*size)
-        result = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
-        benchmark.extra_info.update(check(result))
-except ImportError:  # pragma: no cover
-    pass
-
+BENCH = h.Bench("rbf layers", cases, setup, ours="rbfkern", rounds=3,
+                title=lambda a: "kmeans (N, D, K), retrieval (M, D, Q, k); float32")
+test_rbf_layers = h.pytest_benchmark(BENCH, rounds=3)
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    table(a.quick, a.rounds, a.threads)
-    sys.exit(0)
+    sys.exit(h.main(BENCH))

@@ -1,112 +1,139 @@
 """``python -m rbfkern bench``: the headline cases of the benchmark suite (bench/bench_*.py, the
-same functions pytest-benchmark runs) in one table: fused vs naive vs peers, ratios, peak memory.
+same cases pytest-benchmark runs) in one table: fused vs naive vs peers, ratios, peak memory,
+GFLOP/s and % of this machine's measured peak. The timing, statistics and machine metadata are
+bench/_harness.py's; this module only picks each family's columns.
 
 The suite lives in the source checkout (``bench/`` beside the package), not in the wheel.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
+class Family(NamedTuple):
+    module: str  # bench/<module>.py
+    fused: str  # the provider in the "fused" column
+    naive: str | None  # provider in the "naive" column, and its label
+    naive_label: str
+    peers: tuple  # providers given a row each (more than one: one row per peer), and their label
+    peer_label: str | None  # None: the provider name
+    rounds: tuple  # (quick, full)
+    memory: tuple  # (quick, full)
+    op: str = "{case}"  # the op column: formatted with the harness case name and the bench module (m)
+
+
+FAMILIES = {
+    "rbf": Family("bench_rbf", "fused", "naive", "naive", ("gemm",), "GEMM-expanded torch", (3, 5), (False, True),
+                  op="rbf ({case})"),
+    "rbf layers": Family("bench_rbf_layers", "rbfkern", None, "naive", ("sklearn", "faiss", "torch"), None, (3, 3),
+                         (False, False)),
+    "bcos": Family("bench_bcos", "ours", "plain", "plain conv2d (2x channels)", ("official",), "official bcos",
+                   (3, 5), (False, False), op="bcos_conv2d b={m.B:g} maxout={m.MAX_OUT}"),
+    "gauss_deriv": Family("bench_gauss_deriv", "ours", "dense", "dense effective filter", ("depthwise+1x1",),
+                          "depthwise basis + 1x1", (3, 3), (True, True)),
+}
+CUDA_ROUNDS = (3, 10)  # rbf's cases again on the GPU (Triton kernels), when there is one
+
+
+def _harness():
+    if not BENCH_DIR.is_dir():
+        raise FileNotFoundError(f"{BENCH_DIR} not found: `python -m rbfkern bench` runs from a source checkout")
+    if str(BENCH_DIR) not in sys.path:  # the bench files import _harness, _machine, _memory
+        sys.path.insert(0, str(BENCH_DIR))
+    import _harness
+
+    return _harness
+
+
 def _load(name: str):
     path = BENCH_DIR / f"{name}.py"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: `python -m rbfkern bench` runs from a source checkout")
-    if str(BENCH_DIR) not in sys.path:  # the bench modules share bench/_peak.py
-        sys.path.insert(0, str(BENCH_DIR))
     spec = importlib.util.spec_from_file_location(f"rbfkern_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def _row(op, shape, mode, fused, naive=None, peer=None, peer_name="", mem=None, naive_name="naive",
-         backend="cpu (C++)"):
-    return {"op": op, "shape": shape, "mode": mode, "backend": backend, "fused_s": fused,
-            "naive": naive_name, "naive_s": naive, "peer": peer_name, "peer_s": peer, "fused_peak_mib": mem}
-
-
-def _rbf(quick):
-    m = _load("bench_rbf")
-    cases = m.QUICK_CASES if quick else m.CASES
-    rows = m.table(cases, 3 if quick else 5, memory=not quick)
-    if torch.cuda.is_available():  # the same cases on the GPU: Triton kernels vs the torch versions
-        rows += m.table(cases, 3 if quick else 10, memory=False, device="cuda")
-    return [_row("rbf (" + r["case"].split()[0] + ")", " ".join(r["case"].split()[1:]), r["mode"], r["fused"],
-                 r.get("naive"), r.get("gemm"), "GEMM-expanded torch", r.get("fused_mb"),
-                 backend="cuda (Triton)" if r.get("device") == "cuda" else "cpu (C++)") for r in rows]
-
-
-def _rbf_layers(quick):
-    m = _load("bench_rbf_layers")
-    rows = m.table(quick=quick, rounds=3)
+def _rows(fam: Family, mod, hrow: dict, backend: str) -> list[dict]:
+    res = hrow["results"]
+    fused = res.get(fam.fused) or {}
+    naive = (res.get(fam.naive) or {}) if fam.naive else {}
+    peers = [p for p in fam.peers if p in res]
     out = []
-    for group in ("kmeans", "retrieval"):
-        mine = next(r for r in rows if r["group"] == group and r["provider"] == "rbfkern")
-        for r in rows:
-            if r["group"] == group and r["provider"] not in ("rbfkern", "rbfkern-op"):
-                out.append(_row(group, str(r["size"]), "fwd", mine["median_s"], None, r["median_s"], r["provider"]))
+    for peer in peers or [None]:
+        pr = (res.get(peer) or {}) if peer else {}
+        out.append({"op": fam.op.format(case=hrow["case"], m=mod), "shape": hrow["shape"], "mode": hrow["mode"] or "fwd",
+                    "backend": backend, "fused_s": fused.get("median_s"), "fused_p20_s": fused.get("p20_s"),
+                    "fused_p80_s": fused.get("p80_s"), "naive": fam.naive_label, "naive_s": naive.get("median_s"),
+                    "peer": (fam.peer_label or peer) if peer else "", "peer_s": pr.get("median_s"),
+                    "fused_peak_mib": fused.get("peak_mib"), "fused_gflops": fused.get("gflops"),
+                    "fused_pct_peak": fused.get("pct_peak")})
     return out
 
 
-def _bcos(quick):
-    m = _load("bench_bcos")
-    rows = m.table(m.QUICK_CASES if quick else m.CASES, 3 if quick else 5, memory=False)
-    return [_row("bcos_conv2d b=2 maxout=2", r["case"], r["mode"], r["ours"], r.get("plain"), r.get("official"),
-                 "official bcos", naive_name="plain conv2d (2x channels)") for r in rows]
-
-
-def _gauss(quick):
-    m = _load("bench_gauss_deriv")
-    rows = m.table(2 if quick else m.N, m.SIGMAS)
-    out = []
-    for sigma, mode, cells in rows:
-        t = {p: c["time_s"] for p, c in cells.items()}
-        out.append(_row(f"gauss_deriv_conv2d sigma={sigma:g}", f"N={2 if quick else m.N} C=64 64x64", mode,
-                        t["ours"], t["dense"], t["depthwise+1x1"], "depthwise basis + 1x1",
-                        cells["ours"]["peak_mib"], naive_name="dense effective filter"))
+def run_family(name: str, quick: bool, threads: int = 2) -> list[dict]:
+    h = _harness()
+    fam = FAMILIES[name]
+    mod = _load(fam.module)
+    bench = mod.BENCH
+    args = h.options(bench, ["--quick"] if quick else [])
+    rows = h.measure(bench, bench.cases(args), fam.rounds[not quick], fam.memory[not quick], threads)
+    out = [r for hr in rows for r in _rows(fam, mod, hr, "cpu (C++)")]
+    if name == "rbf" and torch.cuda.is_available():
+        args = h.options(bench, ["--device", "cuda"] + (["--quick"] if quick else []))
+        rows = h.measure(bench, bench.cases(args), CUDA_ROUNDS[not quick], False, threads)
+        out += [r for hr in rows for r in _rows(fam, mod, hr, "cuda (Triton)")]
     return out
-
-
-FAMILIES = (("rbf", _rbf), ("rbf layers", _rbf_layers), ("bcos", _bcos), ("gauss_deriv", _gauss))
 
 
 def format_table(rows) -> str:
+    h = _harness()
+
     def ms(v):
         return "-" if v is None else f"{v * 1e3:.1f}"
 
     def ratio(a, b):
         return "-" if a is None or b is None else f"{a / b:.2f}x"
 
-    lines = ["| op | shape | mode | backend | fused ms | naive ms (which) | peer ms (which) | naive/fused | "
-             "peer/fused | fused peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["op", "shape", "mode", "backend", "fused ms (p20-p80)", "naive ms (which)", "peer ms (which)",
+              "naive/fused", "peer/fused", "fused peak MiB", "fused GFLOP/s", "% of peak"]
+    body = []
     for r in rows:
-        mem = "-" if r["fused_peak_mib"] is None else f"{r['fused_peak_mib']:.0f}"
-        lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['backend']} | {ms(r['fused_s'])} | "
-                     f"{ms(r['naive_s'])} ({r['naive']}) | {ms(r['peer_s'])} ({r['peer'] or '-'}) | "
-                     f"{ratio(r['naive_s'], r['fused_s'])} | {ratio(r['peer_s'], r['fused_s'])} | {mem} |")
-    return "\n".join(lines)
+        fused = ms(r["fused_s"]) + (f" ({ms(r['fused_p20_s'])}-{ms(r['fused_p80_s'])})" if r["fused_s"] else "")
+        body.append([r["op"], r["shape"], r["mode"], r["backend"], fused, f"{ms(r['naive_s'])} ({r['naive']})",
+                     f"{ms(r['peer_s'])} ({r['peer'] or '-'})", ratio(r["naive_s"], r["fused_s"]),
+                     ratio(r["peer_s"], r["fused_s"]),
+                     "-" if r["fused_peak_mib"] is None else f"{r['fused_peak_mib']:.0f}",
+                     "-" if r["fused_gflops"] is None else f"{r['fused_gflops']:.1f}",
+                     "-" if r["fused_pct_peak"] is None else f"{r['fused_pct_peak']:.1f}%"])
+    return h.render(header, body)
 
 
-def main(quick: bool = False, json_path: str | None = None, families=None) -> int:
-    torch.set_num_threads(2)
+def main(quick: bool = False, json_path: str | None = None, families=None, threads: int = 2) -> int:
+    h = _harness()
+    import _machine
+
+    torch.set_num_threads(threads)
+    meta = _machine.describe(threads)
     rows = []
-    for name, fn in FAMILIES:
+    for name in FAMILIES:
         if families and name not in families:
             continue
         print(f"-- {name}", flush=True)
-        rows += fn(quick)
+        rows += run_family(name, quick, threads)
     print()
+    print(_machine.header(meta))
     print(format_table(rows))
     if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=1))
+        h.write_json(json_path, meta, rows)
     return 0
 
 

@@ -12,6 +12,7 @@ Targets whose toolchain or QEMU is absent are skipped with the missing package n
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -19,7 +20,9 @@ import pytest
 import torch
 from torch import nn
 
+from rbfkern import mcu
 from rbfkern.mcu import builder as mbuild
+from rbfkern.mcu import emit, extraction, quantize
 from rbfkern.mcu import export as mexport
 from rbfkern.mcu import runner as mrun
 from rbfkern.mcu._paths import csrc_dir, library_sources
@@ -33,6 +36,7 @@ KINDS = ["linear", "gaussian", "thin_plate", "logistic", "inverse_multiquadric",
 SHAPES = {"logistic": 0.8, "inverse_multiquadric": 0.75, "multiquadric": 0.5}  # 0.5: the sqrt path
 Q15_KINDS = ["gaussian", "inverse_quadratic", "quadratic"]
 RUN_TIMEOUT = 120
+ARRAY = re.compile(r"const (\w+) (\w+)\[(\d+)\] = \{(.*?)\};", re.S)  # one const array of a header
 F32_RTOL = 1e-5
 
 # the malformed-descriptor checks of csrc/mcu/targets/rbfk_harness.c and the status each must return
@@ -369,6 +373,98 @@ def test_export_header_contents(models, work):
     assert "TRI_DECLARE_ONLY" in text and "torch" in text  # stamped with the versions
     assert f"[{5 * 3 * 4 // 2}]" in text  # packed lower triangles: C * D(D+1)/2 floats
     assert mexport.c_float(0.1) == "0.100000001f" and mexport.c_float(3.0) == "3.0f"
+
+
+# export split by job (extraction / quantize / emit, export_c over them): deterministic headers that
+# hold exactly the extracted (f32) or quantised (q15) parameters; every name importable as before
+
+def _arrays(text: str) -> dict:
+    """name -> (C type, values as float64) of every const array in a header."""
+    out = {}
+    for ctype, name, n, body in ARRAY.findall(text):
+        vals = [v.strip().rstrip("fL") for v in body.replace("\n", " ").split(",") if v.strip()]
+        out[name] = (ctype, np.array([float(v) for v in vals]))
+        assert len(vals) == int(n), name
+    return out
+
+
+def test_public_names_stay_importable_from_export_and_the_package():
+    moved = {"extract": extraction, "NetParams": extraction, "METRICS": extraction, "KINDS": extraction,
+             "quantize_q15": quantize, "q15_error_bound": quantize, "Q15Params": quantize,
+             "Q15_METRICS": quantize, "Q15_KINDS": quantize, "LOG2E": quantize,
+             "c_float": emit, "header_f32": emit, "header_q15": emit}
+    for name, home in moved.items():
+        assert getattr(mexport, name) is getattr(home, name), name
+    for name in ("export_c", "Export", "extract", "q15_error_bound"):  # the package's lazy attributes
+        assert getattr(mcu, name) is getattr(mexport, name), name
+    from rbfkern.mcu import extract as fn
+
+    assert callable(fn) and fn is extraction.extract  # the function, not a module of that name
+
+
+def test_max_dim_is_the_c_header_limit():
+    text = (csrc_dir() / "rbfk.h").read_text()
+    assert int(re.search(r"#define RBFK_MAX_DIM (\d+)", text).group(1)) == extraction.MAX_DIM
+
+
+@pytest.mark.parametrize("metric", ["none", "diag", "shared_diag", "full", "shared_full"])
+def test_f32_header_is_deterministic_and_holds_the_float32_parameters(tmp_path, metric):
+    model = _grid_model(metric, "gaussian", 3)
+    a = mexport.export_c(model, tmp_path / "a.h", name="net", dtype="f32")
+    b = mexport.export_c(model, tmp_path / "b.h", name="net", dtype="f32")
+    text = a.path.read_text()
+    assert text == b.path.read_text()
+    arrs = _arrays(text)
+    p = a.params
+    want = {"net_centers": p.centers, "net_sigma": p.sigma, "net_weight": p.weight, "net_bias": p.bias}
+    if p.diag is not None:
+        want["net_metric"] = p.diag
+    if p.tril is not None:
+        L = p.tril if p.tril.ndim == 3 else p.tril[None]
+        want["net_metric"] = np.concatenate([m[np.tril_indices(p.in_dim)] for m in L])
+    assert set(arrs) == set(want)
+    for name, values in want.items():
+        ctype, got = arrs[name]
+        assert ctype == "float"
+        # the literals round-trip the float32 values exactly
+        np.testing.assert_array_equal(got.astype(np.float32), np.asarray(values, np.float32).reshape(-1), name)
+    assert f"{extraction.METRICS[metric]}, {extraction.KINDS['gaussian']}" in text
+
+
+@pytest.mark.parametrize("metric", ["none", "diag", "shared_diag"])
+def test_q15_header_is_deterministic_and_holds_the_quantised_integers(tmp_path, metric):
+    model = _grid_model(metric, "inverse_quadratic", 5)
+    X = np.random.default_rng(0).standard_normal((9, 3))
+    a = mexport.export_c(model, tmp_path / "a.h", name="q", dtype="q15", calib=X)
+    b = mexport.export_c(model, tmp_path / "b.h", name="q", dtype="q15", calib=X)
+    text = a.path.read_text()
+    assert text == b.path.read_text()
+    q = a.q15
+    arrs = _arrays(text)
+    want = {"q_centers": ("int16_t", q.centers), "q_gain_m": ("int16_t", q.gain_m),
+            "q_gain_sh": ("int8_t", q.gain_sh), "q_weight": ("int16_t", q.weight), "q_bias": ("int32_t", q.bias)}
+    if q.metric_w is not None:
+        want["q_metric"] = ("int16_t", q.metric_w)
+    assert set(arrs) == set(want)
+    for name, (ctype, values) in want.items():
+        assert arrs[name][0] == ctype
+        np.testing.assert_array_equal(arrs[name][1], np.asarray(values, np.float64).reshape(-1), name)
+    # the formats in the descriptor and the defines are the quantiser's
+    assert f"{q.x_frac}, {q.w_frac}, {q.h_frac}, {q.wo_frac}, {q.y_frac}," in text
+    assert f"#define Q_X_FRAC {q.x_frac}\n#define Q_Y_FRAC {q.y_frac}" in text
+    # and the report's bound is the quantiser's bound at the calibration inputs
+    assert a.quant_report["calib_max_bound"] == float(quantize.q15_error_bound(q, X).max())
+
+
+def test_emit_alone_matches_export_c(tmp_path):
+    """The three jobs composed by hand give export_c's file, byte for byte."""
+    model = _grid_model("diag", "quadratic", 7)
+    X = np.random.default_rng(1).standard_normal((5, 3))
+    ex = mexport.export_c(model, tmp_path / "m.h", name="m", dtype="q15", calib=X)
+    p = extraction.extract(model)
+    assert emit.header_q15(quantize.quantize_q15(p, X), "m") == ex.path.read_text()
+    ex = mexport.export_c(model, tmp_path / "f.h", name="f", dtype="f32")
+    assert emit.header_f32(p, "f") == ex.path.read_text()
 
 
 @pytest.mark.parametrize("bad", ["metric", "kind", "type", "nonfinite", "name", "dtype"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "export_c": "export", "extract": "export", "q15_error_bound": "export", "Export": "export",
+    "export_c": "export", "Export": "export", "extract": "extraction", "q15_error_bound": "quantize",
     "build": "builder", "size_of": "builder", "write_cases_header": "builder", "Build": "builder",
     "BuildError": "builder",
     "run_on_target": "runner", "run_build": "runner", "RunResult": "runner", "RunError": "runner",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ._paths import csrc_dir, library_sources
-from .export import c_float
+from .emit import c_float
 from .toolchains import Target, get_target
 
 

@@ -98,7 +98,7 @@ def report(target_names=None, n: int = 20, work_dir=None, verbose: bool = True) 
         for dtype in ("f32", "q15"):
             rows.append(measure(model, Xs, name, dtype, calib=X if dtype == "q15" else None, work_dir=work_dir))
     ref = rows[0]["export"].params.reference(Xs) if rows else None
-    from .export import extract
+    from .extraction import extract
 
     acc_f = (np.argmax(extract(model).reference(X), 1) == y).mean()
     if verbose:
