@@ -100,7 +100,7 @@ def chosen_path_3d(sigma, backward=False) -> str:
 
 def make_case(ndim, sigma, mode, n, cin, cout, size) -> h.Case:
     order = ORDER3 if ndim == 3 else ORDER
-    params = {"ndim": ndim, "order": order, "n": n, "cin": cin, "cout": cout, "sigma": sigma, "h": size, "w": size}
+    params = {"op": f"gauss_deriv_conv{ndim}d", "ndim": ndim, "order": order, "n": n, "cin": cin, "cout": cout, "sigma": sigma, "h": size, "w": size}
     if ndim == 3:
         params["d"] = size
     model = cost("gauss_deriv", params, "float32", mode)

@@ -13,15 +13,17 @@ import torch
 import _harness as h
 from rbfkern import reference
 from rbfkern.gpucheck.model import cost
-from rbfkern.ops import rbf
+from rbfkern.ops import rbf, rbf_r2
 
-# (name, N, C, D, metric)
+# (name, N, C, D, metric): "<metric>-gaussian" times rbf(kind="gaussian"), "<metric>-r2" rbf_r2
 CASES = [
     ("diag-gaussian", 4096, 512, 128, "diag"),
     ("diag-gaussian", 16384, 1024, 64, "diag"),
     ("tril-gaussian", 4096, 64, 32, "tril"),
+    ("diag-r2", 4096, 512, 128, "diag"),
 ]
-QUICK_CASES = [("diag-gaussian", 1024, 128, 64, "diag"), ("tril-gaussian", 512, 32, 16, "tril")]
+QUICK_CASES = [("diag-gaussian", 1024, 128, 64, "diag"), ("tril-gaussian", 512, 32, 16, "tril"),
+               ("diag-r2", 1024, 128, 64, "diag")]
 PROVIDERS = ("fused", "naive", "gemm")
 MODES = ("fwd", "fwd+bwd")
 
@@ -37,8 +39,13 @@ def make_inputs(n, c, d, metric, requires_grad, device="cpu"):
     return ts
 
 
-def provider_fn(provider, metric):
-    """A function (x, centers, diag, tril, sigma) -> activations for one provider."""
+def provider_fn(provider, metric, op="rbf"):
+    """A function (x, centers, diag, tril, sigma) -> activations (op "rbf") or squared distances
+    (op "rbf_r2") for one provider."""
+    if op == "rbf_r2":
+        return {"fused": lambda x, c, dg, tl, s: rbf_r2(x, c, diag=dg, tril=tl),
+                "naive": lambda x, c, dg, tl, s: reference.rbf_r2(x, c, dg, tl),
+                "gemm": lambda x, c, dg, tl, s: reference.rbf_r2_expanded(x, c, dg)}[provider]
     if provider == "fused":
         return lambda x, c, dg, tl, s: rbf(x, c, diag=dg, tril=tl, sigma=s, kind="gaussian")
     if provider == "naive":
@@ -56,13 +63,15 @@ def provider_fn(provider, metric):
 
 def setup(case: h.Case, provider: str):
     p = case.params
-    fn = provider_fn(provider, p["metric"])
+    fn = provider_fn(provider, p["metric"], p["op"])
     inputs = make_inputs(p["n"], p["c"], p["d"], p["metric"], case.mode != "fwd", case.device)
+    if p["op"] == "rbf_r2":
+        inputs[4] = None  # no sigma
     return h.autograd_step(lambda: fn(*inputs), inputs, case.mode)
 
 
 def make_case(name, n, c, d, metric, mode, device="cpu") -> h.Case:
-    params = {"n": n, "c": c, "d": d, "metric": metric}
+    params = {"op": "rbf_r2" if name.endswith("-r2") else "rbf", "n": n, "c": c, "d": d, "metric": metric}
     model = cost("rbf", params, "float32", mode)
     return h.Case(name, f"N={n} C={c} D={d}", PROVIDERS, mode, params, device, model.flops, model.bytes)
 

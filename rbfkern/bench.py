@@ -35,7 +35,7 @@ FAMILIES = {
     "rbf layers": Family("bench_rbf_layers", "rbfkern", None, "naive", ("sklearn", "faiss", "torch"), None, (3, 3),
                          (False, False)),
     "bcos": Family("bench_bcos", "ours", "plain", "plain conv2d (2x channels)", ("official",), "official bcos",
-                   (3, 5), (False, False), op="bcos_conv2d b={m.B:g} maxout={m.MAX_OUT}"),
+                   (3, 5), (False, False), op="{case} b={m.B:g} maxout={m.MAX_OUT}"),
     "gauss_deriv": Family("bench_gauss_deriv", "ours", "dense", "dense effective filter", ("depthwise+1x1",),
                           "depthwise basis + 1x1", (3, 3), (True, True)),
 }

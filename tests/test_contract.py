@@ -2,6 +2,7 @@
 signatures, and every public op is registered everywhere the project keeps a list of ops (the
 representative calls of tests/_util.op_cases, the autocast policy, the ahead-of-time compile of
 its Triton kernels, the benchmark registry), and says clearly that it has no double backward."""
+import functools
 import importlib
 import inspect
 
@@ -111,3 +112,26 @@ def test_double_backward_raises_a_clear_error(case):
     grads = torch.autograd.grad(y.sum(), leaves, create_graph=True)
     with pytest.raises(RuntimeError, match=r"torch\.ops\.rbfkern\.\w+_bwd: second-order gradients are not supported"):
         sum(g.sum() for g in grads).backward()
+
+
+@functools.lru_cache(maxsize=None)
+def _benched_ops():
+    """{op: bench module} over the bench files of `python -m rbfkern bench` (rbfkern/bench.py), every
+    case their command lines can select (the --quick ones; a file's flags that pick other rows)."""
+    from rbfkern import bench
+
+    h = bench._harness()
+    out = {}
+    for fam in bench.FAMILIES.values():
+        mod = bench._load(fam.module)
+        extra = [["--3d"]] if "--3d" in h.parser(mod.BENCH).format_help() else []
+        for argv in [[]] + extra:
+            for case in mod.BENCH.cases(h.options(mod.BENCH, ["--quick", *argv])):
+                if "op" in case.params:
+                    out.setdefault(case.params["op"], fam.module)
+    return out
+
+
+@pytest.mark.parametrize("op", _public_ops())
+def test_op_is_in_the_bench_registry(op):
+    assert op in _benched_ops(), f"{op}: no case of the bench files in rbfkern/bench.py FAMILIES times it"
