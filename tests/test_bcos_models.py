@@ -77,6 +77,7 @@ def _bnu():
 def _tiny_vit():
     """A two-block ViT-C as bcos.experiments' vit_final builds them (B-cos linear + conv stem,
     uncentred-free detachable layer norms, logit layer), sized for 6x16x16 inputs."""
+    pytest.importorskip("einops", reason="bcos.models.vit needs einops (pip install einops)")
     vit = importlib.import_module("bcos.models.vit")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "use the bcos.models.pretrained entrypoints"
