@@ -16,10 +16,10 @@ F64 = torch.float64
 
 def _official_losses():
     """bcos.modules.losses, with a bare package standing in for bcos/__init__ (it imports torchvision)."""
-    spec = importlib.util.find_spec("bcos")
-    if spec is None or not spec.submodule_search_locations:
-        return None
     if "bcos" not in sys.modules:
+        spec = importlib.util.find_spec("bcos")
+        if spec is None:
+            return None
         sys.modules["bcos"] = pkg = types.ModuleType("bcos")
         pkg.__path__ = list(spec.submodule_search_locations)
     return importlib.import_module("bcos.modules.losses")

@@ -31,10 +31,10 @@ def _load_zoo():
     sys.modules afterwards; the models keep the class). Its StochasticDepth is the identity where the
     real one is (drop probability 0, or eval mode), the only way the tests use it.
     """
-    spec = importlib.util.find_spec("bcos")
-    if spec is None or not spec.submodule_search_locations:
-        return None
     if "bcos" not in sys.modules:
+        spec = importlib.util.find_spec("bcos")
+        if spec is None:
+            return None
         pkg = types.ModuleType("bcos")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["bcos"] = pkg

@@ -1,10 +1,10 @@
-"""B-cos layers (paper: bcos-networks.md, eq. 3, 9-11, 17, Sec. 3.3 and 4).
+"""B-cos layers (paper: bcos-networks.md, eq. 3, 9-11, 16, 17, Sec. 3.3 and 4).
 
 ``BcosConv2d`` / ``BcosLinear`` compute exactly what ``bcos.modules.BcosConv2d`` /
 ``BcosLinear`` (bcos 0.1.3) compute and load their state dicts (``linear.weight``), but hold the
 raw weight directly in ``.weight`` and run the fused ``rbfkern.ops.bcos_*`` ops.
 ``convert_to_bcos`` turns a conventional CNN into a B-cos network (Sec. 3.3), ``AddInverse`` is
-the [x, 1 - x] image encoding of Sec. 4.
+the [x, 1 - x] image encoding of Sec. 4, ``LogitLayer`` the logit temperature and bias of eq. 16.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import contextlib
 import math
 import numbers
 import operator
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -183,49 +184,180 @@ class AddInverse(nn.Module):
         return torch.cat([x, 1 - x], dim=self.dim)
 
 
-_REMOVED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid,
-            nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)
+class LogitLayer(nn.Module):
+    """The logits of eq. (16) as the official models make them (``bcos.modules.LogitLayer``):
+    x / logit_temperature + logit_bias, each skipped when None. The official models use
+    logit_bias = -log(C - 1) for C classes (a zero logit then has sigmoid probability 1 / C)."""
+
+    def __init__(self, logit_temperature: float | None = None, logit_bias: float | None = None):
+        super().__init__()
+        for name, v in (("logit_temperature", logit_temperature), ("logit_bias", logit_bias)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)):
+                raise ValueError(f"{name} must be None or a finite number, got {v!r}")
+        if logit_temperature is not None and logit_temperature == 0:
+            raise ValueError("logit_temperature must be non-zero (the logits are divided by it), got 0")
+        self.logit_temperature, self.logit_bias = logit_temperature, logit_bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.logit_temperature is not None:
+            x = x / self.logit_temperature
+        if self.logit_bias is not None:
+            x = x + self.logit_bias
+        return x
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ("logit_temperature", "logit_bias")
+                         if getattr(self, k) is not None)
 
 
-def convert_to_bcos(model: nn.Module, b: float = 2.0, max_out: int = 2) -> nn.Module:
-    """Turn a conventional network into a B-cos network in place (Sec. 3.3) and return it.
+_REMOVED = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Hardswish,
+            nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.PReLU, nn.RReLU, nn.Tanh, nn.Sigmoid,
+            nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_FUNCTIONAL_MODES = ("raise", "replace", "ignore")
+
+
+def _bcos_replacement(name, child, b, max_out, widen):
+    """The module that replaces ``child`` in a B-cos network, or None to look inside it."""
+    if isinstance(child, nn.Conv2d):
+        if child.padding_mode != "zeros" or isinstance(child.padding, str):
+            raise ValueError(f"convert_to_bcos: {name} uses padding {child.padding!r} / mode "
+                             f"{child.padding_mode!r}; only explicit zero padding is supported")
+        c_in = child.in_channels
+        if widen:
+            if child.groups != 1:
+                raise ValueError(f"convert_to_bcos: add_inverse widens the first convolution ({name}) to "
+                                 f"2 x {c_in} input channels, which needs groups=1, got groups={child.groups}")
+            c_in *= 2
+        return BcosConv2d(c_in, child.out_channels, child.kernel_size, child.stride, child.padding,
+                          child.dilation, child.groups, b=b, max_out=max_out,
+                          device=child.weight.device, dtype=child.weight.dtype)
+    if isinstance(child, nn.Linear):
+        return BcosLinear(child.in_features, child.out_features, b=b, max_out=max_out,
+                          device=child.weight.device, dtype=child.weight.dtype)
+    if isinstance(child, _REMOVED):
+        return nn.Identity()
+    if isinstance(child, nn.MaxPool2d):
+        k, s, p = _pair(child.kernel_size), _pair(child.stride or child.kernel_size), _pair(child.padding)
+        if k == (1, 1) and s == (1, 1) and p == (0, 0):
+            return nn.Identity()
+        if _pair(child.dilation) != (1, 1) or child.return_indices:
+            raise ValueError(f"convert_to_bcos: {name} is a dilated MaxPool2d or returns indices; it has no "
+                             f"average equivalent")
+        return nn.AvgPool2d(k, s, p, ceil_mode=child.ceil_mode)
+    if isinstance(child, nn.AdaptiveMaxPool2d):
+        if child.return_indices:
+            raise ValueError(f"convert_to_bcos: {name} returns indices; it has no average equivalent")
+        return nn.AdaptiveAvgPool2d(child.output_size)
+    return None
+
+
+def _plan_bcos(model, prefix, b, max_out, first_conv, edits):
+    for name, child in model.named_children():
+        path = prefix + name
+        new = _bcos_replacement(path, child, b, max_out, child is first_conv)
+        if new is not None:
+            edits.append((model, name, new))
+        elif not isinstance(child, (_Explainable, AddInverse, LogitLayer)):
+            _plan_bcos(child, path + ".", b, max_out, first_conv, edits)
+
+
+def _functional_graph(model, functional):
+    """The fx graph of ``model`` with its functional calls rewritten (mode "replace"), None for
+    "raise" (after checking there are none) and "ignore"; raises before the model is touched."""
+    from . import _bcos_fx  # torch.fx only where it is used
+    if functional == "ignore":
+        return None
+    try:
+        graph = _bcos_fx.trace(model)
+    except Exception as e:  # noqa: BLE001 - fx raises many kinds for untraceable Python
+        if functional == "replace":
+            raise ValueError(f"convert_to_bcos(functional='replace'): torch.fx cannot trace {type(model).__name__} "
+                             f"({type(e).__name__}: {e})") from e
+        warnings.warn(f"convert_to_bcos: torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
+                      f"activations called as functions in forward (F.relu, x.relu(), ...) were not checked. "
+                      f"Pass functional='ignore' if there are none.", stacklevel=3)
+        return None
+    calls = _bcos_fx.functional_calls(graph)
+    linear = [_bcos_fx.describe(n) for n, k in calls if k == "linear"]
+    if linear:
+        raise ValueError("convert_to_bcos: linear maps called as functions cannot become B-cos layers (use "
+                         "nn.Conv2d / nn.Linear modules): " + "; ".join(linear))
+    if functional == "raise":
+        if calls:
+            raise ValueError("convert_to_bcos: forward calls non-linearities / pooling / dropout as functions, "
+                             "which module replacement cannot remove: " +
+                             "; ".join(_bcos_fx.describe(n) for n, _ in calls) +
+                             ". Pass functional='replace' to get a torch.fx GraphModule without them.")
+        return None
+    _bcos_fx.rewrite(graph, calls)
+    return graph
+
+
+def convert_to_bcos(model: nn.Module, b: float = 2.0, max_out: int = 2, *, functional: str = "raise",
+                    add_inverse: bool = False, logit_bias: float | None = None,
+                    logit_temperature: float | None = None) -> nn.Module:
+    """Turn a conventional network into a B-cos network (Sec. 3.3) and return it.
+
+    Modules, in place:
 
     - every ``nn.Conv2d`` becomes a :class:`BcosConv2d` of the same geometry (bias dropped,
       zero padding only) and every ``nn.Linear`` a :class:`BcosLinear`, with ``max_out`` MaxOut
       units (2 in the paper) and exponent ``b``; weights are freshly initialised (a B-cos filter
       with MaxOut has a different shape and meaning, so the old weights do not carry over);
-    - non-linearities (ReLU and friends), batch norm and dropout are removed (``nn.Identity``);
+    - non-linearities (ReLU, GELU, SiLU, tanh, sigmoid and friends), batch norm and dropout are
+      removed (``nn.Identity``);
     - max pooling is removed too; where a pooling layer changes the spatial size it becomes the
       average pooling of the same window (a linear map, so the model is still summarised exactly
       by W(x), eq. 13, and every later layer keeps its input shape); ``AdaptiveMaxPool2d``
       becomes ``AdaptiveAvgPool2d``.
+
+    Calls inside ``forward`` (``F.relu(x)``, ``torch.tanh(x)``, ``x.relu()``, ``F.max_pool2d``,
+    ``F.dropout``, ``F.batch_norm``, ...) cannot be rewritten in place; the model is traced with
+    torch.fx to find them (``functional``):
+
+    - ``"raise"`` (default): a ValueError naming each call and the module whose forward makes it;
+      a model torch.fx cannot trace (data-dependent control flow) gets a warning instead;
+    - ``"replace"``: the result is a ``torch.fx.GraphModule`` of the converted model with those
+      calls removed / max pooling made average pooling (the same submodules and parameters,
+      state-dict keys unchanged; ``model`` itself is converted in place as well, calls kept);
+    - ``"ignore"``: no check.
+
+    Linear maps called as functions (``F.conv2d(x, self.w)``, ``F.linear``) always raise: they
+    have no module to replace. Not handled (the result is then not a pure B-cos network): other
+    normalisation layers (``nn.LayerNorm``, ``nn.GroupNorm``: kept), ``nn.Conv1d/3d``, a bias
+    added by hand, activations reached through other names (``x.clamp(min=0)``, custom functions).
+
+    Args:
+        model: the network; its modules are replaced in place.
+        b, max_out: exponent B (eq. 3) and MaxOut units (eq. 17) of every new layer.
+        functional: ``"raise"``, ``"replace"`` or ``"ignore"``, see above.
+        add_inverse: widen the first ``nn.Conv2d`` (in registration order, ``model.modules()``;
+            groups=1) to 2x its input channels, for the [x, 1 - x] encoding of Sec. 4: feed
+            ``AddInverse()(x)``, or use ``nn.Sequential(AddInverse(), result)``.
+        logit_bias, logit_temperature: when either is given, the result is
+            ``nn.Sequential(model, LogitLayer(logit_temperature, logit_bias))`` (state-dict keys
+            gain the prefix ``0.``), as the official models end; -log(C - 1) is their bias.
+
+    Returns:
+        ``model``, or the GraphModule / Sequential holding it (see ``functional``, ``logit_bias``).
     """
-    for name, child in list(model.named_children()):
-        new = None
-        if isinstance(child, nn.Conv2d):
-            if child.padding_mode != "zeros" or isinstance(child.padding, str):
-                raise ValueError(f"convert_to_bcos: {name} uses padding {child.padding!r} / mode "
-                                 f"{child.padding_mode!r}; only explicit zero padding is supported")
-            new = BcosConv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                             child.dilation, child.groups, b=b, max_out=max_out,
-                             device=child.weight.device, dtype=child.weight.dtype)
-        elif isinstance(child, nn.Linear):
-            new = BcosLinear(child.in_features, child.out_features, b=b, max_out=max_out,
-                             device=child.weight.device, dtype=child.weight.dtype)
-        elif isinstance(child, _REMOVED):
-            new = nn.Identity()
-        elif isinstance(child, nn.MaxPool2d):
-            k, s, p = _pair(child.kernel_size), _pair(child.stride or child.kernel_size), _pair(child.padding)
-            if k == (1, 1) and s == (1, 1) and p == (0, 0):
-                new = nn.Identity()
-            else:
-                if _pair(child.dilation) != (1, 1):
-                    raise ValueError(f"convert_to_bcos: {name} is a dilated MaxPool2d, which has no average equivalent")
-                new = nn.AvgPool2d(k, s, p, ceil_mode=child.ceil_mode)
-        elif isinstance(child, nn.AdaptiveMaxPool2d):
-            new = nn.AdaptiveAvgPool2d(child.output_size)
-        if new is not None:
-            setattr(model, name, new)
-        else:
-            convert_to_bcos(child, b=b, max_out=max_out)
-    return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if functional not in _FUNCTIONAL_MODES:
+        raise ValueError(f"functional must be one of {_FUNCTIONAL_MODES}, got {functional!r}")
+    b = _check_b_max_out(b, max_out)
+    logit = LogitLayer(logit_temperature, logit_bias) if logit_bias is not None or logit_temperature is not None \
+        else None
+    first_conv = None
+    if add_inverse:
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first_conv is None:
+            raise ValueError("convert_to_bcos: add_inverse=True widens the first nn.Conv2d, but the model has none")
+    graph = _functional_graph(model, functional)
+    edits = []
+    _plan_bcos(model, "", b, max_out, first_conv, edits)
+    for parent, name, new in edits:
+        setattr(parent, name, new)
+    if graph is not None:
+        model = torch.fx.GraphModule(model, graph, class_name=type(model).__name__ + "Bcos")
+    return model if logit is None else nn.Sequential(model, logit)
