@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="headline benchmark cases: fused vs naive vs peers (source checkout)")
     bench.add_argument("--quick", action="store_true", help="small shapes, fewer rounds")
     bench.add_argument("--json", help="also write the rows as JSON to this file")
-    bench.add_argument("--family", action="append", help="only this family (repeatable): rbf, 'rbf layers', bcos, gauss_deriv")
+    bench.add_argument("--family", action="append", help="only this family (repeatable): rbf, 'rbf layers', bcos, gauss_deriv, models")
     bench.set_defaults(fn=_bench)
     from rbfkern.gpucheck.cli import add_parser as add_gpucheck_parser
     from rbfkern.mcu.cli import add_parser as add_mcu_parser

@@ -38,6 +38,8 @@ FAMILIES = {
                    (3, 5), (False, False), op="{case} b={m.B:g} maxout={m.MAX_OUT}"),
     "gauss_deriv": Family("bench_gauss_deriv", "ours", "dense", "dense effective filter", ("depthwise+1x1",),
                           "depthwise basis + 1x1", (3, 3), (True, True)),
+    "models": Family("bench_models", "converted", "floor", "B-cos layers as plain convs", ("official",),
+                     "official bcos model", (3, 5), (False, False), op="model {case} (from_bcos)"),
 }
 CUDA_ROUNDS = (3, 10)  # rbf's cases again on the GPU (Triton kernels), when there is one
 

@@ -38,7 +38,7 @@ def _load_zoo():
         pkg = types.ModuleType("bcos")
         pkg.__path__ = list(spec.submodule_search_locations)
         sys.modules["bcos"] = pkg
-    stand_in = importlib.util.find_spec("torchvision") is None
+    stand_in = "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None
     if stand_in:
         class StochasticDepth(nn.Module):
             def __init__(self, p: float, mode: str):
@@ -99,7 +99,8 @@ ARCHS = {
     "cifar10_resnext29_32x4d": (lambda: zoo.cifar10_resnext29_32x4d(), (6, 8, 8)),
     "cifar10_densenet100": (lambda: zoo.cifar10_densenet100(), (6, 8, 8)),
     # no stochastic depth (random), a layer scale that lets the blocks count (the default is 1e-6)
-    "convnext_atto": (lambda: zoo.convnext_atto(num_classes=7, stochastic_depth_prob=0.0, layer_scale=0.5), (6, 32, 32)),
+    "convnext_atto": (lambda: zoo.convnext_atto(num_classes=7, stochastic_depth_prob=0.0, layer_scale=0.5),
+                      (6, 32, 32)),
     "vit_c": (_tiny_vit, (6, 16, 16)),
     "vgg11_bnu": (lambda: zoo.vgg11_bnu(num_classes=7, conv_layer=bm.BcosConv2d, norm_layer=_bnu()), (6, 32, 32)),
 }

@@ -27,8 +27,8 @@ def _check_options(logit_bias, smoothing, off_label, target_threshold, reduction
         raise ValueError(f"logit_bias must be None, 'auto' or a finite number, got {logit_bias!r}")
     if isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real) or not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
-    if not (off_label is None or (isinstance(off_label, str) and off_label == "uniform") or (isinstance(off_label, numbers.Real) and
-                                                              not isinstance(off_label, bool) and 0 <= off_label < 1)):
+    if not (off_label is None or (isinstance(off_label, str) and off_label == "uniform") or
+            (isinstance(off_label, numbers.Real) and not isinstance(off_label, bool) and 0 <= off_label < 1)):
         raise ValueError(f"off_label must be None, 'uniform' or a number in [0, 1), got {off_label!r}")
     if target_threshold is not None and (isinstance(target_threshold, bool) or
                                          not isinstance(target_threshold, numbers.Real)):
@@ -53,7 +53,8 @@ def _dense_target(logits: Tensor, target: Tensor) -> Tensor:
         raise ValueError(f"class-index targets must have shape ({n},) for logits of shape {tuple(logits.shape)}, "
                          f"got {tuple(target.shape)}")
     if n and (bool((target < 0).any()) or bool((target >= c).any())):
-        raise ValueError(f"target class indices must be in [0, {c}), got {target[(target < 0) | (target >= c)][0].item()}")
+        bad = target[(target < 0) | (target >= c)][0].item()
+        raise ValueError(f"target class indices must be in [0, {c}), got {bad}")
     return F.one_hot(target.long(), num_classes=c).to(logits.dtype)
 
 
