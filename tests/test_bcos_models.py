@@ -17,7 +17,7 @@ from torch import nn
 from rbfkern import explain
 from rbfkern.nn import BcosConv2d, BcosLinear, from_bcos
 
-from conftest import DEVICES
+from conftest import CUDA, CUDA_ON_CPU, DEVICES
 
 F64 = torch.float64
 
@@ -113,6 +113,12 @@ REQUIRED = ("resnet18", "resnet50", "cifar10_resnet20", "densenet121")
 NO_VGG = [n for n in ARCHS if n != "vgg11_bnu"]
 
 
+# The CUDA variant of the whole-model tests; the CPU rehearsal of the CUDA tests (RBFKERN_CUDA_ON_CPU=1,
+# the Triton interpreter) would take hours on whole models: there only the layer-stack test rehearses.
+MODEL_DEVICES = ["cpu", pytest.param("cuda", id="cuda", marks=(*CUDA.marks, pytest.mark.skipif(
+    CUDA_ON_CPU, reason="whole models through the Triton interpreter: hours; the layer-stack test rehearses")))]
+
+
 def _arch_params(names):
     return [pytest.param(n, id=n, marks=(pytest.mark.slow,) if n in SLOW else ()) for n in names]
 
@@ -165,7 +171,7 @@ def _b_cos_layers(model):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("device", MODEL_DEVICES, indirect=True)
 @pytest.mark.parametrize("name", _arch_params(ARCHS))
 def test_eval_outputs_equal(name, device):
     off, conv, shape = _pair(name, device)
@@ -177,7 +183,7 @@ def test_eval_outputs_equal(name, device):
         _close(conv(x), off(x), f"{name} logits")
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("device", MODEL_DEVICES, indirect=True)
 @pytest.mark.parametrize("name", _arch_params(NO_VGG))
 def test_train_step_equal(name, device):
     """Train mode: logits, every parameter's gradient, the input gradient and the running
@@ -203,7 +209,7 @@ def test_train_step_equal(name, device):
             _close(p_conv[k], v, f"{name} buffer {k} after the step")
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("device", MODEL_DEVICES, indirect=True)
 @pytest.mark.parametrize("name", _arch_params(NO_VGG))
 def test_explanations_equal(name, device):
     """Explanation mode: rbfkern.explain on the converted model gives the official model's
@@ -235,7 +241,7 @@ def test_explanations_equal(name, device):
     _close((w * x).flatten(1).sum(1) + bias, logits, f"{name} sum of contributions", atol=1e-10)
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("device", MODEL_DEVICES, indirect=True)
 @pytest.mark.parametrize("name", _arch_params(REQUIRED))
 def test_state_dicts_load_both_ways(name, device):
     model, shape = _official_f64(name)
