@@ -105,7 +105,7 @@ ARCHS = {
     "vgg11_bnu": (lambda: zoo.vgg11_bnu(num_classes=7, conv_layer=bm.BcosConv2d, norm_layer=_bnu()), (6, 32, 32)),
 }
 # ~10 s and more in float64 on 2 shared cores (VGG: its 4096-channel 7x7 classifier, 1 GB in float64)
-SLOW = {"resnet50", "densenet121", "cifar10_densenet100", "vgg11_bnu", "cifar10_resnext29_32x4d"}
+SLOW = {"resnet50", "densenet121", "cifar10_densenet100", "vgg11_bnu", "cifar10_resnext29_32x4d", "convnext_atto"}
 # the four the issue names first; the others are variants of their building blocks
 REQUIRED = ("resnet18", "resnet50", "cifar10_resnet20", "densenet121")
 # VGG's layers (B-cos convs, uncentred batch norm, average pooling) are all in resnet18_bnu: its
