@@ -20,7 +20,6 @@ caller owns anyway). Peak memory: one step after a warm-up step, in a fresh proc
 """
 from __future__ import annotations
 
-import importlib
 import sys
 from types import SimpleNamespace
 
@@ -44,14 +43,6 @@ MODES = ("fwd", "fwd+bwd")
 B, MAX_OUT = 2.0, 2
 
 
-def _official():
-    """(bcos.modules, why not): the GPU check's loader, unless a bcos package (tests/test_bcos.py's
-    stub without __spec__, on which find_spec raises) is imported already."""
-    if "bcos" in sys.modules:
-        return importlib.import_module("bcos.modules"), None
-    return official()
-
-
 def make_linear(case: h.Case, provider: str, requires_grad: bool):
     """make() of a linear case."""
     r, c, o = (case.params[k] for k in ("r", "cin", "cout"))
@@ -63,7 +54,7 @@ def make_linear(case: h.Case, provider: str, requires_grad: bool):
     if provider == "plain":
         return (lambda: F.linear(x, weight)), (x, weight)
     if provider == "official":
-        lib, why = _official()
+        lib, why = official()
         if lib is None:
             raise h.Unavailable(f"official bcos: {why} (pip install --no-deps bcos==0.1.3 einops)")
         mod = lib.BcosLinear(c, o, b=B, max_out=MAX_OUT)
@@ -87,7 +78,7 @@ def make(case: h.Case, provider: str, requires_grad: bool):
     if provider == "plain":
         return (lambda: F.conv2d(x, weight, None, 1, 1)), (x, weight)
     if provider == "official":
-        lib, why = _official()
+        lib, why = official()
         if lib is None:
             raise h.Unavailable(f"official bcos: {why} (pip install --no-deps bcos==0.1.3 einops)")
         mod = lib.BcosConv2d(c, o, 3, padding=1, b=B, max_out=MAX_OUT)

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
-import importlib.util
 import sys
-import types
 
 import torch
 from torch import nn
 
 import _harness as h
+from rbfkern import _official_bcos
 from rbfkern.nn import from_bcos
 
 # (arch, batch, side, dtype, device)
@@ -40,28 +38,6 @@ CUDA_CASES = [("resnet50", 64, 224, "bfloat16", "cuda")]
 QUICK_CASES = [("resnet18", 2, 64, "float32", "cpu")]
 PROVIDERS = ("converted", "official", "floor")
 MODES = ("fwd", "fwd+bwd")
-
-
-def load_zoo():
-    """``bcos.models`` without running bcos/__init__ (it imports torchvision); None without bcos."""
-    if "bcos" not in sys.modules:
-        spec = importlib.util.find_spec("bcos")
-        if spec is None:
-            return None
-        sys.modules["bcos"] = pkg = types.ModuleType("bcos")
-        pkg.__path__ = list(spec.submodule_search_locations)
-    if "torchvision.ops" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        class StochasticDepth(nn.Identity):  # the zoo's defaults use none
-            def __init__(self, p, mode):
-                super().__init__()
-                if p:
-                    raise NotImplementedError("stochastic depth needs torchvision")
-
-        ops = types.ModuleType("torchvision.ops")
-        ops.StochasticDepth = StochasticDepth
-        sys.modules["torchvision.ops"] = ops
-        sys.modules.setdefault("torchvision", types.ModuleType("torchvision")).ops = ops
-    return importlib.import_module("bcos.models")
 
 
 def plain_conv_floor(official):
@@ -80,7 +56,7 @@ def plain_conv_floor(official):
 @functools.lru_cache(maxsize=1)  # the providers and both modes of a case share one set of models
 def build(arch, n, side, dtype, device):
     """{provider: model} and the input x, on the case's device and dtype."""
-    zoo = load_zoo()
+    zoo = _official_bcos.find("models")
     if zoo is None:
         raise h.Unavailable("the official models need bcos (pip install --no-deps bcos==0.1.3)")
     torch.manual_seed(0)

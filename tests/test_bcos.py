@@ -5,12 +5,11 @@ import importlib.util
 import math
 import os
 import sys
-import types
 
 import pytest
 import torch
 
-from rbfkern import explain, reference
+from rbfkern import _official_bcos, explain, reference
 from rbfkern.nn import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, explanation_mode
 from rbfkern.ops import bcos_conv2d, bcos_linear
 from rbfkern._bcos_common import BcosGeometry
@@ -27,26 +26,7 @@ def _on_cuda(*values, id=None):
     return pytest.param("cuda", *values, marks=CUDA.marks, id=id)
 
 
-def load_official():
-    """``bcos.modules`` of the official package, or None when it is not installed.
-
-    ``bcos/__init__.py`` imports torchvision (not a dependency here), so a bare package module
-    with the right ``__path__`` stands in for it; ``bcos.modules`` and ``bcos.common`` need only torch.
-    """
-    if "bcos" not in sys.modules:
-        spec = importlib.util.find_spec("bcos")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        pkg = types.ModuleType("bcos")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["bcos"] = pkg
-    try:
-        return importlib.import_module("bcos.modules")
-    except ImportError:
-        return None
-
-
-official = load_official()
+official = _official_bcos.find("modules")
 needs_official = pytest.mark.skipif(official is None, reason="pip install --no-deps bcos==0.1.3 einops")
 
 F64 = torch.float64

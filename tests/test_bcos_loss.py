@@ -1,31 +1,17 @@
 """rbfkern.nn.bcos_bce_loss / BcosBCELoss (eq. 16) against the official bcos.modules.losses
 (bcos 0.1.3) in float64: values and gradients over their options, and bad input."""
-import importlib
-import importlib.util
 import math
-import sys
-import types
 
 import pytest
 import torch
 
+from rbfkern import _official_bcos
 from rbfkern.nn import BcosBCELoss, bcos_bce_loss
 
 F64 = torch.float64
 
 
-def _official_losses():
-    """bcos.modules.losses, with a bare package standing in for bcos/__init__ (it imports torchvision)."""
-    if "bcos" not in sys.modules:
-        spec = importlib.util.find_spec("bcos")
-        if spec is None:
-            return None
-        sys.modules["bcos"] = pkg = types.ModuleType("bcos")
-        pkg.__path__ = list(spec.submodule_search_locations)
-    return importlib.import_module("bcos.modules.losses")
-
-
-official = _official_losses()
+official = _official_bcos.find("modules.losses")
 needs_official = pytest.mark.skipif(official is None, reason="pip install --no-deps bcos==0.1.3")
 
 

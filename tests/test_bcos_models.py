@@ -6,15 +6,13 @@ import functools
 import importlib
 import importlib.util
 import math
-import sys
-import types
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from rbfkern import explain
+from rbfkern import _official_bcos, explain
 from rbfkern.nn import BcosConv2d, BcosLinear, from_bcos
 
 from conftest import CUDA, CUDA_ON_CPU, DEVICES
@@ -22,48 +20,7 @@ from conftest import CUDA, CUDA_ON_CPU, DEVICES
 F64 = torch.float64
 
 
-def _load_zoo():
-    """``bcos.models`` (and ``bcos.modules``), or None where bcos is not installed.
-
-    ``bcos/__init__.py`` imports torchvision and ``bcos.models`` imports ``torchvision.ops.StochasticDepth``;
-    torchvision is not a dependency here, so while ``bcos.models`` is imported a bare package stands in
-    for ``bcos/__init__`` and a one-class module for ``torchvision.ops`` (the stand-in is removed from
-    sys.modules afterwards; the models keep the class). Its StochasticDepth is the identity where the
-    real one is (drop probability 0, or eval mode), the only way the tests use it.
-    """
-    if "bcos" not in sys.modules:
-        spec = importlib.util.find_spec("bcos")
-        if spec is None:
-            return None
-        pkg = types.ModuleType("bcos")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["bcos"] = pkg
-    stand_in = "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None
-    if stand_in:
-        class StochasticDepth(nn.Module):
-            def __init__(self, p: float, mode: str):
-                super().__init__()
-                self.p, self.mode = p, mode
-
-            def forward(self, x):
-                if self.p and self.training:
-                    raise NotImplementedError("the test stand-in of torchvision.ops.StochasticDepth drops nothing")
-                return x
-
-        tv, tv_ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
-        tv_ops.StochasticDepth, tv.ops = StochasticDepth, tv_ops
-        sys.modules.update({"torchvision": tv, "torchvision.ops": tv_ops})
-    try:
-        return importlib.import_module("bcos.models")
-    except ImportError:
-        return None
-    finally:
-        if stand_in:
-            sys.modules.pop("torchvision.ops", None)
-            sys.modules.pop("torchvision", None)
-
-
-zoo = _load_zoo()
+zoo = _official_bcos.find("models")
 pytestmark = pytest.mark.skipif(zoo is None, reason="pip install --no-deps bcos==0.1.3")
 if zoo is not None:
     from bcos import modules as bm

@@ -1,11 +1,7 @@
 """convert_to_bcos: activations / pooling called as functions in forward (found with torch.fx:
 raise or rewrite), the widened first convolution for [x, 1 - x] inputs, the logit layer
 (against the official LogitLayer), and that a failed conversion leaves the model untouched."""
-import importlib
-import importlib.util
 import math
-import sys
-import types
 import warnings
 
 import pytest
@@ -13,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from rbfkern import explain
+from rbfkern import _official_bcos, explain
 from rbfkern.nn import AddInverse, BcosConv2d, BcosLinear, LogitLayer, convert_to_bcos
 
 from conftest import DEVICES
@@ -148,13 +144,8 @@ def test_add_inverse_widens_the_first_conv():
 
 
 def _official_logit_layer():
-    if "bcos" not in sys.modules:  # bcos/__init__ imports torchvision: a bare package stands in
-        spec = importlib.util.find_spec("bcos")
-        if spec is None:
-            return None
-        sys.modules["bcos"] = pkg = types.ModuleType("bcos")
-        pkg.__path__ = list(spec.submodule_search_locations)
-    return importlib.import_module("bcos.modules.logitlayer").LogitLayer
+    mod = _official_bcos.find("modules.logitlayer")
+    return None if mod is None else mod.LogitLayer
 
 
 @pytest.mark.parametrize("temperature,bias", [(None, None), (None, -math.log(9)), (0.5, None), (2.0, -1.25)])

@@ -4,17 +4,13 @@ official ``bcos`` layer; ``bcos_linear`` vs a cuBLAS ``linear`` with 2*out featu
 official ``BcosLinear``. Saved-for-backward bytes are measured for every provider by the worker."""
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-import importlib.util
-import sys
-import types
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from ... import ops
+from ... import _official_bcos, ops
 from . import DTYPES, Case, Provider, generator, ours_label, torch_peers
 
 B, MAX_OUT = 2.0, 2
@@ -54,19 +50,12 @@ def official():
 
 
 def _load_official():
-    spec = importlib.util.find_spec("bcos")
-    if spec is None:
-        return None, "not installed"
     try:
         version = importlib.metadata.version("bcos")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown version"
-    if "bcos" not in sys.modules:
-        pkg = types.ModuleType("bcos")
-        pkg.__path__ = list(spec.submodule_search_locations or [])
-        sys.modules["bcos"] = pkg
     try:
-        return importlib.import_module("bcos.modules"), version
+        return _official_bcos.load("modules"), version
     except Exception as e:  # noqa: BLE001 - recorded as the reason the peer is skipped
         return None, f"bcos.modules does not import: {type(e).__name__}: {e}"
 
