@@ -4,4 +4,5 @@ from .rbf_network import RBFNetwork  # noqa: F401
 from ..kmeans import init_centers, kmeans  # noqa: F401
 from ..retrieval import similar  # noqa: F401
 from .bcos import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, explanation_mode  # noqa: F401
-from .gauss_deriv import GaussDerivConv2d, GaussDerivConv3d, RFNiNBlock  # noqa: F401
+from .gauss_deriv import GaussDerivConv2d, GaussDerivConv3d  # noqa: F401
+from .rfnin import RFNiN, RFNiNBlock  # noqa: F401
