@@ -6,3 +6,4 @@ from ..retrieval import similar  # noqa: F401
 from .bcos import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, explanation_mode  # noqa: F401
 from .gauss_deriv import GaussDerivConv2d, GaussDerivConv3d  # noqa: F401
 from .rfnin import RFNiN, RFNiNBlock  # noqa: F401
+from .cnn_rbf import CNNRBF  # noqa: F401
