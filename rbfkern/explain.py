@@ -174,7 +174,8 @@ def image_grid(images: Tensor) -> Tensor:
 
     ``images``: (G*G, C, H, W) -> (C, G*H, G*W), or a batch (B, G*G, C, H, W) -> (B, C, G*H, G*W)."""
     if not isinstance(images, Tensor) or images.dim() not in (4, 5):
-        raise ValueError(f"images must be (G*G, C, H, W) or (B, G*G, C, H, W), got {getattr(images, 'shape', type(images).__name__)}")
+        got = getattr(images, "shape", type(images).__name__)
+        raise ValueError(f"images must be (G*G, C, H, W) or (B, G*G, C, H, W), got {got}")
     single = images.dim() == 4
     x = images.unsqueeze(0) if single else images
     b, cells, c, h, w = x.shape

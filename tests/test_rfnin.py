@@ -29,7 +29,7 @@ def test_default_2d_schedule_is_the_thesis():
     layers = net.basis_layers()
     assert [tuple(layer._sigmas) for layer in layers] == [(1, 2, 4, 8), (1, 2, 4), (1, 2), (1,)]
     assert [layer.out_channels for layer in layers] == [96, 256, 384, 1024]
-    assert all(layer.order == 3 for layer in layers) and all(isinstance(l, GaussDerivConv2d) for l in layers)
+    assert all(layer.order == 3 for layer in layers) and all(isinstance(b, GaussDerivConv2d) for b in layers)
     blocks = [b for b in net.features if isinstance(b, RFNiNBlock)]
     assert [sum(isinstance(m, nn.Conv2d) for m in b) for b in blocks] == [2, 2, 2, 2]  # two 1x1 per block
     assert sum(isinstance(m, nn.MaxPool2d) for m in net.features) == 3
@@ -41,7 +41,7 @@ def test_default_3d_schedule_is_the_thesis():
     layers = net.basis_layers()
     assert [tuple(layer._sigmas) for layer in layers] == [(1, 4, 16)] * 3
     assert [layer.out_channels for layer in layers] == [128, 96, 96]
-    assert all(isinstance(l, GaussDerivConv3d) and l.order == 3 for l in layers)
+    assert all(isinstance(b, GaussDerivConv3d) and b.order == 3 for b in layers)
     assert _params(net) == _count(1, 2, (128, 96, 96), ((1,) * 3,) * 3, 3, 1, False, 3)
 
 
