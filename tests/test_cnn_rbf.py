@@ -134,6 +134,25 @@ def test_init_centers_at_cluster_means_of_the_backbone_features():
     assert torch.allclose(m.head.rbf.sigma_values(), r2.mean().sqrt().expand(4))
 
 
+def test_init_centers_fits_the_output_layer_in_closed_form():
+    x, _ = _blobs(2)
+    y = torch.cat([torch.full((25 + 5 * i,), i % 3) for i in range(4)])  # 4 blobs, 3 classes
+    m = CNNRBF(nn.Identity(), 3, 4, metric="diag", kind="gaussian", pool="none", embed_dim=None, feature_dim=2,
+               embed_norm="none", dtype=torch.float64)
+    m.init_centers(x, y, ridge=0.5, seed=0)
+    # eq. 11-13 with a ridge term and an unpenalised bias, solved directly
+    h = m.head.rbf(x).detach()
+    hc, yc = h - h.mean(0), F.one_hot(y, 3).double() - F.one_hot(y, 3).double().mean(0)
+    w = torch.linalg.solve(hc.T @ hc + 0.5 * torch.eye(4, dtype=torch.float64), hc.T @ yc)
+    b = F.one_hot(y, 3).double().mean(0) - h.mean(0) @ w
+    assert torch.allclose(m.head.out.weight, w.T, atol=1e-10) and torch.allclose(m.head.out.bias, b, atol=1e-10)
+    assert (m(x).argmax(1) == y).all()  # well-separated blobs: the closed-form head classifies them
+    with pytest.raises(ValueError, match="labels"):
+        m.init_centers(x, y[:-1])
+    with pytest.raises(ValueError, match="labels"):
+        m.init_centers(x, y + 5)
+
+
 def test_init_centers_from_batches_and_mode_restored():
     x, means = _blobs(1)
     m = CNNRBF(nn.Identity(), 2, 4, metric="none", pool="none", embed_dim=None, feature_dim=2, embed_norm="none",

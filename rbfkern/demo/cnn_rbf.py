@@ -35,8 +35,9 @@ def fit(model: rnn.CNNRBF, data, *, pre_epochs: int, epochs: int, seed: int, pro
     # Stage 1: the backbone with a plain softmax head.
     train.fit(model.softmax_model(), data.x_train, data.y_train, epochs=pre_epochs, lr=2e-3, seed=seed,
               desc="cnn-rbf pretrain", progress=progress)
-    # Stage 2: k-means centres in the embedding space; widths from the distances to them.
-    model.init_centers(data.x_train, seed=seed)
+    # Stage 2: k-means centres in the embedding space; widths from the distances to them; the
+    # output layer in closed form (eq. 11-13), so eq. 14's cross-entropy steers from the start.
+    model.init_centers(data.x_train, data.y_train, seed=seed)
 
     # Stage 3: everything together on eq. (14).
     def loss_fn(m, xb, yb):

@@ -19,6 +19,10 @@ embedding does shrink during joint training and the accuracy suffers. The remedy
    sigma^2 -> s sigma^2 leaves every activation but the ``linear`` and ``thin_plate`` ones
    unchanged and scales the term by s); where the metric's scale drifts down during training,
    fix the width (``learn_sigma=False``).
+3. Collapse onto the centres: with a random output layer the cross-entropy's first gradients
+   carry little, and the unsupervised term can pull every embedding onto a centre within the
+   first epoch (the distances to the nearest centre near 0, the cross-entropy stuck at log K).
+   ``init_centers(data, labels)`` fits the output layer in closed form first (eq. 11-13).
 
 A consequence for retrieval: on layer-normalised embeddings the Euclidean and the cosine
 distance rank identically (every row has zero mean and norm sqrt(D)).
@@ -33,9 +37,12 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kmeans import init_centers as _init_centers
+from ..ops import _checks
+from ..ridge import Ridge
 from .rbf import RBFClassifier, _positive_int
 
 POOLS = ("avg", "max", "flatten", "none")
@@ -182,18 +189,40 @@ class CNNRBF(nn.Module):
         return torch.cat(parts)
 
     @torch.no_grad()
-    def init_centers(self, data: Tensor | Iterable, *, method: str = "kmeans++", set_sigma: bool = True,
-                     seed: int = 0, n_init: int = 1, max_iter: int = 100, batch_size: int = 512) -> float:
+    def init_centers(self, data: Tensor | Iterable, labels: Tensor | None = None, *, method: str = "kmeans++",
+                     set_sigma: bool = True, ridge: float = 1e-3, seed: int = 0, n_init: int = 1,
+                     max_iter: int = 100, batch_size: int = 512) -> float:
         """k-means of the backbone's embeddings of ``data`` (a tensor of inputs or an iterable of
         batches) places the centres (Section III, Section IV "Initialization"); returns the
-        inertia. ``set_sigma``: also set the width to the root mean squared distance of the
-        embeddings to the centres, so the activations start in their sensitive range."""
+        inertia.
+
+        ``set_sigma``: also set the width to the root mean squared distance of the embeddings to
+        the centres, so the activations start in their sensitive range. ``labels`` ((N,) classes
+        of ``data``): also fit the output layer in closed form, ridge regression of the one-hot
+        labels on the activations (eq. 11-13, with ``ridge`` for alpha; the bias unpenalised)
+        instead of leaving it random. The paper skips this at ImageNet scale; where it fits, it
+        gives the cross-entropy of eq. 14 an informative gradient from the first step, before
+        the unsupervised term can pull every embedding onto the centres.
+        """
         emb = self.embeddings(data, batch_size=batch_size)
         rbf = self.head.rbf
         inertia = _init_centers(rbf, emb, method, seed=seed, n_init=n_init, max_iter=max_iter)
         if set_sigma:
             rbf.set_sigma(float(rbf.r2(emb).mean().clamp_min(1e-12).sqrt()))
+        if labels is not None:
+            self._fit_output(rbf(emb), labels, ridge)
         return inertia
+
+    def _fit_output(self, act: Tensor, labels, ridge: float) -> None:
+        y = torch.as_tensor(labels, device=act.device)
+        k = self.num_classes
+        if y.is_floating_point() or tuple(y.shape) != (act.shape[0],) or bool(((y < 0) | (y >= k)).any()):
+            raise ValueError(f"labels must be ({act.shape[0]},) classes in [0, {k}) (one per sample of data), "
+                             f"got shape {tuple(y.shape)} dtype {y.dtype}")
+        w, b = Ridge(act, F.one_hot(y.long(), k)).weights(_checks.finite_float("ridge", ridge, positive=True))
+        out = self.head.out
+        out.weight.copy_(w.T.to(out.weight))
+        out.bias.copy_(b.to(out.bias))
 
 
 __all__ = ["CNNRBF"]
