@@ -6,11 +6,11 @@ Section IV, Fig. 1).
 
 The loss is eq. (14): cross-entropy + lam * the k-means objective (eq. 10) in the learned metric.
 
-**Recipe: keep eq. (14) from shrinking the scale.** The unsupervised term is a squared distance,
+**Recipe: keep eq. (14) from shrinking or collapsing the embedding.** The unsupervised term is a squared distance,
 and nothing in eq. (1)-(2) fixes the scale it is measured in: the backbone can scale every
 embedding and centre by s < 1, which multiplies the term by s^2 while a wider activation (or the
 output layer) keeps the decisions. Trained as the paper says (a plain linear projection), the
-embedding does shrink during joint training and the accuracy suffers. The remedy used here:
+embedding does shrink during joint training and the accuracy suffers. What helps:
 
 1. ``embed_norm="layernorm"`` (default): a LayerNorm without affine parameters after the
    projection puts every embedding at zero mean and unit variance over its D features
