@@ -236,6 +236,8 @@ def grid_pointing_game(model: nn.Module, images: Tensor, targets, smooth: int = 
 
     Returns:
         (B, G*G) scores; ``.mean()`` is the localisation metric.
+
+    All B * G*G explanations run as one batch: for large images pass a few groups per call.
     """
     grids = image_grid(images)
     if grids.dim() == 3:  # one group
