@@ -1,4 +1,4 @@
-"""Command line: ``python -m rbfkern info | demo | bench | gpucheck | mcu ...``."""
+"""Command line: ``python -m rbfkern info | demo | reproduce | bench | gpucheck | mcu ...``."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,13 @@ def _demo(args) -> int:
     return 0
 
 
+def _reproduce(args) -> int:
+    from rbfkern.reproduce import run
+
+    run(quick=args.quick, seeds=args.seeds, out=args.out, progress=not args.no_progress, threads=args.threads)
+    return 0
+
+
 def _bench(args) -> int:
     from rbfkern import bench
 
@@ -54,6 +61,13 @@ def main(argv=None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(fn=_demo)
+    rep = sub.add_parser("reproduce", help="the papers' claims on the digits, seed-averaged, as a table (minutes)")
+    rep.add_argument("--quick", action="store_true", help="fewer seeds, sizes and epochs: under 3 minutes on 2 cores")
+    rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3 with --quick, else 5)")
+    rep.add_argument("--out", default=None, help="also write reproduce.txt and reproduce.json to this folder")
+    rep.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest for 8x8 digits)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep.set_defaults(fn=_reproduce)
     bench = sub.add_parser("bench", help="headline benchmark cases: fused vs naive vs peers (source checkout)")
     bench.add_argument("--quick", action="store_true", help="small shapes, fewer rounds")
     bench.add_argument("--json", help="also write the rows as JSON to this file")

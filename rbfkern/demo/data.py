@@ -28,11 +28,20 @@ def load(seed: int = 0, test_size: float = 0.3) -> Digits:
 
 def subset(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
     """A class-balanced random fraction of (x, y)."""
+    keep = _per_class(y, lambda n: max(1, int(round(fraction * n))), seed)
+    return x[keep], y[keep]
+
+
+def per_class(x: torch.Tensor, y: torch.Tensor, n: int, seed: int):
+    """n random samples of every class (all of a class that has fewer)."""
+    keep = _per_class(y, lambda _: n, seed)
+    return x[keep], y[keep]
+
+
+def _per_class(y: torch.Tensor, count, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     keep = []
     for c in y.unique():
         idx = (y == c).nonzero().flatten()
-        n = max(1, int(round(fraction * len(idx))))
-        keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
-    keep = torch.cat(keep).sort().values
-    return x[keep], y[keep]
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:count(len(idx))]])
+    return torch.cat(keep).sort().values

@@ -6,4 +6,6 @@ from ..retrieval import similar  # noqa: F401
 from .bcos import AddInverse, BcosConv2d, BcosLinear, LogitLayer, convert_to_bcos, explanation_mode  # noqa: F401
 from .bcos_models import from_bcos  # noqa: F401
 from .bcos_loss import BcosBCELoss, bcos_bce_loss  # noqa: F401
-from .gauss_deriv import GaussDerivConv2d, GaussDerivConv3d, RFNiNBlock  # noqa: F401
+from .gauss_deriv import GaussDerivConv2d, GaussDerivConv3d  # noqa: F401
+from .rfnin import RFNiN, RFNiNBlock  # noqa: F401
+from .cnn_rbf import CNNRBF  # noqa: F401

@@ -2,8 +2,8 @@
 
 ``GaussDerivConv2d`` learns alpha, the weights of a fixed, steerable basis (eq. 23); its filters
 are smooth by construction and can be inspected (``effective_weight``) and rotated analytically
-(``steer``, eq. 22 of ch. 3 extended to every order). ``RFNiNBlock`` is the thesis' RFNiN unit:
-basis layer, then 1x1 convolutions with nonlinearities (ch. 3.3.4).
+(``steer``, eq. 22 of ch. 3 extended to every order). The thesis' RFNiN network and its unit
+are in :mod:`rbfkern.nn.rfnin`.
 """
 from __future__ import annotations
 
@@ -145,18 +145,5 @@ class GaussDerivConv3d(_GaussDerivBase):
         return ops.gauss_deriv_conv3d(x, self.alpha, self.sigmas, **self._kw())
 
 
-class RFNiNBlock(nn.Sequential):
-    """One RFNiN unit (thesis ch. 3.3.4): the structured basis layer replaces NiN's spatial
-    convolution, followed by two 1x1 convolutions, each with batch norm and ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, order: int = 3, sigmas=(1.0,), **kw):
-        super().__init__(
-            GaussDerivConv2d(in_channels, out_channels, order=order, sigmas=sigmas, **kw),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 1), nn.ReLU(inplace=True),
-        )
-
-
-__all__ = ["GaussDerivConv2d", "GaussDerivConv3d", "RFNiNBlock"]
+__all__ = ["GaussDerivConv2d", "GaussDerivConv3d"]
 
