@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "cpu/rbf.h"
 #include "registry.h"
 
@@ -244,5 +245,5 @@ PYBIND11_MODULE(_C, m) {
         py::arg("nthreads"),
         "Fused RBF backward from the saved r2: fills each of gx (N,D), gc (C,D), gmetric (metric's\n"
         "shape; tril upper triangle 0) and gsigma (C,) that is not None.");
-  m.def("rbf_isa", &rbfkern::cpu::rbf_isa_name, "Instruction set the CPU kernels dispatch to.");
+  m.def("rbf_isa", &rbfkern::cpu::cpu_isa_name, "Instruction set the CPU kernels dispatch to.");
 }

@@ -1,4 +1,4 @@
-// pybind11 bindings of the B-cos CPU kernels (csrc/cpu/bcos.cpp), registered through
+// pybind11 bindings of the B-cos CPU kernels (csrc/cpu/bcos.h), registered through
 // csrc/registry.h. Buffers are contiguous numpy views of torch tensors allocated in Python;
 // every size is checked against the geometry here, once, before the GIL is released.
 #include <pybind11/numpy.h>
@@ -10,28 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "cpu/bcos.h"
 #include "registry.h"
 
 namespace py = pybind11;
 
 namespace rbfkern {
-
-#define RBFKERN_BCOS_DECL(T, SUF)                                                               \
-  void bcos_fwd_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
-                      const T* l, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt); \
-  bool bcos_fwd_direct_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
-                             const T* w, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save,  \
-                             int64_t chunk_bytes, int nt);                                       \
-  void bcos_bwd_epilogue_##SUF(const int64_t* geom, double b, double eps_out, const T* gy,     \
-                               const T* lmax, const uint8_t* idx, const T* root, const T* ws,   \
-                               T* gl, T* q, bool explain, bool need_q, int nt);                 \
-  void bcos_bwd_norm_##SUF(const int64_t* geom, const T* x, const T* q, const T* gsrc, T* gx, int nt); \
-  void bcos_weight_scale_##SUF(const T* w, T* ws, int64_t R, int64_t K);                         \
-  void bcos_weight_grad_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K);             \
-  void bcos_wgrad_det_##SUF(const int64_t* geom, const T* gl, const T* x, T* gw, int nt);
-RBFKERN_BCOS_DECL(float, f32)
-RBFKERN_BCOS_DECL(double, f64)
-#undef RBFKERN_BCOS_DECL
 
 namespace {
 
@@ -98,9 +82,9 @@ void fwd_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::ar
   const FwdOut<T> o(s, b, y, lmax, idx, root, save);
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    bcos_fwd_f32(g.data(), b, ei, eo, xp, lp, wsp, o.y, o.lmax, o.idx, o.root, save, nt);
+    cpu::bcos_forward<float>(cpu::BcosGeom::from_list(g.data()), b, ei, eo, xp, lp, wsp, o.y, o.lmax, o.idx, o.root, save, nt);
   else
-    bcos_fwd_f64(g.data(), b, ei, eo, xp, lp, wsp, o.y, o.lmax, o.idx, o.root, save, nt);
+    cpu::bcos_forward<double>(cpu::BcosGeom::from_list(g.data()), b, ei, eo, xp, lp, wsp, o.y, o.lmax, o.idx, o.root, save, nt);
 }
 
 // The direct-convolution forward (csrc/cpu/bcos_direct.h): the raw weight w instead of the map l.
@@ -115,9 +99,9 @@ bool direct_t(const std::vector<int64_t>& g, double b, double ei, double eo, py:
   const FwdOut<T> o(s, b, y, lmax, idx, root, save);
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    return bcos_fwd_direct_f32(g.data(), b, ei, eo, xp, wp, wsp, o.y, o.lmax, o.idx, o.root, save, chunk_bytes, nt);
+    return cpu::bcos_forward_direct<float>(cpu::BcosGeom::from_list(g.data()), b, ei, eo, xp, wp, wsp, o.y, o.lmax, o.idx, o.root, save, chunk_bytes, nt);
   else
-    return bcos_fwd_direct_f64(g.data(), b, ei, eo, xp, wp, wsp, o.y, o.lmax, o.idx, o.root, save, chunk_bytes, nt);
+    return cpu::bcos_forward_direct<double>(cpu::BcosGeom::from_list(g.data()), b, ei, eo, xp, wp, wsp, o.y, o.lmax, o.idx, o.root, save, chunk_bytes, nt);
 }
 
 template <typename T>
@@ -134,9 +118,9 @@ void bwd_t(const std::vector<int64_t>& g, double b, double eo, py::array gy, py:
   T* qp = opt_ptr<T>(q, s.norm, "q");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    bcos_bwd_epilogue_f32(g.data(), b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
+    cpu::bcos_backward_epilogue<float>(cpu::BcosGeom::from_list(g.data()), b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
   else
-    bcos_bwd_epilogue_f64(g.data(), b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
+    cpu::bcos_backward_epilogue<double>(cpu::BcosGeom::from_list(g.data()), b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
 }
 
 template <typename T>
@@ -148,9 +132,9 @@ void norm_t(const std::vector<int64_t>& g, py::array x, py::array q, py::array g
   T* gp = ptr<T>(gx, s.x, "grad_x");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    bcos_bwd_norm_f32(g.data(), xp, qp, sp, gp, nt);
+    cpu::bcos_backward_norm<float>(cpu::BcosGeom::from_list(g.data()), xp, qp, sp, gp, nt);
   else
-    bcos_bwd_norm_f64(g.data(), xp, qp, sp, gp, nt);
+    cpu::bcos_backward_norm<double>(cpu::BcosGeom::from_list(g.data()), xp, qp, sp, gp, nt);
 }
 
 // Weight rows: w, g, out (R, K) contiguous, same dtype; out (R,) for the scales.
@@ -163,9 +147,9 @@ void weight_t(py::array w, py::object g, py::array out) {
   T* op = ptr<T>(out, gp ? R * K : R, "out");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4) {
-    if (gp) bcos_weight_grad_f32(wp, gp, op, R, K); else bcos_weight_scale_f32(wp, op, R, K);
+    if (gp) cpu::bcos_weight_grad<float>(wp, gp, op, R, K); else cpu::bcos_weight_scale<float>(wp, op, R, K);
   } else {
-    if (gp) bcos_weight_grad_f64(wp, gp, op, R, K); else bcos_weight_scale_f64(wp, op, R, K);
+    if (gp) cpu::bcos_weight_grad<double>(wp, gp, op, R, K); else cpu::bcos_weight_scale<double>(wp, op, R, K);
   }
 }
 
@@ -177,9 +161,9 @@ void wgrad_det_t(const std::vector<int64_t>& g, py::array gl, py::array x, py::a
   T* gwp = ptr<T>(gw, s.w, "grad_weight");
   py::gil_scoped_release nogil;
   if constexpr (sizeof(T) == 4)
-    bcos_wgrad_det_f32(g.data(), glp, xp, gwp, nt);
+    cpu::bcos_weight_grad_deterministic<float>(cpu::BcosGeom::from_list(g.data()), glp, xp, gwp, nt);
   else
-    bcos_wgrad_det_f64(g.data(), glp, xp, gwp, nt);
+    cpu::bcos_weight_grad_deterministic<double>(cpu::BcosGeom::from_list(g.data()), glp, xp, gwp, nt);
 }
 
 bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }

@@ -7,35 +7,12 @@
 #include <cstdint>
 #include <string>
 
+#include "cpu/gauss_deriv.h"
 #include "registry.h"
 
 namespace py = pybind11;
 
 namespace rbfkern {
-namespace cpu {
-
-// Must stay token-identical to the definition in gauss_deriv.cpp (one definition rule).
-template <class T>
-struct GdProblem {
-  int64_t N = 0, Ci = 0, H = 0, W = 0, Co = 0, S = 0, O1 = 0, M = 0, K = 0;
-  int64_t stride = 1, pad = 0, Ho = 0, Wo = 0;
-  int64_t D = 1, Do = 1;  // depth (3D problems only)
-  const T* x = nullptr;
-  const T* A = nullptr;
-  const T* f = nullptr;
-  const int64_t* pq = nullptr;
-};
-
-template <class T>
-void gauss_deriv2d_forward(const GdProblem<T>& p, T* out, int nthreads);
-template <class T>
-void gauss_deriv2d_backward(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf, int nthreads);
-template <class T>
-void gauss_deriv3d_forward(const GdProblem<T>& p, T* out, int nthreads);
-template <class T>
-void gauss_deriv3d_backward(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf, int nthreads);
-
-}  // namespace cpu
 
 namespace {
 

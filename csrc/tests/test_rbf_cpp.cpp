@@ -1,7 +1,7 @@
 // Standalone test of the fused RBF CPU kernels against a straightforward double loop.
 //
 //   g++ -O1 -g -std=c++17 -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined
-//       -Icsrc csrc/tests/test_rbf_cpp.cpp csrc/cpu/rbf.cpp -o /tmp/test_rbf_cpp && /tmp/test_rbf_cpp
+//       -Icsrc csrc/tests/test_rbf_cpp.cpp csrc/cpu/rbf.cpp csrc/cpu/isa.cpp -o /tmp/test_rbf_cpp && /tmp/test_rbf_cpp
 //
 // Covers every metric form (none, diag, diag shared, tril, tril shared), every activation, float
 // and double, odd sizes, null outputs, N = 0 / C = 0, each instruction-set clone the CPU has, and
@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "cpu/rbf.h"
 
 using rbfkern::cpu::RbfProblem;
@@ -252,8 +253,8 @@ int main() {
   } metrics[] = {{0, false}, {1, false}, {1, true}, {2, false}, {2, true}};
   const char* isas[] = {"avx512", "avx2", "default"};
   for (const char* isa : isas) {
-    setenv("RBFKERN_CPU_ISA", isa, 1);
-    if (std::string(rbfkern::cpu::rbf_isa_name()) != isa) {
+    rbfkern::cpu::recap_cpu_isa(isa);
+    if (std::string(rbfkern::cpu::cpu_isa_name()) != isa) {
       std::printf("skip isa %s (cpu lacks it)\n", isa);
       continue;
     }
