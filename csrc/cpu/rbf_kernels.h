@@ -13,8 +13,9 @@
 //             pass 2, parallel over blocks of 16 centres: S1 = sum_n G (x - c), S2 = sum_n G (x-c)^2
 //             vectorised over d, micro-kernel 4 centres x 1 vector of d, loop over rows; partial
 //             sums of each 256-row block go into double accumulators.
-// Tril metric: u = diff^T L vectorised over k (rows of L packed with the upper triangle zeroed),
-//   gx via L^T packed likewise, gL as a rank-N update Diff^T diag(G) U, lower triangle only.
+// Tril metric: rows in the vector lanes (a row block held transposed), u = (x - c_j) L_j once per
+//   row block and centre, in the backward for all four gradients (gL lower triangle only);
+//   centres in groups that bound the backward's partials (backward_tril).
 // G (and df/dsigma) is recomputed from the saved r2 inside each tile; it never goes to memory.
 // Every block's work is independent of the thread count, and cross-block sums (shared metrics)
 // run in block order, so results are bitwise identical for any nthreads.
@@ -285,27 +286,6 @@ RBFKERN_INLINE T diag_w(const RbfProblem<T>& p, int64_t j, int64_t d) {
   return p.metric_shared ? p.metric[d] : p.metric[j * p.D + d];
 }
 
-// Tril factor of centre j (or the shared one), packed as rows [d][Dq] with k > d zeroed (Lr) and
-// as columns [k][Dq] with d < k zeroed (LT[k][d] = L[d][k]).
-template <class T>
-static void pack_tril(const RbfProblem<T>& p, int64_t Dq, std::vector<T>& Lr, std::vector<T>* LT) {
-  const int64_t D = p.D;
-  const int64_t nmat = p.metric_shared ? 1 : p.C;
-  Lr.assign((size_t)(nmat * D * Dq), T(0));
-  if (LT) LT->assign((size_t)(nmat * D * Dq), T(0));
-  for (int64_t m = 0; m < nmat; ++m) {
-    const T* Lm = p.metric + m * D * D;
-    T* lr = Lr.data() + m * D * Dq;
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t k = 0; k <= d; ++k) lr[d * Dq + k] = Lm[d * D + k];
-    if (LT) {
-      T* lt = LT->data() + m * D * Dq;
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t k = 0; k <= d; ++k) lt[k * Dq + d] = Lm[d * D + k];
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Forward, diag / none metric
 // ---------------------------------------------------------------------------------------------
@@ -387,46 +367,6 @@ static void forward_diag(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
 // ---------------------------------------------------------------------------------------------
 // Forward, tril metric
 // ---------------------------------------------------------------------------------------------
-// u[r][v] = sum_{d >= k0} dif[r][d] * Lr[d][k0 + v*L ...], for R rows (stride ldd) and NV vectors
-// of k starting at k0.
-template <class T, int R, int NV>
-RBFKERN_INLINE void tril_u_micro(const T* dif, int64_t ldd, int64_t D, const T* Lr, int64_t Dq,
-                             int64_t k0, typename VT<T>::V (&u)[R][2]) {
-  typedef typename VT<T>::V V;
-  constexpr int L = VT<T>::L;
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) u[r][v] = vbcast<T>(T(0));
-  // L[d][k] = 0 for k > d: rows d < k0 + L only reach the first vector.
-  const int64_t dsplit = NV == 2 ? std::min<int64_t>(D, k0 + L) : k0;
-  for (int64_t d = k0; d < dsplit; ++d) {
-    const V l0 = vload(Lr + d * Dq + k0);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) u[r][0] += vbcast<T>(dif[r * ldd + d]) * l0;
-  }
-  for (int64_t d = dsplit; d < D; ++d) {
-    V l[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) l[v] = vload(Lr + d * Dq + k0 + v * L);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const V db = vbcast<T>(dif[r * ldd + d]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) u[r][v] += db * l[v];
-    }
-  }
-}
-
-// dif[r][0..Dq) = xs[r] - c (both zero padded beyond D).
-template <class T>
-RBFKERN_INLINE void diff_rows(const T* xs, const T* c, int64_t rows, int64_t Dq, T* dif) {
-  typedef typename VT<T>::V V;
-  constexpr int L = VT<T>::L;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < Dq; d += L) vstore(dif + r * Dq + d, V(vload(xs + r * Dq + d) - vload(c + d)));
-}
-
 // Tril kernels with rows in the vector lanes: a block of rows is held transposed (DT[d][n]), so
 // u_k = sum_{d >= k} dif_d L[d][k] costs exactly D(D+1)/2 vector FMAs per L rows, each with one
 // broadcast of L[d][k], and r2 = sum_k u_k^2 needs no horizontal sum. D is padded to Dk (a
@@ -820,249 +760,27 @@ static void backward_diag(const RbfProblem<T>& p, const ActParams<T>& A, const T
 // ---------------------------------------------------------------------------------------------
 // Backward, tril metric
 // ---------------------------------------------------------------------------------------------
-// U[r][k] = sum_{d >= k} dif[r][d] L[d][k] for `rows` rows (multiple of R), scaled per row by
-// scale[r] (nullptr: 1).
-template <class T, int R>
-static void tril_u_rows(const T* dif, int64_t rows, int64_t D, int64_t Dq, const T* Lj, const T* scale,
-                        T* U) {
-  typedef typename VT<T>::V V;
-  constexpr int L = VT<T>::L;
-  const int64_t nq = Dq / L;
-  for (int64_t r0 = 0; r0 < rows; r0 += R) {
-    V u[R][2];
-    for (int64_t kv = 0; kv < nq; kv += 2) {
-      const int nv = (nq - kv >= 2) ? 2 : 1;
-      if (nv == 2)
-        tril_u_micro<T, R, 2>(dif + r0 * Dq, Dq, D, Lj, Dq, kv * L, u);
-      else
-        tril_u_micro<T, R, 1>(dif + r0 * Dq, Dq, D, Lj, Dq, kv * L, u);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) {
-        const T s = scale ? scale[r0 + r] : T(1);
-        for (int v = 0; v < nv; ++v) vstore(U + (r0 + r) * Dq + (kv + v) * L, V(u[r][v] * s));
-      }
-    }
-  }
-}
-
-// GX[r][d] += sum_{k <= d} W[r][k] L[d][k] for R rows and NV vectors of d from dv0; LT[k][d].
-template <class T, int R, int NV>
-RBFKERN_INLINE void tril_gx_micro(const T* W, T* GX, int64_t Dq, int64_t D, const T* LT, int64_t dv0) {
-  typedef typename VT<T>::V V;
-  constexpr int L = VT<T>::L;
-  V acc[R][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) acc[r][v] = vload(GX + r * Dq + dv0 + v * L);
-  // LT[k][d] = 0 for d < k: columns k >= dv0 + L only reach the second vector.
-  const int64_t kmax = std::min<int64_t>(D, dv0 + NV * L);
-  const int64_t ksplit = NV == 2 ? std::min<int64_t>(kmax, dv0 + L) : kmax;
-  for (int64_t k = 0; k < ksplit; ++k) {
-    V l[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) l[v] = vload(LT + k * Dq + dv0 + v * L);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const V wb = vbcast<T>(W[r * Dq + k]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[r][v] += wb * l[v];
-    }
-  }
-  for (int64_t k = ksplit; k < kmax; ++k) {
-    const V l1 = vload(LT + k * Dq + dv0 + (NV - 1) * L);
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) acc[r][NV - 1] += vbcast<T>(W[r * Dq + k]) * l1;
-  }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) vstore(GX + r * Dq + dv0 + v * L, acc[r][v]);
-}
-
-// acc[d][k] = sum_n dif[n][d0+d] W[n][k0 + ...] for DR rows of d and NV vectors of k.
-template <class T, int DR, int NV>
-RBFKERN_INLINE void tril_gl_micro(const T* dif, const T* W, int64_t Dq, int64_t nn, int64_t d0, int64_t k0,
-                              typename VT<T>::V (&acc)[DR][2]) {
-  typedef typename VT<T>::V V;
-  constexpr int L = VT<T>::L;
-#pragma GCC unroll 16
-  for (int i = 0; i < DR; ++i)
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) acc[i][v] = vbcast<T>(T(0));
-  for (int64_t n = 0; n < nn; ++n) {
-    V w[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) w[v] = vload(W + n * Dq + k0 + v * L);
-#pragma GCC unroll 16
-    for (int i = 0; i < DR; ++i) {
-      const V db = vbcast<T>(dif[n * Dq + d0 + i]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[i][v] += db * w[v];
-    }
-  }
-}
-
-template <class T>
-static void backward_tril(const RbfProblem<T>& p, const ActParams<T>& A, const T* xp, int64_t Dq,
-                          const T* r2, const T* ga, const T* gr, T* gx, T* gc, T* gmetric, T* gsigma,
-                          int nthreads) {
-  typedef typename VT<T>::V V;
-  constexpr int L = VT<T>::L;
-  const int64_t N = p.N, C = p.C, D = p.D;
-  const int64_t nq = Dq / L;
-  std::vector<T> Lr, LT;
-  pack_tril<T>(p, Dq, Lr, gx ? &LT : nullptr);
-  std::vector<T> cp((size_t)(C * Dq), T(0));
-  for (int64_t j = 0; j < C; ++j) std::memcpy(cp.data() + j * Dq, p.centers + j * D, sizeof(T) * (size_t)D);
-  auto Lof = [&](const std::vector<T>& M, int64_t j) { return M.data() + (p.metric_shared ? 0 : j * D * Dq); };
-
-  // Pass 1: gx, parallel over row blocks. gx[n] = sum_j 2 G[n][j] L_j u_nj.
-  if (gx) {
-    constexpr int R = 6;
-    constexpr int64_t RB = 48;
-    const int64_t nrb = simd::cdiv(N, RB);
-#pragma omp parallel num_threads(nthreads)
-    {
-      std::vector<T> xs((size_t)(RB * Dq)), dif((size_t)(RB * Dq)), W((size_t)(RB * Dq)),
-          GX((size_t)(RB * Dq)), Gt((size_t)(RB * std::max<int64_t>(C, 1))), gcol((size_t)RB);
-#pragma omp for schedule(static)
-      for (int64_t rb = 0; rb < nrb; ++rb) {
-        const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
-        const int64_t rows = simd::round_up(nr, R);
-        pack_rows(xp, Dq, n0, nr, rows, Dq, xs.data());
-        grad_tile(A, 0, 1, nr, C, r2 + n0 * C, ga ? ga + n0 * C : nullptr, gr ? gr + n0 * C : nullptr, C,
-                  Gt.data(), (T*)nullptr, C);
-        std::fill(GX.begin(), GX.end(), T(0));
-        for (int64_t j = 0; j < C; ++j) {
-          for (int64_t r = 0; r < rows; ++r) gcol[r] = r < nr ? T(2) * Gt[r * C + j] : T(0);
-          diff_rows(xs.data(), cp.data() + j * Dq, rows, Dq, dif.data());
-          tril_u_rows<T, R>(dif.data(), rows, D, Dq, Lof(Lr, j), gcol.data(), W.data());
-          const T* LTj = Lof(LT, j);
-          for (int64_t r0 = 0; r0 < rows; r0 += R)
-            for (int64_t dv = 0; dv < nq; dv += 2) {
-              if (nq - dv >= 2)
-                tril_gx_micro<T, R, 2>(W.data() + r0 * Dq, GX.data() + r0 * Dq, Dq, D, LTj, dv * L);
-              else
-                tril_gx_micro<T, R, 1>(W.data() + r0 * Dq, GX.data() + r0 * Dq, Dq, D, LTj, dv * L);
-            }
-        }
-        for (int64_t r = 0; r < nr; ++r) std::memcpy(gx + (n0 + r) * D, GX.data() + r * Dq, sizeof(T) * (size_t)D);
-      }
-    }
-  }
-
-  // Pass 2: gc, gL, gsigma, parallel over blocks of centres.
-  if (!(gc || gmetric || gsigma)) return;
-  constexpr int R = 6, DR = 8;
-  constexpr int64_t KB = 4, NB = 192;  // NB multiple of R
-  const int64_t nkb = simd::cdiv(C, KB);
-  const int64_t DD = D * Dq;
-  const bool shared = p.metric_shared;
-  std::vector<double> partial((gmetric && shared) ? (size_t)(nkb * DD) : 0, 0.0);
-  const bool want_dsig = gsigma != nullptr && ga != nullptr && rbf_kind_uses_sigma(A.kind);
-#pragma omp parallel num_threads(nthreads)
-  {
-    std::vector<T> dif((size_t)(NB * Dq)), W((size_t)(NB * Dq)), r2c((size_t)NB), gac((size_t)NB),
-        grc((size_t)NB), Gc((size_t)NB), Sc((size_t)NB), Ssum((size_t)Dq);
-    std::vector<double> gL(gmetric ? (size_t)DD : 0), S((size_t)Dq);
-#pragma omp for schedule(static)
-    for (int64_t kb = 0; kb < nkb; ++kb) {
-      const int64_t j0 = kb * KB, nk = std::min(KB, C - j0);
-      if (gmetric) std::fill(gL.begin(), gL.end(), 0.0);
-      for (int64_t j = j0; j < j0 + nk; ++j) {
-        if (gmetric && !shared) std::fill(gL.begin(), gL.end(), 0.0);
-        std::fill(S.begin(), S.end(), 0.0);
-        double gs = 0.0;
-        const T* Lj = Lof(Lr, j);
-        for (int64_t n0 = 0; n0 < N; n0 += NB) {
-          const int64_t nn = std::min(NB, N - n0);
-          const int64_t rows = simd::round_up(nn, R);
-          for (int64_t n = 0; n < nn; ++n) {
-            const int64_t o = (n0 + n) * C + j;
-            r2c[n] = r2[o];
-            if (ga) gac[n] = ga[o];
-            if (gr) grc[n] = gr[o];
-          }
-          grad_tile(A, j, 0, nn, 1, r2c.data(), ga ? gac.data() : nullptr, gr ? grc.data() : nullptr, 1,
-                    Gc.data(), want_dsig ? Sc.data() : nullptr, 1);
-          if (want_dsig)
-            for (int64_t n = 0; n < nn; ++n) gs += (double)Sc[n];
-          if (!(gc || gmetric)) continue;
-          std::fill(Gc.data() + nn, Gc.data() + rows, T(0));
-          // dif rows straight from the padded x (rows beyond nn read as zero G, but must exist).
-          for (int64_t n = 0; n < rows; ++n) {
-            const T* xr = xp + (n0 + std::min(n, nn - 1)) * Dq;
-            for (int64_t d = 0; d < Dq; d += L)
-              vstore(dif.data() + n * Dq + d, V(vload(xr + d) - vload(cp.data() + j * Dq + d)));
-          }
-          tril_u_rows<T, R>(dif.data(), rows, D, Dq, Lj, Gc.data(), W.data());  // W = G u
-          // S += sum_n W[n]
-          for (int64_t kv = 0; kv < nq; ++kv) {
-            V s = vbcast<T>(T(0));
-            for (int64_t n = 0; n < nn; ++n) s += vload(W.data() + n * Dq + kv * L);
-            vstore(Ssum.data() + kv * L, s);
-          }
-          for (int64_t k = 0; k < D; ++k) S[k] += (double)Ssum[k];
-          // gL[d][k] += sum_n dif[n][d] W[n][k], k <= d
-          if (gmetric) {
-            for (int64_t d0 = 0; d0 < D; d0 += DR) {
-              const int64_t nkv = simd::cdiv(std::min<int64_t>(D, d0 + DR), L);
-              for (int64_t kv = 0; kv < nkv; kv += 2) {
-                V acc[DR][2];
-                const int nv = (nkv - kv >= 2) ? 2 : 1;
-                if (nv == 2)
-                  tril_gl_micro<T, DR, 2>(dif.data(), W.data(), Dq, nn, d0, kv * L, acc);
-                else
-                  tril_gl_micro<T, DR, 1>(dif.data(), W.data(), Dq, nn, d0, kv * L, acc);
-                for (int i = 0; i < DR && d0 + i < D; ++i)
-                  for (int v = 0; v < nv; ++v) {
-                    double* g = gL.data() + (d0 + i) * Dq + (kv + v) * L;
-                    for (int t = 0; t < L; ++t) g[t] += (double)acc[i][v][t];
-                  }
-              }
-            }
-          }
-        }
-        if (gc) {
-          const T* Lm = p.metric + (shared ? 0 : j * D * D);
-          for (int64_t d = 0; d < D; ++d) {
-            double s = 0.0;
-            for (int64_t k = 0; k <= d; ++k) s += (double)Lm[d * D + k] * S[k];
-            gc[j * D + d] = (T)(-2.0 * s);
-          }
-        }
-        if (gmetric && !shared) {
-          T* gm = gmetric + j * D * D;
-          for (int64_t d = 0; d < D; ++d)
-            for (int64_t k = 0; k < D; ++k) gm[d * D + k] = k <= d ? (T)(2.0 * gL[d * Dq + k]) : T(0);
-        }
-        if (gsigma) gsigma[j] = (T)gs;
-      }
-      if (gmetric && shared) std::copy(gL.begin(), gL.end(), partial.begin() + kb * DD);
-    }
-  }
-  if (gmetric && shared) {
-    for (int64_t d = 0; d < D; ++d)
-      for (int64_t k = 0; k < D; ++k) {
-        double s = 0.0;
-        if (k <= d)
-          for (int64_t kb = 0; kb < nkb; ++kb) s += partial[(size_t)(kb * DD + d * Dq + k)];
-        gmetric[d * D + k] = (T)(2.0 * s);
-      }
-  }
-}
-
-// Tril backward in one pass over row blocks, rows in lanes (see trilT_u_micro). Per row block and
-// centre j: W = G u (u computed once), gx += 2 L_j W, S_j += sum_n W, gL_j += sum_n dif_n W_n.
+// One pass over row blocks, rows in lanes (see trilT_u_micro). Per row block and centre j:
+// W = G u (u computed once), gx += 2 L_j W, S_j += sum_n W, gL_j += sum_n dif_n W_n.
 // Row blocks are grouped into a fixed number of chunks (from N only); each chunk owns double
-// partials of S, gL and gsigma, summed in chunk order at the end, so the result does not depend
-// on the thread count. Returns false (nothing written) when those partials would be too large;
-// the caller then uses backward_tril (parallel over centres).
+// partials of S, gL and gsigma, summed in chunk order at the end. Centres go in groups (from C,
+// D and the metric form only) so that those partials stay within kTrilPartialBytes at any size;
+// between groups gx keeps its running sums (in order), so no result depends on the thread count.
+constexpr int64_t kTrilPartialBytes = int64_t(96) << 20;  // all chunks' double partials of a group
+constexpr int64_t kTrilGroupMax = 256;  // centres per group at most (a multiple of kTrilFlush)
+
+// Centres per group: the most (a multiple of kTrilFlush, at least kTrilFlush) whose partials fit.
+inline int64_t tril_group(int64_t C, int64_t Dk, int64_t Dq, int64_t nch, bool shared, bool want_gl) {
+  const int64_t fixed = want_gl && shared ? Dk * Dq : 0;               // one shared gL
+  const int64_t per_centre = (want_gl && !shared ? Dk * Dq : 0) + Dk + 1;  // gL_j, S_j, gsigma_j
+  const int64_t room = kTrilPartialBytes / (int64_t)sizeof(double) / nch - fixed;
+  const int64_t fit = room / per_centre / kTrilFlush * kTrilFlush;
+  return std::min(std::max(fit, kTrilFlush), std::min(kTrilGroupMax, simd::round_up(C, kTrilFlush)));
+}
+
 template <class T>
-static bool backward_tril_rows(const RbfProblem<T>& p, const ActParams<T>& A, const T* xp, int64_t Dq,
-                               const T* r2, const T* ga, const T* gr, T* gx, T* gc, T* gmetric, T* gsigma,
-                               int nthreads) {
+static void backward_tril(const RbfProblem<T>& p, const ActParams<T>& A, const T* xp, int64_t Dq, const T* r2,
+                          const T* ga, const T* gr, T* gx, T* gc, T* gmetric, T* gsigma, int nthreads) {
   typedef typename VT<T>::V V;
   constexpr int L = VT<T>::L, KB = kTrilKB, RV = kTrilRV;
   constexpr int64_t RB = kTrilRB;
@@ -1070,147 +788,160 @@ static bool backward_tril_rows(const RbfProblem<T>& p, const ActParams<T>& A, co
   const int64_t Dk = simd::round_up(D, KB), Dc = std::max(Dk, Dq);
   const int64_t nrb = simd::cdiv(N, RB);
   const int64_t nch = std::min<int64_t>(8, simd::cdiv(nrb, 4));
-  const bool shared = p.metric_shared;
-  const int64_t nmat = shared ? 1 : C;
+  const bool shared = p.metric_shared, want_gl = gmetric != nullptr;
   const bool want_dsig = gsigma != nullptr && ga != nullptr && rbf_kind_uses_sigma(A.kind);
-  // Per-chunk partials: gL [nmat][Dk][Dq] (k-major, d in lanes), S [C][Dk], gsigma [C].
-  const int64_t szL = gmetric ? nmat * Dk * Dq : 0, szS = gc ? C * Dk : 0, szG = want_dsig ? C : 0;
+  const int64_t CG = tril_group(C, Dk, Dq, nch, shared, want_gl), ngroup = simd::cdiv(C, CG);
+  // Per-chunk partials: gL [shared ? 1 : CG][Dk][Dq] (k-major, d in lanes), S [CG][Dk], gsigma [CG].
+  // A shared gL sums over every group; the rest is per group.
+  const int64_t szL = want_gl ? (shared ? 1 : CG) * Dk * Dq : 0, szS = gc ? CG * Dk : 0, szG = want_dsig ? CG : 0;
   const int64_t per = szL + szS + szG;
-  if ((double)nch * (double)per * sizeof(double) > 96.0 * (1 << 20)) return false;
   std::vector<T> Lk;
   pack_tril_sq<T>(p, Dk, Lk);
   const std::vector<T> cp = pack_centres(p, Dc);
-  std::vector<double> part((size_t)(nch * per));
-  const bool want_gl = gmetric != nullptr;
+  std::vector<double> part((size_t)(nch * per), 0.0);
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<T> XT((size_t)(Dk * RB)), DT((size_t)(Dk * RB)), WT((size_t)(Dk * RB)),
-        GXT(gx ? (size_t)(Dk * RB) : 0), DR(want_gl ? (size_t)(RB * Dq) : 0), Gt((size_t)(RB * C)),
-        GT((size_t)(C * RB)), St(want_dsig ? (size_t)(RB * C) : 0), GLf((size_t)szL);
+        GXT(gx ? (size_t)(Dk * RB) : 0), DR(want_gl ? (size_t)(RB * Dq) : 0), Gt((size_t)(RB * CG)),
+        GT((size_t)(CG * RB)), St(want_dsig ? (size_t)(RB * CG) : 0), GLf((size_t)szL);
     std::vector<T> Sv(gc ? (size_t)(Dk * L) : 0);  // lane sums of W per k
+    std::vector<double> S(gc ? (size_t)D : 0);
+    for (int64_t grp = 0; grp < ngroup; ++grp) {
+      const int64_t j0 = grp * CG, j1 = std::min(C, j0 + CG), cg = j1 - j0;
+      const bool last = grp + 1 == ngroup;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t ch = 0; ch < nch; ++ch) {
-      double* pL = part.data() + ch * per;
-      double* pS = pL + szL;
-      double* pG = pS + szS;
-      std::fill(pL, pL + per, 0.0);
-      std::fill(GLf.begin(), GLf.end(), T(0));
-      auto flush_gl = [&]() {
-        for (int64_t i = 0; i < szL; ++i) pL[i] += (double)GLf[(size_t)i];
+      for (int64_t ch = 0; ch < nch; ++ch) {
+        double* pL = part.data() + ch * per;
+        double* pS = pL + szL;
+        double* pG = pS + szS;
+        std::fill(shared && grp > 0 ? pS : pL, pL + per, 0.0);  // a shared gL carries over
         std::fill(GLf.begin(), GLf.end(), T(0));
-      };
-      const int64_t rb_end = (ch + 1) * nrb / nch;
-      for (int64_t rb = ch * nrb / nch; rb < rb_end; ++rb) {
-        const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
-        const int64_t rows = simd::round_up(nr, RV * L);
-        pack_rows_T(xp, Dq, D, n0, nr, Dk, RB, XT.data());
-        grad_tile(A, 0, 1, nr, C, r2 + n0 * C, ga ? ga + n0 * C : nullptr, gr ? gr + n0 * C : nullptr, C,
-                  Gt.data(), want_dsig ? St.data() : nullptr, C);
-        for (int64_t j = 0; j < C; ++j) {
-          for (int64_t n = 0; n < rows; ++n) GT[j * RB + n] = n < nr ? Gt[n * C + j] : T(0);
-          if (want_dsig) {
-            double s = 0.0;
-            for (int64_t n = 0; n < nr; ++n) s += (double)St[n * C + j];
-            pG[j] += s;
-          }
-        }
-        if (gx) std::fill(GXT.begin(), GXT.end(), T(0));
-        for (int64_t j = 0; j < C; ++j) {
-          const T* Lj = Lk.data() + (shared ? 0 : j * Dk * Dk);
-          const T* cj = cp.data() + j * Dc;
-          diff_T(XT.data(), cj, Dk, RB, rows, DT.data());
-          if (gc) std::fill(Sv.begin(), Sv.end(), T(0));
-          // W = G u, and the lane sums of W for S.
-          for (int64_t r0 = 0; r0 < rows; r0 += RV * L) {
-            V g[RV], u[KB][RV];
-#pragma GCC unroll 4
-            for (int rv = 0; rv < RV; ++rv) g[rv] = vload(GT.data() + j * RB + r0 + rv * L);
-            for (int64_t k0 = 0; k0 < Dk; k0 += KB) {
-              trilT_u_micro<T, RV, KB>(DT.data() + r0, RB, Lj, Dk, k0, u);
-#pragma GCC unroll 16
-              for (int kk = 0; kk < KB; ++kk)
-#pragma GCC unroll 4
-                for (int rv = 0; rv < RV; ++rv) {
-                  const V w = u[kk][rv] * g[rv];
-                  vstore(WT.data() + (k0 + kk) * RB + r0 + rv * L, w);
-                  if (gc) vstore(Sv.data() + (k0 + kk) * L, V(vload(Sv.data() + (k0 + kk) * L) + w));
-                }
+        auto flush_gl = [&]() {
+          for (int64_t i = 0; i < szL; ++i) pL[i] += (double)GLf[(size_t)i];
+          std::fill(GLf.begin(), GLf.end(), T(0));
+        };
+        const int64_t rb_end = (ch + 1) * nrb / nch;
+        for (int64_t rb = ch * nrb / nch; rb < rb_end; ++rb) {
+          const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
+          const int64_t rows = simd::round_up(nr, RV * L);
+          pack_rows_T(xp, Dq, D, n0, nr, Dk, RB, XT.data());
+          const int64_t o = n0 * C + j0;
+          grad_tile(A, j0, 1, nr, cg, r2 + o, ga ? ga + o : nullptr, gr ? gr + o : nullptr, C, Gt.data(),
+                    want_dsig ? St.data() : nullptr, CG);
+          for (int64_t jj = 0; jj < cg; ++jj) {
+            for (int64_t n = 0; n < rows; ++n) GT[jj * RB + n] = n < nr ? Gt[n * CG + jj] : T(0);
+            if (want_dsig) {
+              double s = 0.0;
+              for (int64_t n = 0; n < nr; ++n) s += (double)St[n * CG + jj];
+              pG[jj] += s;
             }
           }
-          if (gc)
-            for (int64_t k = 0; k < D; ++k) pS[j * Dk + k] += (double)vhsum(vload(Sv.data() + k * L));
+          if (gx) {  // the running sums of earlier groups (T, unscaled), else 0
+            std::fill(GXT.begin(), GXT.end(), T(0));
+            if (grp > 0)
+              for (int64_t n = 0; n < nr; ++n)
+                for (int64_t d = 0; d < D; ++d) GXT[d * RB + n] = gx[(n0 + n) * D + d];
+          }
+          for (int64_t jj = 0; jj < cg; ++jj) {
+            const int64_t j = j0 + jj;
+            const T* Lj = Lk.data() + (shared ? 0 : j * Dk * Dk);
+            const T* cj = cp.data() + j * Dc;
+            diff_T(XT.data(), cj, Dk, RB, rows, DT.data());
+            if (gc) std::fill(Sv.begin(), Sv.end(), T(0));
+            // W = G u, and the lane sums of W for S.
+            for (int64_t r0 = 0; r0 < rows; r0 += RV * L) {
+              V g[RV], u[KB][RV];
+#pragma GCC unroll 4
+              for (int rv = 0; rv < RV; ++rv) g[rv] = vload(GT.data() + jj * RB + r0 + rv * L);
+              for (int64_t k0 = 0; k0 < Dk; k0 += KB) {
+                trilT_u_micro<T, RV, KB>(DT.data() + r0, RB, Lj, Dk, k0, u);
+#pragma GCC unroll 16
+                for (int kk = 0; kk < KB; ++kk)
+#pragma GCC unroll 4
+                  for (int rv = 0; rv < RV; ++rv) {
+                    const V w = u[kk][rv] * g[rv];
+                    vstore(WT.data() + (k0 + kk) * RB + r0 + rv * L, w);
+                    if (gc) vstore(Sv.data() + (k0 + kk) * L, V(vload(Sv.data() + (k0 + kk) * L) + w));
+                  }
+              }
+            }
+            if (gc)
+              for (int64_t k = 0; k < D; ++k) pS[jj * Dk + k] += (double)vhsum(vload(Sv.data() + k * L));
+            if (gx)
+              for (int64_t r0 = 0; r0 < rows; r0 += RV * L)
+                for (int64_t d0 = 0; d0 < Dk; d0 += KB)
+                  trilT_gx_micro<T, RV, KB>(WT.data() + r0, GXT.data() + r0, RB, Lj, Dk, d0);
+            if (want_gl) {
+              // dif rows (row-major, padded to Dq) for the d-lane gL kernel; padding rows have W = 0.
+              for (int64_t n = 0; n < rows; ++n)
+                for (int64_t d = 0; d < Dq; d += L) {
+                  const V xv = n < nr ? vload(xp + (n0 + n) * Dq + d) : vbcast<T>(T(0));
+                  vstore(DR.data() + n * Dq + d, V(xv - vload(cj + d)));
+                }
+              T* gLj = GLf.data() + (shared ? 0 : jj * Dk * Dq);
+              const int64_t nqv = Dq / L;
+              for (int64_t k0 = 0; k0 < Dk; k0 += KB)
+                for (int64_t dv = k0 / L; dv < nqv; dv += 2) {
+                  if (nqv - dv >= 2)
+                    trilT_gl_micro<T, KB, 2>(WT.data(), RB, DR.data(), Dq, rows, k0, dv, gLj);
+                  else
+                    trilT_gl_micro<T, KB, 1>(WT.data(), RB, DR.data(), Dq, rows, k0, dv, gLj);
+                }
+              // gL sums kTrilFlush x RB terms in T (centres of a shared factor, else row blocks),
+              // then goes to the double partial.
+              if (shared && ((j + 1) % kTrilFlush == 0 || j + 1 == j1)) flush_gl();
+            }
+          }
+          if (want_gl && !shared && ((rb + 1) % kTrilFlush == 0 || rb + 1 == rb_end)) flush_gl();
           if (gx)
-            for (int64_t r0 = 0; r0 < rows; r0 += RV * L)
-              for (int64_t d0 = 0; d0 < Dk; d0 += KB)
-                trilT_gx_micro<T, RV, KB>(WT.data() + r0, GXT.data() + r0, RB, Lj, Dk, d0);
-          if (want_gl) {
-            // dif rows (row-major, padded to Dq) for the d-lane gL kernel; padding rows have W = 0.
-            for (int64_t n = 0; n < rows; ++n)
-              for (int64_t d = 0; d < Dq; d += L) {
-                const V xv = n < nr ? vload(xp + (n0 + n) * Dq + d) : vbcast<T>(T(0));
-                vstore(DR.data() + n * Dq + d, V(xv - vload(cj + d)));
-              }
-            T* gLj = GLf.data() + (shared ? 0 : j * Dk * Dq);
-            const int64_t nqv = Dq / L;
-            for (int64_t k0 = 0; k0 < Dk; k0 += KB)
-              for (int64_t dv = k0 / L; dv < nqv; dv += 2) {
-                if (nqv - dv >= 2)
-                  trilT_gl_micro<T, KB, 2>(WT.data(), RB, DR.data(), Dq, rows, k0, dv, gLj);
-                else
-                  trilT_gl_micro<T, KB, 1>(WT.data(), RB, DR.data(), Dq, rows, k0, dv, gLj);
-              }
-            // gL sums kTrilFlush x RB terms in T (centres of a shared factor, else row blocks),
-            // then goes to the double partial.
-            if (shared && ((j + 1) % kTrilFlush == 0 || j + 1 == C)) flush_gl();
+            for (int64_t n = 0; n < nr; ++n)
+              for (int64_t d = 0; d < D; ++d) gx[(n0 + n) * D + d] = last ? T(2) * GXT[d * RB + n] : GXT[d * RB + n];
+        }
+      }  // implicit barrier: the group's chunk partials are complete
+      // The group's gc, gsigma and (per-centre factors) gmetric: chunk partials summed in chunk order.
+#pragma omp for schedule(static)
+      for (int64_t jj = 0; jj < cg; ++jj) {
+        const int64_t j = j0 + jj;
+        if (want_gl && !shared) {
+          T* gm = gmetric + j * D * D;
+          for (int64_t d = 0; d < D; ++d)
+            for (int64_t k = 0; k < D; ++k) {
+              double s = 0.0;
+              if (k <= d)
+                for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + (jj * Dk + k) * Dq + d)];
+              gm[d * D + k] = (T)(2.0 * s);
+            }
+        }
+        if (gc) {
+          for (int64_t k = 0; k < D; ++k) {
+            double s = 0.0;
+            for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + szL + jj * Dk + k)];
+            S[(size_t)k] = s;
+          }
+          const T* Lm = p.metric + (shared ? 0 : j * D * D);
+          for (int64_t d = 0; d < D; ++d) {
+            double s = 0.0;
+            for (int64_t k = 0; k <= d; ++k) s += (double)Lm[d * D + k] * S[(size_t)k];
+            gc[j * D + d] = (T)(-2.0 * s);
           }
         }
-        if (want_gl && !shared && ((rb + 1) % kTrilFlush == 0 || rb + 1 == rb_end)) flush_gl();
-        if (gx)
-          for (int64_t n = 0; n < nr; ++n)
-            for (int64_t d = 0; d < D; ++d) gx[(n0 + n) * D + d] = T(2) * GXT[d * RB + n];
-      }
+        if (want_dsig) {
+          double s = 0.0;
+          for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + szL + szS + jj)];
+          gsigma[j] = (T)s;
+        }
+      }  // implicit barrier before the next group reuses the partials
     }
   }
-  // Chunk partials, summed in chunk order.
-  if (gmetric) {
-    const int64_t DD = D * D;
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int64_t m = 0; m < nmat; ++m) {
-      T* gm = gmetric + m * DD;
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t k = 0; k < D; ++k) {
-          double s = 0.0;
-          if (k <= d)
-            for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + (m * Dk + k) * Dq + d)];
-          gm[d * D + k] = (T)(2.0 * s);
-        }
-    }
-  }
-  if (gc || want_dsig) {
-    std::vector<double> S((size_t)D);
-    for (int64_t j = 0; j < C; ++j) {
-      if (gc) {
-        for (int64_t k = 0; k < D; ++k) {
-          double s = 0.0;
-          for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + szL + j * Dk + k)];
-          S[(size_t)k] = s;
-        }
-        const T* Lm = p.metric + (shared ? 0 : j * D * D);
-        for (int64_t d = 0; d < D; ++d) {
-          double s = 0.0;
-          for (int64_t k = 0; k <= d; ++k) s += (double)Lm[d * D + k] * S[(size_t)k];
-          gc[j * D + d] = (T)(-2.0 * s);
-        }
-      }
-      if (want_dsig) {
+  if (want_gl && shared)
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t k = 0; k < D; ++k) {
         double s = 0.0;
-        for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + szL + szS + j)];
-        gsigma[j] = (T)s;
+        if (k <= d)
+          for (int64_t ch = 0; ch < nch; ++ch) s += part[(size_t)(ch * per + k * Dq + d)];
+        gmetric[d * D + k] = (T)(2.0 * s);
       }
-    }
-  }
   if (gsigma && !want_dsig) std::fill(gsigma, gsigma + C, T(0));
-  return true;
 }
 
 template <class T>
@@ -1248,10 +979,7 @@ void backward(const RbfProblem<T>& p, const T* r2, const T* ga, const T* gr, T* 
   }
   switch (p.metric_kind) {
     case kMetricDiag: backward_diag<T, true>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads); break;
-    case kMetricTril:
-      if (!backward_tril_rows<T>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads))
-        backward_tril<T>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads);
-      break;
+    case kMetricTril: backward_tril<T>(p, A, xp, Dq, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads); break;
     default: backward_diag<T, false>(p, A, xp, Dq, r2, ga, gr, gx, gc, nullptr, gsigma, nthreads); break;
   }
 }

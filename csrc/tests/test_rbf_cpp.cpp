@@ -246,7 +246,8 @@ void run_case(const Case& k, std::mt19937& rng, const char* isa) {
 int main() {
   std::mt19937 rng(1234);
   const int64_t Ds[] = {1, 3, 33, 130};
-  const int64_t NCs[][2] = {{1, 1}, {5, 7}, {7, 5}, {64, 64}, {0, 5}, {5, 0}, {70, 37}};
+  // {20, 300}: more centres than one group of the tril backward (kTrilGroupMax)
+  const int64_t NCs[][2] = {{1, 1}, {5, 7}, {7, 5}, {64, 64}, {0, 5}, {5, 0}, {70, 37}, {20, 300}};
   const struct {
     int mk;
     bool shared;
