@@ -1,6 +1,6 @@
 // Standalone test of the fused RBF CPU kernels against a straightforward double loop.
 //
-//   g++ -O1 -g -std=c++17 -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined
+//   g++ -O1 -g -std=c++17 -fopenmp -Wno-psabi -fsanitize=address,undefined -fno-sanitize-recover=undefined
 //       -Icsrc csrc/tests/test_rbf_cpp.cpp csrc/cpu/rbf.cpp csrc/cpu/isa.cpp -o /tmp/test_rbf_cpp && /tmp/test_rbf_cpp
 //
 // Covers every metric form (none, diag, diag shared, tril, tril shared), every activation, float
