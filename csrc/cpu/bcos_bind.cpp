@@ -1,241 +1,197 @@
-// pybind11 bindings of the B-cos CPU kernels (csrc/cpu/bcos.cpp), registered through
-// csrc/registry.h. Buffers are contiguous numpy views of torch tensors allocated in Python;
-// every size is checked against the geometry here, once, before the GIL is released.
+// pybind11 bindings of the B-cos CPU kernels (csrc/cpu/bcos.h), registered through
+// csrc/registry.h. Buffers are contiguous numpy views of torch tensors allocated in Python; each
+// is checked once against the geometry (csrc/bind_args.h), then the GIL is released.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bind_args.h"
+#include "cpu/bcos.h"
 #include "registry.h"
 
 namespace py = pybind11;
 
 namespace rbfkern {
-
-#define RBFKERN_BCOS_DECL(T, SUF)                                                               \
-  void bcos_fwd_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
-                      const T* l, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nt); \
-  bool bcos_fwd_direct_##SUF(const int64_t* geom, double b, double eps_in, double eps_out, const T* x, \
-                             const T* w, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save,  \
-                             int64_t chunk_bytes, int nt);                                       \
-  void bcos_bwd_epilogue_##SUF(const int64_t* geom, double b, double eps_out, const T* gy,     \
-                               const T* lmax, const uint8_t* idx, const T* root, const T* ws,   \
-                               T* gl, T* q, bool explain, bool need_q, int nt);                 \
-  void bcos_bwd_norm_##SUF(const int64_t* geom, const T* x, const T* q, const T* gsrc, T* gx, int nt); \
-  void bcos_weight_scale_##SUF(const T* w, T* ws, int64_t R, int64_t K);                         \
-  void bcos_weight_grad_##SUF(const T* w, const T* g, T* gw, int64_t R, int64_t K);             \
-  void bcos_wgrad_det_##SUF(const int64_t* geom, const T* gl, const T* x, T* gw, int nt);
-RBFKERN_BCOS_DECL(float, f32)
-RBFKERN_BCOS_DECL(double, f64)
-#undef RBFKERN_BCOS_DECL
-
 namespace {
 
-struct Sizes {
+using namespace bind;  // NOLINT(build/namespaces): Args, Shape, cptr, mptr
+using cpu::BcosGeom;
+
+// The geometry and the element count of every buffer it implies.
+struct Geo {
+  BcosGeom g;
   int64_t x, l, out, norm, ws, w;  // ws: one per raw channel; w: the weight [O*M, C/G, kh, kw]
 };
 
-Sizes check_geom(const std::vector<int64_t>& g) {
-  if (g.size() != 17) throw std::invalid_argument("bcos: geometry must have 17 entries");
-  for (size_t i = 0; i < 17; ++i) {
+Geo geometry(const Args& a, const std::vector<int64_t>& v) {
+  a.require(v.size() == (size_t)BcosGeom::kLen,
+            "geometry must have " + std::to_string(BcosGeom::kLen) + " entries, got " + std::to_string(v.size()));
+  for (size_t i = 0; i < v.size(); ++i) {
     const bool may_be_zero = i == 0 || i == 13 || i == 14;  // N, padding
-    if (g[i] < 0 || (!may_be_zero && g[i] == 0))
-      throw std::invalid_argument("bcos: invalid geometry entry " + std::to_string(i));
+    a.require(v[i] >= 0 && (may_be_zero || v[i] != 0), "invalid geometry entry " + std::to_string(i));
   }
-  const int64_t N = g[0], C = g[1], H = g[2], W = g[3], G = g[4], O = g[5], M = g[6];
-  if (C % G != 0 || O % G != 0) throw std::invalid_argument("bcos: groups must divide C and O");
-  if (M > 255) throw std::invalid_argument("bcos: max_out must be <= 255");
-  const int64_t P = g[7] * g[8];
-  return {N * C * H * W, N * O * M * P, N * O * P, N * G * P, O * M, O * M * (C / G) * g[9] * g[10]};
+  const BcosGeom g = BcosGeom::from_list(v.data());
+  a.require(g.C % g.G == 0 && g.O % g.G == 0, "groups must divide C and O");
+  a.require(g.M <= 255, "max_out must be <= 255");
+  const int64_t P = g.P();
+  return {g, g.N * g.C * g.H * g.W, g.N * g.O * g.M * P, g.N * g.O * P, g.N * g.G * P, g.O * g.M,
+          g.O * g.M * (g.C / g.G) * g.kh * g.kw};
 }
 
-template <typename T>
-T* ptr(py::array& a, int64_t want, const char* name) {
-  if (!py::isinstance<py::array_t<T>>(a) || !(a.flags() & py::array::c_style))
-    throw std::invalid_argument(std::string("bcos: ") + name + " has the wrong dtype or is not contiguous");
-  if (a.size() != want)
-    throw std::invalid_argument(std::string("bcos: ") + name + " has " + std::to_string(a.size()) +
-                                " elements, expected " + std::to_string(want));
-  return static_cast<T*>(a.mutable_data());
-}
+// The forward's buffers, checked: x, the source (the raw map l, or the raw weight for the direct
+// forward), ws, y, and lmax / idx (and root unless b == 1) when save.
+struct Fwd {
+  Geo s;
+  py::object x, src, ws, y, lmax = py::none(), idx = py::none(), root = py::none();
 
-template <typename T>
-T* opt_ptr(py::object o, int64_t want, const char* name) {
-  if (o.is_none()) return nullptr;
-  py::array a = o.cast<py::array>();
-  return ptr<T>(a, want, name);
-}
-
-// The forward's outputs: y, and lmax / idx / root (root only for b != 1) when save.
-template <typename T>
-struct FwdOut {
-  T* y;
-  T* lmax = nullptr;
-  uint8_t* idx = nullptr;
-  T* root = nullptr;
-  FwdOut(const Sizes& s, double b, py::array y_, py::object lmax_, py::object idx_, py::object root_, bool save)
-      : y(ptr<T>(y_, s.out, "y")) {
-    if (!save) return;
-    lmax = opt_ptr<T>(lmax_, s.out, "lmax");
-    idx = opt_ptr<uint8_t>(idx_, s.out, "idx");
-    root = b != 1.0 ? opt_ptr<T>(root_, s.norm, "root") : nullptr;
-    if (lmax == nullptr || idx == nullptr || (b != 1.0 && root == nullptr))
-      throw std::invalid_argument("bcos: save=True needs lmax, idx and root");
+  template <class T>
+  struct Ptrs {
+    const T *x, *src, *ws;
+    T *y, *lmax, *root;
+    uint8_t* idx;
+  };
+  template <class T>
+  Ptrs<T> ptrs() const {
+    return {cptr<T>(x), cptr<T>(src), cptr<T>(ws), mptr<T>(y), mptr<T>(lmax), mptr<T>(root), mptr<uint8_t>(idx)};
   }
 };
 
-template <typename T>
-void fwd_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array l,
-           py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
-  const Sizes s = check_geom(g);
-  const T* xp = ptr<T>(x, s.x, "x");
-  const T* lp = ptr<T>(l, s.l, "l");
-  const T* wsp = ptr<T>(ws, s.ws, "weight_scale");
-  const FwdOut<T> o(s, b, y, lmax, idx, root, save);
-  py::gil_scoped_release nogil;
-  if constexpr (sizeof(T) == 4)
-    bcos_fwd_f32(g.data(), b, ei, eo, xp, lp, wsp, o.y, o.lmax, o.idx, o.root, save, nt);
-  else
-    bcos_fwd_f64(g.data(), b, ei, eo, xp, lp, wsp, o.y, o.lmax, o.idx, o.root, save, nt);
+Fwd check_forward(Args& a, const std::vector<int64_t>& gv, double b, py::handle x, py::handle src, bool direct,
+                  py::handle ws, py::handle y, py::handle lmax, py::handle idx, py::handle root, bool save) {
+  Fwd f{geometry(a, gv), {}, {}, {}, {}};
+  f.x = a.floats_n(x, "x", f.s.x);
+  f.src = direct ? a.floats_n(src, "weight", f.s.w) : a.floats_n(src, "l", f.s.l);
+  f.ws = a.floats_n(ws, "weight_scale", f.s.ws);
+  f.y = a.floats_n(y, "y", f.s.out, true);
+  if (!save) return f;
+  a.require(!lmax.is_none() && !idx.is_none() && (b == 1.0 || !root.is_none()), "save=True needs lmax, idx and root");
+  f.lmax = a.floats_n(lmax, "lmax", f.s.out, true);
+  f.idx = a.typed_n<uint8_t>(idx, "idx", f.s.out, true);
+  if (b != 1.0) f.root = a.floats_n(root, "root", f.s.norm, true);
+  return f;
+}
+
+void forward(const std::vector<int64_t>& gv, double b, double ei, double eo, py::array x, py::array l, py::array ws,
+             py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
+  Args a("bcos_forward");
+  const Fwd f = check_forward(a, gv, b, x, l, false, ws, y, lmax, idx, root, save);
+  a.by_dtype([&](auto t) {
+    const auto p = f.ptrs<decltype(t)>();
+    py::gil_scoped_release nogil;
+    cpu::bcos_forward(f.s.g, b, ei, eo, p.x, p.src, p.ws, p.y, p.lmax, p.idx, p.root, save, nt);
+  });
 }
 
 // The direct-convolution forward (csrc/cpu/bcos_direct.h): the raw weight w instead of the map l.
-template <typename T>
-bool direct_t(const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array w,
-              py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save,
-              int64_t chunk_bytes, int nt) {
-  const Sizes s = check_geom(g);
-  const T* xp = ptr<T>(x, s.x, "x");
-  const T* wp = ptr<T>(w, s.w, "weight");
-  const T* wsp = ptr<T>(ws, s.ws, "weight_scale");
-  const FwdOut<T> o(s, b, y, lmax, idx, root, save);
-  py::gil_scoped_release nogil;
-  if constexpr (sizeof(T) == 4)
-    return bcos_fwd_direct_f32(g.data(), b, ei, eo, xp, wp, wsp, o.y, o.lmax, o.idx, o.root, save, chunk_bytes, nt);
-  else
-    return bcos_fwd_direct_f64(g.data(), b, ei, eo, xp, wp, wsp, o.y, o.lmax, o.idx, o.root, save, chunk_bytes, nt);
+bool forward_direct(const std::vector<int64_t>& gv, double b, double ei, double eo, py::array x, py::array w,
+                    py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save,
+                    int64_t chunk_bytes, int nt) {
+  Args a("bcos_forward_direct");
+  const Fwd f = check_forward(a, gv, b, x, w, true, ws, y, lmax, idx, root, save);
+  bool done = false;
+  a.by_dtype([&](auto t) {
+    const auto p = f.ptrs<decltype(t)>();
+    py::gil_scoped_release nogil;
+    done = cpu::bcos_forward_direct(f.s.g, b, ei, eo, p.x, p.src, p.ws, p.y, p.lmax, p.idx, p.root, save,
+                                    chunk_bytes, nt);
+  });
+  return done;
 }
 
-template <typename T>
-void bwd_t(const std::vector<int64_t>& g, double b, double eo, py::array gy, py::array lmax,
-           py::array idx, py::object root, py::array ws, py::array gl, py::object q, bool explain, int nt) {
-  const Sizes s = check_geom(g);
-  const T* gyp = ptr<T>(gy, s.out, "grad_y");
-  const T* mp = ptr<T>(lmax, s.out, "lmax");
-  const uint8_t* ip = ptr<uint8_t>(idx, s.out, "idx");
-  const T* rp = b != 1.0 ? opt_ptr<T>(root, s.norm, "root") : nullptr;
-  if (b != 1.0 && rp == nullptr) throw std::invalid_argument("bcos: root is needed for b != 1");
-  const T* wsp = ptr<T>(ws, s.ws, "weight_scale");
-  T* glp = ptr<T>(gl, s.l, "grad_l");
-  T* qp = opt_ptr<T>(q, s.norm, "q");
-  py::gil_scoped_release nogil;
-  if constexpr (sizeof(T) == 4)
-    bcos_bwd_epilogue_f32(g.data(), b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
-  else
-    bcos_bwd_epilogue_f64(g.data(), b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
+void backward_epilogue(const std::vector<int64_t>& gv, double b, double eo, py::array gy, py::array lmax,
+                       py::array idx, py::object root, py::array ws, py::array gl, py::object q, bool explain,
+                       int nt) {
+  Args a("bcos_backward_epilogue");
+  const Geo s = geometry(a, gv);
+  a.floats_n(gy, "grad_y", s.out);
+  a.floats_n(lmax, "lmax", s.out);
+  a.typed_n<uint8_t>(idx, "idx", s.out);
+  a.require(b == 1.0 || !root.is_none(), "root is needed for b != 1");
+  const py::object r = b != 1.0 ? a.floats_n_opt(root, "root", s.norm) : py::object(py::none());
+  a.floats_n(ws, "weight_scale", s.ws);
+  a.floats_n(gl, "grad_l", s.l, true);
+  const py::object qo = a.floats_n_opt(q, "q", s.norm, true);
+  a.by_dtype([&](auto t) {
+    using T = decltype(t);
+    const T *gyp = cptr<T>(gy), *mp = cptr<T>(lmax), *rp = cptr<T>(r), *wsp = cptr<T>(ws);
+    const uint8_t* ip = cptr<uint8_t>(idx);
+    T *glp = mptr<T>(gl), *qp = mptr<T>(qo);
+    py::gil_scoped_release nogil;
+    cpu::bcos_backward_epilogue<T>(s.g, b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
+  });
 }
 
-template <typename T>
-void norm_t(const std::vector<int64_t>& g, py::array x, py::array q, py::array gsrc, py::array gx, int nt) {
-  const Sizes s = check_geom(g);
-  const T* xp = ptr<T>(x, s.x, "x");
-  const T* qp = ptr<T>(q, s.norm, "q");
-  const T* sp = ptr<T>(gsrc, s.x, "grad_x_in");
-  T* gp = ptr<T>(gx, s.x, "grad_x");
-  py::gil_scoped_release nogil;
-  if constexpr (sizeof(T) == 4)
-    bcos_bwd_norm_f32(g.data(), xp, qp, sp, gp, nt);
-  else
-    bcos_bwd_norm_f64(g.data(), xp, qp, sp, gp, nt);
+void backward_norm(const std::vector<int64_t>& gv, py::array x, py::array q, py::array gsrc, py::array gx, int nt) {
+  Args a("bcos_backward_norm");
+  const Geo s = geometry(a, gv);
+  a.floats_n(x, "x", s.x);
+  a.floats_n(q, "q", s.norm);
+  a.floats_n(gsrc, "grad_x_in", s.x);
+  a.floats_n(gx, "grad_x", s.x, true);
+  a.by_dtype([&](auto t) {
+    using T = decltype(t);
+    const T *xp = cptr<T>(x), *qp = cptr<T>(q), *sp = cptr<T>(gsrc);
+    T* gp = mptr<T>(gx);
+    py::gil_scoped_release nogil;
+    cpu::bcos_backward_norm<T>(s.g, xp, qp, sp, gp, nt);
+  });
 }
 
 // Weight rows: w, g, out (R, K) contiguous, same dtype; out (R,) for the scales.
-template <typename T>
-void weight_t(py::array w, py::object g, py::array out) {
-  if (w.ndim() < 1) throw std::invalid_argument("bcos: weight must be at least 1-D");
+void weight(py::array w, py::object g, py::array out) {
+  Args a("bcos_weight");
+  a.require(w.ndim() >= 1, "argument 'weight' must be at least 1-D");
   const int64_t R = w.shape(0), K = R ? static_cast<int64_t>(w.size()) / R : 0;
-  const T* wp = ptr<T>(w, R * K, "weight");
-  const T* gp = opt_ptr<T>(g, R * K, "grad");
-  T* op = ptr<T>(out, gp ? R * K : R, "out");
-  py::gil_scoped_release nogil;
-  if constexpr (sizeof(T) == 4) {
-    if (gp) bcos_weight_grad_f32(wp, gp, op, R, K); else bcos_weight_scale_f32(wp, op, R, K);
-  } else {
-    if (gp) bcos_weight_grad_f64(wp, gp, op, R, K); else bcos_weight_scale_f64(wp, op, R, K);
-  }
+  a.floats_n(w, "weight", R * K);
+  const py::object go = a.floats_n_opt(g, "grad", R * K);
+  a.floats_n(out, "out", go.is_none() ? R : R * K, true);
+  a.by_dtype([&](auto t) {
+    using T = decltype(t);
+    const T *wp = cptr<T>(w), *gp = cptr<T>(go);
+    T* op = mptr<T>(out);
+    py::gil_scoped_release nogil;
+    if (gp) cpu::bcos_weight_grad<T>(wp, gp, op, R, K);
+    else cpu::bcos_weight_scale<T>(wp, op, R, K);
+  });
 }
 
-template <typename T>
-void wgrad_det_t(const std::vector<int64_t>& g, py::array gl, py::array x, py::array gw, int nt) {
-  const Sizes s = check_geom(g);
-  const T* glp = ptr<T>(gl, s.l, "grad_l");
-  const T* xp = ptr<T>(x, s.x, "x");
-  T* gwp = ptr<T>(gw, s.w, "grad_weight");
-  py::gil_scoped_release nogil;
-  if constexpr (sizeof(T) == 4)
-    bcos_wgrad_det_f32(g.data(), glp, xp, gwp, nt);
-  else
-    bcos_wgrad_det_f64(g.data(), glp, xp, gwp, nt);
+void weight_grad_deterministic(const std::vector<int64_t>& gv, py::array gl, py::array x, py::array gw, int nt) {
+  Args a("bcos_weight_grad_deterministic");
+  const Geo s = geometry(a, gv);
+  a.floats_n(gl, "grad_l", s.l);
+  a.floats_n(x, "x", s.x);
+  a.floats_n(gw, "grad_weight", s.w, true);
+  a.by_dtype([&](auto t) {
+    using T = decltype(t);
+    const T *glp = cptr<T>(gl), *xp = cptr<T>(x);
+    T* gwp = mptr<T>(gw);
+    py::gil_scoped_release nogil;
+    cpu::bcos_weight_grad_deterministic<T>(s.g, glp, xp, gwp, nt);
+  });
 }
 
-bool is_f64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
-
-void bind(py::module_& m) {
-  m.def(
-      "bcos_forward",
-      [](const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array l,
-         py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
-        if (is_f64(x)) fwd_t<double>(g, b, ei, eo, x, l, ws, y, lmax, idx, root, save, nt);
-        else fwd_t<float>(g, b, ei, eo, x, l, ws, y, lmax, idx, root, save, nt);
-      },
-      "B-cos epilogue forward: weight scale + MaxOut + patch norm + power (y, and lmax/idx/root when save)");
-  m.def(
-      "bcos_forward_direct",
-      [](const std::vector<int64_t>& g, double b, double ei, double eo, py::array x, py::array w,
-         py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save,
-         int64_t chunk_bytes, int nt) {
-        return is_f64(x) ? direct_t<double>(g, b, ei, eo, x, w, ws, y, lmax, idx, root, save, chunk_bytes, nt)
-                         : direct_t<float>(g, b, ei, eo, x, w, ws, y, lmax, idx, root, save, chunk_bytes, nt);
-      },
-      "B-cos conv forward as one direct convolution with the fused epilogue (column stride 1, max_out <= 3), "
-      "planes in chunks of at most chunk_bytes of padded input; False where it does not apply");
-  m.def(
-      "bcos_backward_epilogue",
-      [](const std::vector<int64_t>& g, double b, double eo, py::array gy, py::array lmax,
-         py::array idx, py::object root, py::array ws, py::array gl, py::object q, bool explain, int nt) {
-        if (is_f64(gy)) bwd_t<double>(g, b, eo, gy, lmax, idx, root, ws, gl, q, explain, nt);
-        else bwd_t<float>(g, b, eo, gy, lmax, idx, root, ws, gl, q, explain, nt);
-      },
-      "B-cos epilogue backward: grad of the raw-weight conv output and the patch-norm gradient q");
-  m.def(
-      "bcos_backward_norm",
-      [](const std::vector<int64_t>& g, py::array x, py::array q, py::array gsrc, py::array gx, int nt) {
-        if (is_f64(x)) norm_t<double>(g, x, q, gsrc, gx, nt);
-        else norm_t<float>(g, x, q, gsrc, gx, nt);
-      },
-      "gx = gsrc + x * box-sum^T(q): the input gradient through the patch norm (gsrc may be gx)");
-  m.def(
-      "bcos_weight",
-      [](py::array w, py::object g, py::array out) {
-        if (is_f64(w)) weight_t<double>(w, g, out);
-        else weight_t<float>(w, g, out);
-      },
-      "out (R,) = 1 / ||W||_row (g None), or out = g - W <g, W> / <W, W> (g: the raw map's weight gradient)");
-  m.def(
-      "bcos_weight_grad_deterministic",
-      [](const std::vector<int64_t>& g, py::array gl, py::array x, py::array gw, int nt) {
-        if (is_f64(x)) wgrad_det_t<double>(g, gl, x, gw, nt);
-        else wgrad_det_t<float>(g, gl, x, gw, nt);
-      },
-      "Weight gradient of the linear map (gl [N, O*M, P], x) -> gw [O*M, C/G, kh, kw], summed in an order "
-      "independent of the thread count");
+void bind_bcos(py::module_& m) {
+  m.def("bcos_forward", &forward,
+        "B-cos epilogue forward: weight scale + MaxOut + patch norm + power (y, and lmax/idx/root when save)");
+  m.def("bcos_forward_direct", &forward_direct,
+        "B-cos conv forward as one direct convolution with the fused epilogue (column stride 1, max_out <= 3), "
+        "planes in chunks of at most chunk_bytes of padded input; False where it does not apply");
+  m.def("bcos_backward_epilogue", &backward_epilogue,
+        "B-cos epilogue backward: grad of the raw-weight conv output and the patch-norm gradient q");
+  m.def("bcos_backward_norm", &backward_norm,
+        "gx = gsrc + x * box-sum^T(q): the input gradient through the patch norm (gsrc may be gx)");
+  m.def("bcos_weight", &weight,
+        "out (R,) = 1 / ||W||_row (g None), or out = g - W <g, W> / <W, W> (g: the raw map's weight gradient)");
+  m.def("bcos_weight_grad_deterministic", &weight_grad_deterministic,
+        "Weight gradient of the linear map (gl [N, O*M, P], x) -> gw [O*M, C/G, kh, kw], summed in an order "
+        "independent of the thread count");
 }
 
-rbfkern::Binder reg(bind);
+Binder reg(bind_bcos);
 
 }  // namespace
 }  // namespace rbfkern

@@ -11,12 +11,12 @@
 // long reductions (C/groups * kh * kw above ~1536) and on narrow rows that leave vectors half
 // empty, this kernel elsewhere: the caller picks from the sizes (rbfkern/ops/bcos_cpp.py).
 //
-// No include guard on purpose: the kernel section of bcos.cpp includes this once per instruction
-// set, with RBFKERN_BCOS_VBYTES the vector width of that set in bytes.
+// No include guard on purpose: part of bcos_kernels.h, compiled once per instruction set, with
+// kVecBytes (isa_foreach.h) the vector width of that set in bytes.
 
 template <typename T>
 struct DirectVec {
-  static constexpr int kBytes = RBFKERN_BCOS_VBYTES;
+  static constexpr int kBytes = kVecBytes;
   static constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
   // accumulators a tile keeps in registers: 24 of AVX-512's 32, 12 of AVX2's / SSE's 16
   static constexpr int kAcc = kBytes == 64 ? 24 : 12;

@@ -3,8 +3,8 @@
 // each value summed by one task in an order fixed by the sizes, so the result does not depend on
 // the thread count (oneDNN's weight gradient and MKL's short GEMMs do, even for one sample).
 //
-// No include guard on purpose: the kernel section of bcos.cpp includes this once per instruction
-// set, with RBFKERN_BCOS_VBYTES the vector width of that set in bytes (DirectVec, bcos_direct.h).
+// No include guard on purpose: part of bcos_kernels.h, compiled once per instruction set (its
+// vector width: DirectVec, bcos_direct.h).
 
 // Any geometry (column stride > 1 included): one task per (r, c) sums in a fixed order (images,
 // rows, then each tap's per-column partials left to right). Scratch: kh * kw * Wo column

@@ -54,8 +54,5 @@ template <class T>
 void rbf_backward(const RbfProblem<T>& p, const T* r2, const T* grad_act, const T* grad_r2,
                   T* gx, T* gc, T* gmetric, T* gsigma, int nthreads);
 
-// Name of the instruction set the kernels dispatch to ("avx512", "avx2", "default").
-const char* rbf_isa_name();
-
 }  // namespace cpu
 }  // namespace rbfkern

@@ -1,7 +1,7 @@
 // Standalone test of the fused RBF CPU kernels against a straightforward double loop.
 //
-//   g++ -O1 -g -std=c++17 -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined
-//       -Icsrc csrc/tests/test_rbf_cpp.cpp csrc/cpu/rbf.cpp -o /tmp/test_rbf_cpp && /tmp/test_rbf_cpp
+//   g++ -O1 -g -std=c++17 -fopenmp -Wno-psabi -fsanitize=address,undefined -fno-sanitize-recover=undefined
+//       -Icsrc csrc/tests/test_rbf_cpp.cpp csrc/cpu/rbf.cpp csrc/cpu/isa.cpp -o /tmp/test_rbf_cpp && /tmp/test_rbf_cpp
 //
 // Covers every metric form (none, diag, diag shared, tril, tril shared), every activation, float
 // and double, odd sizes, null outputs, N = 0 / C = 0, each instruction-set clone the CPU has, and
@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "cpu/rbf.h"
 
 using rbfkern::cpu::RbfProblem;
@@ -245,15 +246,16 @@ void run_case(const Case& k, std::mt19937& rng, const char* isa) {
 int main() {
   std::mt19937 rng(1234);
   const int64_t Ds[] = {1, 3, 33, 130};
-  const int64_t NCs[][2] = {{1, 1}, {5, 7}, {7, 5}, {64, 64}, {0, 5}, {5, 0}, {70, 37}};
+  // {20, 300}: more centres than one group of the tril backward (kTrilGroupMax)
+  const int64_t NCs[][2] = {{1, 1}, {5, 7}, {7, 5}, {64, 64}, {0, 5}, {5, 0}, {70, 37}, {20, 300}};
   const struct {
     int mk;
     bool shared;
   } metrics[] = {{0, false}, {1, false}, {1, true}, {2, false}, {2, true}};
   const char* isas[] = {"avx512", "avx2", "default"};
   for (const char* isa : isas) {
-    setenv("RBFKERN_CPU_ISA", isa, 1);
-    if (std::string(rbfkern::cpu::rbf_isa_name()) != isa) {
+    rbfkern::cpu::recap_cpu_isa(isa);
+    if (std::string(rbfkern::cpu::cpu_isa_name()) != isa) {
       std::printf("skip isa %s (cpu lacks it)\n", isa);
       continue;
     }

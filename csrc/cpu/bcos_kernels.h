@@ -1,0 +1,393 @@
+// B-cos CPU kernels (contract and formulas: csrc/cpu/bcos.h). bcos.cpp compiles this file once
+// per instruction set (csrc/cpu/isa_foreach.h), with bcos_direct.h (the direct-convolution
+// forward) and bcos_wgrad_det.h (the deterministic weight gradient) at its end. No include guard
+// on purpose.
+
+using Geom = BcosGeom;
+
+constexpr double kCosEps = 1e-6;  // added to |cos| before the power (B != 2), as bcos does
+
+// Output columns [lo, hi) whose tap at input column wo * st + off lies in [0, len): the inner
+// loops then run branch-free over a contiguous range (and vectorise).
+inline void tap_range(int64_t off, int64_t st, int64_t len, int64_t n_out, int64_t* lo, int64_t* hi) {
+  *lo = off >= 0 ? 0 : (-off + st - 1) / st;
+  *hi = off > len - 1 ? 0 : std::min(n_out, (len - 1 - off) / st + 1);
+}
+
+// One (n, g) plane of the patch norm, separable: s = channel sums of squares (H x W), hs = window
+// sums along each input row (H x Wo), then the window sums down the columns. Writes
+// root = sqrt(sum + eps_in) and rinv = 1 / (root + eps_out) (the scale the epilogue multiplies by).
+// Scratch: s (H*W), hs (H*Wo).
+template <typename T>
+void patch_root_plane(const Geom& g, const T* x_ng, T* __restrict s, T* __restrict hs, T* __restrict root,
+                      T* __restrict rinv, double eps_in, T eo) {
+  const int64_t HW = g.H * g.W, Cg = g.C / g.G, Wo = g.Wo;
+  for (int64_t i = 0; i < HW; ++i) s[i] = T(0);
+  for (int64_t c = 0; c < Cg; ++c) {
+    const T* __restrict xr = x_ng + c * HW;
+    for (int64_t i = 0; i < HW; ++i) s[i] += xr[i] * xr[i];
+  }
+  for (int64_t h = 0; h < g.H; ++h) {
+    const T* __restrict sr = s + h * g.W;
+    T* __restrict hr = hs + h * Wo;
+    for (int64_t wo = 0; wo < Wo; ++wo) hr[wo] = T(0);
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t off = j * g.dw - g.pw;
+      int64_t lo, hi;
+      tap_range(off, g.sw, g.W, Wo, &lo, &hi);
+      if (g.sw == 1) {
+        for (int64_t wo = lo; wo < hi; ++wo) hr[wo] += sr[wo + off];
+      } else {
+        for (int64_t wo = lo; wo < hi; ++wo) hr[wo] += sr[wo * g.sw + off];
+      }
+    }
+  }
+  const T ein = T(eps_in);
+  for (int64_t ho = 0; ho < g.Ho; ++ho) {
+    T* __restrict rr = root + ho * Wo;
+    T* __restrict ri = rinv + ho * Wo;
+    for (int64_t wo = 0; wo < Wo; ++wo) rr[wo] = T(0);
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t hi = ho * g.sh - g.ph + i * g.dh;
+      if (hi < 0 || hi >= g.H) continue;
+      const T* __restrict hr = hs + hi * Wo;
+      for (int64_t wo = 0; wo < Wo; ++wo) rr[wo] += hr[wo];
+    }
+    for (int64_t wo = 0; wo < Wo; ++wo) {
+      rr[wo] = std::sqrt(rr[wo] + ein);
+      ri[wo] = T(1) / (rr[wo] + eo);
+    }
+  }
+}
+
+// One (n, o) row of the forward epilogue: MaxOut over MM (compile time; 0 = runtime M) raw
+// channels, then the power; ri = 1 / (root + eps_out) per pixel. Branch-free so the p loop
+// vectorises.
+template <typename T, int MM, int MODE, bool SAVE>
+void fwd_row(const T* __restrict lo, const T* __restrict sc, int64_t P, int64_t M, const T* __restrict ri,
+             T* __restrict yo, T* __restrict lmo, uint8_t* __restrict io, T pw1, T ce) {
+  const int64_t mm = MM > 0 ? MM : M;
+  const T s0 = sc[0], s1 = mm > 1 ? sc[1] : T(0), s2 = mm > 2 ? sc[2] : T(0);
+  int64_t bad = 0;  // power arguments outside the range of bpow::pow_pos (NaN, inf, huge)
+  for (int64_t p = 0; p < P; ++p) {
+    T best = lo[p] * s0;
+    uint8_t bi = 0;
+    // MaxOut written out for MM = 2, 3: GCC does not vectorise the p loop around an inner loop.
+    if (MM == 2 || MM == 3) {
+      const T v1 = lo[P + p] * s1;
+      bi = v1 > best ? uint8_t(1) : bi;
+      best = v1 > best ? v1 : best;
+      if (MM == 3) {
+        const T v2 = lo[2 * P + p] * s2;
+        bi = v2 > best ? uint8_t(2) : bi;
+        best = v2 > best ? v2 : best;
+      }
+    } else if (MM != 1) {
+      for (int64_t m = 1; m < mm; ++m) {
+        const T v = lo[m * P + p] * sc[m];
+        const bool gt = v > best;
+        best = gt ? v : best;
+        bi = gt ? static_cast<uint8_t>(m) : bi;
+      }
+    }
+    if (SAVE) {
+      lmo[p] = best;
+      io[p] = bi;
+    }
+    if (MODE == 1) {
+      yo[p] = best;
+    } else if (MODE == 2) {
+      yo[p] = (std::abs(best) * ri[p]) * best;
+    } else {
+      const double t = static_cast<double>(std::abs(best) * ri[p] + ce);
+      bad += bpow::out_of_range(t);
+      yo[p] = static_cast<T>(bpow::pow_pos(t, static_cast<double>(pw1))) * best;
+    }
+  }
+  if (MODE == 0 && bad) {  // rare: redo the row with the library pow
+    for (int64_t p = 0; p < P; ++p) {
+      T best = lo[p] * s0;
+      for (int64_t m = 1; m < mm; ++m) best = lo[m * P + p] * sc[m] > best ? lo[m * P + p] * sc[m] : best;
+      yo[p] = std::pow(std::abs(best) * ri[p] + ce, pw1) * best;
+    }
+  }
+}
+
+template <typename T, int MODE, bool SAVE>
+void fwd_row_m(const T* lo, const T* sc, int64_t P, int64_t M, const T* ri, T* yo, T* lmo, uint8_t* io, T pw1,
+               T ce) {
+  switch (M) {
+    case 1: fwd_row<T, 1, MODE, SAVE>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
+    case 2: fwd_row<T, 2, MODE, SAVE>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
+    case 3: fwd_row<T, 3, MODE, SAVE>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
+    default: fwd_row<T, 0, MODE, SAVE>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
+  }
+}
+
+// Forward, one task per (n, g): the patch norm of the plane (kept in cache) and the epilogue of
+// the group's output channels, with no barrier in between. A linear layer (1x1 window, H = W = 1)
+// has one task per row.
+template <typename T, int MODE, bool SAVE>
+void fwd_all(const Geom& g, double eps_in, const T* x, const T* l, const T* ws, T* y, T* lmax, uint8_t* idx,
+             T* root, T pw1, T eo, T ce, int nt) {
+  const int64_t P = g.P(), Og = g.O / g.G, M = g.M, HW = g.H * g.W, Cg = g.C / g.G, NG = g.N * g.G;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> sbuf, hbuf, rbuf, ibuf;
+    if (MODE != 1) {
+      sbuf.resize(static_cast<size_t>(HW));
+      hbuf.resize(static_cast<size_t>(g.H * g.Wo));
+      ibuf.resize(static_cast<size_t>(P));
+      if (!SAVE) rbuf.resize(static_cast<size_t>(P));
+    }
+#pragma omp for schedule(static)
+    for (int64_t ng = 0; ng < NG; ++ng) {
+      if (MODE != 1) {
+        T* r = SAVE ? root + ng * P : rbuf.data();
+        patch_root_plane(g, x + ng * Cg * HW, sbuf.data(), hbuf.data(), r, ibuf.data(), eps_in, eo);
+      }
+      const int64_t n = ng / g.G, gg = ng % g.G;
+      for (int64_t oo = 0; oo < Og; ++oo) {
+        const int64_t no = n * g.O + gg * Og + oo;
+        fwd_row_m<T, MODE, SAVE>(l + no * M * P, ws + (gg * Og + oo) * M, P, M, ibuf.data(), y + no * P,
+                                 SAVE ? lmax + no * P : nullptr, SAVE ? idx + no * P : nullptr, pw1, ce);
+      }
+    }
+  }
+}
+
+template <typename T>
+void fwd(const Geom& g, double b, double eps_in, double eps_out, const T* x, const T* l, const T* ws, T* y,
+         T* lmax, uint8_t* idx, T* root, bool save, int nt) {
+  const T pw1 = T(b - 1.0), eo = T(eps_out), ce = T(kCosEps);
+  const int mode = b == 1.0 ? 1 : (b == 2.0 ? 2 : 0);
+#define RBFKERN_FWD_CASE(MODE)                                                               \
+  if (save) fwd_all<T, MODE, true>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);    \
+  else fwd_all<T, MODE, false>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);
+  if (mode == 1) {
+    RBFKERN_FWD_CASE(1)
+  } else if (mode == 2) {
+    RBFKERN_FWD_CASE(2)
+  } else {
+    RBFKERN_FWD_CASE(0)
+  }
+#undef RBFKERN_FWD_CASE
+}
+
+// One (n, o) row (a chunk of pixels) of the backward epilogue: gl for the MM raw channels (the
+// gradient goes to the argmax only) and the patch-norm gradient accumulated into qa.
+// ri = 1 / (root + eps_out) per pixel. MODE: 1 (B = 1), 2 (B = 2), 0 (other B); QN: accumulate
+// the norm gradient.
+template <typename T, int MM, int MODE, bool EXPLAIN, bool QN>
+void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __restrict io,
+             const T* __restrict ri, const T* __restrict sc, T* __restrict glo, T* __restrict qa, int64_t np, int64_t P,
+             int64_t M, T p1, T ce) {
+  const int64_t mm = MM > 0 ? MM : M;
+  // scales in registers: read through sc inside the loop, GCC assumes the gl stores may change
+  // them and falls back to a scalar, branchy loop (4.5x slower)
+  const T s0 = sc[0], s1 = mm > 1 ? sc[1] : T(0), s2 = mm > 2 ? sc[2] : T(0);
+  int64_t bad = 0;
+  for (int64_t p = 0; p < np; ++p) {
+    T gv;
+    if (MODE == 1) {
+      gv = gyo[p];
+    } else if (MODE == 2) {
+      const T s = std::abs(lo[p]) * ri[p];
+      gv = (EXPLAIN ? s : T(2) * s) * gyo[p];
+      if (QN) qa[p] -= s * lo[p] * ri[p] * gyo[p];
+    } else {
+      const T s = std::abs(lo[p]) * ri[p], t = s + ce;
+      bad += bpow::out_of_range(static_cast<double>(t));
+      const T tq = static_cast<T>(bpow::pow_pos(static_cast<double>(t), static_cast<double>(p1) - 1.0));  // t^(B-2)
+      gv = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p];
+      if (QN) qa[p] -= p1 * lo[p] * s * tq * ri[p] * gyo[p];
+    }
+    const int im = io[p];
+    if (MM == 1) {
+      glo[p] = gv * s0;
+    } else if (MM == 2 || MM == 3) {  // written out, as in fwd_row
+      glo[p] = im == 0 ? gv * s0 : T(0);
+      glo[P + p] = im == 1 ? gv * s1 : T(0);
+      if (MM == 3) glo[2 * P + p] = im == 2 ? gv * s2 : T(0);
+    } else {
+      for (int64_t m = 0; m < mm; ++m) glo[m * P + p] = im == m ? gv * sc[m] : T(0);
+    }
+  }
+  if (MODE == 0 && bad) {  // rare (t = inf or NaN): the library pow for those pixels' gl; their
+    // norm-gradient term has the factor s = inf / NaN either way, so qa is left as it is.
+    for (int64_t p = 0; p < np; ++p) {
+      const T s = std::abs(lo[p]) * ri[p], t = s + ce;
+      if (!bpow::out_of_range(static_cast<double>(t))) continue;
+      const T tq = std::pow(t, p1 - T(1));
+      glo[io[p] * P + p] = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p] * sc[io[p]];
+    }
+  }
+}
+
+template <typename T, int MODE, bool EXPLAIN, bool QN>
+void bwd_row_m(const T* gyo, const T* lo, const uint8_t* io, const T* ri, const T* sc, T* glo, T* qa, int64_t np,
+               int64_t P, int64_t M, T p1, T ce) {
+  switch (M) {
+    case 1: bwd_row<T, 1, MODE, EXPLAIN, QN>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
+    case 2: bwd_row<T, 2, MODE, EXPLAIN, QN>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
+    case 3: bwd_row<T, 3, MODE, EXPLAIN, QN>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
+    default: bwd_row<T, 0, MODE, EXPLAIN, QN>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
+  }
+}
+
+// Backward epilogue, one task per (n, g, chunk of pixels): loops over the group's channels,
+// accumulating the patch-norm gradient of the chunk privately (no atomics, deterministic).
+template <typename T, int MODE, bool EXPLAIN, bool QN>
+void bwd_all(const Geom& g, const T* gy, const T* lmax, const uint8_t* idx, const T* root, const T* ws, T* gl,
+             T* q,
+             T p1, T eo, T ce, int nt) {
+  const int64_t P = g.P(), Og = g.O / g.G, M = g.M;
+  const int64_t CH = 1024;  // output pixels per task
+  const int64_t nchunk = (P + CH - 1) / CH;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> qa(static_cast<size_t>(CH)), rv(static_cast<size_t>(CH));
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t ng = 0; ng < g.N * g.G; ++ng) {
+      for (int64_t c = 0; c < nchunk; ++c) {
+        const int64_t n = ng / g.G, gg = ng % g.G;
+        const int64_t p0 = c * CH, np = (P - p0) < CH ? (P - p0) : CH;
+        const T* r = MODE == 1 ? nullptr : root + ng * P + p0;
+        T* qap = qa.data();
+        T* riv = rv.data();  // 1 / (root + eps_out), once per pixel rather than per channel
+        if (MODE != 1)
+          for (int64_t p = 0; p < np; ++p) riv[p] = T(1) / (r[p] + eo);
+        if (QN) std::fill(qap, qap + np, T(0));
+        for (int64_t oo = 0; oo < Og; ++oo) {
+          const int64_t no = n * g.O + gg * Og + oo;
+          bwd_row_m<T, MODE, EXPLAIN, QN>(gy + no * P + p0, lmax + no * P + p0, idx + no * P + p0, riv,
+                                          ws + (gg * Og + oo) * M,
+                                          gl + no * M * P + p0, qap, np, P, M, p1, ce);
+        }
+        if (q != nullptr) {
+          T* qo = q + ng * P + p0;
+          if (!QN) {
+            std::fill(qo, qo + np, T(0));
+          } else {
+            for (int64_t p = 0; p < np; ++p) qo[p] = r[p] > T(0) ? qap[p] / r[p] : T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void bwd_epilogue(const Geom& g, double b, double eps_out, const T* gy, const T* lmax,
+                  const uint8_t* idx, const T* root, const T* ws, T* gl, T* q, bool explain, bool need_q,
+                  int nt) {
+  const int mode = b == 1.0 ? 1 : (b == 2.0 ? 2 : 0);
+  const bool qn = need_q && !explain && mode != 1;
+  T* qq = need_q ? q : nullptr;
+  const T p1 = T(b - 1.0), eo = T(eps_out), ce = T(kCosEps);
+#define RBFKERN_BWD(MODE, EX, QN) bwd_all<T, MODE, EX, QN>(g, gy, lmax, idx, root, ws, gl, qq, p1, eo, ce, nt)
+  if (mode == 1) {
+    RBFKERN_BWD(1, false, false);
+  } else if (mode == 2) {
+    if (explain) RBFKERN_BWD(2, true, false);
+    else if (qn) RBFKERN_BWD(2, false, true);
+    else RBFKERN_BWD(2, false, false);
+  } else {
+    if (explain) RBFKERN_BWD(0, true, false);
+    else if (qn) RBFKERN_BWD(0, false, true);
+    else RBFKERN_BWD(0, false, false);
+  }
+#undef RBFKERN_BWD
+}
+
+template <typename T>
+void bwd_norm(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int nt) {
+  const int64_t Cg = g.C / g.G, P = g.P();
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> R(static_cast<size_t>(g.W)), V(static_cast<size_t>(g.Wo));
+#pragma omp for collapse(3) schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t gg = 0; gg < g.G; ++gg) {
+        for (int64_t h = 0; h < g.H; ++h) {
+          const T* qp = q + (n * g.G + gg) * P;
+          // R[w] = sum of q over the output pixels whose window covers (h, w), separably: V sums
+          // the output rows whose window covers row h, then R the columns covering w.
+          T* __restrict Vp = V.data();
+          T* __restrict Rw = R.data();
+          for (int64_t wo = 0; wo < g.Wo; ++wo) Vp[wo] = T(0);
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t a = h + g.ph - i * g.dh;
+            if (a < 0 || a % g.sh != 0 || a / g.sh >= g.Ho) continue;
+            const T* __restrict qr = qp + (a / g.sh) * g.Wo;
+            for (int64_t wo = 0; wo < g.Wo; ++wo) Vp[wo] += qr[wo];
+          }
+          for (int64_t w = 0; w < g.W; ++w) Rw[w] = T(0);
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t off = g.pw - j * g.dw;  // covers w from output column (w + off) / sw
+            if (g.sw == 1) {
+              const int64_t lo = std::max<int64_t>(0, -off), hi = std::min(g.W, g.Wo - off);
+              for (int64_t w = lo; w < hi; ++w) Rw[w] += Vp[w + off];
+            } else {
+              for (int64_t w = 0; w < g.W; ++w) {
+                const int64_t bb = w + off;
+                if (bb >= 0 && bb % g.sw == 0 && bb / g.sw < g.Wo) Rw[w] += Vp[bb / g.sw];
+              }
+            }
+          }
+          const T* __restrict Rp = R.data();
+          for (int64_t c = 0; c < Cg; ++c) {
+            const int64_t off = ((n * g.C + gg * Cg + c) * g.H + h) * g.W;
+            const T* __restrict xr = x + off;
+            T* __restrict gr = gx + off;
+            if (gsrc == gx) {
+              for (int64_t w = 0; w < g.W; ++w) gr[w] += xr[w] * Rp[w];
+            } else {
+              const T* __restrict sr = gsrc + off;
+              for (int64_t w = 0; w < g.W; ++w) gr[w] = sr[w] + xr[w] * Rp[w];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Sum of squares / dot product of a row with 16 lane accumulators: vectorises (a single
+// accumulator is a serial add chain) and keeps a fixed summation order.
+template <typename T>
+T row_dot(const T* __restrict a, const T* __restrict b, int64_t K) {
+  constexpr int L = 16;
+  T acc[L] = {};
+  int64_t k = 0;
+  for (; k + L <= K; k += L)
+    for (int j = 0; j < L; ++j) acc[j] += a[k + j] * b[k + j];
+  for (int j = 0; k + j < K; ++j) acc[j] += a[k + j] * b[k + j];
+  T s = T(0);
+  for (int j = 0; j < L; ++j) s += acc[j];
+  return s;
+}
+
+// Weight scales ws = 1 / ||W||_row, and the weight gradient gW = g - W <g, W> / <W, W> given
+// g = the weight gradient of the raw-weight map with ws-scaled output gradients (that is
+// (dL/dW-hat - W-hat <dL/dW-hat, W-hat>) / ||W||). Serial on purpose: the weight is small, and a
+// parallel region costs more than it saves.
+template <typename T>
+void weight_scale(const T* w, T* ws, int64_t R, int64_t K) {
+  for (int64_t r = 0; r < R; ++r) ws[r] = T(1) / std::sqrt(row_dot(w + r * K, w + r * K, K));
+}
+
+template <typename T>
+void weight_grad(const T* w, const T* g, T* gw, int64_t R, int64_t K) {
+  for (int64_t r = 0; r < R; ++r) {
+    const T* __restrict wr = w + r * K;
+    const T* __restrict gr = g + r * K;
+    T* __restrict out = gw + r * K;
+    const T c = row_dot(gr, wr, K) / row_dot(wr, wr, K);
+    for (int64_t k = 0; k < K; ++k) out[k] = gr[k] - wr[k] * c;
+  }
+}
+
+#include "cpu/bcos_direct.h"  // NOLINT(build/include): part of the kernel section
+#include "cpu/bcos_wgrad_det.h"  // NOLINT(build/include)
+
