@@ -498,7 +498,7 @@ def test_gradcheck_triton(backend, b, max_out, linear):
 @pytest.mark.parametrize("b", [0.5, 1.5, 2.5, 3.7])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_vector_pow_matches_reference(backend, b, dtype):
-    # B != 1, 2 goes through the vectorised exp/log power of csrc/cpu/bcos_simd.h (CUDA: the power
+    # B != 1, 2 goes through the vectorised exp/log power of csrc/cpu/bcos_pow.h (CUDA: the power
     # of the Triton epilogues, fused in float32, unfused in float64): forward and both gradients
     # against the float64 reference on the same (rounded) inputs, cosines from ~0 to ~1 (inputs
     # spanning 1e-4 .. 1e3 in magnitude).

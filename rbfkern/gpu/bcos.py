@@ -1,6 +1,6 @@
 """Triton kernels for B-cos (``bcos_conv2d``, ``bcos_linear``).
 
-Layouts are those of csrc/cpu/bcos.cpp: x [N, C, H, W], l [N, O*M, P] (P = Ho*Wo), y / lmax /
+Layouts are those of the C++ kernels (csrc/cpu/bcos.h): x [N, C, H, W], l [N, O*M, P] (P = Ho*Wo), y / lmax /
 idx (uint8) / gv [N, O, P], root / q [N, G, P]. A linear layer is H = W = Ho = Wo = 1 with a 1x1
 window (x [R, C], y / lmax / idx / gv [R, O], root / q [R]).
 

@@ -1,4 +1,5 @@
-"""The B-cos C++ backend (csrc/cpu/bcos.cpp, bcos_direct.h, bcos_wgrad_det.h), float32/float64.
+"""The B-cos C++ backend (csrc/cpu/bcos.h; kernels in bcos_kernels.h, bcos_direct.h, bcos_wgrad_det.h),
+float32/float64.
 
 forward(geo, b, x, weight, save) -> (y, lmax, idx, root) and backward(geo, b, gy, x, weight, lmax,
 idx, root, explain, needs) -> (gx, gw): the contract of every B-cos backend (rbfkern/ops/bcos.py).

@@ -8,7 +8,7 @@ galpha, gsigma); ``gauss_deriv_conv3d`` and ``gauss_deriv_conv3d_bwd`` likewise.
 
 Two evaluation paths give the same values (to rounding):
 
-* ``separable``: the fused kernels (CPU: csrc/cpu/gauss_deriv.cpp, Triton: rbfkern/gpu/gauss_deriv.py):
+* ``separable``: the fused kernels (CPU: csrc/cpu/gauss_deriv.h, Triton: rbfkern/gpu/gauss_deriv.py):
   one row pass per order p, one column pass per (p, q), recombination by alpha per tile of output
   rows, no basis maps in memory.
 * ``dense``: the effective filters W = sum alpha phi (eq. 23) built once (C_out*C_in*K*K values) and
@@ -235,7 +235,7 @@ class _Dense:
 
 
 class _Cpp:
-    """The separable fused kernels of csrc/cpu/gauss_deriv.cpp (float32/float64); x of rank 5 runs
+    """The separable fused kernels of csrc/cpu/gauss_deriv.h (float32/float64); x of rank 5 runs
     the 3D kernels."""
 
     @staticmethod

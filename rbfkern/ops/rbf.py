@@ -34,7 +34,7 @@ def _np(t: Tensor | None):
 
 
 class _Cpp:
-    """The C++ kernels of csrc/cpu/rbf.cpp (float32/float64; half types are computed in float32)."""
+    """The C++ kernels of csrc/cpu/rbf.h / rbf_kernels.h (float32/float64; half types are computed in float32)."""
 
     HALF_AS_FLOAT32 = True
 
