@@ -232,6 +232,45 @@ def test_no_cancellation_near_a_centre(backend):
     assert abs(float(expanded) - exact) > 1e-2 * exact  # the test can tell the two forms apart
 
 
+def _cancelling_inputs(n, c, d, metric, dtype, seed=0):
+    """Centres far from the origin and from each other; rows on, near (1e-1 .. 1e-6 of |c|) and
+    far from them: where x^2 - 2xc + c^2 cancels, and where it does not."""
+    g = torch.Generator().manual_seed(seed)
+    cen = 300.0 + 50.0 * torch.randn(c, d, generator=g, dtype=torch.float64)
+    pick = torch.randint(0, c, (n,), generator=g)
+    scale = 10.0 ** -torch.randint(1, 7, (n, 1), generator=g).double()
+    x = cen[pick] + scale * cen.norm(dim=1).mean() / math.sqrt(d) * torch.randn(n, d, generator=g, dtype=torch.float64)
+    x[: n // 4] = 300.0 + 50.0 * torch.randn(n // 4, d, generator=g, dtype=torch.float64)
+    x[-3:] = cen[pick[-3:]]  # on a centre: r2 = 0 exactly
+    diag = None
+    if metric == "diag":
+        diag = 0.5 + torch.rand(c, d, generator=g, dtype=torch.float64)
+    elif metric == "shared_diag":
+        diag = 0.5 + torch.rand(d, generator=g, dtype=torch.float64)
+    return x.to(dtype), cen.to(dtype), None if diag is None else diag.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("metric", ["none", "shared_diag", "diag"])
+@pytest.mark.parametrize("d", [15, 16, 64, 130])
+def test_cpp_r2_keeps_the_difference_form_bound(metric, d, dtype, monkeypatch):
+    """From D = 16 the C++ forward of the none / diag metrics takes the GEMM form with a certified
+    bound and recomputes the pairs that fail it in the difference form (csrc/cpu/rbf_fwd_gemm.h):
+    every r2 must stay within max(128, 2 (D + 3)) u of the exact r2 of the stored inputs, relative,
+    on data where the plain GEMM form loses every digit; rows and centres not multiples of any tile."""
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    x, cen, diag = _cancelling_inputs(37, 45, d, metric, dtype)
+    exact = reference.rbf_r2(f64(x), f64(cen), f64(diag), None)
+    r2 = rbf_r2(x, cen, diag=diag)
+    tol = 1.05 * max(128, 2 * (d + 3)) * torch.finfo(dtype).eps / 2
+    err = (r2.double() - exact).abs()
+    assert bool((err <= tol * exact).all()), f"worst relative error {float((err / exact.clamp_min(1e-300)).max()):.3g}, bound {tol:.3g}"
+    assert int((exact == 0).sum()) >= 3  # the rows on a centre were checked to be exactly 0
+    if dtype == torch.float32:  # the data can tell the forms apart
+        expanded = reference.rbf_r2_expanded(x, cen, diag)
+        assert bool(((expanded.double() - exact).abs() > tol * exact).any())
+
+
 @pytest.mark.tf32
 @pytest.mark.parametrize("backend", [CUDA], indirect=True)
 @pytest.mark.parametrize("metric", ["none", "diag", "tril"])
@@ -433,7 +472,7 @@ def test_package_exports():
     }
 
 
-@pytest.mark.parametrize("metric", ["diag", "tril", "shared_tril"])
+@pytest.mark.parametrize("metric", ["none", "shared_diag", "diag", "tril", "shared_tril"])
 def test_cpp_bitwise_same_for_1_and_2_threads(metric, monkeypatch):
     """The C++ kernels use fixed blocking and fixed-order partial sums: the thread count must not change any bit."""
     monkeypatch.setenv("RBFKERN_BACKEND", "cpp")

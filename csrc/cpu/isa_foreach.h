@@ -21,6 +21,10 @@ namespace cpu {
 namespace RBFKERN_ISA_FAMILY {
 namespace isa_avx512 {
 constexpr int kVecBytes = 64;
+namespace simd {  // the vector helpers compiled for this set (simd_vec.h explains why)
+using namespace ::rbfkern::simd;  // NOLINT(build/namespaces): types, loads, stores, sizes
+#include "cpu/simd_vec.h"  // NOLINT(build/include)
+}  // namespace simd
 #include RBFKERN_ISA_KERNELS  // NOLINT(build/include)
 }  // namespace isa_avx512
 }  // namespace RBFKERN_ISA_FAMILY
@@ -35,6 +39,10 @@ namespace cpu {
 namespace RBFKERN_ISA_FAMILY {
 namespace isa_avx2 {
 constexpr int kVecBytes = 32;
+namespace simd {  // the vector helpers compiled for this set (simd_vec.h explains why)
+using namespace ::rbfkern::simd;  // NOLINT(build/namespaces): types, loads, stores, sizes
+#include "cpu/simd_vec.h"  // NOLINT(build/include)
+}  // namespace simd
 #include RBFKERN_ISA_KERNELS  // NOLINT(build/include)
 }  // namespace isa_avx2
 }  // namespace RBFKERN_ISA_FAMILY
@@ -48,6 +56,10 @@ namespace cpu {
 namespace RBFKERN_ISA_FAMILY {
 namespace isa_default {
 constexpr int kVecBytes = 16;
+namespace simd {  // the vector helpers compiled for this set (simd_vec.h explains why)
+using namespace ::rbfkern::simd;  // NOLINT(build/namespaces): types, loads, stores, sizes
+#include "cpu/simd_vec.h"  // NOLINT(build/include)
+}  // namespace simd
 #include RBFKERN_ISA_KERNELS  // NOLINT(build/include)
 }  // namespace isa_default
 #if !(defined(__x86_64__) || defined(__i386__))

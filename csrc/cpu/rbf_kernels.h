@@ -3,10 +3,13 @@
 // (csrc/cpu/isa_foreach.h) and its entry points call forward / backward of one of them.
 // No include guard on purpose.
 //
-// Always the difference form (x - c first, never x^2 - 2xc + c^2); (N,C,D) is never built.
+// The difference form (x - c first), or for the none / diag forward the GEMM form x^2 - 2xc + c^2
+// wherever a certified bound shows it is as exact (rbf_fwd_gemm.h); (N,C,D) is never built.
 //
 // Kernel plan (diag / none metric):
-//   forward   rows in blocks of 64 (parallel) x centres in panels of 2 vectors packed transposed
+//   forward   D >= kGemmFwdMinD: the GEMM form with a certified bound per pair, failing pairs in
+//             the difference form (rbf_fwd_gemm.h). Smaller D, the difference form:
+//             rows in blocks of 64 (parallel) x centres in panels of 2 vectors packed transposed
 //             [d][centre]; micro-kernel 8 rows x 2 vectors of centres, loop over d.
 //   backward  pass 1, parallel over row blocks: gx = 2 sum_j G w (x - c), vectorised over d,
 //             micro-kernel 8 rows x 1 vector of d, loop over all centres.
@@ -561,15 +564,28 @@ static void forward_tril(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Forward, diag / none metric, GEMM form (D >= kGemmFwdMinD)
+// ---------------------------------------------------------------------------------------------
+#include "cpu/gemm_tile.h"      // NOLINT(build/include): per instruction set, like this file
+#include "cpu/rbf_fwd_gemm.h"   // NOLINT(build/include)
+
 template <class T>
 void forward(const RbfProblem<T>& p, T* act, T* r2, int nthreads) {
   if (p.N <= 0 || p.C <= 0) return;
   const ActParams<T> A = make_act_params(p);
   if (p.kind == kKindNone) act = nullptr;
+  const bool gemm = p.D >= kGemmFwdMinD;
   switch (p.metric_kind) {
-    case kMetricDiag: forward_diag<T, true>(p, A, act, r2, nthreads); break;
+    case kMetricDiag:
+      if (gemm) forward_gemm<T, true>(p, A, act, r2, nthreads);
+      else forward_diag<T, true>(p, A, act, r2, nthreads);
+      break;
     case kMetricTril: forward_tril<T>(p, A, act, r2, nthreads); break;
-    default: forward_diag<T, false>(p, A, act, r2, nthreads); break;
+    default:
+      if (gemm) forward_gemm<T, false>(p, A, act, r2, nthreads);
+      else forward_diag<T, false>(p, A, act, r2, nthreads);
+      break;
   }
 }
 

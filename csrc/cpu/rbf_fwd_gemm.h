@@ -1,0 +1,195 @@
+// RBF forward, none / diag metric, in the GEMM form with a certified error bound per pair and a
+// difference-form recompute of the pairs that fail it. Included by rbf_kernels.h (per instruction
+// set, inside its namespace: uses ActParams, act_rows, pack helpers); no include guard on purpose.
+//
+// Both sides are first shifted by mu, the mean of the centres (r2 does not change; the GEMM form's
+// cancellation then scales with the spread of the data, not its distance from the origin):
+// x' = x - mu, c' = c - mu, X = sum_d w x'^2, C_j = sum_d w_j c'^2 and
+//     r2 = X - 2 sum_d w x' c' + C_j.
+// Shared metric (none, or one w): K = D, one GEMM of x' with the panel -2 w c', X per row.
+// Per-centre w: K = 2D, rows [x', x'^2] times the panel [-2 w_j c'_j ; w_j], the two halves summed
+// apart (gemm_tile's split), so X is per pair. 2 FMAs per (n, j, d) instead of the difference
+// form's sub, mul, FMA; 1 instead of 2-3 for a shared metric.
+//
+// Error bound (rounding analysis in the comments of gemm_fwd_bound): the computed r2^ satisfies
+//     |r2^ - r2| <= tau r2^   whenever   alpha r2^ >= xi X^ + zeta C^_j + theta,
+// with tau = max(128, 2 (D + 3)) u: at most twice the difference form's own worst-case bound
+// (D + 3) u r2 (u the unit roundoff). Pairs that fail (x near c_j relative to |x'|^2 + |c'_j|^2,
+// non-finite or tiny values) are recomputed in the difference form, exactly as forward_diag
+// computes every pair. Each pair's value depends only on its own operands and the fixed tiling,
+// never on the thread count.
+
+// The smallest D that takes the GEMM form (below it the difference form costs no more).
+constexpr int64_t kGemmFwdMinD = 16;
+
+// Constants of the acceptance test (see the file comment), for T, D and the summation blocks.
+struct GemmFwdBound {
+  double alpha, xi, zeta, theta;
+};
+
+template <class T>
+inline GemmFwdBound gemm_fwd_bound(int64_t D, int64_t kb, bool per_centre) {
+  const double u = std::numeric_limits<T>::epsilon() / 2, u64 = std::numeric_limits<double>::epsilon() / 2;
+  const double tau = std::max(128.0, 2.0 * (double)(D + 3)) * u;
+  // Sources, each a multiple of X' = sum w x'^2, C' = sum w c'^2 (exact, of the shifted operands):
+  //  shift rounding x' = fl(x - mu):           u (r2 + 2 X' + 2 C')  (|x'-c' - (x-c)| <= u(|x'|+|c'|))
+  //  panel rounding fl(w c'):                   u (X' + C')           (2|w x' c'| <= w x'^2 + w c'^2)
+  //  cross GEMM, blocks of kb:                  gc (1 + u) (X' + C')
+  //  X^: per-centre the square half of the GEMM gx = gc (1 + u) + u, shared a double sum rounded ux
+  //  C^_j: a double sum rounded:                ux C'
+  //  t = fl(S + X^), r2^ = fl(t + C^):          u |t| <= u (2 X' + C'), u r2^
+  // so |r2^ - r2| <= u r2 + 2.01 u r2^ + (gc' + gx + 5u) X' + (gc' + ux + 4u) C'; with r2 <= r2^ + E,
+  // X' <= X^ / (1 - gx), C' <= C^ / (1 - ux), the acceptance test below implies E <= tau r2^.
+  // The 5 % slack covers the test's own rounding and the second-order terms.
+  const double gc = gemm_error_factor<T>(D, kb) * (1 + u);
+  const double ux = u + (double)(D + 3) * u64;
+  const double gx = per_centre ? gc + u : ux;
+  GemmFwdBound b;
+  b.alpha = (1 - u) * tau - 2.01 * u;
+  b.xi = 1.05 * (gc + gx + 6 * u) / (1 - gx - u);
+  b.zeta = 1.05 * (gc + ux + 4 * u) / (1 - ux);
+  // Underflow: gradual underflow adds an absolute error of at most half the smallest subnormal
+  // per rounding; 4 (2K + 8) of them, against the relative test.
+  b.theta = 4.0 * (4.0 * (double)D + 8.0) * (double)std::numeric_limits<T>::denorm_min() / tau;
+  return b;
+}
+
+// Summation block of the GEMM form: the longest of 64, 32, 16, 8 whose acceptance test still
+// passes pairs with r2 >= 3/4 (X + C) (xi + zeta <= 3/4 alpha), so that well-separated pairs are
+// not recomputed. Longer blocks cost less (each block ends with a load-add-store of the tile) but
+// loosen the bound (gamma_kb + gamma_{D/kb}).
+template <class T>
+inline int64_t gemm_fwd_block(int64_t D, bool per_centre) {
+  for (int64_t kb = 64; kb > 8; kb /= 2) {
+    const GemmFwdBound b = gemm_fwd_bound<T>(D, kb, per_centre);
+    if (b.xi + b.zeta <= 0.75 * b.alpha) return kb;
+  }
+  return 8;
+}
+
+// The difference form of one pair, as forward_diag computes it (sequential over d).
+template <class T, bool DIAG>
+RBFKERN_INLINE T diff_pair(const T* x, const T* c, const T* w, int64_t D) {
+  T acc = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const T t = x[d] - c[d];
+    if (DIAG) acc += (t * w[d]) * t;
+    else acc += t * t;
+  }
+  return acc;
+}
+
+// x rows [n0, n0 + nr) shifted into dst [rows][K] (per-centre: [x', x'^2]), zero padded to `rows`,
+// and X = sum w x'^2 per row (shared metric; ws null: w = 1).
+template <class T>
+static void pack_rows_shifted(const RbfProblem<T>& p, const T* mu, bool per_centre, int64_t n0, int64_t nr,
+                              int64_t rows, int64_t K, T* dst, T* xn) {
+  const int64_t D = p.D;
+  const T* ws = p.metric_kind == kMetricDiag && p.metric_shared ? p.metric : nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* o = dst + r * K;
+    if (r >= nr) {
+      std::fill(o, o + K, T(0));
+      xn[r] = T(0);
+      continue;
+    }
+    const T* x = p.x + (n0 + r) * D;
+    double s = 0.0;
+    for (int64_t d = 0; d < D; ++d) {
+      const T v = x[d] - mu[d];
+      o[d] = v;
+      if (per_centre) o[D + d] = v * v;
+      s += (ws ? (double)ws[d] : 1.0) * (double)v * (double)v;
+    }
+    xn[r] = (T)s;
+  }
+}
+
+template <class T, bool DIAG>
+static void forward_gemm(const RbfProblem<T>& p, const ActParams<T>& A, T* act, T* r2, int nthreads) {
+  typedef typename VT<T>::V V;
+  typedef typename VT<T>::VI VI;
+  constexpr int L = VT<T>::L, NV = kGemmNV, R = kGemmR, P = NV * L;
+  constexpr int64_t RB = 8 * R;  // rows per block
+  const int64_t N = p.N, C = p.C, D = p.D;
+  const bool per_centre = DIAG && !p.metric_shared;
+  const int64_t K = per_centre ? 2 * D : D, kb = gemm_fwd_block<T>(D, per_centre);
+  const GemmFwdBound bd = gemm_fwd_bound<T>(D, kb, per_centre);
+  const T alpha = (T)bd.alpha, xi = (T)bd.xi;
+  const T* ws = DIAG && p.metric_shared ? p.metric : nullptr;  // shared weights (null: none / per centre)
+  // mu: the mean of the centres, in double, in centre order.
+  std::vector<T> mu((size_t)D);
+  for (int64_t d = 0; d < D; ++d) {
+    double s = 0.0;
+    for (int64_t j = 0; j < C; ++j) s += (double)p.centers[j * D + d];
+    mu[(size_t)d] = (T)(s / (double)C);
+  }
+  // Panels [K][P] of -2 w c' (and w), per panel P lanes of C^ and of zeta C^ + theta.
+  const int64_t npanel = simd::cdiv(C, P);
+  std::vector<T> bp((size_t)(npanel * K * P), T(0)), cn((size_t)(npanel * P), T(0)), gam((size_t)(npanel * P), T(0));
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+  for (int64_t j = 0; j < C; ++j) {
+    T* b = bp.data() + (j / P) * K * P + j % P;
+    double s = 0.0;
+    for (int64_t d = 0; d < D; ++d) {
+      const T w = DIAG ? diag_w(p, j, d) : T(1);
+      const T c = p.centers[j * D + d] - mu[(size_t)d];
+      b[d * P] = T(-2) * (w * c);
+      if (per_centre) b[(D + d) * P] = w;
+      s += (double)w * (double)c * (double)c;
+    }
+    cn[(size_t)j] = (T)s;
+    gam[(size_t)j] = (T)(bd.zeta * (double)cn[(size_t)j] + bd.theta);
+  }
+  const int64_t nrb = simd::cdiv(N, RB);
+  const T big = std::numeric_limits<T>::max();
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> xs((size_t)(RB * K)), xn((size_t)RB), tile((size_t)(R * P)), tile2((size_t)(R * P));
+    VI bad[R * NV];  // on the stack: std::vector would drop the vector type's 64-byte alignment
+#pragma omp for schedule(static)
+    for (int64_t rb = 0; rb < nrb; ++rb) {
+      const int64_t n0 = rb * RB, nr = std::min(RB, N - n0), rows = simd::round_up(nr, R);
+      pack_rows_shifted(p, mu.data(), per_centre, n0, nr, rows, K, xs.data(), xn.data());
+      // Row tiles outside, panels inside: the tile's R rows of x stay in L1 while the panels
+      // stream from L2 (one sequential stream the prefetcher follows).
+      for (int64_t r0 = 0; r0 < rows; r0 += R) {
+        for (int64_t pn = 0; pn < npanel; ++pn) {
+          const int64_t j0 = pn * P, nc = std::min<int64_t>(P, C - j0);
+          const T* b = bp.data() + pn * K * P;
+          gemm_tile<T, R, NV>(xs.data() + r0 * K, K, b, K, kb, per_centre ? D : K, tile.data(), tile2.data());
+          const int64_t rv = std::min<int64_t>(R, nr - r0);
+          VI any_bad = {};
+          for (int64_t r = 0; r < rv; ++r) {
+            const V xb = vbcast<T>(xn[(size_t)(r0 + r)]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+              const V X = per_centre ? vload(tile2.data() + r * P + v * L) : xb;
+              const V t = vload(tile.data() + r * P + v * L) + X;
+              const V r2v = t + vload(cn.data() + j0 + v * L);
+              const V rhs = xi * X + vload(gam.data() + j0 + v * L);
+              const VI b = ~((alpha * r2v >= rhs) & (r2v <= big));
+              bad[r * NV + v] = b;
+              any_bad |= b;
+              vstore(tile.data() + r * P + v * L, r2v);
+            }
+          }
+          for (int64_t r = 0; r < rv; ++r)
+            std::memcpy(r2 + (n0 + r0 + r) * C + j0, tile.data() + r * P, sizeof(T) * (size_t)nc);
+          if (!vany(any_bad)) continue;
+          // The pairs that failed the test: the difference form.
+          for (int64_t r = 0; r < rv; ++r) {
+            const int64_t n = n0 + r0 + r;
+            for (int64_t i = 0; i < nc; ++i) {
+              if (!bad[r * NV + i / L][i % L]) continue;
+              const int64_t j = j0 + i;
+              r2[n * C + j] = diff_pair<T, DIAG>(p.x + n * D, p.centers + j * D,
+                                                 DIAG ? (ws ? ws : p.metric + j * D) : nullptr, D);
+            }
+          }
+        }
+      }
+      if (act) act_rows(A, nr, C, r2 + n0 * C, act + n0 * C);
+    }
+  }
+}

@@ -1,0 +1,95 @@
+// The vector arithmetic helpers (broadcast, horizontal sum, comparisons, exp). No include guard
+// on purpose: simd.h includes this file once at the baseline target (for scalar callers such as
+// bcos_pow.h), and isa_foreach.h includes it again inside each instruction set's namespace,
+// under that set's `#pragma GCC target`.
+//
+// Why twice: GCC lowers a function's generic 64-byte vector operations for the target the
+// function is *defined* under, before inlining. Defined at the baseline, a broadcast
+// `s - V{}` became four 16-byte pieces that the AVX-512 caller then reassembled lane by lane
+// (sixteen masked broadcasts instead of one), and every other vector operation here likewise.
+// Defined inside the ISA namespace they compile to single zmm/ymm instructions.
+// Expects VT, Lanes, ExpConst and ExpPoly (simd.h) to be visible.
+
+template <class T>
+RBFKERN_INLINE typename VT<T>::V vbcast(T s) {
+  return s - typename VT<T>::V{};  // folds to one broadcast (0 + s would not: signed zeros)
+}
+
+// Horizontal sum, fixed pairwise order.
+RBFKERN_INLINE float vhsum(f32x16 v) {
+  f32x16 s = v + __builtin_shuffle(v, i32x16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  s = s + __builtin_shuffle(s, i32x16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  s = s + __builtin_shuffle(s, i32x16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  return s[0] + s[1];
+}
+RBFKERN_INLINE double vhsum(f64x8 v) {
+  f64x8 s = v + __builtin_shuffle(v, i64x8{4, 5, 6, 7, 0, 1, 2, 3});
+  s = s + __builtin_shuffle(s, i64x8{2, 3, 0, 1, 6, 7, 4, 5});
+  return s[0] + s[1];
+}
+
+
+// Quiet comparisons: on scalars `<` may trap on NaN, which keeps GCC from if-converting the loop.
+RBFKERN_INLINE bool lanes_less(double a, double b) { return __builtin_isless(a, b); }
+RBFKERN_INLINE bool lanes_greater(double a, double b) { return __builtin_isgreater(a, b); }
+template <class V>
+RBFKERN_INLINE typename Lanes<V>::I lanes_less(V a, typename Lanes<V>::T b) {
+  return a < b;
+}
+template <class V>
+RBFKERN_INLINE typename Lanes<V>::I lanes_greater(V a, typename Lanes<V>::T b) {
+  return a > b;
+}
+template <class V>
+RBFKERN_INLINE V splat(typename Lanes<V>::T s) {
+  if constexpr (std::is_floating_point<V>::value) return s;
+  else return s - V{};
+}
+
+
+// Horner, highest coefficient first.
+template <class V>
+RBFKERN_INLINE V exp_poly(V r) {
+  typedef ExpPoly<typename Lanes<V>::T> C;
+  V p = splat<V>(C::c[0]);
+#pragma GCC unroll 16
+  for (int i = 1; i < C::n; ++i) p = p * r + C::c[i];
+  return p;
+}
+
+// NONPOS: the caller guarantees x <= 0 (or NaN), so the overflow clamp is left out.
+template <class V, bool NONPOS = false>
+RBFKERN_INLINE V vexp(V x) {
+  typedef typename Lanes<V>::T T;
+  typedef typename Lanes<V>::I I;
+  typedef ExpConst<T> K;
+  const auto under = lanes_less(x, K::lo);
+  x = under ? splat<V>(K::lo) : x;
+  auto over = under;
+  if (!NONPOS) {
+    over = lanes_greater(x, K::hi);
+    x = over ? splat<V>(K::hi) : x;
+  }
+  const V v = x * K::log2e + K::magic;
+  const I k = __builtin_bit_cast(I, v) - __builtin_bit_cast(I, splat<V>(K::magic));
+  const V kd = v - K::magic;
+  V r = x - kd * K::ln2hi;
+  r = r - kd * K::ln2lo;
+  V scale;
+  if constexpr (std::is_floating_point<V>::value)  // unsigned: no signed shift for UBSan to flag
+    scale = __builtin_bit_cast(V, static_cast<uint64_t>(k + K::bias) << K::mant);
+  else
+    scale = __builtin_bit_cast(V, (k + K::bias) << K::mant);
+  const V res = exp_poly(r) * scale;
+  // a select of constants, multiplied in: nothing conditional left for a scalar loop to branch on
+  V fix = under ? splat<V>(T(0)) : splat<V>(T(1));
+  if (!NONPOS) fix = over ? splat<V>(__builtin_inf()) : fix;
+  return res * fix;
+}
+
+// exp(x) for x <= 0: the RBF activations.
+template <class V>
+RBFKERN_INLINE V vexp_nonpos(V x) {
+  return vexp<V, true>(x);
+}
+
