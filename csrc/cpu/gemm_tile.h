@@ -1,0 +1,76 @@
+// Register-blocked GEMM tile shared by the RBF forward's GEMM-form pass (rbf_kernels.h) and the
+// kNN candidate search (knn_kernels.h). Included inside those kernels files, so it is compiled
+// once per instruction set with them (csrc/cpu/isa_foreach.h); no include guard on purpose.
+//
+//   tile[r][:] = sum_k a[r * lda + k] * bp[k * P + :]     r < R, P = NV * L lanes
+//
+// a: R rows of a row-major matrix, each element broadcast; bp: a packed panel [K][P]. With
+// ksplit < K the sums over k < ksplit go to tile and those over k >= ksplit to tile2. Two-level
+// summation: each block of kb consecutive k is summed from zero by sequential FMAs, then the block
+// sums are added in order, so the rounding error is at most gemm_error_factor(K, kb) * sum |a b|
+// (gamma_kb + gamma_{K/kb}, about (kb + K/kb) u) rather than gamma_K = K u of one running sum.
+// Fixed order: the result depends on nothing but the operands.
+
+// Tile shape per instruction set (VT vectors are 64 bytes: one zmm, two ymm or four xmm): R x NV
+// accumulators plus NV panel vectors and a broadcast must fit the register file.
+constexpr int kGemmNV = kVecBytes == 64 ? 2 : 1;
+constexpr int kGemmR = kVecBytes == 64 ? 12 : (kVecBytes == 32 ? 5 : 2);
+
+template <class T, int R, int NV>
+RBFKERN_INLINE void gemm_tile(const T* a, int64_t lda, const T* bp, int64_t K, int64_t kb, int64_t ksplit, T* tile,
+                              T* tile2) {
+  typedef typename simd::VT<T>::V V;
+  constexpr int L = simd::VT<T>::L, P = NV * L;
+  for (int64_t k0 = 0; k0 < K;) {
+    const int64_t k1 = std::min(k0 < ksplit ? ksplit : K, k0 + kb);
+    T* out = k0 < ksplit ? tile : tile2;
+    const bool first = k0 == 0 || k0 == ksplit;
+    V acc[R][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = simd::vbcast<T>(T(0));
+    for (int64_t k = k0; k < k1; ++k) {
+      V b[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) b[v] = simd::vload(bp + k * P + v * L);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const V ab = simd::vbcast<T>(a[r * lda + k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += ab * b[v];
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        T* t = out + r * P + v * L;
+        simd::vstore(t, first ? acc[r][v] : V(simd::vload(t) + acc[r][v]));
+      }
+    k0 = k1;
+  }
+}
+
+// Whether any lane of a comparison result (0 / -1 lanes) is set.
+template <class VI>
+RBFKERN_INLINE bool vany(VI m) {
+  uint64_t w[sizeof(VI) / 8];
+  std::memcpy(w, &m, sizeof m);
+  uint64_t o = 0;
+#pragma GCC unroll 8
+  for (size_t i = 0; i < sizeof(VI) / 8; ++i) o |= w[i];
+  return o != 0;
+}
+
+// The relative factor g with |computed - exact| <= g * sum_k |a_k b_k| for gemm_tile's sum of K
+// products in blocks of kb (exact: of the operands as stored), u the unit roundoff of T:
+// gamma_kb + gamma_nb + gamma_kb gamma_nb (nb = ceil(K / kb)), one more u per product where the
+// instruction set has no FMA (a rounded product), and 1 % slack for the second-order terms.
+template <class T>
+inline double gemm_error_factor(int64_t K, int64_t kb) {
+  const double u = std::numeric_limits<T>::epsilon() / 2;
+  const auto gamma = [u](double n) { return n * u / (1.0 - n * u); };
+  const double nb = (double)simd::cdiv(K, kb), gk = gamma((double)std::min(K, kb) + 1.0), gb = gamma(nb);
+  return 1.01 * (gk + gb + gk * gb);
+}
