@@ -36,7 +36,7 @@ RBFKERN_INLINE void gemm_tile(const T* a, int64_t lda, const T* bp, int64_t K, i
       for (int v = 0; v < NV; ++v) b[v] = simd::vload(bp + k * P + v * L);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
-        const V ab = simd::vbcast<T>(a[r * lda + k]);
+        const T ab = a[r * lda + k];  // scalar * vector: a broadcast load (GCC 12 builds a vbcast lane by lane)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[r][v] += ab * b[v];
       }
