@@ -1,5 +1,6 @@
 """RBF layers: k-means (rbfkern vs scikit-learn) and similarity retrieval (rbfkern.similar, default
-GEMM-candidate path and the fused-op streaming path, vs faiss IndexFlatL2 vs torch cdist + topk).
+GEMM-candidate path and the fused-op streaming path, vs faiss IndexFlatL2 (its default choice and
+its BLAS path forced) vs torch cdist + topk).
 
 Table (interleaved rounds):  python bench/bench_rbf_layers.py [--quick]
 pytest-benchmark:            pytest bench/bench_rbf_layers.py --benchmark-only
@@ -23,7 +24,8 @@ from rbfkern.retrieval import similar
 FULL = {"kmeans": (20000, 32, 32), "retrieval": (100_000, 64, 1000, 10)}  # (N, D, K); (M, D, Q, k)
 QUICK = {"kmeans": (4000, 16, 16), "retrieval": (20_000, 64, 200, 10)}
 KMEANS_INIT, KMEANS_ITER = 3, 50
-PROVIDERS = {"kmeans": ("rbfkern", "sklearn"), "retrieval": ("rbfkern", "rbfkern-op", "faiss", "torch")}
+PROVIDERS = {"kmeans": ("rbfkern", "sklearn"),
+             "retrieval": ("rbfkern", "rbfkern-op", "faiss", "faiss-blas", "torch")}
 
 
 def kmeans_data(n, d, k, seed=0):
@@ -99,7 +101,10 @@ def retrieval_rbfkern_op(m, d, q, k):
     return (lambda: similar(qs, bank, k, fast=False)), _recall(m, d, q, k)
 
 
-def retrieval_faiss(m, d, q, k):
+def retrieval_faiss(m, d, q, k, blas=False):
+    """faiss IndexFlatL2; ``blas``: its BLAS path forced (distance_compute_blas_threshold = 1, a
+    global of faiss set and restored around each search, so the default provider keeps faiss's own
+    choice: a SIMD scan with heaps below that many queries per search)."""
     try:
         import faiss
     except ImportError as e:
@@ -110,7 +115,20 @@ def retrieval_faiss(m, d, q, k):
     index = faiss.IndexFlatL2(d)
     index.add(bank.numpy())
     qn = qs.numpy()
-    return (lambda: index.search(qn, k)), _recall(m, d, q, k)
+
+    def run():
+        old = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 1 if blas else old
+        try:
+            return index.search(qn, k)
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = old
+
+    return run, _recall(m, d, q, k)
+
+
+def retrieval_faiss_blas(m, d, q, k):
+    return retrieval_faiss(m, d, q, k, blas=True)
 
 
 def retrieval_torch(m, d, q, k):
@@ -127,7 +145,8 @@ def retrieval_torch(m, d, q, k):
 SETUPS = {
     ("kmeans", "rbfkern"): kmeans_rbfkern, ("kmeans", "sklearn"): kmeans_sklearn,
     ("retrieval", "rbfkern"): retrieval_rbfkern, ("retrieval", "rbfkern-op"): retrieval_rbfkern_op,
-    ("retrieval", "faiss"): retrieval_faiss, ("retrieval", "torch"): retrieval_torch,
+    ("retrieval", "faiss"): retrieval_faiss, ("retrieval", "faiss-blas"): retrieval_faiss_blas,
+    ("retrieval", "torch"): retrieval_torch,
 }
 
 
