@@ -5,7 +5,8 @@ For each query the ``kk`` bank rows with the smallest GEMM-expanded value
 by the smaller bank index, and a bound on how far the rounded ``approx`` can be from the exact
 one. CPU float32/float64 tensors run the fused C++ kernel (csrc/cpu/knn.h: GEMM tile, threshold
 compare and bounded heap per query, the bank packed ``chunk`` rows at a time); other devices and
-dtypes the torch reference :func:`candidates_torch` (addmm per bank chunk + topk).
+dtypes, and ``RBFKERN_BACKEND=reference`` / ``triton``, the torch reference
+:func:`candidates_torch` (addmm per bank chunk + a stable sort).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def candidates(query: Tensor, bank: Tensor, kk: int, chunk: int | None = None) -
     ``g`` with ``|approx - exact| <= g * (2 sum_d |q_d b_d| + |b|^2)`` for this search's sums.
     ``chunk``: bank rows per step (None: the kernel's about 1 MiB of packed bank, or 4M distances
     for the torch path)."""
-    if query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64) and _backend.has_cext():
+    if (query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
+            and _backend.choose(query.device) == "cpp" and _backend.has_cext()):
         return candidates_cpp(query, bank, kk, chunk)
     return candidates_torch(query, bank, kk, chunk)
 

@@ -51,7 +51,7 @@ def _gemm_topk(query: Tensor, bank: Tensor, k: int, step: int | None):
     """Exact k nearest rows for the queries it can certify (Euclidean coordinates).
 
     Candidates: the kk = 2k + 16 smallest GEMM-expanded values |b|^2 - 2 q.b per query
-    (:mod:`rbfkern.knn_candidates`: the fused C++ search on CPU, addmm + topk elsewhere; fast, but
+    (:mod:`rbfkern.knn_candidates`: the fused C++ search on CPU, addmm + sort elsewhere; fast, but
     the expansion cancels), re-ranked by the difference form |q - b|^2. A query is certified when
     every non-candidate is provably farther than its k-th result: its kk-th expanded value less the
     expansion's rounding bound exceeds the k-th exact distance (``knn_candidates.certified``).
@@ -63,13 +63,13 @@ def _gemm_topk(query: Tensor, bank: Tensor, k: int, step: int | None):
         best_i = torch.arange(m, device=query.device).expand(q, m)
     else:
         best_v, best_i, bmax, g = knn_candidates.candidates(query, bank, kk, step)
-    ev, ei = _rerank(query, bank, best_i.clamp(min=0), k, step)
+    ev, ei = _rerank(query, bank, best_i.clamp(min=0), k)  # -1 (unfilled): never certified
     if kk == m:
         return ev, ei, torch.ones(q, dtype=torch.bool, device=query.device)
     return ev, ei, knn_candidates.certified(query, best_v, best_i, bmax, g, ev)
 
 
-def _rerank(query: Tensor, bank: Tensor, cand: Tensor, k: int, step: int | None):
+def _rerank(query: Tensor, bank: Tensor, cand: Tensor, k: int):
     """The k nearest of each query's candidate rows ``cand`` (Q, kk) by the difference form,
     in blocks of queries that keep the (rows, kk, D) differences near 4M values."""
     q, kk, d = query.shape[0], cand.shape[1], query.shape[1]

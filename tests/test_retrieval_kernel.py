@@ -165,3 +165,19 @@ def test_candidates_other_instruction_sets(isa):
                           "test_candidates_equal_brute_force"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-500:]
+
+
+def test_reference_backend_takes_the_torch_search(monkeypatch):
+    # RBFKERN_BACKEND=reference keeps the C++ kernel out, as for the ops; results are the same.
+    g = torch.Generator().manual_seed(7)
+    q, b = torch.randn(9, 4, generator=g, dtype=torch.float64), torch.randn(300, 4, generator=g, dtype=torch.float64)
+    want = similar(q, b, 5)
+    monkeypatch.setenv("RBFKERN_BACKEND", "reference")
+
+    def no_cpp(*args):
+        raise AssertionError("the C++ search ran under RBFKERN_BACKEND=reference")
+
+    monkeypatch.setattr(knn_candidates, "candidates_cpp", no_cpp)
+    got = similar(q, b, 5)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    assert torch.equal(got[1], _brute_similar(q, b, 5)[1])
