@@ -13,6 +13,7 @@ iterations each provider runs.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -101,10 +102,30 @@ def retrieval_rbfkern_op(m, d, q, k):
     return (lambda: similar(qs, bank, k, fast=False)), _recall(m, d, q, k)
 
 
+def _openblas_core() -> str | None:
+    """The OpenBLAS core name for this x86 CPU's vector width (None: leave OpenBLAS to detect it).
+
+    faiss-cpu wheels bundle their own OpenBLAS (0.3.15 in faiss-cpu 1.15), which does not know
+    CPUs newer than itself (e.g. Sapphire Rapids) and then runs its SSE3 "Prescott" kernels: the
+    BLAS path 3-4x slower than it should be. Naming the core (OPENBLAS_CORETYPE, read when faiss
+    loads it) times faiss as it runs where OpenBLAS knows the CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    if "avx512f" in flags and "avx512bw" in flags and "avx512vl" in flags:
+        return "SkylakeX"
+    return "Haswell" if "avx2" in flags and "fma" in flags else None
+
+
 def retrieval_faiss(m, d, q, k, blas=False):
     """faiss IndexFlatL2; ``blas``: its BLAS path forced (distance_compute_blas_threshold = 1, a
     global of faiss set and restored around each search, so the default provider keeps faiss's own
     choice: a SIMD scan with heaps below that many queries per search)."""
+    core = _openblas_core()
+    if core and "faiss" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_CORETYPE", core)
     try:
         import faiss
     except ImportError as e:
