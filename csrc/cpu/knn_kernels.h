@@ -47,22 +47,20 @@ static void knn_heap_replace_top(T* hv, int64_t* hi, int64_t n, T v, int64_t id)
 template <class T>
 static double knn_pack_panel(const T* bank, int64_t D, int64_t j0, int64_t n, T* panel) {
   constexpr int P = kGemmNV * VT<T>::L;
+  double s[P] = {};  // one independent sum per row: no serial chain of dependent adds
+  for (int64_t d = 0; d < D; ++d) {
+    T* out = panel + d * P;
+    for (int64_t l = 0; l < n; ++l) {
+      const T b = bank[(j0 + l) * D + d];
+      out[l] = T(-2) * b;
+      s[l] += (double)b * (double)b;
+    }
+    for (int64_t l = n; l < P; ++l) out[l] = T(0);
+  }
   double m = 0.0;
   for (int64_t l = 0; l < P; ++l) {
-    T* col = panel + l;
-    if (l >= n) {
-      for (int64_t d = 0; d < D; ++d) col[d * P] = T(0);
-      col[D * P] = std::numeric_limits<T>::infinity();
-      continue;
-    }
-    const T* b = bank + (j0 + l) * D;
-    double s = 0.0;
-    for (int64_t d = 0; d < D; ++d) {
-      col[d * P] = T(-2) * b[d];
-      s += (double)b[d] * (double)b[d];
-    }
-    col[D * P] = (T)s;
-    if (s > m || s != s) m = s;
+    panel[D * P + l] = l < n ? (T)s[l] : std::numeric_limits<T>::infinity();
+    if (l < n && (s[l] > m || s[l] != s[l])) m = s[l];
   }
   return m;
 }
