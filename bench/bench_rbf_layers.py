@@ -1,5 +1,6 @@
 """RBF layers: k-means (rbfkern vs scikit-learn) and similarity retrieval (rbfkern.similar, default
-GEMM-candidate path and the fused-op streaming path, vs faiss IndexFlatL2 vs torch cdist + topk).
+GEMM-candidate path and the fused-op streaming path, vs faiss IndexFlatL2 (its default choice and
+its BLAS path forced) vs torch cdist + topk).
 
 Table (interleaved rounds):  python bench/bench_rbf_layers.py [--quick]
 pytest-benchmark:            pytest bench/bench_rbf_layers.py --benchmark-only
@@ -12,6 +13,7 @@ iterations each provider runs.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -23,7 +25,8 @@ from rbfkern.retrieval import similar
 FULL = {"kmeans": (20000, 32, 32), "retrieval": (100_000, 64, 1000, 10)}  # (N, D, K); (M, D, Q, k)
 QUICK = {"kmeans": (4000, 16, 16), "retrieval": (20_000, 64, 200, 10)}
 KMEANS_INIT, KMEANS_ITER = 3, 50
-PROVIDERS = {"kmeans": ("rbfkern", "sklearn"), "retrieval": ("rbfkern", "rbfkern-op", "faiss", "torch")}
+PROVIDERS = {"kmeans": ("rbfkern", "sklearn"),
+             "retrieval": ("rbfkern", "rbfkern-op", "faiss", "faiss-blas", "torch")}
 
 
 def kmeans_data(n, d, k, seed=0):
@@ -99,7 +102,30 @@ def retrieval_rbfkern_op(m, d, q, k):
     return (lambda: similar(qs, bank, k, fast=False)), _recall(m, d, q, k)
 
 
-def retrieval_faiss(m, d, q, k):
+def _openblas_core() -> str | None:
+    """The OpenBLAS core name for this x86 CPU's vector width (None: leave OpenBLAS to detect it).
+
+    faiss-cpu wheels bundle their own OpenBLAS (0.3.15 in faiss-cpu 1.15), which does not know
+    CPUs newer than itself (e.g. Sapphire Rapids) and then runs its SSE3 "Prescott" kernels: the
+    BLAS path 3-4x slower than it should be. Naming the core (OPENBLAS_CORETYPE, read when faiss
+    loads it) times faiss as it runs where OpenBLAS knows the CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    if "avx512f" in flags and "avx512bw" in flags and "avx512vl" in flags:
+        return "SkylakeX"
+    return "Haswell" if "avx2" in flags and "fma" in flags else None
+
+
+def retrieval_faiss(m, d, q, k, blas=False):
+    """faiss IndexFlatL2; ``blas``: its BLAS path forced (distance_compute_blas_threshold = 1, a
+    global of faiss set and restored around each search, so the default provider keeps faiss's own
+    choice: a SIMD scan with heaps below that many queries per search)."""
+    core = _openblas_core()
+    if core and "faiss" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_CORETYPE", core)
     try:
         import faiss
     except ImportError as e:
@@ -110,7 +136,20 @@ def retrieval_faiss(m, d, q, k):
     index = faiss.IndexFlatL2(d)
     index.add(bank.numpy())
     qn = qs.numpy()
-    return (lambda: index.search(qn, k)), _recall(m, d, q, k)
+
+    def run():
+        old = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 1 if blas else old
+        try:
+            return index.search(qn, k)
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = old
+
+    return run, _recall(m, d, q, k)
+
+
+def retrieval_faiss_blas(m, d, q, k):
+    return retrieval_faiss(m, d, q, k, blas=True)
 
 
 def retrieval_torch(m, d, q, k):
@@ -127,7 +166,8 @@ def retrieval_torch(m, d, q, k):
 SETUPS = {
     ("kmeans", "rbfkern"): kmeans_rbfkern, ("kmeans", "sklearn"): kmeans_sklearn,
     ("retrieval", "rbfkern"): retrieval_rbfkern, ("retrieval", "rbfkern-op"): retrieval_rbfkern_op,
-    ("retrieval", "faiss"): retrieval_faiss, ("retrieval", "torch"): retrieval_torch,
+    ("retrieval", "faiss"): retrieval_faiss, ("retrieval", "faiss-blas"): retrieval_faiss_blas,
+    ("retrieval", "torch"): retrieval_torch,
 }
 
 

@@ -2,14 +2,15 @@
 eq. 16-17), streamed over the bank with a running top-k: memory O(Q * k + chunk * Q).
 
 Per-centre metrics and ``largest=True`` stream the fused ``rbf_r2`` op. Euclidean and shared
-metrics map to Euclidean coordinates, take GEMM candidates and re-rank them exactly (certified per
-query by a rounding bound; uncertified queries fall back to the op), as fast as a GEMM search."""
+metrics map to Euclidean coordinates, take GEMM candidates (on CPU a fused C++ search:
+:mod:`rbfkern.knn_candidates`) and re-rank them exactly (certified per query by a rounding bound;
+uncertified queries fall back to the op), as fast as a GEMM search."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from . import ops
+from . import knn_candidates, ops
 from ._chunks import rows_per_chunk
 from .ops import _checks
 
@@ -46,35 +47,43 @@ def _euclidean_coords(rbf, query: Tensor, bank: Tensor):
     return query, bank
 
 
-def _gemm_topk(query: Tensor, bank: Tensor, k: int, step: int):
+def _gemm_topk(query: Tensor, bank: Tensor, k: int, step: int | None):
     """Exact k nearest rows for the queries it can certify (Euclidean coordinates).
 
-    Candidates come from the GEMM-expanded distance |q|^2 - 2 q.b + |b|^2 (fast, but it cancels),
-    keeping kk = 2k + 16 per query; they are re-ranked by the difference form. A query is certified
-    when every non-candidate is provably farther than its k-th result: the kk-th expanded distance
-    minus the expansion's rounding bound exceeds the k-th exact distance. Returns (r2, index, ok).
+    Candidates: the kk = 2k + 16 smallest GEMM-expanded values |b|^2 - 2 q.b per query
+    (:mod:`rbfkern.knn_candidates`: the fused C++ search on CPU, addmm + sort elsewhere; fast, but
+    the expansion cancels), re-ranked by the difference form |q - b|^2. A query is certified when
+    every non-candidate is provably farther than its k-th result: its kk-th expanded value less the
+    expansion's rounding bound exceeds the k-th exact distance (``knn_candidates.certified``).
+    ``step``: bank rows per step (None: the search's default). Returns (r2, index, ok).
     """
-    q, m, d = query.shape[0], bank.shape[0], query.shape[1]
+    q, m = query.shape[0], bank.shape[0]
     kk = min(m, 2 * k + 16)
-    qn = (query * query).sum(1)
-    best_v = query.new_empty(q, 0)
-    best_i = torch.empty(q, 0, dtype=torch.long, device=query.device)
-    bmax = 0.0
-    for s in range(0, m, step):
-        b = bank[s:s + step]
-        bn = (b * b).sum(1)
-        bmax = max(bmax, float(bn.max()))
-        approx = torch.addmm(bn[None, :], query, b.T, alpha=-2.0)  # + |q|^2 is a per-row constant
-        v = torch.cat([best_v, approx], 1)
-        i = torch.cat([best_i, torch.arange(s, s + b.shape[0], device=query.device).expand(q, -1)], 1)
-        best_v, pos = v.topk(min(kk, v.shape[1]), dim=1, largest=False, sorted=True)
-        best_i = i.gather(1, pos)
-    exact = ((query[:, None, :] - bank[best_i]) ** 2).sum(-1)  # (Q, kk) difference form
-    ev, pos = exact.topk(k, dim=1, largest=False, sorted=True)
-    ei = best_i.gather(1, pos)
-    bound = 8.0 * (d + 4) * torch.finfo(query.dtype).eps * (qn + bmax)
-    ok = (best_v[:, -1] + qn - bound >= ev[:, -1] + bound) if kk < m else torch.ones(q, dtype=torch.bool, device=query.device)
-    return ev, ei, ok
+    if kk == m:  # every row is a candidate
+        best_i = torch.arange(m, device=query.device).expand(q, m)
+    else:
+        best_v, best_i, bmax, g = knn_candidates.candidates(query, bank, kk, step)
+    ev, ei = _rerank(query, bank, best_i.clamp(min=0), k)  # -1 (unfilled): never certified
+    if kk == m:
+        return ev, ei, torch.ones(q, dtype=torch.bool, device=query.device)
+    return ev, ei, knn_candidates.certified(query, best_v, best_i, bmax, g, ev)
+
+
+def _rerank(query: Tensor, bank: Tensor, cand: Tensor, k: int):
+    """The k nearest of each query's candidate rows ``cand`` (Q, kk) by the difference form,
+    in blocks of queries that keep the (rows, kk, D) differences near 4M values."""
+    q, kk, d = query.shape[0], cand.shape[1], query.shape[1]
+    rows = max(1, (1 << 22) // max(1, kk * d))
+    ev, ei = [], []
+    for s in range(0, q, rows):
+        c = cand[s:s + rows]
+        exact = ((query[s:s + rows, None, :] - bank[c]) ** 2).sum(-1)
+        v, pos = exact.topk(k, dim=1, largest=False, sorted=True)
+        ev.append(v)
+        ei.append(c.gather(1, pos))
+    if not ev:
+        return query.new_empty(0, k), torch.empty(0, k, dtype=torch.long, device=query.device)
+    return torch.cat(ev), torch.cat(ei)
 
 
 def _metric_for_queries(rbf, query: Tensor) -> dict:
@@ -110,7 +119,9 @@ def similar(
             nearest centre. A module with ``input_mean``/``input_scale`` (a fitted RBFNetwork)
             standardises both sides first. None: Euclidean.
         largest: return the most dissimilar rows (eq. 17) instead.
-        chunk_size: bank rows per step (default: about 4M distances per step).
+        chunk_size: bank rows per step, which bounds the extra memory (default: about 4M distances
+            per step for the fused op; the CPU candidate search packs about 1 MiB of bank per step,
+            memory ~ (chunk_size + Q) * (D + 1) values beside the (Q, 2k + 16) candidates).
         fast: for Euclidean and shared metrics (``largest=False``), find candidates with a GEMM and
             re-rank them exactly, falling back to the fused op for any query whose result the
             rounding bound cannot certify; False: always stream the fused ``rbf_r2`` op.
@@ -136,12 +147,11 @@ def similar(
     if metric_module is not None and hasattr(metric_module, "input_mean"):
         mean, scale = metric_module.input_mean.to(query.dtype), metric_module.input_scale.to(query.dtype)
         query, bank = (query - mean) / scale, (bank - mean) / scale
-    q = query.shape[0]
     coords = None if largest or not fast else _euclidean_coords(rbf, query, bank)
     if coords is None:
         return _stream_topk(query, bank, k, _metric_for_queries(rbf, query), largest, chunk_size)
     # Shared metric: GEMM candidates + exact re-rank, certified per query; the rest use the op.
-    v, i, ok = _gemm_topk(*coords, k, chunk_size or max(256, (1 << 22) // max(1, q)))
+    v, i, ok = _gemm_topk(*coords, k, chunk_size)
     if not bool(ok.all()):
         rest = (~ok).nonzero().flatten()
         metric = _metric_for_queries(rbf, query[rest])
