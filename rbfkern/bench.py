@@ -32,8 +32,8 @@ class Family(NamedTuple):
 FAMILIES = {
     "rbf": Family("bench_rbf", "fused", "naive", "naive", ("gemm",), "GEMM-expanded torch", (3, 5), (False, True),
                   op="rbf ({case})"),
-    "rbf layers": Family("bench_rbf_layers", "rbfkern", None, "naive", ("sklearn", "faiss", "torch"), None, (3, 3),
-                         (False, False)),
+    "rbf layers": Family("bench_rbf_layers", "rbfkern", None, "naive", ("sklearn", "faiss-blas", "faiss", "torch"),
+                         None, (3, 3), (False, False)),
     "bcos": Family("bench_bcos", "ours", "plain", "plain conv2d (2x channels)", ("official",), "official bcos",
                    (3, 5), (False, False), op="{case} b={m.B:g} maxout={m.MAX_OUT}"),
     "gauss_deriv": Family("bench_gauss_deriv", "ours", "dense", "dense effective filter", ("depthwise+1x1",),
