@@ -63,6 +63,20 @@ def _source_tap(pos, pad, i, dil, stride, n_out, m):
 
 
 @triton.jit
+def _group_filters(i_go, O, G, C, kh, kw, BO: tl.constexpr):
+    """Program axis value i_go = (group g, block ob of BO of the group's O/G filters): (g, ob, the
+    filter indices, their mask, Cg = C/G, kh*kw, K = Cg*kh*kw)."""
+    Og = O // G
+    n_ob = tl.cdiv(Og, BO)
+    g = i_go // n_ob
+    ob = i_go % n_ob
+    o_o = ob * BO + tl.arange(0, BO)
+    Cg = C // G
+    khw = kh * kw
+    return g, ob, g * Og + o_o, o_o < Og, Cg, khw, Cg * khw
+
+
+@triton.jit
 def _im2col(x, n, c, g, Cg, C, H, W, ho, wo, r, m, kw, sh, sw, ph, pw, dh, dw):
     """The x tile [pixels (ho, wo), taps (c, r = kernel row * kw + kernel column)] of image(s) n,
     group g, zero outside the image and where m is false."""
@@ -287,20 +301,11 @@ def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho
     n_pb = tl.cdiv(P, BP)
     n = (i_np // n_pb).to(tl.int64)
     pb = i_np % n_pb
-    Og = O // G
-    n_ob = tl.cdiv(Og, BO)
-    g = i_go // n_ob
-    ob = i_go % n_ob
-    Cg = C // G
-    khw = kh * kw
-    K = Cg * khw
+    g, ob, oc, m_o, Cg, khw, K = _group_filters(i_go, O, G, C, kh, kw, BO)
     o_p = pb * BP + tl.arange(0, BP)
     m_p = o_p < P
     ho = o_p // Wo
     wo = o_p % Wo
-    o_o = ob * BO + tl.arange(0, BO)
-    m_o = o_o < Og
-    oc = g * Og + o_o
     b_sq = tl.zeros([BP], dtype=tl.float32)
     b_a0 = tl.zeros([BP, BO], dtype=tl.float32)
     b_a1 = tl.zeros([BP, BO], dtype=tl.float32)
@@ -459,16 +464,7 @@ def _bcos_bwd_gw_kernel(gv, idx, x, part, NP, C, H, W, G, O, Ho, Wo, kh, kw, sh,
     i_k = tl.program_id(1)
     s = tl.program_id(2)
     P = Ho * Wo
-    Og = O // G
-    n_ob = tl.cdiv(Og, BO)
-    g = i_go // n_ob
-    ob = i_go % n_ob
-    Cg = C // G
-    khw = kh * kw
-    K = Cg * khw
-    o_o = ob * BO + tl.arange(0, BO)
-    m_o = o_o < Og
-    oc = g * Og + o_o
+    g, _ob, oc, m_o, Cg, khw, K = _group_filters(i_go, O, G, C, kh, kw, BO)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     c = o_k // khw
