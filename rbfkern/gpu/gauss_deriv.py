@@ -150,28 +150,35 @@ def _band_sum_into(acc, b, idx, m, row, K, O1P: tl.constexpr, KP: tl.constexpr):
 
 
 @triton.jit
-def _col_pass_grads(b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P: tl.constexpr, KP: tl.constexpr,
+def _col_pass_grads(need_f, b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P: tl.constexpr, KP: tl.constexpr,
                     ACC: tl.constexpr):
-    """Back through Z_pq = T_q R_p given dZ: the y-role taps' gradient (d/df[v] of Z sums
-    (dZ R_p^T)[t, r] over r - t*st = v) into row q of b_f, and T_q^T dZ into dR_p."""
-    b_d = tl.dot(b_dz, tl.trans(b_r), input_precision="ieee", out_dtype=ACC)
-    b_f = _band_sum_into(b_f, b_d, b_it, m_it, q, K, O1P, KP)
-    return b_f, b_dr + tl.dot(tl.trans(b_tq), b_dz, input_precision="ieee", out_dtype=ACC)
+    """Back through Z_pq = T_q R_p given dZ, when the taps need a gradient (need_f): the y-role
+    taps' gradient (d/df[v] of Z sums (dZ R_p^T)[t, r] over r - t*st = v) into row q of b_f, and
+    T_q^T dZ into dR_p."""
+    if need_f:
+        b_d = tl.dot(b_dz, tl.trans(b_r), input_precision="ieee", out_dtype=ACC)
+        b_f = _band_sum_into(b_f, b_d, b_it, m_it, q, K, O1P, KP)
+        b_dr += tl.dot(tl.trans(b_tq), b_dz, input_precision="ieee", out_dtype=ACC)
+    return b_f, b_dr
 
 
 @triton.jit
-def _row_pass_grads(b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P: tl.constexpr, KP: tl.constexpr, ACC: tl.constexpr):
-    """Back through R_p = X U_p given dR_p: the x-role taps' gradient (d/df[u] of R sums
-    (X^T dR)[c, xo] over c - xo*st = u) into row p of b_f."""
-    b_e = tl.dot(tl.trans(b_x), b_dr, input_precision="ieee", out_dtype=ACC)
-    return _band_sum_into(b_f, b_e, b_iu, m_iu, p, K, O1P, KP)
+def _row_pass_grads(need_f, b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P: tl.constexpr, KP: tl.constexpr,
+                    ACC: tl.constexpr):
+    """Back through R_p = X U_p given dR_p, when the taps need a gradient (need_f): the x-role
+    taps' gradient (d/df[u] of R sums (X^T dR)[c, xo] over c - xo*st = u) into row p of b_f."""
+    if need_f:
+        b_e = tl.dot(tl.trans(b_x), b_dr, input_precision="ieee", out_dtype=ACC)
+        b_f = _band_sum_into(b_f, b_e, b_iu, m_iu, p, K, O1P, KP)
+    return b_f
 
 
 @triton.jit
-def _store_tap_grads(p_gf, s, b_f, O1P: tl.constexpr, KP: tl.constexpr):
-    o_fm = tl.arange(0, O1P)
-    o_fk = tl.arange(0, KP)
-    tl.store(p_gf + s * O1P * KP + o_fm[:, None] * KP + o_fk[None, :], b_f)
+def _store_tap_grads(need_f, p_gf, s, b_f, O1P: tl.constexpr, KP: tl.constexpr):
+    if need_f:
+        o_fm = tl.arange(0, O1P)
+        o_fk = tl.arange(0, KP)
+        tl.store(p_gf + s * O1P * KP + o_fm[:, None] * KP + o_fk[None, :], b_f)
 
 
 @triton.jit
@@ -206,12 +213,9 @@ def _gd_bwd_kernel(g, x, a, f, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n
                         tl.store(ga + (i_nt * Co + o_co).to(tl.int64) * J + col, b_ga, mask=m_co)
                     b_a = tl.load(a + o_co * J + col, mask=m_co, other=0.0).to(ACC)
                     b_dz += tl.sum(b_a[:, None, None] * b_g, axis=0)
-                if need_f:
-                    b_f, b_dr = _col_pass_grads(b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P, KP, ACC)
-            if need_f:
-                b_f = _row_pass_grads(b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P, KP, ACC)
-        if need_f:
-            _store_tap_grads(p_gf, s, b_f, O1P, KP)
+                b_f, b_dr = _col_pass_grads(need_f, b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P, KP, ACC)
+            b_f = _row_pass_grads(need_f, b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P, KP, ACC)
+        _store_tap_grads(need_f, p_gf, s, b_f, O1P, KP)
 
 
 @triton.jit
@@ -304,12 +308,9 @@ def _gd3_bwd_kernel(g, x, a, f, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st
                                                     tl.sum(b_a * b_v, axis=0), 0.0)
                                 b_w += f_t * b_a
                             b_dz += tl.sum(b_w[:, None, None] * b_g, axis=0)
-                        if need_f:
-                            b_f, b_dr = _col_pass_grads(b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P, KP, ACC)
-                    if need_f:
-                        b_f = _row_pass_grads(b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P, KP, ACC)
-        if need_f:
-            _store_tap_grads(p_gf, s, b_f, O1P, KP)
+                        b_f, b_dr = _col_pass_grads(need_f, b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P, KP, ACC)
+                    b_f = _row_pass_grads(need_f, b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P, KP, ACC)
+        _store_tap_grads(need_f, p_gf, s, b_f, O1P, KP)
 
 
 # ---------------------------------------------------------------------------------------------
