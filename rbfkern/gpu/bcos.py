@@ -561,6 +561,16 @@ def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
 # ---------------------------------------------------------------------------------------------
 
 
+def _forward_outputs(x, y_shape, root_shape, save, need_root):
+    """Empty (y, lmax, idx, root) of a forward on x: lmax and idx only with ``save``, root only
+    with ``need_root``."""
+    y = torch.empty(y_shape, dtype=x.dtype, device=x.device)
+    lmax = torch.empty(y_shape, dtype=x.dtype, device=x.device) if save else None
+    idx = torch.empty(y_shape, dtype=torch.uint8, device=x.device) if save else None
+    root = torch.empty(root_shape, dtype=x.dtype, device=x.device) if need_root else None
+    return y, lmax, idx, root
+
+
 def _forward_unfused(geo, b, x, weight, save):
     l = common.linear_map(geo, x, common.unit_weight(weight)).contiguous()
     return _epilogue_forward(geo, b, x, l, save)
@@ -570,11 +580,8 @@ def _epilogue_forward(geo, b, x, l, save):
     """MaxOut + power of the raw map l (and the patch-norm root): (y, lmax, idx, root)."""
     N, G, O, M, P = geo.N, geo.G, geo.O, geo.M, geo.P
     dev, dt = x.device, x.dtype
-    y = torch.empty(geo.y_shape, dtype=dt, device=dev)
-    lmax = torch.empty(geo.y_shape, dtype=dt, device=dev) if save else None
-    idx = torch.empty(geo.y_shape, dtype=torch.uint8, device=dev) if save else None
     mode = _mode(b)
-    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if mode != 1 else None
+    y, lmax, idx, root = _forward_outputs(x, geo.y_shape, geo.root_shape, save, mode != 1)
     if N == 0 or O == 0 or P == 0:
         return y, lmax, idx, (root if save else None)
     ACC = _acc(dt)
@@ -663,11 +670,8 @@ def _row_inv_norm(w):
 def _conv_fused_forward(geo, b, x, weight, save):
     N, G, O, M, P = geo.N, geo.G, geo.O, geo.M, geo.P
     dev, dt = x.device, x.dtype
-    y = torch.empty(geo.y_shape, dtype=dt, device=dev)
-    lmax = torch.empty(geo.y_shape, dtype=dt, device=dev) if save else None
-    idx = torch.empty(geo.y_shape, dtype=torch.uint8, device=dev) if save else None
     mode = _mode(b)
-    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if save and mode != 1 else None
+    y, lmax, idx, root = _forward_outputs(x, geo.y_shape, geo.root_shape, save, save and mode != 1)
     if N == 0 or O == 0 or P == 0:
         return y, lmax, idx, root
     w = weight.contiguous()
@@ -685,11 +689,8 @@ def _linear_fused_forward(geo, b, x, weight, save):
     """x [R, C]: y / lmax / idx [R, O], root [R, 1]."""
     R, C, O, M = geo.N, geo.C, geo.O, geo.M
     dev, dt = x.device, x.dtype
-    y = torch.empty(R, O, dtype=dt, device=dev)
-    lmax = torch.empty(R, O, dtype=dt, device=dev) if save else None
-    idx = torch.empty(R, O, dtype=torch.uint8, device=dev) if save else None
     mode = _mode(b)
-    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if save and mode != 1 else None
+    y, lmax, idx, root = _forward_outputs(x, (R, O), geo.root_shape, save, save and mode != 1)
     if R == 0:
         return y, lmax, idx, root
     w = weight.contiguous()
