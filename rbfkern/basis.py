@@ -121,6 +121,24 @@ def _support(sigma: Tensor, truncate: float, rads: Sequence[int] | None):
     return u, big, mask
 
 
+def _normalized_gaussian(s: Tensor, order: int, truncate: float, radii):
+    """(u, s[:, None], t = u/s, phi = e/Z) of the 1D kernels at scales s: the taps u (K,), the
+    normalised Gaussian phi (S, K) that each derivative kernel multiplies."""
+    _check_order(order)
+    u, _, mask = _support(s, truncate, radii)
+    sc = s[:, None]
+    t = u[None, :] / sc
+    e = torch.exp(-0.5 * t ** 2) * mask  # (S, K)
+    return u, sc, t, e / e.sum(-1, keepdim=True)
+
+
+def _hermite_factors(order: int, t: Tensor, sc: Tensor):
+    """(m, He_m(t), c_m = (-1/s)^m He_m(t)) for m = 0..order: g_m = c_m phi."""
+    for m in range(order + 1):
+        he = hermite(m, t)
+        yield m, he, he * (-1.0 / sc) ** m
+
+
 def gauss_kernels_1d(
     sigma,
     order: int,
@@ -138,19 +156,8 @@ def gauss_kernels_1d(
         radii: per-scale radii (to avoid reading a tensor's values, e.g. while tracing).
         scale_normalized: multiply g_m by s^m.
     """
-    _check_order(order)
-    s = _as_tensor(sigma)
-    u, _, mask = _support(s, truncate, radii)
-    sc = s[:, None]
-    e = torch.exp(-0.5 * (u[None, :] / sc) ** 2) * mask  # (S, K)
-    phi = e / e.sum(-1, keepdim=True)
-    t = u[None, :] / sc
-    rows = []
-    for m in range(order + 1):
-        c = hermite(m, t) * (-1.0 / sc) ** m
-        if scale_normalized:
-            c = c * sc ** m
-        rows.append(c * phi)
+    u, sc, t, phi = _normalized_gaussian(_as_tensor(sigma), order, truncate, radii)
+    rows = [(c * sc ** m if scale_normalized else c) * phi for m, _, c in _hermite_factors(order, t, sc)]
     return torch.stack(rows, 1)
 
 
@@ -168,19 +175,11 @@ def gauss_kernels_1d_dsigma(
       d phi/ds = phi (u^2 - <k^2>) / s^3,   <k^2> = sum_k phi(k) k^2
     and scale normalisation adds m s^(m-1) g_m.
     """
-    _check_order(order)
-    s = _as_tensor(sigma).detach()
-    u, _, mask = _support(s, truncate, radii)
-    sc = s[:, None]
-    e = torch.exp(-0.5 * (u[None, :] / sc) ** 2) * mask
-    phi = e / e.sum(-1, keepdim=True)
+    u, sc, t, phi = _normalized_gaussian(_as_tensor(sigma).detach(), order, truncate, radii)
     k2 = (phi * u[None, :] ** 2).sum(-1, keepdim=True)
     dphi = phi * (u[None, :] ** 2 - k2) / sc ** 3
-    t = u[None, :] / sc
     rows = []
-    for m in range(order + 1):
-        he = hermite(m, t)
-        c = he * (-1.0 / sc) ** m
+    for m, he, c in _hermite_factors(order, t, sc):
         dc = torch.zeros_like(t) if m == 0 else (-1.0) ** m * sc ** (-m - 1) * (-m * he - m * t * hermite(m - 1, t))
         dg = dc * phi + c * dphi
         if scale_normalized:

@@ -79,6 +79,27 @@ def _official_conv(C, O, k, s, p, groups, b, max_out, seed=0, device=CPU):
     return official.BcosConv2d(C, O, k, stride=s, padding=p, groups=groups, b=b, max_out=max_out).to(F64).to(device)
 
 
+def _check_vs_official(m, x, g, ours, tag):
+    """ours(x, w, explain) against the official layer m with the same weight w, in both explanation
+    modes: output and the gradients of x and w for a random upstream gradient drawn from g.
+    Returns our (grad x, grad w) of each mode."""
+    w = m.linear.weight.detach().clone().requires_grad_(True)
+    grads = []
+    for explain_mode in (False, True):
+        m.set_explanation_mode(explain_mode)
+        y0 = m(x)
+        gy = torch.randn(y0.shape, generator=g, dtype=F64).to(x.device)
+        gx0, gw0 = _grads(y0, (x, m.linear.weight), gy)
+        y1 = ours(x, w, explain_mode)
+        gx1, gw1 = _grads(y1, (x, w), gy)
+        what = f"{tag} explain={explain_mode}"
+        assert_close_to_ref(y1, y0, F64, what=f"y {what}")
+        assert_close_to_ref(gx1, gx0, F64, what=f"grad x {what}")
+        assert_close_to_ref(gw1, gw0, F64, what=f"grad w {what}")
+        grads.append((gx1, gw1))
+    return grads
+
+
 def _check_conv_vs_official(geom, b, max_out, scale=1.0, zero_region=False, device=CPU):
     C, O, k, s, p, groups, H, W = CONV_GEOMS[geom]
     m = _official_conv(C, O, k, s, p, groups, b, max_out, device=device)
@@ -87,18 +108,11 @@ def _check_conv_vs_official(geom, b, max_out, scale=1.0, zero_region=False, devi
     if zero_region:
         x[:, :, : H // 2 + 1, : W // 2 + 1] = 0  # whole all-zero patches (and padding around them)
     x.requires_grad_(True)
-    w = m.linear.weight.detach().clone().requires_grad_(True)
-    for explain_mode in (False, True):
-        m.set_explanation_mode(explain_mode)
-        y0 = m(x)
-        gy = torch.randn(y0.shape, generator=g, dtype=F64).to(device)
-        gx0, gw0 = _grads(y0, (x, m.linear.weight), gy)
-        y1 = bcos_conv2d(x, w, b=b, max_out=max_out, stride=s, padding=p, groups=groups, explain=explain_mode)
-        gx1, gw1 = _grads(y1, (x, w), gy)
-        tag = f"{geom} b={b} M={max_out} explain={explain_mode}"
-        assert_close_to_ref(y1, y0, F64, what=f"y {tag}")
-        assert_close_to_ref(gx1, gx0, F64, what=f"grad x {tag}")
-        assert_close_to_ref(gw1, gw0, F64, what=f"grad w {tag}")
+
+    def ours(x, w, explain_mode):
+        return bcos_conv2d(x, w, b=b, max_out=max_out, stride=s, padding=p, groups=groups, explain=explain_mode)
+
+    for gx1, gw1 in _check_vs_official(m, x, g, ours, f"{geom} b={b} M={max_out}"):
         assert torch.isfinite(gx1).all() and torch.isfinite(gw1).all()
 
 
@@ -187,17 +201,7 @@ def test_linear_matches_official(backend, b, max_out):
     x[0, 0] = 0  # an all-zero row: n = 1e-12, finite gradients
     x[1, 1] *= 1e-9
     x.requires_grad_(True)
-    w = m.linear.weight.detach().clone().requires_grad_(True)
-    for explain_mode in (False, True):
-        m.set_explanation_mode(explain_mode)
-        y0 = m(x)
-        gy = torch.randn(y0.shape, generator=g, dtype=F64).to(dev)
-        gx0, gw0 = _grads(y0, (x, m.linear.weight), gy)
-        y1 = bcos_linear(x, w, b=b, max_out=max_out, explain=explain_mode)
-        gx1, gw1 = _grads(y1, (x, w), gy)
-        assert_close_to_ref(y1, y0, F64, what="y")
-        assert_close_to_ref(gx1, gx0, F64, what="grad x")
-        assert_close_to_ref(gw1, gw0, F64, what="grad w")
+    _check_vs_official(m, x, g, lambda x, w, e: bcos_linear(x, w, b=b, max_out=max_out, explain=e), "")
 
 
 @needs_official

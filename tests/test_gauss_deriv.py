@@ -81,6 +81,31 @@ def _check_cuda_against_reference(ndim, got, inputs64, dtype, gout, kw):
         assert_close_to_ref(a, c, dtype, what=name)
 
 
+def _check_op_against_reference(ndim, backend, inputs64, dtype, kw, monkeypatch, reference_of_rounded):
+    """The op of ``ndim`` on ``backend`` (inputs: ``inputs64`` = (x, alpha, sigma) cast to dtype):
+    output and the gradients of all three for a random upstream gradient, against the reference
+    backend in float64 on the inputs as the op saw them (``reference_of_rounded``) or on
+    ``inputs64``; CUDA by :func:`_check_cuda_against_reference`. Returns the op's output."""
+    op = gauss_deriv_conv2d if ndim == 2 else gauss_deriv_conv3d
+    dev = device_of(backend)
+    x, a, s = (t.to(dtype).to(dev).requires_grad_() for t in inputs64)
+    out = op(x, a, s, **kw)
+    gout = _rand(*out.shape, seed=4)
+    grads = torch.autograd.grad(out, (x, a, s), gout.to(dtype).to(dev))
+    if backend == "cuda":
+        _check_cuda_against_reference(ndim, [out.detach(), *grads], inputs64, dtype, gout, kw)
+        return out
+    monkeypatch.setenv("RBFKERN_BACKEND", "reference")
+    seen = (x, a, s) if reference_of_rounded else inputs64
+    xr, ar, sr = (t.detach().cpu().double().clone().requires_grad_() for t in seen)
+    want = op(xr, ar, sr, **kw)
+    wgrads = torch.autograd.grad(want, (xr, ar, sr), gout)
+    assert_close_to_ref(out.detach(), want.detach(), dtype, what="out")
+    for got, ref, name in zip(grads, wgrads, ("gx", "galpha", "gsigma")):
+        assert_close_to_ref(got, ref, dtype, what=name)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Basis
 # ---------------------------------------------------------------------------------------------
@@ -199,28 +224,13 @@ def _fb_cases():
                          indirect=["backend", "path"])
 def test_forward_backward_match_reference(backend, path, n, ci, co, h, w, sigmas, order, stride, padding, dtype,
                                           monkeypatch):
-    dev = device_of(backend)
     m = basis.num_basis(order)
     x64, a64 = _rand(n, ci, h, w, seed=1), _rand(co, ci, len(sigmas) * m, seed=2)
-    s64 = torch.tensor(sigmas, dtype=F64)
     kw = dict(order=order, truncate=3.0, stride=stride, padding=padding, scale_normalized=order % 2 == 0)
-    x, a, s = (t.to(dtype).to(dev).requires_grad_() for t in (x64, a64, s64))
-    out = gauss_deriv_conv2d(x, a, s, **kw)
-    assert out.dtype == dtype
-    gout = _rand(*out.shape, seed=4)
-    grads = torch.autograd.grad(out, (x, a, s), gout.to(dtype).to(dev))
-    if backend == "cuda":
-        _check_cuda_against_reference(2, [out.detach(), *grads], (x64, a64, s64), dtype, gout, kw)
-        return
-    monkeypatch.setenv("RBFKERN_BACKEND", "reference")
     # the float64 reference of the inputs as the op saw them (rounded to dtype)
-    xr, ar, sr = (t.detach().cpu().double().requires_grad_() for t in (x, a, s))
-    want = gauss_deriv_conv2d(xr, ar, sr, **kw)
-    wgrads = torch.autograd.grad(want, (xr, ar, sr), gout)
-    want, out = want.detach(), out.detach()
-    assert_close_to_ref(out, want, dtype, what="out")
-    for got, ref, name in zip(grads, wgrads, ("gx", "galpha", "gsigma")):
-        assert_close_to_ref(got, ref, dtype, what=name)
+    out = _check_op_against_reference(2, backend, (x64, a64, torch.tensor(sigmas, dtype=F64)), dtype, kw, monkeypatch,
+                                      reference_of_rounded=True)
+    assert out.dtype == dtype
 
 
 @pytest.mark.parametrize("backend,path", COMBOS + CUDA_COMBOS, indirect=True)
@@ -420,25 +430,11 @@ def test_conv3d_forward_backward_match_reference(backend, path, n, ci, co, d, h,
                                                  dtype, monkeypatch):
     if CUDA_ON_CPU and backend == "cuda" and path == "separable" and padding == "same":
         pytest.skip("rehearsal: ~50 s per case in the interpreter; stride2-pad1 runs the same test code")
-    dev = device_of(backend)
     m = basis.num_basis(order, 3)
     x64, a64 = _rand(n, ci, d, h, w, seed=1), _rand(co, ci, len(sigmas) * m, seed=2)
-    s64 = torch.tensor(sigmas, dtype=F64)
     kw = dict(order=order, truncate=2.5, stride=stride, padding=padding, scale_normalized=order == 1)
-    x, a, s = (t.to(dtype).to(dev).requires_grad_() for t in (x64, a64, s64))
-    out = gauss_deriv_conv3d(x, a, s, **kw)
-    gout = _rand(*out.shape, seed=4)
-    grads = torch.autograd.grad(out, (x, a, s), gout.to(dtype).to(dev))
-    if backend == "cuda":
-        _check_cuda_against_reference(3, [out.detach(), *grads], (x64, a64, s64), dtype, gout, kw)
-        return
-    monkeypatch.setenv("RBFKERN_BACKEND", "reference")
-    xr, ar, sr = (t.detach().clone().requires_grad_() for t in (x64, a64, s64))
-    want = gauss_deriv_conv3d(xr, ar, sr, **kw)
-    wgrads = torch.autograd.grad(want, (xr, ar, sr), gout)
-    assert_close_to_ref(out.detach(), want.detach(), dtype, what="out")
-    for got, ref, name in zip(grads, wgrads, ("gx", "galpha", "gsigma")):
-        assert_close_to_ref(got, ref, dtype, what=name)
+    _check_op_against_reference(3, backend, (x64, a64, torch.tensor(sigmas, dtype=F64)), dtype, kw, monkeypatch,
+                                reference_of_rounded=False)
 
 
 @pytest.mark.parametrize("backend,path", COMBOS + CUDA_COMBOS, indirect=True)

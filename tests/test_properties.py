@@ -11,9 +11,6 @@ Example counts are bounded and derandomised (the same examples on every run), so
 """
 from __future__ import annotations
 
-import contextlib
-import os
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +19,7 @@ from hypothesis import strategies as st
 from _util import assert_close_to_ref
 from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, device_of
 from rbfkern import ops, reference
+from rbfkern._environ import environ
 
 # Examples per parametrised case (the discrete axes -- activation, B, derivative order -- are
 # pytest parameters so each is covered; hypothesis varies everything else).
@@ -50,22 +48,9 @@ BACKENDS = [pytest.param(b, marks=pytest.mark.triton) if b == "triton" else b fo
 BACKENDS_CUDA = BACKENDS + [CUDA]
 
 
-@contextlib.contextmanager
 def _env(**kv):
     """Set environment variables for one example (hypothesis re-enters the test body, so no monkeypatch)."""
-    old = {k: os.environ.get(k) for k in kv}
-    os.environ.update({k: v for k, v in kv.items() if v is not None})
-    for k, v in kv.items():
-        if v is None:
-            os.environ.pop(k, None)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return environ(kv)
 
 
 # ---------------------------------------------------------------------------------------------

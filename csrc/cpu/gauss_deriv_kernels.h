@@ -231,6 +231,32 @@ void sum_partials(T* dst, const std::vector<T>& parts, int64_t len) {
     for (int64_t k = 0; k < len; ++k) dst[k] += parts[o + k];
 }
 
+// The backward's start, 2D and 3D: zero the gradients asked for (x_size: one input channel's
+// elements); false when there is nothing more to compute (out_pixels: one output channel's).
+template <class T>
+bool zero_grads(const GdProblem<T>& p, int64_t x_size, int64_t out_pixels, T* gx, T* galpha, T* gf) {
+  const int64_t J = p.Ci * p.S * p.M;
+  if (gx) std::fill_n(gx, p.N * p.Ci * x_size, T(0));
+  if (galpha) std::fill_n(galpha, p.Co * J, T(0));
+  if (gf) std::fill_n(gf, p.S * p.O1 * p.K, T(0));
+  return p.N != 0 && out_pixels != 0 && J != 0 && (gx || galpha || gf);
+}
+
+// One thread's buffers for a band of n = J x P basis responses: Z and its transpose Zt (galpha),
+// and dZ (gx, tap gradients).
+template <class T>
+struct BandBuffers {
+  std::vector<T> Z, Zt, dZ;
+  BandBuffers(int64_t n, bool galpha, bool need_dZ)
+      : Z(galpha ? (size_t)n : 0), Zt(galpha ? (size_t)n : 0), dZ(need_dZ ? (size_t)n : 0) {}
+  // ga (Co x J) += gout band (Co x P, rows ld apart) Z^T: Z transposed first so the GEMM reads rows.
+  void add_galpha(int64_t Co, int64_t J, int64_t P, const T* go, int64_t ld, T* ga) {
+    for (int64_t j = 0; j < J; ++j)
+      for (int64_t k = 0; k < P; ++k) Zt[k * J + j] = Z[j * P + k];
+    gemm(Co, J, P, go, ld, 1, Zt.data(), J, ga, J, true);
+  }
+};
+
 // One input row's share of the transposed row pass: dR rows of the O1 orders (m-th at
 // dr + m*mstride) -> gx row (+=) and the x-role tap gradient gfi (+=; needs the padded x row).
 template <class T>
@@ -289,10 +315,7 @@ void backward2d(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf,
   const int64_t st = p.stride, Hp = (p.Ho - 1) * st + p.K, Wp = (p.Wo - 1) * st + p.K;
   const int64_t J = p.Ci * p.S * p.M, HWo = p.Ho * p.Wo;
   const int64_t nf = p.S * p.O1 * p.K;
-  if (gx) std::fill_n(gx, p.N * p.Ci * p.H * p.W, T(0));
-  if (galpha) std::fill_n(galpha, p.Co * J, T(0));
-  if (gf) std::fill_n(gf, nf, T(0));
-  if (p.N == 0 || HWo == 0 || J == 0 || (!gx && !galpha && !gf)) return;
+  if (!zero_grads(p, p.H * p.W, HWo, gx, galpha, gf)) return;
   const bool need_R = galpha || gf, need_dZ = gx || gf;
   const int64_t Tt = tile_rows(p.Ho, p.Wo, p.K, st, true);
   const int64_t ntiles = simd::cdiv(p.Ho, Tt);
@@ -308,8 +331,7 @@ void backward2d(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf,
 #pragma omp parallel num_threads(threads_for(nthreads))
   {
     std::vector<T> xp, gxp((size_t)Wp);
-    std::vector<T> Z(galpha ? (size_t)(J * Tt * p.Wo) : 0), Zt(galpha ? (size_t)(J * Tt * p.Wo) : 0);
-    std::vector<T> dZ(need_dZ ? (size_t)(J * Tt * p.Wo) : 0);
+    BandBuffers<T> bb(J * Tt * p.Wo, galpha != nullptr, need_dZ);
     for (int64_t n = 0; n < p.N; ++n) {
       const T* go = gout + n * p.Co * HWo;
       if (need_R) row_pass(p, n, R.data(), xp);
@@ -325,20 +347,18 @@ void backward2d(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf,
           for (int64_t tile = color + 2 * slot; tile < ntiles; tile += 2 * nslot) {
             const int64_t t0 = tile * Tt, tn = std::min(Tt, p.Ho - t0), P = tn * p.Wo;
             if (galpha) {
-              col_pass(p, R.data(), t0, tn, Z.data());
-              for (int64_t j = 0; j < J; ++j)
-                for (int64_t k = 0; k < P; ++k) Zt[k * J + j] = Z[j * P + k];
-              gemm(p.Co, J, P, go + t0 * p.Wo, HWo, 1, Zt.data(), J, ga, J, true);
+              col_pass(p, R.data(), t0, tn, bb.Z.data());
+              bb.add_galpha(p.Co, J, P, go + t0 * p.Wo, HWo, ga);
             }
             if (!need_dZ) continue;
             // dZ (J x P) = A^T (J x Co) gout_tile (Co x P)
-            gemm(J, P, p.Co, p.A, 1, J, go + t0 * p.Wo, HWo, dZ.data(), P, false);
+            gemm(J, P, p.Co, p.A, 1, J, go + t0 * p.Wo, HWo, bb.dZ.data(), P, false);
             for (int64_t i = 0; i < p.Ci; ++i)
               for (int64_t s = 0; s < p.S; ++s)
                 for (int64_t b = 0; b < p.M; ++b) {
                   const int64_t pp = p.pq[2 * b], q = p.pq[2 * b + 1];
                   const int64_t off = ((i * p.S + s) * p.O1 + pp) * Hp * p.Wo + t0 * st * p.Wo;
-                  const T* dz = dZ.data() + ((i * p.S + s) * p.M + b) * P;
+                  const T* dz = bb.dZ.data() + ((i * p.S + s) * p.M + b) * P;
                   if (gf)
                     corr_rows_gf(tn, p.Wo, R.data() + off, p.Wo, st, 1, p.K, dz, p.Wo, gft + (s * p.O1 + q) * p.K);
                   corr_rows_t(tn, p.Wo, dR.data() + off, p.Wo, st, 1, p.f + (s * p.O1 + q) * p.K, p.K, dz, p.Wo);
@@ -493,10 +513,7 @@ void backward3d(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf, i
   const int64_t st = p.stride, Hp = (p.Ho - 1) * st + p.K, Dp = (p.Do - 1) * st + p.K;
   const int64_t Wp = (p.Wo - 1) * st + p.K;
   const int64_t J = p.Ci * p.S * p.M, HWo = p.Ho * p.Wo, DHWo = p.Do * HWo, nf = p.S * p.O1 * p.K;
-  if (gx) std::fill_n(gx, p.N * p.Ci * p.D * p.H * p.W, T(0));
-  if (galpha) std::fill_n(galpha, p.Co * J, T(0));
-  if (gf) std::fill_n(gf, nf, T(0));
-  if (p.N == 0 || DHWo == 0 || J == 0 || (!gx && !galpha && !gf)) return;
+  if (!zero_grads(p, p.D * p.H * p.W, DHWo, gx, galpha, gf)) return;
   const bool need_dZ = gx || gf;
   const Pairs3 pr = pairs3(p);
   const int64_t M2 = (int64_t)pr.p.size(), plane = Hp * p.Wo;
@@ -511,8 +528,7 @@ void backward3d(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf, i
 #pragma omp parallel num_threads(threads_for(nthreads))
   {
     std::vector<T> xp, gxp((size_t)Wp);
-    std::vector<T> Z(galpha ? (size_t)(J * yn * p.Wo) : 0), Zt(galpha ? (size_t)(J * yn * p.Wo) : 0);
-    std::vector<T> dZ(need_dZ ? (size_t)(J * yn * p.Wo) : 0);
+    BandBuffers<T> bb(J * yn * p.Wo, galpha != nullptr, need_dZ);
     for (int64_t n = 0; n < p.N; ++n) {
       const T* go = gout + n * p.Co * DHWo;
       xy_passes(p, pr, n, R1.data(), R2.data(), xp);
@@ -529,18 +545,16 @@ void backward3d(const GdProblem<T>& p, const T* gout, T* gx, T* galpha, T* gf, i
           for (int64_t zo = 0; zo < p.Do; ++zo) {
             const T* gt = go + zo * HWo + y0 * p.Wo;
             if (galpha) {
-              z_pass(p, pr, R2.data(), zo, y0, yc, Z.data());
-              for (int64_t j = 0; j < J; ++j)
-                for (int64_t k = 0; k < P; ++k) Zt[k * J + j] = Z[j * P + k];
-              gemm(p.Co, J, P, gt, DHWo, 1, Zt.data(), J, ga, J, true);
+              z_pass(p, pr, R2.data(), zo, y0, yc, bb.Z.data());
+              bb.add_galpha(p.Co, J, P, gt, DHWo, ga);
             }
             if (!need_dZ) continue;
-            gemm(J, P, p.Co, p.A, 1, J, gt, DHWo, dZ.data(), P, false);
+            gemm(J, P, p.Co, p.A, 1, J, gt, DHWo, bb.dZ.data(), P, false);
             for (int64_t i = 0; i < p.Ci; ++i)
               for (int64_t s = 0; s < p.S; ++s)
                 for (int64_t b = 0; b < p.M; ++b) {
                   const int64_t off = ((i * p.S + s) * M2 + pr.of_b[b]) * Dp * HWo + zo * st * HWo + y0 * p.Wo;
-                  const T* dz = dZ.data() + ((i * p.S + s) * p.M + b) * P;
+                  const T* dz = bb.dZ.data() + ((i * p.S + s) * p.M + b) * P;
                   const int64_t ft = (s * p.O1 + pr.t[b]) * p.K;
                   if (gf) corr_rows_gf(1, P, R2.data() + off, HWo, 0, 1, p.K, dz, P, gft + ft);
                   corr_rows_t(1, P, dR2.data() + off, HWo, 0, 1, p.f + ft, p.K, dz, P);

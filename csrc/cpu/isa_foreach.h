@@ -8,7 +8,8 @@
 // other architectures the first two are aliases of the last), each compiled under its own
 // `#pragma GCC target`, with `constexpr int kVecBytes` (64, 32, 16) the width of that set's
 // vector registers in scope. Helpers from headers included before (simd.h: always_inline) are
-// inlined into each and compiled for its set. No include guard on purpose.
+// inlined into each and compiled for its set. The block each set gets is cpu/isa_block.h. No include
+// guard on purpose.
 #ifndef RBFKERN_ISA_FAMILY
 #error "define RBFKERN_ISA_FAMILY and RBFKERN_ISA_KERNELS before including cpu/isa_foreach.h"
 #endif
@@ -16,59 +17,32 @@
 #if defined(__x86_64__) || defined(__i386__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma,bmi,bmi2,f16c,popcnt,lzcnt,prefer-vector-width=512")
-namespace rbfkern {
-namespace cpu {
-namespace RBFKERN_ISA_FAMILY {
-namespace isa_avx512 {
-constexpr int kVecBytes = 64;
-namespace simd {  // the vector helpers compiled for this set (simd_vec.h explains why)
-using namespace ::rbfkern::simd;  // NOLINT(build/namespaces): types, loads, stores, sizes
-#include "cpu/simd_vec.h"  // NOLINT(build/include)
-}  // namespace simd
-#include RBFKERN_ISA_KERNELS  // NOLINT(build/include)
-}  // namespace isa_avx512
-}  // namespace RBFKERN_ISA_FAMILY
-}  // namespace cpu
-}  // namespace rbfkern
+#define RBFKERN_ISA_NAME isa_avx512
+#define RBFKERN_ISA_VEC_BYTES 64
+#include "cpu/isa_block.h"  // NOLINT(build/include)
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,bmi,bmi2,f16c,popcnt,lzcnt")
-namespace rbfkern {
-namespace cpu {
-namespace RBFKERN_ISA_FAMILY {
-namespace isa_avx2 {
-constexpr int kVecBytes = 32;
-namespace simd {  // the vector helpers compiled for this set (simd_vec.h explains why)
-using namespace ::rbfkern::simd;  // NOLINT(build/namespaces): types, loads, stores, sizes
-#include "cpu/simd_vec.h"  // NOLINT(build/include)
-}  // namespace simd
-#include RBFKERN_ISA_KERNELS  // NOLINT(build/include)
-}  // namespace isa_avx2
-}  // namespace RBFKERN_ISA_FAMILY
-}  // namespace cpu
-}  // namespace rbfkern
+#define RBFKERN_ISA_NAME isa_avx2
+#define RBFKERN_ISA_VEC_BYTES 32
+#include "cpu/isa_block.h"  // NOLINT(build/include)
 #pragma GCC pop_options
 #endif
 
+#define RBFKERN_ISA_NAME isa_default
+#define RBFKERN_ISA_VEC_BYTES 16
+#include "cpu/isa_block.h"  // NOLINT(build/include)
+#if !(defined(__x86_64__) || defined(__i386__))
 namespace rbfkern {
 namespace cpu {
 namespace RBFKERN_ISA_FAMILY {
-namespace isa_default {
-constexpr int kVecBytes = 16;
-namespace simd {  // the vector helpers compiled for this set (simd_vec.h explains why)
-using namespace ::rbfkern::simd;  // NOLINT(build/namespaces): types, loads, stores, sizes
-#include "cpu/simd_vec.h"  // NOLINT(build/include)
-}  // namespace simd
-#include RBFKERN_ISA_KERNELS  // NOLINT(build/include)
-}  // namespace isa_default
-#if !(defined(__x86_64__) || defined(__i386__))
 namespace isa_avx512 = isa_default;
 namespace isa_avx2 = isa_default;
-#endif
 }  // namespace RBFKERN_ISA_FAMILY
 }  // namespace cpu
 }  // namespace rbfkern
+#endif
 
 #undef RBFKERN_ISA_FAMILY
 #undef RBFKERN_ISA_KERNELS

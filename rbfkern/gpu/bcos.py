@@ -46,15 +46,52 @@ _BP = 128  # output pixels per program
 
 
 @triton.jit
+def _pixel_block(n_pix, width, BP: tl.constexpr):
+    """Program axis 1's block of BP pixels of an image n_pix pixels large, rows ``width`` long:
+    (offsets, mask, row, column)."""
+    o_p = tl.program_id(1) * BP + tl.arange(0, BP)
+    return o_p, o_p < n_pix, o_p // width, o_p % width
+
+
+@triton.jit
+def _source_tap(pos, pad, i, dil, stride, n_out, m):
+    """The output index whose window tap i reads input index ``pos`` along one axis (the
+    transposed convolution), and ``m`` narrowed to the positions where one does."""
+    a = pos + pad - i * dil
+    o = a // stride
+    return o, m & (a >= 0) & (a % stride == 0) & (o < n_out)
+
+
+@triton.jit
+def _group_filters(i_go, O, G, C, kh, kw, BO: tl.constexpr):
+    """Program axis value i_go = (group g, block ob of BO of the group's O/G filters): (g, ob, the
+    filter indices, their mask, Cg = C/G, kh*kw, K = Cg*kh*kw)."""
+    Og = O // G
+    n_ob = tl.cdiv(Og, BO)
+    g = i_go // n_ob
+    ob = i_go % n_ob
+    o_o = ob * BO + tl.arange(0, BO)
+    Cg = C // G
+    khw = kh * kw
+    return g, ob, g * Og + o_o, o_o < Og, Cg, khw, Cg * khw
+
+
+@triton.jit
+def _im2col(x, n, c, g, Cg, C, H, W, ho, wo, r, m, kw, sh, sw, ph, pw, dh, dw):
+    """The x tile [pixels (ho, wo), taps (c, r = kernel row * kw + kernel column)] of image(s) n,
+    group g, zero outside the image and where m is false."""
+    hi = ho[:, None] * sh - ph + (r // kw)[None, :] * dh
+    wi = wo[:, None] * sw - pw + (r % kw)[None, :] * dw
+    m_x = m & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+    return tl.load(x + ((n * C + g * Cg + c[None, :]) * H + hi) * W + wi, mask=m_x, other=0.)
+
+
+@triton.jit
 def _bcos_root_kernel(x, root, prm, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
                       ACC: tl.constexpr, BP: tl.constexpr):
     i_ng = tl.program_id(0).to(tl.int64)
-    i_p = tl.program_id(1)
     P = Ho * Wo
-    o_p = i_p * BP + tl.arange(0, BP)
-    m_p = o_p < P
-    ho = o_p // Wo
-    wo = o_p % Wo
+    o_p, m_p, ho, wo = _pixel_block(P, Wo, BP)
     Cg = C // G
     eps_in = tl.load(prm + 1)
     b_acc = tl.zeros([BP], dtype=ACC)
@@ -134,23 +171,34 @@ def _bcos_dy(b_gy, b_l, b_n, b, MODE: tl.constexpr, EXPLAIN: tl.constexpr):
 
 
 @triton.jit
-def _bcos_bwd_kernel(gy, lmax, idx, root, prm, gl, q, O, M, G, P,
-                     MODE: tl.constexpr, EXPLAIN: tl.constexpr, NEED_Q: tl.constexpr, ACC: tl.constexpr,
-                     BP: tl.constexpr):
-    i_ng = tl.program_id(0).to(tl.int64)
-    i_p = tl.program_id(1)
-    b = tl.load(prm)
-    eps_out = tl.load(prm + 2)
-    o_p = i_p * BP + tl.arange(0, BP)
+def _group_norm_block(root, prm, i_ng, P, MODE: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr):
+    """Backward's view of program (image and group i_ng, pixel block): (pixel offsets, mask, B,
+    the patch norm root, n = root + eps_out); root is 1 for B = 1 (not saved there)."""
+    o_p = tl.program_id(1) * BP + tl.arange(0, BP)
     m_p = o_p < P
-    n = i_ng // G
-    g = i_ng % G
-    Og = O // G
     if MODE != 1:
         b_r = tl.load(root + i_ng * P + o_p, mask=m_p, other=1.).to(ACC)
     else:
         b_r = tl.full([BP], 1., ACC)
-    b_n = b_r + eps_out
+    return o_p, m_p, tl.load(prm), b_r, b_r + tl.load(prm + 2)
+
+
+@triton.jit
+def _store_q(q, i_ng, P, o_p, m_p, b_q, b_r):
+    """q = (sum over the group's outputs of gy dy/dn) / root, 0 where root is 0."""
+    b_q = tl.where(b_r > 0, b_q / tl.where(b_r > 0, b_r, 1.), 0.)
+    tl.store(q + i_ng * P + o_p, b_q.to(q.dtype.element_ty), mask=m_p)
+
+
+@triton.jit
+def _bcos_bwd_kernel(gy, lmax, idx, root, prm, gl, q, O, M, G, P,
+                     MODE: tl.constexpr, EXPLAIN: tl.constexpr, NEED_Q: tl.constexpr, ACC: tl.constexpr,
+                     BP: tl.constexpr):
+    i_ng = tl.program_id(0).to(tl.int64)
+    o_p, m_p, b, b_r, b_n = _group_norm_block(root, prm, i_ng, P, MODE, ACC, BP)
+    n = i_ng // G
+    g = i_ng % G
+    Og = O // G
     b_q = tl.zeros([BP], dtype=ACC)
     for oo in range(0, Og):
         i_no = n * O + g * Og + oo
@@ -163,32 +211,23 @@ def _bcos_bwd_kernel(gy, lmax, idx, root, prm, gl, q, O, M, G, P,
         for m in range(0, M):
             tl.store(p_gl + m * P, tl.where(b_i == m, b_gv, 0.).to(gl.dtype.element_ty), mask=m_p)
     if NEED_Q:
-        b_q = tl.where(b_r > 0, b_q / tl.where(b_r > 0, b_r, 1.), 0.)
-        tl.store(q + i_ng * P + o_p, b_q.to(q.dtype.element_ty), mask=m_p)
+        _store_q(q, i_ng, P, o_p, m_p, b_q, b_r)
 
 
 @triton.jit
 def _bcos_bwd_norm_kernel(x, q, gx, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
                           ACC: tl.constexpr, BP: tl.constexpr):
     i_nc = tl.program_id(0).to(tl.int64)
-    i_p = tl.program_id(1)
     HW = H * W
-    o_p = i_p * BP + tl.arange(0, BP)
-    m_p = o_p < HW
-    h = o_p // W
-    w = o_p % W
+    o_p, m_p, h, w = _pixel_block(HW, W, BP)
     n = i_nc // C
     g = (i_nc % C) // (C // G)
     p_q = q + (n * G + g) * Ho * Wo
     b_r = tl.zeros([BP], dtype=ACC)
     for i in range(0, kh):
-        a = h + ph - i * dh
-        ho = a // sh
-        m_h = m_p & (a >= 0) & (a % sh == 0) & (ho < Ho)
+        ho, m_h = _source_tap(h, ph, i, dh, sh, Ho, m_p)
         for j in range(0, kw):
-            c = w + pw - j * dw
-            wo = c // sw
-            m = m_h & (c >= 0) & (c % sw == 0) & (wo < Wo)
+            wo, m = _source_tap(w, pw, j, dw, sw, Wo, m_h)
             b_r += tl.load(p_q + ho * Wo + wo, mask=m, other=0.).to(ACC)
     off = i_nc * HW + o_p
     b_x = tl.load(x + off, mask=m_p, other=0.).to(ACC)
@@ -224,6 +263,31 @@ def _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_n, b, M: tl.constexpr, MOD
 
 
 @triton.jit
+def _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, K, b_sq, b_a0, b_a1, b_a2, M: tl.constexpr):
+    """One BK chunk of the forward GEMM: the chunk's sum of squares into b_sq, and x @ the chunk of
+    each MaxOut unit's weights (filter oc*M + m, K long) into accumulator m."""
+    b_xf = b_x.to(tl.float32)
+    b_sq += tl.sum(b_xf * b_xf, axis=1)
+    m_w = m_k[:, None] & m_o[None, :]
+    p_w = w + (oc[None, :] * M).to(tl.int64) * K + o_k[:, None]
+    b_a0 += tl.dot(b_x, tl.load(p_w, mask=m_w, other=0.), input_precision="ieee")
+    if M > 1:
+        b_a1 += tl.dot(b_x, tl.load(p_w + K, mask=m_w, other=0.), input_precision="ieee")
+    if M > 2:
+        b_a2 += tl.dot(b_x, tl.load(p_w + 2 * K, mask=m_w, other=0.), input_precision="ieee")
+    return b_sq, b_a0, b_a1, b_a2
+
+
+@triton.jit
+def _store_maxout(y, lmax, idx, o_out, m_out, b_y, b_best, b_idx, SAVE: tl.constexpr):
+    """y, and with SAVE the MaxOut value and unit that backward reads."""
+    tl.store(y + o_out, b_y.to(y.dtype.element_ty), mask=m_out)
+    if SAVE:
+        tl.store(lmax + o_out, b_best.to(lmax.dtype.element_ty), mask=m_out)
+        tl.store(idx + o_out, b_idx.to(tl.uint8), mask=m_out)
+
+
+@triton.jit
 def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw,
                           dh, dw, M: tl.constexpr, MODE: tl.constexpr, SAVE: tl.constexpr,
                           BP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr):
@@ -237,20 +301,11 @@ def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho
     n_pb = tl.cdiv(P, BP)
     n = (i_np // n_pb).to(tl.int64)
     pb = i_np % n_pb
-    Og = O // G
-    n_ob = tl.cdiv(Og, BO)
-    g = i_go // n_ob
-    ob = i_go % n_ob
-    Cg = C // G
-    khw = kh * kw
-    K = Cg * khw
+    g, ob, oc, m_o, Cg, khw, K = _group_filters(i_go, O, G, C, kh, kw, BO)
     o_p = pb * BP + tl.arange(0, BP)
     m_p = o_p < P
     ho = o_p // Wo
     wo = o_p % Wo
-    o_o = ob * BO + tl.arange(0, BO)
-    m_o = o_o < Og
-    oc = g * Og + o_o
     b_sq = tl.zeros([BP], dtype=tl.float32)
     b_a0 = tl.zeros([BP, BO], dtype=tl.float32)
     b_a1 = tl.zeros([BP, BO], dtype=tl.float32)
@@ -258,31 +313,16 @@ def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho
     for k0 in range(0, K, BK):
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < K
-        c = o_k // khw
-        r = o_k % khw
-        hi = ho[:, None] * sh - ph + (r // kw)[None, :] * dh
-        wi = wo[:, None] * sw - pw + (r % kw)[None, :] * dw
-        m_x = m_p[:, None] & m_k[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        p_x = x + ((n * C + g * Cg + c[None, :]) * H + hi) * W + wi
-        b_x = tl.load(p_x, mask=m_x, other=0.)
-        b_xf = b_x.to(tl.float32)
-        b_sq += tl.sum(b_xf * b_xf, axis=1)
-        m_w = m_k[:, None] & m_o[None, :]
-        p_w = w + (oc[None, :] * M).to(tl.int64) * K + o_k[:, None]
-        b_a0 += tl.dot(b_x, tl.load(p_w, mask=m_w, other=0.), input_precision="ieee")
-        if M > 1:
-            b_a1 += tl.dot(b_x, tl.load(p_w + K, mask=m_w, other=0.), input_precision="ieee")
-        if M > 2:
-            b_a2 += tl.dot(b_x, tl.load(p_w + 2 * K, mask=m_w, other=0.), input_precision="ieee")
+        b_x = _im2col(x, n, o_k // khw, g, Cg, C, H, W, ho, wo, o_k % khw, m_p[:, None] & m_k[None, :],
+                      kw, sh, sw, ph, pw, dh, dw)
+        b_sq, b_a0, b_a1, b_a2 = _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, K, b_sq, b_a0, b_a1, b_a2, M)
     # Epilogue: weight norm, MaxOut (first maximum), patch norm, power (eps_out is 0 for conv).
     b_root = tl.sqrt(b_sq + tl.load(prm + 1))
     b_best, b_idx, b_y = _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_root, tl.load(prm), M, MODE)
     m_out = m_p[:, None] & m_o[None, :]
     o_out = (n * O + oc[None, :]) * P + o_p[:, None]
-    tl.store(y + o_out, b_y.to(y.dtype.element_ty), mask=m_out)
+    _store_maxout(y, lmax, idx, o_out, m_out, b_y, b_best, b_idx, SAVE)
     if SAVE:
-        tl.store(lmax + o_out, b_best.to(lmax.dtype.element_ty), mask=m_out)
-        tl.store(idx + o_out, b_idx.to(tl.uint8), mask=m_out)
         # one program per pixel block stores root; a branch, not `mask=m_p & (ob == 0)`: a scalar
         # comparison broadcast into a mask is int32 data in the interpreter of triton 3.8-3.9, which
         # triton 3.9's interpreted load/store reject ("mask has unsupported dtype")
@@ -311,25 +351,15 @@ def _bcos_linear_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, R, C, O, M: tl.
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < C
         b_x = tl.load(x + r64[:, None] * C + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.)
-        b_xf = b_x.to(tl.float32)
-        b_sq += tl.sum(b_xf * b_xf, axis=1)
-        m_w = m_k[:, None] & m_o[None, :]
-        p_w = w + (oc[None, :] * M).to(tl.int64) * C + o_k[:, None]
-        b_a0 += tl.dot(b_x, tl.load(p_w, mask=m_w, other=0.), input_precision="ieee")
-        if M > 1:
-            b_a1 += tl.dot(b_x, tl.load(p_w + C, mask=m_w, other=0.), input_precision="ieee")
-        if M > 2:
-            b_a2 += tl.dot(b_x, tl.load(p_w + 2 * C, mask=m_w, other=0.), input_precision="ieee")
+        b_sq, b_a0, b_a1, b_a2 = _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, C, b_sq, b_a0, b_a1, b_a2, M)
     # root = ||x|| (eps_in = 0 for the linear layer), n = root + eps_out
     b_root = tl.sqrt(b_sq + tl.load(prm + 1))
     b_best, b_idx, b_y = _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_root + tl.load(prm + 2), tl.load(prm),
                                         M, MODE)
     m_out = m_r[:, None] & m_o[None, :]
     o_out = r64[:, None] * O + oc[None, :]
-    tl.store(y + o_out, b_y.to(y.dtype.element_ty), mask=m_out)
+    _store_maxout(y, lmax, idx, o_out, m_out, b_y, b_best, b_idx, SAVE)
     if SAVE:
-        tl.store(lmax + o_out, b_best.to(lmax.dtype.element_ty), mask=m_out)
-        tl.store(idx + o_out, b_idx.to(tl.uint8), mask=m_out)
         if MODE != 1:
             if i_o == 0:  # a branch, not a mask: see _bcos_conv_fwd_kernel
                 tl.store(root + r64, b_root.to(root.dtype.element_ty), mask=m_r)
@@ -343,19 +373,10 @@ def _bcos_bwd_gv_kernel(gy, lmax, root, prm, gv, q, O, G, P, so, sp,
     Element (n, o, p) of gy/lmax/gv is at n*O*P + o*so + p*sp: the conv layout is (so, sp) = (P, 1);
     the linear layer runs as N = 1, P = R rows with (so, sp) = (1, O)."""
     i_ng = tl.program_id(0).to(tl.int64)
-    i_p = tl.program_id(1)
-    b = tl.load(prm)
-    eps_out = tl.load(prm + 2)
-    o_p = i_p * BP + tl.arange(0, BP)
-    m_p = o_p < P
+    o_p, m_p, b, b_r, b_n = _group_norm_block(root, prm, i_ng, P, MODE, tl.float32, BP)
     n = i_ng // G
     g = i_ng % G
     Og = O // G
-    if MODE != 1:
-        b_r = tl.load(root + i_ng * P + o_p, mask=m_p, other=1.).to(tl.float32)
-    else:
-        b_r = tl.full([BP], 1., tl.float32)
-    b_n = b_r + eps_out
     b_q = tl.zeros([BP], dtype=tl.float32)
     o_sp = o_p.to(tl.int64) * sp
     for oo in range(0, Og):
@@ -366,8 +387,7 @@ def _bcos_bwd_gv_kernel(gy, lmax, root, prm, gv, q, O, G, P, so, sp,
         b_q += b_dn
         tl.store(gv + off, b_gv.to(gv.dtype.element_ty), mask=m_p)
     if NEED_Q:
-        b_q = tl.where(b_r > 0, b_q / tl.where(b_r > 0, b_r, 1.), 0.)
-        tl.store(q + i_ng * P + o_p, b_q, mask=m_p)
+        _store_q(q, i_ng, P, o_p, m_p, b_q, b_r)
 
 
 @triton.jit
@@ -406,13 +426,9 @@ def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, NHW, C, H, W, G, O, Ho, Wo, kh, k
     b_acc = tl.zeros([BP, BC], dtype=tl.float32)
     b_r = tl.zeros([BP], dtype=tl.float32)
     for i in range(0, kh):
-        a = h + ph - i * dh
-        ho = a // sh
-        m_h = m_t & (a >= 0) & (a % sh == 0) & (ho < Ho)
+        ho, m_h = _source_tap(h, ph, i, dh, sh, Ho, m_t)
         for j in range(0, kw):
-            e = w + pw - j * dw
-            wo = e // sw
-            m_tap = m_h & (e >= 0) & (e % sw == 0) & (wo < Wo)
+            wo, m_tap = _source_tap(w, pw, j, dw, sw, Wo, m_h)
             po = ho * Wo + wo
             if HAS_Q:
                 b_r += tl.load(q + (n * G + g) * P + po, mask=m_tap, other=0.)
@@ -448,16 +464,7 @@ def _bcos_bwd_gw_kernel(gv, idx, x, part, NP, C, H, W, G, O, Ho, Wo, kh, kw, sh,
     i_k = tl.program_id(1)
     s = tl.program_id(2)
     P = Ho * Wo
-    Og = O // G
-    n_ob = tl.cdiv(Og, BO)
-    g = i_go // n_ob
-    ob = i_go % n_ob
-    Cg = C // G
-    khw = kh * kw
-    K = Cg * khw
-    o_o = ob * BO + tl.arange(0, BO)
-    m_o = o_o < Og
-    oc = g * Og + o_o
+    g, _ob, oc, m_o, Cg, khw, K = _group_filters(i_go, O, G, C, kh, kw, BO)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     c = o_k // khw
@@ -478,10 +485,8 @@ def _bcos_bwd_gw_kernel(gv, idx, x, part, NP, C, H, W, G, O, Ho, Wo, kh, kw, sh,
         m_a = m_o[:, None] & m_t[None, :]
         b_g = tl.load(gv + off, mask=m_a, other=0.)
         b_i = tl.load(idx + off, mask=m_a, other=0).to(tl.int32)
-        hi = ho[:, None] * sh - ph + (r // kw)[None, :] * dh
-        wi = wo[:, None] * sw - pw + (r % kw)[None, :] * dw
-        m_x = m_t[:, None] & m_k[None, :] & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        b_x = tl.load(x + ((n[:, None] * C + g * Cg + c[None, :]) * H + hi) * W + wi, mask=m_x, other=0.)
+        b_x = _im2col(x, n[:, None], c, g, Cg, C, H, W, ho, wo, r, m_t[:, None] & m_k[None, :],
+                      kw, sh, sw, ph, pw, dh, dw)
         b_a0 += tl.dot(tl.where(b_i == 0, b_g, 0.).to(b_x.dtype), b_x, input_precision="ieee")
         if M > 1:
             b_a1 += tl.dot(tl.where(b_i == 1, b_g, 0.).to(b_x.dtype), b_x, input_precision="ieee")
@@ -556,6 +561,16 @@ def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
 # ---------------------------------------------------------------------------------------------
 
 
+def _forward_outputs(x, y_shape, root_shape, save, need_root):
+    """Empty (y, lmax, idx, root) of a forward on x: lmax and idx only with ``save``, root only
+    with ``need_root``."""
+    y = torch.empty(y_shape, dtype=x.dtype, device=x.device)
+    lmax = torch.empty(y_shape, dtype=x.dtype, device=x.device) if save else None
+    idx = torch.empty(y_shape, dtype=torch.uint8, device=x.device) if save else None
+    root = torch.empty(root_shape, dtype=x.dtype, device=x.device) if need_root else None
+    return y, lmax, idx, root
+
+
 def _forward_unfused(geo, b, x, weight, save):
     l = common.linear_map(geo, x, common.unit_weight(weight)).contiguous()
     return _epilogue_forward(geo, b, x, l, save)
@@ -565,11 +580,8 @@ def _epilogue_forward(geo, b, x, l, save):
     """MaxOut + power of the raw map l (and the patch-norm root): (y, lmax, idx, root)."""
     N, G, O, M, P = geo.N, geo.G, geo.O, geo.M, geo.P
     dev, dt = x.device, x.dtype
-    y = torch.empty(geo.y_shape, dtype=dt, device=dev)
-    lmax = torch.empty(geo.y_shape, dtype=dt, device=dev) if save else None
-    idx = torch.empty(geo.y_shape, dtype=torch.uint8, device=dev) if save else None
     mode = _mode(b)
-    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if mode != 1 else None
+    y, lmax, idx, root = _forward_outputs(x, geo.y_shape, geo.root_shape, save, mode != 1)
     if N == 0 or O == 0 or P == 0:
         return y, lmax, idx, (root if save else None)
     ACC = _acc(dt)
@@ -658,11 +670,8 @@ def _row_inv_norm(w):
 def _conv_fused_forward(geo, b, x, weight, save):
     N, G, O, M, P = geo.N, geo.G, geo.O, geo.M, geo.P
     dev, dt = x.device, x.dtype
-    y = torch.empty(geo.y_shape, dtype=dt, device=dev)
-    lmax = torch.empty(geo.y_shape, dtype=dt, device=dev) if save else None
-    idx = torch.empty(geo.y_shape, dtype=torch.uint8, device=dev) if save else None
     mode = _mode(b)
-    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if save and mode != 1 else None
+    y, lmax, idx, root = _forward_outputs(x, geo.y_shape, geo.root_shape, save, save and mode != 1)
     if N == 0 or O == 0 or P == 0:
         return y, lmax, idx, root
     w = weight.contiguous()
@@ -680,11 +689,8 @@ def _linear_fused_forward(geo, b, x, weight, save):
     """x [R, C]: y / lmax / idx [R, O], root [R, 1]."""
     R, C, O, M = geo.N, geo.C, geo.O, geo.M
     dev, dt = x.device, x.dtype
-    y = torch.empty(R, O, dtype=dt, device=dev)
-    lmax = torch.empty(R, O, dtype=dt, device=dev) if save else None
-    idx = torch.empty(R, O, dtype=torch.uint8, device=dev) if save else None
     mode = _mode(b)
-    root = torch.empty(geo.root_shape, dtype=dt, device=dev) if save and mode != 1 else None
+    y, lmax, idx, root = _forward_outputs(x, (R, O), geo.root_shape, save, save and mode != 1)
     if R == 0:
         return y, lmax, idx, root
     w = weight.contiguous()

@@ -73,43 +73,68 @@ def _band(f_ptr, o_rows, o_cols, st, K, ROWS_ARE_OUT: tl.constexpr):
 
 
 @triton.jit
+def _tile(i_nt, Ho, n_tw, st, pad, H, W, BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr,
+          BWK: tl.constexpr):
+    """Program i_nt's tile: (its output plane: the image in 2D, image * Do + output slice in 3D;
+    its first output row t0 and column x0; the offsets in an H x W input slice of its zero-padded
+    input window X and their in-bounds mask)."""
+    n_tiles = tl.cdiv(Ho, BH) * n_tw
+    i_t = i_nt % n_tiles
+    t0 = (i_t // n_tw) * BH
+    x0 = (i_t % n_tw) * BW
+    y_in = t0 * st - pad + tl.arange(0, BHK)
+    x_in = x0 * st - pad + tl.arange(0, BWK)
+    m_x = ((y_in >= 0) & (y_in < H))[:, None] & ((x_in >= 0) & (x_in < W))[None, :]
+    return i_nt // n_tiles, t0, x0, y_in[:, None] * W + x_in[None, :], m_x
+
+
+@triton.jit
+def _output_block(t0, x0, Ho, Wo, plane, m_co, BH: tl.constexpr, BW: tl.constexpr):
+    """Offsets and mask of the [BCO, BH, BW] output block of the tile at (t0, x0), output planes
+    ``plane`` [BCO] (int64) of Ho x Wo each."""
+    o_yo = t0 + tl.arange(0, BH)
+    o_xo = x0 + tl.arange(0, BW)
+    m_pix = (o_yo < Ho)[:, None] & (o_xo < Wo)[None, :]
+    off = plane[:, None, None] * Ho * Wo + o_yo[None, :, None] * Wo + o_xo[None, None, :]
+    return off, m_co[:, None, None] & m_pix[None, :, :]
+
+
+@triton.jit
+def _row_pass(b_x, f, s, p, K, st, ORDER: tl.constexpr, ACC: tl.constexpr, BW: tl.constexpr, BWK: tl.constexpr):
+    """R_p = X U_p at scale s: (R_p, the band index of U_p and its mask)."""
+    b_u, b_iu, m_iu = _band(f + (s * (ORDER + 1) + p) * K, tl.arange(0, BWK), tl.arange(0, BW), st, K, False)
+    return tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC), b_iu, m_iu
+
+
+@triton.jit
+def _col_pass(b_r, f, s, q, K, st, ORDER: tl.constexpr, ACC: tl.constexpr, BH: tl.constexpr, BHK: tl.constexpr):
+    """Z_pq = T_q R_p at scale s: (Z_pq, T_q, the band index of T_q and its mask)."""
+    b_tq, b_it, m_it = _band(f + (s * (ORDER + 1) + q) * K, tl.arange(0, BH), tl.arange(0, BHK), st, K, True)
+    b_tq = b_tq.to(ACC)
+    return tl.dot(b_tq, b_r, input_precision="ieee", out_dtype=ACC), b_tq, b_it, m_it
+
+
+@triton.jit
 def _gd_fwd_kernel(x, a, f, out, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n_tw,
                    ORDER: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr, BCO: tl.constexpr,
                    BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr, BWK: tl.constexpr):
     i_nt, i_co = tl.program_id(0), tl.program_id(1)
-    n_tiles = tl.cdiv(Ho, BH) * n_tw
-    i_n = i_nt // n_tiles
-    i_t = i_nt % n_tiles
-    t0 = (i_t // n_tw) * BH
-    x0 = (i_t % n_tw) * BW
-    o_t = tl.arange(0, BH)
-    o_x = tl.arange(0, BW)
-    o_r = tl.arange(0, BHK)
-    o_c = tl.arange(0, BWK)
+    i_n, t0, x0, o_win, m_x = _tile(i_nt, Ho, n_tw, st, pad, H, W, BH, BW, BHK, BWK)
     o_co = i_co * BCO + tl.arange(0, BCO)
     m_co = o_co < Co
-    y_in = t0 * st - pad + o_r
-    x_in = x0 * st - pad + o_c
-    m_x = ((y_in >= 0) & (y_in < H))[:, None] & ((x_in >= 0) & (x_in < W))[None, :]
     b_acc = tl.zeros([BCO, BH, BW], dtype=ACC)
     for i in range(Ci):
-        p_x = x + (i_n * Ci + i).to(tl.int64) * H * W + y_in[:, None] * W + x_in[None, :]
-        b_x = tl.load(p_x, mask=m_x, other=0.0).to(ACC)
+        b_x = tl.load(x + (i_n * Ci + i).to(tl.int64) * H * W + o_win, mask=m_x, other=0.0).to(ACC)
         for s in range(S):
             for p in range(ORDER + 1):
-                b_u, _iu, _mu = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
-                b_r = tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC)
+                b_r, _iu, _mu = _row_pass(b_x, f, s, p, K, st, ORDER, ACC, BW, BWK)
                 for q in range(ORDER + 1 - p):
-                    b_tq, _it, _mt = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
-                    b_z = tl.dot(b_tq.to(ACC), b_r, input_precision="ieee", out_dtype=ACC)
+                    b_z, _tq, _it, _mt = _col_pass(b_r, f, s, q, K, st, ORDER, ACC, BH, BHK)
                     bi = (p + q) * (p + q + 1) // 2 + q
                     b_a = tl.load(a + o_co * J + (i * S + s) * M + bi, mask=m_co, other=0.0).to(ACC)
                     b_acc += b_a[:, None, None] * b_z[None, :, :]
-    o_yo = t0 + o_t
-    o_xo = x0 + o_x
-    m_o = m_co[:, None, None] & (o_yo < Ho)[None, :, None] & (o_xo < Wo)[None, None, :]
-    p_o = out + (i_n * Co + o_co[:, None, None]).to(tl.int64) * Ho * Wo + o_yo[None, :, None] * Wo + o_xo[None, None, :]
-    tl.store(p_o, b_acc.to(out.dtype.element_ty), mask=m_o)
+    off, m_o = _output_block(t0, x0, Ho, Wo, (i_n * Co + o_co).to(tl.int64), m_co, BH, BW)
+    tl.store(out + off, b_acc.to(out.dtype.element_ty), mask=m_o)
 
 
 @triton.jit
@@ -125,6 +150,38 @@ def _band_sum_into(acc, b, idx, m, row, K, O1P: tl.constexpr, KP: tl.constexpr):
 
 
 @triton.jit
+def _col_pass_grads(need_f, b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P: tl.constexpr, KP: tl.constexpr,
+                    ACC: tl.constexpr):
+    """Back through Z_pq = T_q R_p given dZ, when the taps need a gradient (need_f): the y-role
+    taps' gradient (d/df[v] of Z sums (dZ R_p^T)[t, r] over r - t*st = v) into row q of b_f, and
+    T_q^T dZ into dR_p."""
+    if need_f:
+        b_d = tl.dot(b_dz, tl.trans(b_r), input_precision="ieee", out_dtype=ACC)
+        b_f = _band_sum_into(b_f, b_d, b_it, m_it, q, K, O1P, KP)
+        b_dr += tl.dot(tl.trans(b_tq), b_dz, input_precision="ieee", out_dtype=ACC)
+    return b_f, b_dr
+
+
+@triton.jit
+def _row_pass_grads(need_f, b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P: tl.constexpr, KP: tl.constexpr,
+                    ACC: tl.constexpr):
+    """Back through R_p = X U_p given dR_p, when the taps need a gradient (need_f): the x-role
+    taps' gradient (d/df[u] of R sums (X^T dR)[c, xo] over c - xo*st = u) into row p of b_f."""
+    if need_f:
+        b_e = tl.dot(tl.trans(b_x), b_dr, input_precision="ieee", out_dtype=ACC)
+        b_f = _band_sum_into(b_f, b_e, b_iu, m_iu, p, K, O1P, KP)
+    return b_f
+
+
+@triton.jit
+def _store_tap_grads(need_f, p_gf, s, b_f, O1P: tl.constexpr, KP: tl.constexpr):
+    if need_f:
+        o_fm = tl.arange(0, O1P)
+        o_fk = tl.arange(0, KP)
+        tl.store(p_gf + s * O1P * KP + o_fm[:, None] * KP + o_fk[None, :], b_f)
+
+
+@triton.jit
 def _gd_bwd_kernel(g, x, a, f, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n_tw,
                    need_a, need_f,
                    ORDER: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr, BCO: tl.constexpr,
@@ -133,65 +190,32 @@ def _gd_bwd_kernel(g, x, a, f, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n
     """ga: partials (N * tiles, Co, J), program (tile, i) owns the columns of channel i;
     gf: partials (N * tiles * Ci, S, O1P, KP)."""
     i_nt, i = tl.program_id(0), tl.program_id(1)
-    n_tiles = tl.cdiv(Ho, BH) * n_tw
-    i_n = i_nt // n_tiles
-    i_t = i_nt % n_tiles
-    t0 = (i_t // n_tw) * BH
-    x0 = (i_t % n_tw) * BW
-    o_t = tl.arange(0, BH)
-    o_x = tl.arange(0, BW)
-    o_r = tl.arange(0, BHK)
-    o_c = tl.arange(0, BWK)
-    y_in = t0 * st - pad + o_r
-    x_in = x0 * st - pad + o_c
-    m_x = ((y_in >= 0) & (y_in < H))[:, None] & ((x_in >= 0) & (x_in < W))[None, :]
-    o_xy = (i_n * Ci + i).to(tl.int64) * H * W + y_in[:, None] * W + x_in[None, :]
-    b_x = tl.load(x + o_xy, mask=m_x, other=0.0).to(ACC)
-    o_yo = t0 + o_t
-    o_xo = x0 + o_x
-    m_pix = (o_yo < Ho)[:, None] & (o_xo < Wo)[None, :]
+    i_n, t0, x0, o_win, m_x = _tile(i_nt, Ho, n_tw, st, pad, H, W, BH, BW, BHK, BWK)
+    b_x = tl.load(x + (i_n * Ci + i).to(tl.int64) * H * W + o_win, mask=m_x, other=0.0).to(ACC)
     p_gf = gf + (i_nt * Ci + i).to(tl.int64) * S * O1P * KP
     for s in range(S):
         b_f = tl.zeros([O1P, KP], dtype=ACC)
         for p in range(ORDER + 1):
-            p_fp = f + (s * (ORDER + 1) + p) * K
-            b_u, b_iu, m_iu = _band(p_fp, o_c, o_x, st, K, False)
-            b_u = b_u.to(ACC)
-            b_r = tl.dot(b_x, b_u, input_precision="ieee", out_dtype=ACC)
+            b_r, b_iu, m_iu = _row_pass(b_x, f, s, p, K, st, ORDER, ACC, BW, BWK)
             b_dr = tl.zeros([BHK, BW], dtype=ACC)
             for q in range(ORDER + 1 - p):
-                p_fq = f + (s * (ORDER + 1) + q) * K
-                b_tq, b_it, m_it = _band(p_fq, o_t, o_r, st, K, True)
-                b_tq = b_tq.to(ACC)
-                b_z = tl.dot(b_tq, b_r, input_precision="ieee", out_dtype=ACC)
+                b_z, b_tq, b_it, m_it = _col_pass(b_r, f, s, q, K, st, ORDER, ACC, BH, BHK)
                 bi = (p + q) * (p + q + 1) // 2 + q
                 col = (i * S + s) * M + bi
                 b_dz = tl.zeros([BH, BW], dtype=ACC)
                 for c0 in range(0, Co, BCO):
                     o_co = c0 + tl.arange(0, BCO)
                     m_co = o_co < Co
-                    m_g = m_co[:, None, None] & m_pix[None, :, :]
-                    p_g = g + (i_n * Co + o_co[:, None, None]).to(tl.int64) * Ho * Wo \
-                        + o_yo[None, :, None] * Wo + o_xo[None, None, :]
-                    b_g = tl.load(p_g, mask=m_g, other=0.0).to(ACC)
+                    off, m_g = _output_block(t0, x0, Ho, Wo, (i_n * Co + o_co).to(tl.int64), m_co, BH, BW)
+                    b_g = tl.load(g + off, mask=m_g, other=0.0).to(ACC)
                     if need_a:
                         b_ga = tl.sum(tl.sum(b_g * b_z[None, :, :], axis=2), axis=1)
                         tl.store(ga + (i_nt * Co + o_co).to(tl.int64) * J + col, b_ga, mask=m_co)
                     b_a = tl.load(a + o_co * J + col, mask=m_co, other=0.0).to(ACC)
                     b_dz += tl.sum(b_a[:, None, None] * b_g, axis=0)
-                if need_f:
-                    # y-role taps: d/df[v] of Z = T_q R_p sums (dZ R_p^T)[t, r] over r - t*st = v
-                    b_d = tl.dot(b_dz, tl.trans(b_r), input_precision="ieee", out_dtype=ACC)
-                    b_f = _band_sum_into(b_f, b_d, b_it, m_it, q, K, O1P, KP)
-                    b_dr += tl.dot(tl.trans(b_tq), b_dz, input_precision="ieee", out_dtype=ACC)
-            if need_f:
-                # x-role taps: d/df[u] of R = X U_p sums (X^T dR)[c, xo] over c - xo*st = u
-                b_e = tl.dot(tl.trans(b_x), b_dr, input_precision="ieee", out_dtype=ACC)
-                b_f = _band_sum_into(b_f, b_e, b_iu, m_iu, p, K, O1P, KP)
-        if need_f:
-            o_fm = tl.arange(0, O1P)
-            o_fk = tl.arange(0, KP)
-            tl.store(p_gf + s * O1P * KP + o_fm[:, None] * KP + o_fk[None, :], b_f)
+                b_f, b_dr = _col_pass_grads(need_f, b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P, KP, ACC)
+            b_f = _row_pass_grads(need_f, b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P, KP, ACC)
+        _store_tap_grads(need_f, p_gf, s, b_f, O1P, KP)
 
 
 @triton.jit
@@ -207,36 +231,23 @@ def _gd3_fwd_kernel(x, a, f, out, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st, pad,
                     ORDER: tl.constexpr, M: tl.constexpr, ACC: tl.constexpr, BCO: tl.constexpr,
                     BH: tl.constexpr, BW: tl.constexpr, BHK: tl.constexpr, BWK: tl.constexpr):
     i_nt, i_co = tl.program_id(0), tl.program_id(1)
-    n_tiles = tl.cdiv(Ho, BH) * n_tw
-    i_nz = i_nt // n_tiles
+    i_nz, t0, x0, o_win, m_x = _tile(i_nt, Ho, n_tw, st, pad, H, W, BH, BW, BHK, BWK)
     i_n = i_nz // Do
     zo = i_nz % Do
-    i_t = i_nt % n_tiles
-    t0 = (i_t // n_tw) * BH
-    x0 = (i_t % n_tw) * BW
-    o_t = tl.arange(0, BH)
-    o_x = tl.arange(0, BW)
-    o_r = tl.arange(0, BHK)
-    o_c = tl.arange(0, BWK)
     o_co = i_co * BCO + tl.arange(0, BCO)
     m_co = o_co < Co
-    y_in = t0 * st - pad + o_r
-    x_in = x0 * st - pad + o_c
-    m_x = ((y_in >= 0) & (y_in < H))[:, None] & ((x_in >= 0) & (x_in < W))[None, :]
     b_acc = tl.zeros([BCO, BH, BW], dtype=ACC)
     for i in range(Ci):
         for az in range(K):
             z_in = zo * st - pad + az
             if (z_in >= 0) & (z_in < D):
-                p_x = x + ((i_n * Ci + i).to(tl.int64) * D + z_in) * H * W + y_in[:, None] * W + x_in[None, :]
+                p_x = x + ((i_n * Ci + i).to(tl.int64) * D + z_in) * H * W + o_win
                 b_x = tl.load(p_x, mask=m_x, other=0.0).to(ACC)
                 for s in range(S):
                     for p in range(ORDER + 1):
-                        b_u, _iu, _mu = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
-                        b_r = tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC)
+                        b_r, _iu, _mu = _row_pass(b_x, f, s, p, K, st, ORDER, ACC, BW, BWK)
                         for q in range(ORDER + 1 - p):
-                            b_tq, _it, _mt = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
-                            b_z = tl.dot(b_tq.to(ACC), b_r, input_precision="ieee", out_dtype=ACC)
+                            b_z, _tq, _it, _mt = _col_pass(b_r, f, s, q, K, st, ORDER, ACC, BH, BHK)
                             b_c = tl.zeros([BCO], dtype=ACC)
                             for t in range(ORDER + 1 - p - q):
                                 bi = _basis_index_3d(p, q, t)
@@ -244,12 +255,8 @@ def _gd3_fwd_kernel(x, a, f, out, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st, pad,
                                 b_a = tl.load(a + o_co * J + (i * S + s) * M + bi, mask=m_co, other=0.0).to(ACC)
                                 b_c += f_t * b_a
                             b_acc += b_c[:, None, None] * b_z[None, :, :]
-    o_yo = t0 + o_t
-    o_xo = x0 + o_x
-    m_o = m_co[:, None, None] & (o_yo < Ho)[None, :, None] & (o_xo < Wo)[None, None, :]
-    p_o = out + ((i_n * Co + o_co[:, None, None]).to(tl.int64) * Do + zo) * Ho * Wo \
-        + o_yo[None, :, None] * Wo + o_xo[None, None, :]
-    tl.store(p_o, b_acc.to(out.dtype.element_ty), mask=m_o)
+    off, m_o = _output_block(t0, x0, Ho, Wo, (i_n * Co + o_co).to(tl.int64) * Do + zo, m_co, BH, BW)
+    tl.store(out + off, b_acc.to(out.dtype.element_ty), mask=m_o)
 
 
 @triton.jit
@@ -261,48 +268,31 @@ def _gd3_bwd_kernel(g, x, a, f, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st
     """ga: partials (N * Do * tiles, Co, J) (zero-initialised; program (tile, i) owns channel i's
     columns and adds over its depth taps); gf: partials (N * Do * tiles * Ci, S, O1P, KP)."""
     i_nt, i = tl.program_id(0), tl.program_id(1)
-    n_tiles = tl.cdiv(Ho, BH) * n_tw
-    i_nz = i_nt // n_tiles
+    i_nz, t0, x0, o_win, m_x = _tile(i_nt, Ho, n_tw, st, pad, H, W, BH, BW, BHK, BWK)
     i_n = i_nz // Do
     zo = i_nz % Do
-    i_t = i_nt % n_tiles
-    t0 = (i_t // n_tw) * BH
-    x0 = (i_t % n_tw) * BW
-    o_t = tl.arange(0, BH)
-    o_x = tl.arange(0, BW)
-    o_r = tl.arange(0, BHK)
-    o_c = tl.arange(0, BWK)
     o_fm = tl.arange(0, O1P)
     o_fk = tl.arange(0, KP)
-    y_in = t0 * st - pad + o_r
-    x_in = x0 * st - pad + o_c
-    m_x = ((y_in >= 0) & (y_in < H))[:, None] & ((x_in >= 0) & (x_in < W))[None, :]
-    o_yo = t0 + o_t
-    o_xo = x0 + o_x
-    m_pix = (o_yo < Ho)[:, None] & (o_xo < Wo)[None, :]
     p_gf = gf + (i_nt * Ci + i).to(tl.int64) * S * O1P * KP
     for s in range(S):
         b_f = tl.zeros([O1P, KP], dtype=ACC)
         for az in range(K):
             z_in = zo * st - pad + az
             if (z_in >= 0) & (z_in < D):
-                p_x = x + ((i_n * Ci + i).to(tl.int64) * D + z_in) * H * W + y_in[:, None] * W + x_in[None, :]
+                p_x = x + ((i_n * Ci + i).to(tl.int64) * D + z_in) * H * W + o_win
                 b_x = tl.load(p_x, mask=m_x, other=0.0).to(ACC)
                 for p in range(ORDER + 1):
-                    b_u, b_iu, m_iu = _band(f + (s * (ORDER + 1) + p) * K, o_c, o_x, st, K, False)
-                    b_r = tl.dot(b_x, b_u.to(ACC), input_precision="ieee", out_dtype=ACC)
+                    b_r, b_iu, m_iu = _row_pass(b_x, f, s, p, K, st, ORDER, ACC, BW, BWK)
                     b_dr = tl.zeros([BHK, BW], dtype=ACC)
                     for q in range(ORDER + 1 - p):
-                        b_tq, b_it, m_it = _band(f + (s * (ORDER + 1) + q) * K, o_t, o_r, st, K, True)
-                        b_tq = b_tq.to(ACC)
-                        b_z = tl.dot(b_tq, b_r, input_precision="ieee", out_dtype=ACC)
+                        b_z, b_tq, b_it, m_it = _col_pass(b_r, f, s, q, K, st, ORDER, ACC, BH, BHK)
                         b_dz = tl.zeros([BH, BW], dtype=ACC)
                         for c0 in range(0, Co, BCO):
                             o_co = c0 + tl.arange(0, BCO)
                             m_co = o_co < Co
-                            p_g = g + ((i_n * Co + o_co[:, None, None]).to(tl.int64) * Do + zo) * Ho * Wo \
-                                + o_yo[None, :, None] * Wo + o_xo[None, None, :]
-                            b_g = tl.load(p_g, mask=m_co[:, None, None] & m_pix[None, :, :], other=0.0).to(ACC)
+                            plane = (i_n * Co + o_co).to(tl.int64) * Do + zo
+                            off, m_g = _output_block(t0, x0, Ho, Wo, plane, m_co, BH, BW)
+                            b_g = tl.load(g + off, mask=m_g, other=0.0).to(ACC)
                             b_v = tl.sum(tl.sum(b_g * b_z[None, :, :], axis=2), axis=1)  # <G_o, Z2_pq(a)>
                             b_w = tl.zeros([BCO], dtype=ACC)
                             for t in range(ORDER + 1 - p - q):
@@ -318,15 +308,9 @@ def _gd3_bwd_kernel(g, x, a, f, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st
                                                     tl.sum(b_a * b_v, axis=0), 0.0)
                                 b_w += f_t * b_a
                             b_dz += tl.sum(b_w[:, None, None] * b_g, axis=0)
-                        if need_f:
-                            b_d = tl.dot(b_dz, tl.trans(b_r), input_precision="ieee", out_dtype=ACC)
-                            b_f = _band_sum_into(b_f, b_d, b_it, m_it, q, K, O1P, KP)
-                            b_dr += tl.dot(tl.trans(b_tq), b_dz, input_precision="ieee", out_dtype=ACC)
-                    if need_f:
-                        b_e = tl.dot(tl.trans(b_x), b_dr, input_precision="ieee", out_dtype=ACC)
-                        b_f = _band_sum_into(b_f, b_e, b_iu, m_iu, p, K, O1P, KP)
-        if need_f:
-            tl.store(p_gf + s * O1P * KP + o_fm[:, None] * KP + o_fk[None, :], b_f)
+                        b_f, b_dr = _col_pass_grads(need_f, b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P, KP, ACC)
+                    b_f = _row_pass_grads(need_f, b_f, b_x, b_dr, b_iu, m_iu, p, K, O1P, KP, ACC)
+        _store_tap_grads(need_f, p_gf, s, b_f, O1P, KP)
 
 
 # ---------------------------------------------------------------------------------------------

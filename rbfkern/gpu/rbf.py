@@ -156,6 +156,17 @@ def _rbf_fwd_kernel(x, c, w, sig, prm, r2, act, N, C, D, stride_wc, kind, need_a
 
 
 @triton.jit
+def _diff_block(x, p_c, o_n, m_n, i_d, D, ACC: tl.constexpr, BD: tl.constexpr):
+    """Features i_d .. i_d + BD of x[o_n] - c (c at p_c), zero outside x: (offsets, mask, diff)."""
+    o_d = i_d + tl.arange(0, BD)
+    m_d = o_d < D
+    m_x = m_n[:, None] & m_d[None, :]
+    b_x = tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0).to(ACC)
+    b_c = tl.load(p_c + o_d, mask=m_d, other=0).to(ACC)
+    return o_d, m_d, tl.where(m_x, b_x - b_c[None, :], 0.)
+
+
+@triton.jit
 def _rbf_fwd_tril_kernel(x, c, L, sig, prm, r2, act, N, C, D, stride_lc, kind, need_act,
                          ACC: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     i_p = tl.program_id(0)
@@ -171,12 +182,7 @@ def _rbf_fwd_tril_kernel(x, c, L, sig, prm, r2, act, N, C, D, stride_lc, kind, n
         b_u = tl.zeros([BN, BD], dtype=ACC)
         # only d >= k contributes (and only the lower triangle is read)
         for i_d in range(i_k, D, BD):
-            o_d = i_d + tl.arange(0, BD)
-            m_d = o_d < D
-            m_x = m_n[:, None] & m_d[None, :]
-            b_x = tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0).to(ACC)
-            b_c = tl.load(p_c + o_d, mask=m_d, other=0).to(ACC)
-            b_diff = tl.where(m_x, b_x - b_c[None, :], 0.)
+            o_d, m_d, b_diff = _diff_block(x, p_c, o_n, m_n, i_d, D, ACC, BD)
             m_l = (o_d[:, None] >= o_k[None, :]) & m_d[:, None] & m_k[None, :]
             b_l = tl.load(p_l + o_d[:, None] * D + o_k[None, :], mask=m_l, other=0).to(ACC)
             b_u += tl.dot(b_diff, b_l, input_precision="ieee", out_dtype=ACC)
@@ -191,16 +197,22 @@ def _rbf_fwd_tril_kernel(x, c, L, sig, prm, r2, act, N, C, D, stride_lc, kind, n
 
 
 @triton.jit
-def _rbf_bwd_x_kernel(x, c, w, sig, prm, r2, ga, gr, gx, N, C, D, stride_wc, kind,
-                      HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, METRIC: tl.constexpr, ACC: tl.constexpr,
-                      BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
-    # gx[n, d] = 2 sum_j G[n, j] (w[j, d]) (x[n, d] - c[j, d])
+def _row_col_block(N, D, BN: tl.constexpr, BD: tl.constexpr):
+    """The (BN rows, BD features) block of program 0's id (row blocks outer): offsets and masks."""
     i_p = tl.program_id(0)
     nb_d = tl.cdiv(D, BD)
     i_n, i_d = i_p // nb_d, i_p % nb_d
     o_n = i_n.to(tl.int64) * BN + tl.arange(0, BN)
     o_d = i_d * BD + tl.arange(0, BD)
-    m_n, m_d = o_n < N, o_d < D
+    return o_n, o_d, o_n < N, o_d < D
+
+
+@triton.jit
+def _rbf_bwd_x_kernel(x, c, w, sig, prm, r2, ga, gr, gx, N, C, D, stride_wc, kind,
+                      HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, METRIC: tl.constexpr, ACC: tl.constexpr,
+                      BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
+    # gx[n, d] = 2 sum_j G[n, j] (w[j, d]) (x[n, d] - c[j, d])
+    o_n, o_d, m_n, m_d = _row_col_block(N, D, BN, BD)
     a = tl.load(prm).to(ACC)
     b_x = tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0).to(ACC)
     b_gx = tl.zeros([BN, BD], dtype=ACC)
@@ -227,12 +239,7 @@ def _rbf_bwd_x_kernel(x, c, w, sig, prm, r2, ga, gr, gx, N, C, D, stride_wc, kin
 def _rbf_bwd_x_tril_kernel(x, c, M, sig, prm, r2, ga, gr, gx, N, C, D, stride_mc, kind,
                            HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     # gx = 2 sum_j G[:, j] (diff_j @ M_j), M_j = L_j L_j^T symmetric (= 2 L_j u_j per row)
-    i_p = tl.program_id(0)
-    nb_d = tl.cdiv(D, BD)
-    i_n, i_d = i_p // nb_d, i_p % nb_d
-    o_n = i_n.to(tl.int64) * BN + tl.arange(0, BN)
-    o_d = i_d * BD + tl.arange(0, BD)
-    m_n, m_d = o_n < N, o_d < D
+    o_n, o_d, m_n, m_d = _row_col_block(N, D, BN, BD)
     a = tl.load(prm).to(ACC)
     b_gx = tl.zeros([BN, BD], dtype=ACC)
     p_c = c
@@ -244,12 +251,7 @@ def _rbf_bwd_x_tril_kernel(x, c, M, sig, prm, r2, ga, gr, gx, N, C, D, stride_mc
         b_g, b_gs = _load_g(ga, gr, o_nc, m_n, b_r2, b_s, a, kind, HAS_GA, HAS_GR, ACC)
         b_v = tl.zeros([BN, BD], dtype=ACC)
         for i_e in range(0, D, BD):
-            o_e = i_e + tl.arange(0, BD)
-            m_e = o_e < D
-            m_x = m_n[:, None] & m_e[None, :]
-            b_x = tl.load(x + o_n[:, None] * D + o_e[None, :], mask=m_x, other=0).to(ACC)
-            b_c = tl.load(p_c + o_e, mask=m_e, other=0).to(ACC)
-            b_diff = tl.where(m_x, b_x - b_c[None, :], 0.)
+            o_e, m_e, b_diff = _diff_block(x, p_c, o_n, m_n, i_e, D, ACC, BD)
             b_m = tl.load(p_m + o_e[:, None] * D + o_d[None, :], mask=m_e[:, None] & m_d[None, :], other=0).to(ACC)
             b_v += tl.dot(b_diff, b_m, input_precision="ieee", out_dtype=ACC)
         b_gx += b_g[:, None] * b_v

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
+from .._environ import environ
 from . import model, peaks, tf32
 from .families import MODES, family, find_case
 from .timing import CpuTimer, CudaTimer
@@ -58,17 +59,8 @@ def context_ok(device: str) -> bool:
 
 @contextmanager
 def provider_env(p):
-    before = {k: os.environ.get(k) for k in p.env}
-    os.environ.update(p.env)
-    try:
-        with tf32.switches(p.tf32):
-            yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with environ(p.env), tf32.switches(p.tf32):
+        yield
 
 
 def make_step(p, mode: str):

@@ -164,44 +164,33 @@ def _no_aux_grads(ctx, output):
     ctx.set_materialize_grads(False)
 
 
-def _setup_conv(ctx, inputs, output):
-    x, weight, b, max_out, stride, padding, dilation, groups, explain, save = inputs
-    ctx.args = (b, max_out, stride, padding, dilation, groups, explain)
-    ctx.saved = save
-    ctx.save_for_backward(x, weight, output[1], output[2], output[3])
-    _no_aux_grads(ctx, output)
+def _autograd(op_name: str, n_args: int):
+    """(setup_context, backward) of the B-cos op ``op_name`` with ``n_args`` inputs: x, weight, the
+    arguments its backward op takes after the saved tensors, then save."""
+
+    def setup(ctx, inputs, output):
+        x, weight, *args, save = inputs
+        ctx.args = tuple(args)
+        ctx.saved = save
+        ctx.save_for_backward(x, weight, output[1], output[2], output[3])
+        _no_aux_grads(ctx, output)
+
+    bwd_op = getattr(torch.ops.rbfkern, op_name + "_bwd")
+
+    def backward(ctx, gy, _g_lmax, _g_idx, _g_root):
+        if not ctx.saved:
+            raise RuntimeError(f"rbfkern::{op_name} was called with save=False; its backward needs save=True")
+        x, weight, lmax, idx, root = ctx.saved_tensors
+        needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+        gy = torch.zeros_like(lmax) if gy is None else gy
+        gx, gw = bwd_op(gy, x, weight, lmax, idx, root, *ctx.args, needs)
+        return (gx if needs[0] else None, gw if needs[1] else None) + (None,) * (n_args - 2)
+
+    return setup, backward
 
 
-def _grad_y(gy, ref):
-    return torch.zeros_like(ref) if gy is None else gy
-
-
-def _backward_conv(ctx, gy, _g_lmax, _g_idx, _g_root):
-    if not ctx.saved:
-        raise RuntimeError("rbfkern::bcos_conv2d was called with save=False; its backward needs save=True")
-    x, weight, lmax, idx, root = ctx.saved_tensors
-    needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-    gx, gw = torch.ops.rbfkern.bcos_conv2d_bwd(_grad_y(gy, lmax), x, weight, lmax, idx, root, *ctx.args, needs)
-    return (gx if needs[0] else None, gw if needs[1] else None) + (None,) * 8
-
-
-def _setup_linear(ctx, inputs, output):
-    x, weight, b, max_out, explain, save = inputs
-    ctx.args = (b, max_out, explain)
-    ctx.saved = save
-    ctx.save_for_backward(x, weight, output[1], output[2], output[3])
-    _no_aux_grads(ctx, output)
-
-
-def _backward_linear(ctx, gy, _g_lmax, _g_idx, _g_root):
-    if not ctx.saved:
-        raise RuntimeError("rbfkern::bcos_linear was called with save=False; its backward needs save=True")
-    x, weight, lmax, idx, root = ctx.saved_tensors
-    needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-    gx, gw = torch.ops.rbfkern.bcos_linear_bwd(_grad_y(gy, lmax), x, weight, lmax, idx, root, *ctx.args, needs)
-    return (gx if needs[0] else None, gw if needs[1] else None) + (None,) * 4
-
-
+_setup_conv, _backward_conv = _autograd("bcos_conv2d", 10)
+_setup_linear, _backward_linear = _autograd("bcos_linear", 6)
 _bcos_conv2d_op.register_autograd(_backward_conv, setup_context=_setup_conv)
 _bcos_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
 _family.no_double_backward(_bcos_conv2d_bwd_op, "rbfkern.reference.bcos_conv2d")

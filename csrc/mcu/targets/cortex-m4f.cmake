@@ -1,11 +1,5 @@
 # cortex-m4f (newlib + rdimon semihosting, QEMU mps2-an386). See shared/MCU.md section 3.
-set(CMAKE_SYSTEM_NAME Generic)
-set(CMAKE_SYSTEM_PROCESSOR arm)
-set(CMAKE_C_COMPILER arm-none-eabi-gcc)
-set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
-set(CMAKE_C_FLAGS_INIT "-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16")
-set(RBFK_TARGET_DIR ${CMAKE_CURRENT_LIST_DIR})
-set(RBFK_STARTUP_SOURCES ${RBFK_TARGET_DIR}/startup_cm.c)
-set(RBFK_LINK_OPTIONS --specs=rdimon.specs -T ${RBFK_TARGET_DIR}/cm.ld )
-set(RBFK_EXE_SUFFIX .elf)
-set(CMAKE_CROSSCOMPILING_EMULATOR qemu-system-arm;-M;mps2-an386;-nographic;-monitor;none;-serial;none;-semihosting-config;enable=on,target=native;-kernel)
+set(RBFK_CPU_FLAGS "-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16")
+set(RBFK_QEMU_MACHINE mps2-an386)
+set(RBFK_MEMORY_OPTIONS "")  # cm.ld's default sizes
+include(${CMAKE_CURRENT_LIST_DIR}/common-cortex-m.cmake)

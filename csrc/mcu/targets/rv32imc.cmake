@@ -1,11 +1,3 @@
 # rv32imc (picolibc semihost crt0, QEMU virt -bios none). See shared/MCU.md section 4.
-set(CMAKE_SYSTEM_NAME Generic)
-set(CMAKE_SYSTEM_PROCESSOR riscv32)
-set(CMAKE_C_COMPILER riscv64-unknown-elf-gcc)
-set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
-set(CMAKE_C_FLAGS_INIT "-march=rv32imc -mabi=ilp32 --specs=picolibc.specs")
-set(RBFK_STARTUP_SOURCES "")
-set(RBFK_LINK_OPTIONS --crt0=semihost --oslib=semihost
-    -Wl,--defsym=__flash=0x80000000,--defsym=__flash_size=0x100000,--defsym=__ram=0x80100000,--defsym=__ram_size=0x100000)
-set(RBFK_EXE_SUFFIX .elf)
-set(CMAKE_CROSSCOMPILING_EMULATOR qemu-system-riscv32;-M;virt;-bios;none;-nographic;-monitor;none;-serial;none;-semihosting-config;enable=on,target=native;-kernel)
+set(RBFK_ARCH_FLAGS "-march=rv32imc -mabi=ilp32")
+include(${CMAKE_CURRENT_LIST_DIR}/common-rv32.cmake)
