@@ -132,17 +132,9 @@ def _gauss_deriv_conv(x, alpha, sigma, order, truncate, radii, stride, padding, 
     return y.reshape(x.shape[0], alpha.shape[0], *zeta.shape[2:])
 
 
-def gauss_deriv_conv2d(
-    x: Tensor,
-    alpha: Tensor,
-    sigma: Tensor,
-    order: int,
-    truncate: float = 4.0,
-    radii: list[int] | None = None,
-    stride: int = 1,
-    padding: int | None = None,
-    scale_normalized: bool = False,
-) -> Tensor:
+def gauss_deriv_conv2d(x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float = 4.0,
+                       radii: list[int] | None = None, stride: int = 1, padding: int | None = None,
+                       scale_normalized: bool = False) -> Tensor:
     """Structured-receptive-field convolution (ch. 3, eq. 18-23, Algorithm 1).
 
     x (N, C_in, H, W), alpha (C_out, C_in, S*M), sigma (S,) -> (N, C_out, H', W'), with the basis
@@ -151,17 +143,9 @@ def gauss_deriv_conv2d(
     return _gauss_deriv_conv(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized)
 
 
-def gauss_deriv_conv3d(
-    x: Tensor,
-    alpha: Tensor,
-    sigma: Tensor,
-    order: int,
-    truncate: float = 4.0,
-    radii: list[int] | None = None,
-    stride: int = 1,
-    padding: int | None = None,
-    scale_normalized: bool = False,
-) -> Tensor:
+def gauss_deriv_conv3d(x: Tensor, alpha: Tensor, sigma: Tensor, order: int, truncate: float = 4.0,
+                       radii: list[int] | None = None, stride: int = 1, padding: int | None = None,
+                       scale_normalized: bool = False) -> Tensor:
     """The 3D version (the thesis' MRI network): x (N, C_in, D, H, W), basis members
     phi_{p,q,t} = g_t(z) g_q(y) g_p(x) with p + q + t <= order (rbfkern.basis.basis_3d),
     alpha (C_out, C_in, S*M3) -> (N, C_out, D', H', W')."""

@@ -505,18 +505,9 @@ def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sig
     return sig, rads, truncate, pad
 
 
-def gauss_deriv_conv2d(
-    x: Tensor,
-    alpha: Tensor,
-    sigma: float | Sequence[float] | Tensor,
-    *,
-    order: int = 3,
-    truncate: float = 4.0,
-    stride: int = 1,
-    padding: int | str = "same",
-    scale_normalized: bool = False,
-    max_sigma: float | None = None,
-) -> Tensor:
+def gauss_deriv_conv2d(x: Tensor, alpha: Tensor, sigma: float | Sequence[float] | Tensor, *, order: int = 3,
+                       truncate: float = 4.0, stride: int = 1, padding: int | str = "same",
+                       scale_normalized: bool = False, max_sigma: float | None = None) -> Tensor:
     """Gaussian-derivative basis convolution (structured receptive fields, thesis ch. 3 eq. 23).
 
     out[n, o] = sum_{i, s, b} alpha[o, i, s*M + b] (x[n, i] conv phi_b(.; sigma_s)), where
@@ -551,18 +542,9 @@ def gauss_deriv_conv2d(
                                                 bool(scale_normalized))
 
 
-def gauss_deriv_conv3d(
-    x: Tensor,
-    alpha: Tensor,
-    sigma: float | Sequence[float] | Tensor,
-    *,
-    order: int = 2,
-    truncate: float = 4.0,
-    stride: int = 1,
-    padding: int | str = "same",
-    scale_normalized: bool = False,
-    max_sigma: float | None = None,
-) -> Tensor:
+def gauss_deriv_conv3d(x: Tensor, alpha: Tensor, sigma: float | Sequence[float] | Tensor, *, order: int = 2,
+                       truncate: float = 4.0, stride: int = 1, padding: int | str = "same",
+                       scale_normalized: bool = False, max_sigma: float | None = None) -> Tensor:
     """The 3D op on volumes x (N, C_in, D, H, W): basis phi_{p,q,t} = g_t(z) g_q(y) g_p(x),
     p + q + t <= order (rbfkern.basis.derivative_orders_3d), alpha (C_out, C_in, S*M3),
     M3 = (order+1)(order+2)(order+3)/6. Other arguments as :func:`gauss_deriv_conv2d`.
