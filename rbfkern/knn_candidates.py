@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _backend
+from ._chunks import running_topk
 
 
 def _gamma(n: float, u: float) -> float:
@@ -52,19 +53,18 @@ def candidates_torch(query: Tensor, bank: Tensor, kk: int, chunk: int | None = N
     g = gamma_{D+2} (one spare for a BLAS that rounds the alpha scaling separately)."""
     q, m, d = query.shape[0], bank.shape[0], query.shape[1]
     step = chunk or max(256, (1 << 22) // max(1, q))
-    best_v = query.new_empty(q, 0)
-    best_i = torch.empty(q, 0, dtype=torch.long, device=query.device)
     bmax = 0.0
-    for s in range(0, m, step):
-        b = bank[s:s + step]
-        bn = (b * b).sum(1)
-        bmax = max(bmax, float(bn.double().max()))
-        approx = torch.addmm(bn[None, :], query, b.T, alpha=-2.0)
-        v = torch.cat([best_v, approx], 1)
-        i = torch.cat([best_i, torch.arange(s, s + b.shape[0], device=query.device).expand(q, -1)], 1)
-        # a stable sort keeps equal values in index order: ties go to the smaller bank row
-        v, pos = v.sort(dim=1, stable=True)
-        best_v, best_i = v[:, :kk], i.gather(1, pos[:, :kk])
+
+    def chunks():
+        nonlocal bmax
+        for s in range(0, m, step):
+            b = bank[s:s + step]
+            bn = (b * b).sum(1)
+            bmax = max(bmax, float(bn.double().max()))
+            yield s, torch.addmm(bn[None, :], query, b.T, alpha=-2.0)
+
+    # stable: equal values keep index order, ties go to the smaller bank row
+    best_v, best_i = running_topk(chunks(), query, kk, stable=True)
     best_i = torch.where(torch.isfinite(best_v), best_i, -1)
     return best_v, best_i, bmax, _gamma(d + 2, torch.finfo(query.dtype).eps / 2)
 

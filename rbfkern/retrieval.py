@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import knn_candidates, ops
-from ._chunks import rows_per_chunk
+from ._chunks import rows_per_chunk, running_topk
 from .ops import _checks
 
 
@@ -163,13 +163,5 @@ def _stream_topk(query: Tensor, bank: Tensor, k: int, metric: dict, largest: boo
     """Running top-k over bank chunks of the fused rbf_r2 op."""
     q, m = query.shape[0], bank.shape[0]
     step = chunk_size or rows_per_chunk(q, query.shape[1], query.device)
-    best_v = query.new_empty(q, 0)
-    best_i = torch.empty(q, 0, dtype=torch.long, device=query.device)
-    for s in range(0, m, step):
-        r2 = ops.rbf_r2(bank[s:s + step], query, **metric).T  # (Q, B)
-        idx = torch.arange(s, s + r2.shape[1], device=query.device).expand(q, -1)
-        v = torch.cat([best_v, r2], 1)
-        i = torch.cat([best_i, idx], 1)
-        best_v, pos = v.topk(min(k, v.shape[1]), dim=1, largest=largest, sorted=True)
-        best_i = i.gather(1, pos)
-    return best_v, best_i
+    chunks = ((s, ops.rbf_r2(bank[s:s + step], query, **metric).T) for s in range(0, m, step))  # (Q, B) each
+    return running_topk(chunks, query, k, largest)
