@@ -80,7 +80,8 @@ RBFKERN_INLINE T diff_pair(const T* x, const T* c, const T* w, int64_t D) {
 }
 
 // x rows [n0, n0 + nr) shifted into dst [rows][K] (per-centre: [x', x'^2]), zero padded to `rows`,
-// and X = sum w x'^2 per row (shared metric; ws null: w = 1).
+// and, for a shared metric, X = sum w x'^2 per row (ws null: w = 1; per-centre the GEMM's second
+// half gives X per pair, and xn is left alone).
 template <class T>
 static void pack_rows_shifted(const RbfProblem<T>& p, const T* mu, bool per_centre, int64_t n0, int64_t nr,
                               int64_t rows, int64_t K, T* dst, T* xn) {
@@ -94,13 +95,13 @@ static void pack_rows_shifted(const RbfProblem<T>& p, const T* mu, bool per_cent
       continue;
     }
     const T* x = p.x + (n0 + r) * D;
-    double s = 0.0;
-    for (int64_t d = 0; d < D; ++d) {
-      const T v = x[d] - mu[d];
-      o[d] = v;
-      if (per_centre) o[D + d] = v * v;
-      s += (ws ? (double)ws[d] : 1.0) * (double)v * (double)v;
+    for (int64_t d = 0; d < D; ++d) o[d] = x[d] - mu[d];
+    if (per_centre) {
+      for (int64_t d = 0; d < D; ++d) o[D + d] = o[d] * o[d];
+      continue;
     }
+    double s = 0.0;
+    for (int64_t d = 0; d < D; ++d) s += (ws ? (double)ws[d] : 1.0) * (double)o[d] * (double)o[d];
     xn[r] = (T)s;
   }
 }
