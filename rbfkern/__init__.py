@@ -12,5 +12,6 @@ __version__ = "0.1.0"
 from . import ops  # noqa: E402,F401  (registers the torch.ops.rbfkern.* custom ops)
 from . import reference  # noqa: E402,F401
 from . import nn  # noqa: E402,F401
+from .ops._checks import set_value_checks  # noqa: E402
 
-__all__ = ["nn", "ops", "reference", "__version__"]
+__all__ = ["nn", "ops", "reference", "set_value_checks", "__version__"]

@@ -17,6 +17,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+import rbfkern
 
 from conftest import CUDA, CUDA_ON_CPU, DEVICES
 
@@ -147,3 +150,30 @@ def test_bad_input_two_devices(where, cid, stmt, excs, pattern):
     if CUDA_ON_CPU:
         pytest.skip("rehearsal: needs two devices (the CPU and a GPU)")
     _check(_results(where), cid, stmt, excs, pattern)
+
+
+def test_value_checks_can_be_switched_off_and_restored():
+    # the checks that read values (a host sync on a GPU) obey rbfkern.set_value_checks; shape
+    # checks do not; the context manager restores the setting, the plain call keeps it
+    x, c, bad = torch.randn(5, 3), torch.randn(4, 3), -torch.rand(4, 3)
+    with pytest.raises(ValueError, match="diag"):
+        rbfkern.ops.rbf_r2(x, c, diag=bad)
+    with rbfkern.set_value_checks(False):
+        assert rbfkern.ops.rbf_r2(x, c, diag=bad).shape == (5, 4)
+        with pytest.raises(ValueError, match="max_sigma"):  # a Python float: no data read, still checked
+            rbfkern.ops.gauss_deriv_conv2d(torch.randn(1, 2, 9, 9), torch.randn(3, 2, 6), 3.0, order=2, max_sigma=2.0)
+        with pytest.raises(ValueError, match="diag"):
+            rbfkern.ops.rbf_r2(x, c, diag=torch.rand(2, 3))
+    with pytest.raises(ValueError, match="diag"):
+        rbfkern.ops.rbf_r2(x, c, diag=bad)
+    try:
+        rbfkern.set_value_checks(False)
+        rbfkern.ops.gauss_deriv_conv2d(torch.randn(1, 2, 9, 9), torch.randn(3, 2, 6), torch.tensor([-1.0]), order=2,
+                                       max_sigma=2.0)
+    finally:
+        rbfkern.set_value_checks(True)
+    with pytest.raises(ValueError, match="sigma"):
+        rbfkern.ops.gauss_deriv_conv2d(torch.randn(1, 2, 9, 9), torch.randn(3, 2, 6), torch.tensor([-1.0]), order=2,
+                                       max_sigma=2.0)
+    with pytest.raises(TypeError, match="enabled"):
+        rbfkern.set_value_checks(0)

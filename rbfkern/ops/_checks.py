@@ -74,9 +74,52 @@ def finite_float(name: str, value, positive: bool = False) -> float:
     return v
 
 
+class set_value_checks:
+    """Turn the checks that read tensor values (finite, positive, within a bound) on or off.
+
+    On by default. Each reads the tensor's data, which on a GPU is a host sync per check; a
+    training loop that wants none turns them off. Use as a call (``rbfkern.set_value_checks(False)``)
+    or, restoring the previous setting on exit, as a context manager, like
+    ``torch.set_grad_enabled``. Shape, dtype and device checks always run. While a CUDA graph
+    captures or torch.compile traces, value checks are skipped whatever the setting (the data is
+    not there to read).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        global _VALUE_CHECKS
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+        self.prev, _VALUE_CHECKS = _VALUE_CHECKS, enabled
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        global _VALUE_CHECKS
+        _VALUE_CHECKS = self.prev
+
+
+_VALUE_CHECKS = True
+
+
+def value_checks_enabled() -> bool:
+    return _VALUE_CHECKS
+
+
+def reads_values(t: Tensor) -> bool:
+    """Whether a value check of ``t`` runs here: it is switched on, ``t`` has data to read (CPU or
+    CUDA; meta tensors have none), and no trace or CUDA graph capture is under way (reading a CUDA
+    tensor's values inside a capture is an error, not only a sync)."""
+    if not _VALUE_CHECKS or t.numel() == 0 or torch.compiler.is_compiling():
+        return False
+    if t.device.type == "cuda":
+        return not torch.cuda.is_current_stream_capturing()
+    return t.device.type == "cpu"
+
+
 def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = False) -> None:
-    """Value checks need the data: skipped while torch.compile traces (fake tensors)."""
-    if torch.compiler.is_compiling() or t.numel() == 0:
+    """Finite (and > 0 / >= 0) values, where ``reads_values`` allows the read."""
+    if not reads_values(t):
         return
     d = t.detach()
     if not bool(torch.isfinite(d).all()):
@@ -85,3 +128,9 @@ def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = Fal
         raise ValueError(f"{name} must be > 0, got min {d.min().item():g}")
     if nonnegative and not bool((d >= 0).all()):
         raise ValueError(f"{name} must be >= 0, got min {d.min().item():g}")
+
+
+def at_most(name: str, t: Tensor, bound: float, bound_name: str) -> None:
+    """Every value of ``t`` <= ``bound``, where ``reads_values`` allows the read."""
+    if reads_values(t) and bool((t.detach() > bound).any()):
+        raise ValueError(f"{name} must be <= {bound_name}={bound:g}, got max {float(t.detach().max()):g}")

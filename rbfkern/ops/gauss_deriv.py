@@ -456,8 +456,7 @@ def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sig
             rads = basis.radii(sig, truncate)  # reads sigma's values (not traceable)
         else:
             rads = [basis.radius(max_sigma, truncate)] * sig.numel()
-            if not torch.compiler.is_compiling() and bool((sig.detach() > max_sigma).any()):
-                raise ValueError(f"sigma must be <= max_sigma={max_sigma:g}, got max {float(sig.detach().max()):g}")
+            _checks.at_most("sigma", sig, max_sigma, "max_sigma")
     else:
         vals = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
         if not vals:
