@@ -85,6 +85,38 @@ def _gauss(ndim):
     return shapes, step
 
 
+def _layer(build, in_shape):
+    """A training step of an nn layer built on the meta device: forward, a loss, the gradients of
+    the input and every parameter. Traced on meta tensors, any read of a tensor's values (a host
+    sync on a GPU; an error inside a CUDA graph capture) fails the trace."""
+    def make(dtype):
+        module = build().to(device="meta", dtype=dtype)
+        names = [n for n, _ in module.named_parameters()]
+        shapes = [in_shape] + [tuple(p.shape) for _, p in module.named_parameters()]
+
+        def step(x, *params):
+            out = torch.func.functional_call(module, dict(zip(names, params)), (x,))
+            loss = out.float().square().mean()
+            return [loss, *torch.autograd.grad(loss, [x, *params])]
+
+        return shapes, step
+    return make
+
+
+def _layers():
+    from rbfkern import nn as rnn
+
+    return {
+        **{f"layer/RBF/{m}": (_layer(lambda m=m: rnn.RBF(17, 19, metric=m, kind="gaussian"), (37, 17)), ())
+           for m in ("none", "diag", "shared_diag", "full", "shared_full")},
+        "layer/BcosConv2d": (_layer(lambda: rnn.BcosConv2d(4, 6, 3, padding=1, max_out=2), (2, 4, 11, 9)), ()),
+        "layer/BcosLinear": (_layer(lambda: rnn.BcosLinear(17, 6, max_out=2), (15, 17)), ()),
+        "layer/GaussDerivConv2d": (_layer(lambda: rnn.GaussDerivConv2d(3, 4, order=2, sigmas=(1.0, 1.5),
+                                                                       learn_sigma=True), (2, 3, 13, 12)), ()),
+        "layer/GaussDerivConv3d": (_layer(lambda: rnn.GaussDerivConv3d(3, 4, order=1, sigmas=(1.0,),
+                                                                       learn_sigma=True), (2, 3, 7, 8, 6)), ()),
+    }
+
 CASES = {
     **{f"rbf/{m}/{k}": (_rbf, (m, k)) for m, k in [("none", "none"), ("diag", "gaussian"), ("shared_diag", "logistic"),
                                                     ("tril", "gaussian"), ("shared_tril", "multiquadric")]},
@@ -92,6 +124,7 @@ CASES = {
     "bcos_conv2d/unfused": (_bcos_conv, (4, 2.0)),
     "bcos_linear/fused": (_bcos_linear, (2,)), "bcos_linear/unfused": (_bcos_linear, (5,)),
     "gauss_deriv_conv2d": (_gauss, (2,)), "gauss_deriv_conv3d": (_gauss, (3,)),
+    **_layers(),
 }
 
 
@@ -114,7 +147,8 @@ def _kernels_and_ops(gm):
 
 # The Gaussian-derivative ops on both paths (the dense one is a cuDNN conv: no Triton kernel there),
 # the others on their one.
-CALLS = [(n, p, d) for n in sorted(CASES) for p in (("separable", "dense") if n.startswith("gauss") else ("auto",))
+CALLS = [(n, p, d) for n in sorted(CASES)
+         for p in (("separable", "dense") if n.startswith(("gauss", "layer/Gauss")) else ("auto",))
          for d in ("float32", "bfloat16", "float64")]
 
 
@@ -122,9 +156,10 @@ def trace(name, path, dtype):
     """{'kernels': [names], 'opaque': [...], 'convolution': bool} of the traced forward + backward."""
     os.environ["RBFKERN_GD_PATH"] = path
     make, params = CASES[name]
-    shapes, step = make(*params)
     dt = getattr(torch, dtype)
-    args = [None if s is None else torch.empty(s, dtype=dt, device="meta") for s in shapes]
+    layer = name.startswith("layer/")
+    shapes, step = make(dt) if layer else make(*params)
+    args = [None if s is None else torch.empty(s, dtype=dt, device="meta", requires_grad=layer) for s in shapes]
     gm = make_fx(dispatch_functionalize(step), tracing_mode="fake")(*args)
     kernels, opaque = _kernels_and_ops(gm)
     return {"kernels": sorted(set(kernels)), "opaque": sorted(opaque), "convolution": "convolution" in gm.code}
