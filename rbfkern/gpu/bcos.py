@@ -46,11 +46,21 @@ _BP = 128  # output pixels per program
 
 
 @triton.jit
+def _plane_block(n_pix, BP: tl.constexpr):
+    """The program's (plane, offsets of its BP pixels, mask) on a 1D grid of planes x pixel blocks
+    (planes of n_pix pixels, their blocks consecutive). One grid axis: CUDA's y axis holds only
+    65535 blocks, fewer than a large image or a long linear batch has."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_pb = tl.cdiv(n_pix, BP)
+    o_p = (pid % n_pb).to(tl.int32) * BP + tl.arange(0, BP)
+    return pid // n_pb, o_p, o_p < n_pix
+
+
+@triton.jit
 def _pixel_block(n_pix, width, BP: tl.constexpr):
-    """Program axis 1's block of BP pixels of an image n_pix pixels large, rows ``width`` long:
-    (offsets, mask, row, column)."""
-    o_p = tl.program_id(1) * BP + tl.arange(0, BP)
-    return o_p, o_p < n_pix, o_p // width, o_p % width
+    """_plane_block of an image with rows ``width`` long: (plane, offsets, mask, row, column)."""
+    plane, o_p, m_p = _plane_block(n_pix, BP)
+    return plane, o_p, m_p, o_p // width, o_p % width
 
 
 @triton.jit
@@ -89,9 +99,8 @@ def _im2col(x, n, c, g, Cg, C, H, W, ho, wo, r, m, kw, sh, sw, ph, pw, dh, dw):
 @triton.jit
 def _bcos_root_kernel(x, root, prm, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
                       ACC: tl.constexpr, BP: tl.constexpr):
-    i_ng = tl.program_id(0).to(tl.int64)
     P = Ho * Wo
-    o_p, m_p, ho, wo = _pixel_block(P, Wo, BP)
+    i_ng, o_p, m_p, ho, wo = _pixel_block(P, Wo, BP)
     Cg = C // G
     eps_in = tl.load(prm + 1)
     b_acc = tl.zeros([BP], dtype=ACC)
@@ -112,12 +121,9 @@ def _bcos_root_kernel(x, root, prm, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, 
 def _bcos_fwd_kernel(l, root, prm, y, lmax, idx, O, M, G, P,
                      MODE: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr):
     # MODE: 1 -> B = 1, 2 -> B = 2, 0 -> any other B
-    i_no = tl.program_id(0).to(tl.int64)
-    i_p = tl.program_id(1)
+    i_no, o_p, m_p = _plane_block(P, BP)
     b = tl.load(prm)
     eps_out = tl.load(prm + 2)
-    o_p = i_p * BP + tl.arange(0, BP)
-    m_p = o_p < P
     p_l = l + i_no * M * P + o_p
     b_best = tl.load(p_l, mask=m_p, other=0.).to(ACC)
     b_idx = tl.zeros([BP], dtype=tl.int32)
@@ -171,16 +177,15 @@ def _bcos_dy(b_gy, b_l, b_n, b, MODE: tl.constexpr, EXPLAIN: tl.constexpr):
 
 
 @triton.jit
-def _group_norm_block(root, prm, i_ng, P, MODE: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr):
-    """Backward's view of program (image and group i_ng, pixel block): (pixel offsets, mask, B,
-    the patch norm root, n = root + eps_out); root is 1 for B = 1 (not saved there)."""
-    o_p = tl.program_id(1) * BP + tl.arange(0, BP)
-    m_p = o_p < P
+def _group_norm_block(root, prm, P, MODE: tl.constexpr, ACC: tl.constexpr, BP: tl.constexpr):
+    """Backward's view of program (image and group i_ng, pixel block): (i_ng, pixel offsets, mask,
+    B, the patch norm root, n = root + eps_out); root is 1 for B = 1 (not saved there)."""
+    i_ng, o_p, m_p = _plane_block(P, BP)
     if MODE != 1:
         b_r = tl.load(root + i_ng * P + o_p, mask=m_p, other=1.).to(ACC)
     else:
         b_r = tl.full([BP], 1., ACC)
-    return o_p, m_p, tl.load(prm), b_r, b_r + tl.load(prm + 2)
+    return i_ng, o_p, m_p, tl.load(prm), b_r, b_r + tl.load(prm + 2)
 
 
 @triton.jit
@@ -194,8 +199,7 @@ def _store_q(q, i_ng, P, o_p, m_p, b_q, b_r):
 def _bcos_bwd_kernel(gy, lmax, idx, root, prm, gl, q, O, M, G, P,
                      MODE: tl.constexpr, EXPLAIN: tl.constexpr, NEED_Q: tl.constexpr, ACC: tl.constexpr,
                      BP: tl.constexpr):
-    i_ng = tl.program_id(0).to(tl.int64)
-    o_p, m_p, b, b_r, b_n = _group_norm_block(root, prm, i_ng, P, MODE, ACC, BP)
+    i_ng, o_p, m_p, b, b_r, b_n = _group_norm_block(root, prm, P, MODE, ACC, BP)
     n = i_ng // G
     g = i_ng % G
     Og = O // G
@@ -217,9 +221,8 @@ def _bcos_bwd_kernel(gy, lmax, idx, root, prm, gl, q, O, M, G, P,
 @triton.jit
 def _bcos_bwd_norm_kernel(x, q, gx, C, H, W, G, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
                           ACC: tl.constexpr, BP: tl.constexpr):
-    i_nc = tl.program_id(0).to(tl.int64)
     HW = H * W
-    o_p, m_p, h, w = _pixel_block(HW, W, BP)
+    i_nc, o_p, m_p, h, w = _pixel_block(HW, W, BP)
     n = i_nc // C
     g = (i_nc % C) // (C // G)
     p_q = q + (n * G + g) * Ho * Wo
@@ -372,8 +375,7 @@ def _bcos_bwd_gv_kernel(gy, lmax, root, prm, gv, q, O, G, P, so, sp,
     the GEMM kernels do that on the fly from idx) and q [N, G, P] (float32), as _bcos_bwd_kernel.
     Element (n, o, p) of gy/lmax/gv is at n*O*P + o*so + p*sp: the conv layout is (so, sp) = (P, 1);
     the linear layer runs as N = 1, P = R rows with (so, sp) = (1, O)."""
-    i_ng = tl.program_id(0).to(tl.int64)
-    o_p, m_p, b, b_r, b_n = _group_norm_block(root, prm, i_ng, P, MODE, tl.float32, BP)
+    i_ng, o_p, m_p, b, b_r, b_n = _group_norm_block(root, prm, P, MODE, tl.float32, BP)
     n = i_ng // G
     g = i_ng % G
     Og = O // G
@@ -587,9 +589,9 @@ def _epilogue_forward(geo, b, x, l, save):
     ACC = _acc(dt)
     prm = _prm(b, geo.eps, dt, dev)
     if root is not None:
-        launch(_bcos_root_kernel)[(N * G, triton.cdiv(P, _BP))](
+        launch(_bcos_root_kernel)[(N * G * triton.cdiv(P, _BP),)](
             x, root, prm, geo.C, geo.H, geo.W, G, geo.Ho, geo.Wo, *_window(geo), ACC=ACC, BP=_BP)
-    launch(_bcos_fwd_kernel)[(N * O, triton.cdiv(P, _BP))](
+    launch(_bcos_fwd_kernel)[(N * O * triton.cdiv(P, _BP),)](
         l, root if root is not None else y, prm, y, lmax if save else y, idx if save else y, O, M, G, P,
         MODE=mode, SAVE=bool(save), ACC=ACC, BP=_BP)
     return y, lmax, idx, (root if save else None)
@@ -603,7 +605,7 @@ def _epilogue_backward(geo, b, gy, lmax, idx, root, explain, need_q):
     q = torch.empty(N, G, P, dtype=dt, device=dev) if need_q else None
     if N == 0 or O == 0 or P == 0:
         return gl, q
-    launch(_bcos_bwd_kernel)[(N * G, triton.cdiv(P, _BP))](
+    launch(_bcos_bwd_kernel)[(N * G * triton.cdiv(P, _BP),)](
         gy, lmax, idx, root if root is not None else gy, _prm(b, geo.eps, dt, dev), gl, q if q is not None else gl,
         O, M, G, P, MODE=_mode(b), EXPLAIN=bool(explain), NEED_Q=q is not None, ACC=_acc(dt), BP=_BP)
     return gl, q
@@ -613,7 +615,7 @@ def _norm_backward(geo, x, q, gx):
     """gx += x * box-sum^T(q), in place; returns gx."""
     if geo.N == 0 or geo.C == 0:
         return gx
-    launch(_bcos_bwd_norm_kernel)[(geo.N * geo.C, triton.cdiv(geo.H * geo.W, _BP))](
+    launch(_bcos_bwd_norm_kernel)[(geo.N * geo.C * triton.cdiv(geo.H * geo.W, _BP),)](
         x, q, gx, geo.C, geo.H, geo.W, geo.G, geo.Ho, geo.Wo, *_window(geo), ACC=_acc(x.dtype), BP=_BP)
     return gx
 
@@ -717,9 +719,9 @@ def _fused_backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
     gv = torch.empty(N, O, P, dtype=dt, device=dev)
     q = torch.empty(N, G, P, dtype=torch.float32, device=dev) if need_q else None
     if geo.linear:  # rows are the pixels of one "image": gv/gy [R, O], root/q [R]
-        grid, sizes = (1, triton.cdiv(N, _BP)), (O, 1, N, 1, O)
+        grid, sizes = (triton.cdiv(N, _BP),), (O, 1, N, 1, O)
     else:
-        grid, sizes = (N * G, triton.cdiv(P, _BP)), (O, G, P, P, 1)
+        grid, sizes = (N * G * triton.cdiv(P, _BP),), (O, G, P, P, 1)
     launch(_bcos_bwd_gv_kernel)[grid](
         gy, lmax, root if root is not None else gy, _prm(b, geo.eps, torch.float32, dev), gv,
         q if q is not None else gv, *sizes, MODE=mode, EXPLAIN=bool(explain), NEED_Q=need_q, BP=_BP)

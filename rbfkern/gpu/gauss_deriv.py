@@ -192,7 +192,7 @@ def _gd_bwd_kernel(g, x, a, f, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n
     i_nt, i = tl.program_id(0), tl.program_id(1)
     i_n, t0, x0, o_win, m_x = _tile(i_nt, Ho, n_tw, st, pad, H, W, BH, BW, BHK, BWK)
     b_x = tl.load(x + (i_n * Ci + i).to(tl.int64) * H * W + o_win, mask=m_x, other=0.0).to(ACC)
-    p_gf = gf + (i_nt * Ci + i).to(tl.int64) * S * O1P * KP
+    p_gf = gf + (i_nt.to(tl.int64) * Ci + i) * S * O1P * KP
     for s in range(S):
         b_f = tl.zeros([O1P, KP], dtype=ACC)
         for p in range(ORDER + 1):
@@ -210,7 +210,7 @@ def _gd_bwd_kernel(g, x, a, f, ga, gf, Ci, H, W, Co, Ho, Wo, S, K, J, st, pad, n
                     b_g = tl.load(g + off, mask=m_g, other=0.0).to(ACC)
                     if need_a:
                         b_ga = tl.sum(tl.sum(b_g * b_z[None, :, :], axis=2), axis=1)
-                        tl.store(ga + (i_nt * Co + o_co).to(tl.int64) * J + col, b_ga, mask=m_co)
+                        tl.store(ga + (i_nt.to(tl.int64) * Co + o_co) * J + col, b_ga, mask=m_co)
                     b_a = tl.load(a + o_co * J + col, mask=m_co, other=0.0).to(ACC)
                     b_dz += tl.sum(b_a[:, None, None] * b_g, axis=0)
                 b_f, b_dr = _col_pass_grads(need_f, b_f, b_dr, b_dz, b_r, b_tq, b_it, m_it, q, K, O1P, KP, ACC)
@@ -273,7 +273,7 @@ def _gd3_bwd_kernel(g, x, a, f, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st
     zo = i_nz % Do
     o_fm = tl.arange(0, O1P)
     o_fk = tl.arange(0, KP)
-    p_gf = gf + (i_nt * Ci + i).to(tl.int64) * S * O1P * KP
+    p_gf = gf + (i_nt.to(tl.int64) * Ci + i) * S * O1P * KP
     for s in range(S):
         b_f = tl.zeros([O1P, KP], dtype=ACC)
         for az in range(K):
@@ -300,7 +300,7 @@ def _gd3_bwd_kernel(g, x, a, f, ga, gf, Ci, D, H, W, Co, Do, Ho, Wo, S, K, J, st
                                 f_t = tl.load(f + (s * (ORDER + 1) + t) * K + az).to(ACC)
                                 b_a = tl.load(a + o_co * J + col, mask=m_co, other=0.0).to(ACC)
                                 if need_a:
-                                    p_ga = ga + (i_nt * Co + o_co).to(tl.int64) * J + col
+                                    p_ga = ga + (i_nt.to(tl.int64) * Co + o_co) * J + col
                                     tl.store(p_ga, tl.load(p_ga, mask=m_co, other=0.0) + f_t * b_v, mask=m_co)
                                 if need_f:
                                     # z-role tap a of order t: sum_o alpha_o <G_o, Z2>
