@@ -104,6 +104,18 @@ def test_op_kernels_are_compiled_ahead_of_time(op, cuda_traces):
     assert kernels <= aot_names, f"{op}: kernels missing from the AOT lists: {sorted(kernels - aot_names)}"
 
 
+
+@needs_triton
+def test_every_compiled_kernel_is_launched_by_some_op_call(cuda_traces):
+    # the reverse: rbfkern.gpucheck.op_calls (what the CUDA traces and `python -m
+    # rbfkern.gpucheck.sanitize` run) launches every kernel of the AOT lists, so the
+    # compute-sanitizer pass covers every kernel
+    from rbfkern.gpu import aot
+
+    aot_names = {spec[1].fn.__name__ for fam in aot.FAMILIES for spec in _gpu(fam).aot_specs()}
+    traced = {k for got in cuda_traces.values() if "error" not in got for k in got["kernels"]}
+    assert aot_names <= traced, f"kernels no op call launches: {sorted(aot_names - traced)}"
+
 @pytest.mark.parametrize("case", sorted(op_cases()))
 def test_double_backward_raises_a_clear_error(case):
     fn, tensors = op_cases(torch.float64)[case]

@@ -183,3 +183,21 @@ def test_flop_and_byte_models():
     assert r["tflops"] == pytest.approx(50.0) and r["pct_peak_flops"] == pytest.approx(100.0)
     assert r["pct_peak_bw"] == pytest.approx(50.0) and r["pct_roofline"] == pytest.approx(100.0)
     assert model.rates(model.Cost(1, 1, "", ""), 1.0, "bfloat16", False, peaks)["pct_peak_flops"] is None
+
+
+def test_sanitize_rehearsal_runs_the_cases_it_is_given():
+    # the compute-sanitizer driver's child, on CPU through the interpreter (no sanitizer): the
+    # Gaussian-derivative layer runs both paths, so three names are four cases
+    cases = ["rbf/shared_diag/logistic", "bcos_linear/fused", "layer/GaussDerivConv2d"]
+    proc = subprocess.run([sys.executable, "-m", "rbfkern.gpucheck.sanitize", "--rehearse", "--dtypes", "float32",
+                           "--cases", *cases], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "@@sanitize-cases-done 4" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_sanitize_without_a_gpu_exits_2_with_the_reason(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = subprocess.run([sys.executable, "-m", "rbfkern.gpucheck.sanitize", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stdout, proc.stdout + proc.stderr
