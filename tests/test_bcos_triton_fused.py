@@ -261,3 +261,58 @@ def test_fused_results_repeat_bitwise(backend, fused_only, dtype, case):
     for r in runs[1:]:
         assert_bitwise(r, runs[0], case)
     assert all(bool(t.abs().sum() > 0) for t in runs[0]), "a result is all zeros: nothing was compared"
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["conv", "linear"])
+def test_float32_dots_follow_pytorchs_tf32_switch(linear):
+    # The fused GEMMs take TF32 exactly where PyTorch would for the op the layer stands in for:
+    # cuDNN convolutions (torch.backends.cudnn, TF32 on by default) for the conv, cuBLAS matmuls
+    # (off by default) for the linear layer; the other switch does not matter; half types never.
+    from rbfkern.gpu import bcos as gpu_bcos
+
+    own, other = ((torch.backends.cuda.matmul, torch.backends.cudnn) if linear
+                  else (torch.backends.cudnn, torch.backends.cuda.matmul))
+    before = (own.allow_tf32, other.allow_tf32)
+    try:
+        own.allow_tf32, other.allow_tf32 = True, False
+        assert gpu_bcos._precision(torch.float32, linear) == "tf32"
+        assert gpu_bcos._precision(torch.bfloat16, linear) == "ieee"
+        own.allow_tf32, other.allow_tf32 = False, True
+        assert gpu_bcos._precision(torch.float32, linear) == "ieee"
+    finally:
+        own.allow_tf32, other.allow_tf32 = before
+
+
+@pytest.mark.tf32
+@pytest.mark.parametrize("backend", [CUDA], indirect=True)
+@pytest.mark.parametrize("linear", [False, True], ids=["conv", "linear"])
+def test_fused_tf32_within_twice_the_error_of_torch_in_tf32(backend, fused_only, linear):
+    # With PyTorch's TF32 switch on, the fused float32 kernels use TF32 dots: their error against
+    # the float64 reference is at most 2x that of the reference itself run in float32 with TF32
+    # (PyTorch's conv / linear under the same switch).
+    owner = torch.backends.cuda.matmul if linear else torch.backends.cudnn
+    before = owner.allow_tf32
+    owner.allow_tf32 = True
+    try:
+        x, w, conv, g = _conv_inputs("d2g2", 2, seed=11, device=device_of(backend))
+        if linear:
+            x = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+            w = w.reshape(w.shape[0], -1)[:, : x.shape[1]].contiguous()
+
+        def ours(a, b):
+            return bcos_linear(a, b, b=2.0, max_out=2) if linear else bcos_conv2d(a, b, b=2.0, max_out=2, **conv)
+
+        def ref(a, b):
+            if linear:
+                return reference.bcos_linear(a, b, 2.0, 2)
+            return reference.bcos_conv2d(a, b, 2.0, 2, conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+
+        y = ours(x, w)
+        gy = torch.randn(y.shape, generator=g).to(y.device)
+        got = _forward_backward(ours, x, w, gy)
+        want = _forward_backward(ref, x.double(), w.double(), gy.double())
+        naive = _forward_backward(ref, x, w, gy)
+        for a, c, n, what in zip(got, want, naive, ("y", "grad x", "grad w")):
+            assert_within_naive_error(a, c, n, f"{what} TF32")
+    finally:
+        owner.allow_tf32 = before

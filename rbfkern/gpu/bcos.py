@@ -266,18 +266,18 @@ def _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_n, b, M: tl.constexpr, MOD
 
 
 @triton.jit
-def _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, K, b_sq, b_a0, b_a1, b_a2, M: tl.constexpr):
+def _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, K, b_sq, b_a0, b_a1, b_a2, M: tl.constexpr, PREC: tl.constexpr):
     """One BK chunk of the forward GEMM: the chunk's sum of squares into b_sq, and x @ the chunk of
     each MaxOut unit's weights (filter oc*M + m, K long) into accumulator m."""
     b_xf = b_x.to(tl.float32)
     b_sq += tl.sum(b_xf * b_xf, axis=1)
     m_w = m_k[:, None] & m_o[None, :]
     p_w = w + (oc[None, :] * M).to(tl.int64) * K + o_k[:, None]
-    b_a0 += tl.dot(b_x, tl.load(p_w, mask=m_w, other=0.), input_precision="ieee")
+    b_a0 += tl.dot(b_x, tl.load(p_w, mask=m_w, other=0.), input_precision=PREC)
     if M > 1:
-        b_a1 += tl.dot(b_x, tl.load(p_w + K, mask=m_w, other=0.), input_precision="ieee")
+        b_a1 += tl.dot(b_x, tl.load(p_w + K, mask=m_w, other=0.), input_precision=PREC)
     if M > 2:
-        b_a2 += tl.dot(b_x, tl.load(p_w + 2 * K, mask=m_w, other=0.), input_precision="ieee")
+        b_a2 += tl.dot(b_x, tl.load(p_w + 2 * K, mask=m_w, other=0.), input_precision=PREC)
     return b_sq, b_a0, b_a1, b_a2
 
 
@@ -293,7 +293,7 @@ def _store_maxout(y, lmax, idx, o_out, m_out, b_y, b_best, b_idx, SAVE: tl.const
 @triton.jit
 def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw,
                           dh, dw, M: tl.constexpr, MODE: tl.constexpr, SAVE: tl.constexpr,
-                          BP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr):
+                          BP: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """Implicit-GEMM convolution with the whole B-cos epilogue: a [BP pixels, BO channels] tile of
     one image and group; K = Cg*kh*kw in BK chunks. The x tile of each chunk feeds both the GEMM
     (one accumulator per MaxOut unit, M <= 3) and the patch norm; the weight norm is a per-filter
@@ -318,7 +318,7 @@ def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho
         m_k = o_k < K
         b_x = _im2col(x, n, o_k // khw, g, Cg, C, H, W, ho, wo, o_k % khw, m_p[:, None] & m_k[None, :],
                       kw, sh, sw, ph, pw, dh, dw)
-        b_sq, b_a0, b_a1, b_a2 = _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, K, b_sq, b_a0, b_a1, b_a2, M)
+        b_sq, b_a0, b_a1, b_a2 = _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, K, b_sq, b_a0, b_a1, b_a2, M, PREC)
     # Epilogue: weight norm, MaxOut (first maximum), patch norm, power (eps_out is 0 for conv).
     b_root = tl.sqrt(b_sq + tl.load(prm + 1))
     b_best, b_idx, b_y = _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_root, tl.load(prm), M, MODE)
@@ -336,7 +336,8 @@ def _bcos_conv_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, C, H, W, G, O, Ho
 
 @triton.jit
 def _bcos_linear_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, R, C, O, M: tl.constexpr, MODE: tl.constexpr,
-                            SAVE: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr):
+                            SAVE: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr,
+                            PREC: tl.constexpr):
     """The linear layer as one GEMM with the B-cos epilogue: a [BR rows, BO outputs] tile, K = C in
     BK chunks; each x chunk feeds the M dots and the row sum of squares (as the conv kernel)."""
     i_r = tl.program_id(0)
@@ -354,7 +355,7 @@ def _bcos_linear_fwd_kernel(x, w, rinv, prm, y, lmax, idx, root, R, C, O, M: tl.
         o_k = k0 + tl.arange(0, BK)
         m_k = o_k < C
         b_x = tl.load(x + r64[:, None] * C + o_k[None, :], mask=m_r[:, None] & m_k[None, :], other=0.)
-        b_sq, b_a0, b_a1, b_a2 = _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, C, b_sq, b_a0, b_a1, b_a2, M)
+        b_sq, b_a0, b_a1, b_a2 = _maxout_gemm_step(b_x, w, oc, o_k, m_k, m_o, C, b_sq, b_a0, b_a1, b_a2, M, PREC)
     # root = ||x|| (eps_in = 0 for the linear layer), n = root + eps_out
     b_root = tl.sqrt(b_sq + tl.load(prm + 1))
     b_best, b_idx, b_y = _bcos_epilogue(b_a0, b_a1, b_a2, rinv, oc, m_o, b_root + tl.load(prm + 2), tl.load(prm),
@@ -395,7 +396,7 @@ def _bcos_bwd_gv_kernel(gy, lmax, root, prm, gv, q, O, G, P, so, sp,
 @triton.jit
 def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, NHW, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
                         M: tl.constexpr, HAS_Q: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
-                        BO: tl.constexpr):
+                        BO: tl.constexpr, PREC: tl.constexpr):
     """Input gradient as one implicit GEMM of the transposed convolution: a [BP input pixels, BC
     channels of one group] tile, pixels flattened over (n, h, w) so small images and the linear
     layer (H = W = 1) fill it; reduction over the kernel taps and the group's O*M filters with
@@ -446,7 +447,7 @@ def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, NHW, C, H, W, G, O, Ho, Wo, kh, k
                 p_w = wh + ((oc * M)[:, None].to(tl.int64) * Cg + o_c[None, :]) * khw + i * kw + j
                 for m in tl.static_range(M):
                     b_a = tl.where(b_i == m, b_g, 0.).to(wh.dtype.element_ty)
-                    b_acc += tl.dot(b_a, tl.load(p_w + m * Cg * khw, mask=m_w, other=0.), input_precision="ieee")
+                    b_acc += tl.dot(b_a, tl.load(p_w + m * Cg * khw, mask=m_w, other=0.), input_precision=PREC)
     m_x = m_t[:, None] & m_c[None, :]
     off_x = (n[:, None] * C + g * Cg + o_c[None, :]) * HW + hw[:, None]
     if HAS_Q:
@@ -456,7 +457,7 @@ def _bcos_bwd_gx_kernel(gv, idx, wh, x, q, gx, NHW, C, H, W, G, O, Ho, Wo, kh, k
 
 @triton.jit
 def _bcos_bwd_gw_kernel(gv, idx, x, part, NP, C, H, W, G, O, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, TS,
-                        M: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr):
+                        M: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
     """Gradient of W-hat as one implicit GEMM reducing over the N*P output pixels: a [BO filters x
     BK of K = Cg*kh*kw] tile, one accumulator per MaxOut unit, A^T = gv scattered to the unit,
     B = im2col(x). Program axis 2 takes the fixed pixel range [s*TS, (s+1)*TS) and writes its own
@@ -489,11 +490,11 @@ def _bcos_bwd_gw_kernel(gv, idx, x, part, NP, C, H, W, G, O, Ho, Wo, kh, kw, sh,
         b_i = tl.load(idx + off, mask=m_a, other=0).to(tl.int32)
         b_x = _im2col(x, n[:, None], c, g, Cg, C, H, W, ho, wo, r, m_t[:, None] & m_k[None, :],
                       kw, sh, sw, ph, pw, dh, dw)
-        b_a0 += tl.dot(tl.where(b_i == 0, b_g, 0.).to(b_x.dtype), b_x, input_precision="ieee")
+        b_a0 += tl.dot(tl.where(b_i == 0, b_g, 0.).to(b_x.dtype), b_x, input_precision=PREC)
         if M > 1:
-            b_a1 += tl.dot(tl.where(b_i == 1, b_g, 0.).to(b_x.dtype), b_x, input_precision="ieee")
+            b_a1 += tl.dot(tl.where(b_i == 1, b_g, 0.).to(b_x.dtype), b_x, input_precision=PREC)
         if M > 2:
-            b_a2 += tl.dot(tl.where(b_i == 2, b_g, 0.).to(b_x.dtype), b_x, input_precision="ieee")
+            b_a2 += tl.dot(tl.where(b_i == 2, b_g, 0.).to(b_x.dtype), b_x, input_precision=PREC)
     m_out = m_o[:, None] & m_k[None, :]
     p_out = part + ((s * O + oc[:, None]).to(tl.int64) * M) * K + o_k[None, :]
     tl.store(p_out, b_a0, mask=m_out)
@@ -660,6 +661,25 @@ _GW_PROGRAMS = 512  # aim of the weight-gradient grid: split the pixel reduction
 _GW_MAX_SPLITS = 256
 
 
+def _precision(dtype, linear: bool) -> str:
+    """The float32 dots' input precision: "tf32" where PyTorch lets the op the layer stands in for
+    use TF32 (cuDNN convolutions: ``torch.backends.cudnn.conv.fp32_precision``, on by default;
+    cuBLAS matmuls for the linear layer: ``torch.backends.cuda.matmul.fp32_precision``, off by
+    default; "none" defers to ``torch.backends.fp32_precision``), else "ieee". Read through the
+    newer API, which PyTorch lets one read whichever API set it; torch without it reads
+    ``allow_tf32``. Half types run on tensor cores either way."""
+    if dtype != torch.float32:
+        return "ieee"
+    be = torch.backends
+    owner = be.cuda.matmul if linear else getattr(be.cudnn, "conv", None)
+    prec = getattr(owner, "fp32_precision", None)
+    if prec is None:
+        return "tf32" if (be.cuda.matmul if linear else be.cudnn).allow_tf32 else "ieee"
+    if prec == "none":
+        prec = getattr(be, "fp32_precision", "none")
+    return "tf32" if prec == "tf32" else "ieee"
+
+
 def _clamp_p2(v, lo, hi):
     return max(lo, min(hi, triton.next_power_of_2(max(int(v), 1))))
 
@@ -683,7 +703,7 @@ def _conv_fused_forward(geo, b, x, weight, save):
     launch(_bcos_conv_fwd_kernel)[grid](
         x, w, _row_inv_norm(w), _prm(b, geo.eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
         root if root is not None else y, geo.C, geo.H, geo.W, G, O, geo.Ho, geo.Wo, *_window(geo),
-        M=M, MODE=mode, SAVE=bool(save), BP=BP, BO=BO, BK=BK)
+        M=M, MODE=mode, SAVE=bool(save), BP=BP, BO=BO, BK=BK, PREC=_precision(dt, linear=False))
     return y, lmax, idx, root
 
 
@@ -700,7 +720,8 @@ def _linear_fused_forward(geo, b, x, weight, save):
     BO = _clamp_p2(O, 16, BO)
     launch(_bcos_linear_fwd_kernel)[(triton.cdiv(R, BR), triton.cdiv(O, BO))](
         x, w, _row_inv_norm(w), _prm(b, geo.eps, torch.float32, dev), y, lmax if save else y, idx if save else y,
-        root if root is not None else y, R, C, O, M=M, MODE=mode, SAVE=bool(save), BR=BR, BO=BO, BK=BK)
+        root if root is not None else y, R, C, O, M=M, MODE=mode, SAVE=bool(save), BR=BR, BO=BO, BK=BK,
+        PREC=_precision(dt, linear=True))
     return y, lmax, idx, root
 
 
@@ -733,7 +754,7 @@ def _fused_backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
         BC = _clamp_p2(geo.Cg, 16, BC)
         launch(_bcos_bwd_gx_kernel)[(triton.cdiv(N * geo.H * geo.W, BP), G * triton.cdiv(geo.Cg, BC))](
             gv, idx, w_hat.to(dt), x, q if q is not None else gv, gx, N * geo.H * geo.W, *sizes,
-            M=M, HAS_Q=need_q, BP=BP, BC=BC, BO=BO, **_GX_OPTS.get(dt, {}))
+            M=M, HAS_Q=need_q, BP=BP, BC=BC, BO=BO, PREC=_precision(dt, geo.linear), **_GX_OPTS.get(dt, {}))
     if needs[1]:
         K = geo.K
         BO, BK, BT = _GW_TILES
@@ -747,7 +768,8 @@ def _fused_backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
         splits = triton.cdiv(N * P, TS)
         part = torch.empty(splits, O * M, K, dtype=torch.float32, device=dev)
         launch(_bcos_bwd_gw_kernel)[(G * triton.cdiv(geo.Og, BO), triton.cdiv(K, BK), splits)](
-            gv, idx, x, part, N * P, *sizes, TS, M=M, BO=BO, BK=BK, BT=BT, **_GW_OPTS.get(dt, {}))
+            gv, idx, x, part, N * P, *sizes, TS, M=M, BO=BO, BK=BK, BT=BT, PREC=_precision(dt, geo.linear),
+            **_GW_OPTS.get(dt, {}))
         gwh = part.sum(0).reshape(w.shape)  # fixed-order reduction of the partials
         gw = common.unit_weight_backward(w.float(), w_hat, gwh)
     return gx, gw
@@ -765,37 +787,43 @@ def aot_specs():
                     pw=i32, dh=i32, dw=i32)
     # The implicit-GEMM kernel is the slow one to compile (~10-25 s each). float32: each MaxOut
     # width at B = 2 and each B mode at M = 2; the half types: the common one (M = 2, B = 2).
-    conv_variants = {"fp32": [(1, 2), (2, 2), (3, 2), (2, 0), (2, 1)], "fp16": [(2, 2)], "bf16": [(2, 2)]}
-    tdts = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    # "fp32tf": float32 with TF32 dots (PyTorch's TF32 switch on), the common variant.
+    conv_variants = {"fp32": [(1, 2), (2, 2), (3, 2), (2, 0), (2, 1)], "fp32tf": [(2, 2)], "fp16": [(2, 2)],
+                     "bf16": [(2, 2)]}
+    tdts = {"fp32": torch.float32, "fp32tf": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     for dt, variants in conv_variants.items():
-        p = "*" + dt
+        p, prec = "*" + dt[:4], "tf32" if dt == "fp32tf" else "ieee"
         for mo, mode in variants:
             s = dict(x=p, w=p, rinv="*fp32", prm="*fp32", y=p, lmax=p, idx="*u8", root=p, **conv_sig,
-                     M=ce, MODE=ce, SAVE=ce, BP=ce, BO=ce, BK=ce)
+                     M=ce, MODE=ce, SAVE=ce, BP=ce, BO=ce, BK=ce, PREC=ce)
             specs.append((f"bcos_conv_fwd_M{mo}_m{mode}_{dt}", _bcos_conv_fwd_kernel, s,
-                          dict(M=mo, MODE=mode, SAVE=True, **dict(zip(("BP", "BO", "BK"), _CONV_FWD_TILES[tdts[dt]]))),
-                          opts))
+                          dict(M=mo, MODE=mode, SAVE=True, PREC=prec,
+                               **dict(zip(("BP", "BO", "BK"), _CONV_FWD_TILES[tdts[dt]]))), opts))
     # The fused linear forward and the fused backward (float32/16/bf16 only): the same variant grid
     # (MaxOut width x B mode) for the GEMM kernels; the backward GEMMs do not depend on B.
     for dt, variants in conv_variants.items():
-        p, tdt = "*" + dt, tdts[dt]
+        p, tdt, prec = "*" + dt[:4], tdts[dt], "tf32" if dt == "fp32tf" else "ieee"
         for mo, mode in variants:
             s = dict(x=p, w=p, rinv="*fp32", prm="*fp32", y=p, lmax=p, idx="*u8", root=p, R=i32, C=i32, O=i32,
-                     M=ce, MODE=ce, SAVE=ce, BR=ce, BO=ce, BK=ce)
+                     M=ce, MODE=ce, SAVE=ce, BR=ce, BO=ce, BK=ce, PREC=ce)
             specs.append((f"bcos_linear_fwd_M{mo}_m{mode}_{dt}", _bcos_linear_fwd_kernel, s,
-                          dict(M=mo, MODE=mode, SAVE=True, **dict(zip(("BR", "BO", "BK"), _LIN_FWD_TILES[tdt]))),
-                          opts))
+                          dict(M=mo, MODE=mode, SAVE=True, PREC=prec,
+                               **dict(zip(("BR", "BO", "BK"), _LIN_FWD_TILES[tdt]))), opts))
         for mo in sorted({mo for mo, _ in variants}):
             # HAS_Q: B != 1 without explain (the common case); float32 also the q-free variant.
             for has_q in (True, False) if dt == "fp32" and mo == 2 else (True,):
                 s = dict(gv=p, idx="*u8", wh=p, x=p, q="*fp32", gx=p, NHW=i32, **conv_sig, M=ce, HAS_Q=ce, BP=ce,
-                         BC=ce, BO=ce)
+                         BC=ce, BO=ce, PREC=ce)
                 specs.append((f"bcos_bwd_gx_M{mo}_q{int(has_q)}_{dt}", _bcos_bwd_gx_kernel, s,
-                              dict(M=mo, HAS_Q=has_q, **dict(zip(("BP", "BC", "BO"), _GX_TILES))),
+                              dict(M=mo, HAS_Q=has_q, PREC=prec, **dict(zip(("BP", "BC", "BO"), _GX_TILES))),
                               dict(opts, **_GX_OPTS.get(tdt, {}))))
-            s = dict(gv=p, idx="*u8", x=p, part="*fp32", NP=i32, **conv_sig, TS=i32, M=ce, BO=ce, BK=ce, BT=ce)
+            s = dict(gv=p, idx="*u8", x=p, part="*fp32", NP=i32, **conv_sig, TS=i32, M=ce, BO=ce, BK=ce, BT=ce,
+                     PREC=ce)
             specs.append((f"bcos_bwd_gw_M{mo}_{dt}", _bcos_bwd_gw_kernel, s,
-                          dict(M=mo, **dict(zip(("BO", "BK", "BT"), _GW_TILES))), dict(opts, **_GW_OPTS.get(tdt, {}))))
+                          dict(M=mo, PREC=prec, **dict(zip(("BO", "BK", "BT"), _GW_TILES))),
+                          dict(opts, **_GW_OPTS.get(tdt, {}))))
+        if dt == "fp32tf":  # the epilogue kernels have no dots
+            continue
         for mode in (0, 1, 2) if dt == "fp32" else (2,):
             for explain in (False, True) if dt == "fp32" else (False,):
                 s = dict(gy=p, lmax=p, root=p, prm="*fp32", gv=p, q="*fp32", O=i32, G=i32, P=i32, so=i32, sp=i32,

@@ -16,7 +16,7 @@ from . import DTYPES, Case, Provider, generator, ours_label, torch_peers
 B, MAX_OUT = 2.0, 2
 
 
-SUMMARY = ("fused rbfkern.ops.bcos_conv2d / bcos_linear; plain conv2d / linear with 2*C_out outputs (TF32 off/on); "
+SUMMARY = ("fused rbfkern.ops.bcos_conv2d / bcos_linear (float32 also with TF32 on: its dots follow the switch); plain conv2d / linear with 2*C_out outputs (TF32 off/on); "
            "official bcos.modules layer (TF32 off/on; skipped when bcos is not installed); saved-for-backward MiB of each")
 
 
@@ -60,6 +60,17 @@ def _load_official():
         return None, f"bcos.modules does not import: {type(e).__name__}: {e}"
 
 
+def _ours(what, fn, leaves, dtype, device) -> list[Provider]:
+    """The fused op (PyTorch's TF32 switches off: IEEE float32 dots), and in float32 also with them
+    on, where its dots follow PyTorch's switch into TF32 (a row of role "ours", beside the peers'
+    TF32-on rows)."""
+    out = [Provider("fused", ours_label(device, what), fn, leaves, role="fused", jit=True)]
+    if dtype == "float32":
+        out.append(Provider("fused_tf32_on", ours_label(device, what) + ", TF32 on", fn, leaves, role="ours",
+                            tf32=True, jit=True))
+    return out
+
+
 def providers(case: Case, dtype: str, device, params: dict) -> list[Provider]:
     dt, g = DTYPES[dtype], generator(device)
     mod_lib, version = official()
@@ -75,9 +86,8 @@ def providers(case: Case, dtype: str, device, params: dict) -> list[Provider]:
             with torch.no_grad():
                 layer.linear.weight.copy_(weight)
             official_leaves, official_fn = [x, layer.linear.weight], partial(layer, x)
-        out = [Provider("fused", ours_label(device, "rbfkern.ops.bcos_conv2d"),
-                        lambda: ops.bcos_conv2d(x, weight, b=B, max_out=MAX_OUT, padding=pad), [x, weight],
-                        role="fused", jit=True)]
+        out = _ours("rbfkern.ops.bcos_conv2d", lambda: ops.bcos_conv2d(x, weight, b=B, max_out=MAX_OUT, padding=pad),
+                    [x, weight], dtype, device)
         out += torch_peers("plain_conv", f"plain conv2d, {cout * MAX_OUT} = 2*C_out outputs",
                            lambda: F.conv2d(x, weight, None, 1, pad), [x, weight], dtype)
         out += torch_peers("official", f"official bcos.modules.BcosConv2d ({version})", official_fn,
@@ -92,8 +102,8 @@ def providers(case: Case, dtype: str, device, params: dict) -> list[Provider]:
         with torch.no_grad():
             lin.linear.weight.copy_(weight)
         official_leaves, official_lin = [x, lin.linear.weight], partial(lin, x)
-    out = [Provider("fused", ours_label(device, "rbfkern.ops.bcos_linear"),
-                    lambda: ops.bcos_linear(x, weight, b=B, max_out=MAX_OUT), [x, weight], role="fused", jit=True)]
+    out = _ours("rbfkern.ops.bcos_linear", lambda: ops.bcos_linear(x, weight, b=B, max_out=MAX_OUT), [x, weight],
+                dtype, device)
     out += torch_peers("linear", f"plain linear, {cout * MAX_OUT} = 2*out features", lambda: F.linear(x, weight),
                        [x, weight], dtype)
     out += torch_peers("official", f"official bcos.modules.BcosLinear ({version})", official_lin, official_leaves,
