@@ -107,3 +107,22 @@ def test_value_checks_run_in_eager_and_stand_aside_in_a_capture():
     graph.replay()
     torch.testing.assert_close(r2, rbfkern.reference.rbf_r2(x.double(), c.double(), diag=bad.abs().double()).float(),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # an inductor compile per layer: gpucheck --full
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_compiled_with_cuda_graphs_matches_eager(name):
+    # torch.compile(mode="reduce-overhead") records the compiled step in CUDA graphs (cudagraph
+    # trees); a host sync or a data read in the layer would make inductor skip the graphs or fail
+    model, xs = _setup(name)
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    for x in xs:
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(x)
+        loss = out.float().square().mean()
+        got = torch.autograd.grad(loss, list(model.parameters()))
+        want = torch.autograd.grad(twin(x).float().square().mean(), list(twin.parameters()))
+        torch.testing.assert_close(out, twin(x), rtol=1e-5, atol=1e-6)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
