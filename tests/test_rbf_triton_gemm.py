@@ -3,13 +3,14 @@ reference on shapes that are no multiple of a tile, its certified bound on data 
 (and that the same data break the bound without the recompute), the recompute paths (flag list,
 per-tile marks, list overflow) against each other and the difference form, and the path switch."""
 import math
+import warnings
 
 import pytest
 import torch
 
 from rbfkern import reference
 from rbfkern.gpu import rbf_gemm
-from rbfkern.gpu.rbf_gemm_bound import diff_form_tau, gemm_bound
+from rbfkern.gpu.rbf_gemm_bound import diff_form_tau, gemm_bound, mma_chain_factor
 from rbfkern.ops import rbf, rbf_r2
 
 from _util import assert_close_to_ref
@@ -191,3 +192,33 @@ def test_forced_gemm_below_min_d(backend, gemm):
     dev = device_of(backend)
     x, cen, w = _inputs(11, 6, 5, "diag", torch.float32, dev, seed=2)
     assert_close_to_ref(rbf_r2(x, cen, diag=w), _exact(x, cen, w), torch.float32, what="r2 D=5")
+
+
+@pytest.mark.parametrize("backend", TRITON_BACKENDS, indirect=True)
+@pytest.mark.parametrize("metric", METRICS)
+def test_gemm_error_within_the_tensor_core_model(backend, gemm, metric):
+    """The probe of the error model itself (rbf_gemm_bound.py): with no pair recomputed, every raw
+    GEMM-form r2^ on data far from the origin must be within the model's allowance
+    xi X' + zeta C' + 4 u r2 of the exact r2 (X', C' of the shifted operands), whatever its
+    cancellation. The worst ratio of the observed error to the model's cross-term part
+    g (X' + C') goes to pytest's warnings summary, to calibrate MMA_UNIT on a device."""
+    gemm.setattr(rbf_gemm, "FLAGS", "none")
+    dev = device_of(backend)
+    n, c, d = (1024, 256, 128) if dev.type == "cuda" else (40, 24, 64)
+    x, cen, w = _cancelling(n, c, d, metric, torch.float32, dev, seed=7)
+    r2 = rbf_r2(x, cen, diag=w).double().cpu()
+    x, cen = x.cpu(), cen.cpu()
+    wd = torch.ones(d, dtype=torch.float64) if w is None else w.double().cpu()
+    mu = torch.mean(cen, 0, dtype=torch.float64).float()
+    xs, cs = (x - mu).double(), (cen - mu).double()  # the kernels' float32 shifts, exactly
+    X = (xs * xs) @ wd.T if wd.dim() == 2 else ((xs * xs) @ wd)[:, None]
+    C = (wd * cs * cs).sum(1) if wd.dim() == 2 else (cs * cs) @ wd
+    exact = _exact(x, cen, None if w is None else w.cpu())
+    b = gemm_bound(d, rbf_gemm.pick_blocks(n, c, d, metric == "diag")[0]["BK"], metric == "diag")
+    allowance = b.xi * X + b.zeta * C[None, :] + 4 * 2.0 ** -24 * exact
+    err = (r2 - exact).abs()
+    g = mma_chain_factor(d, rbf_gemm.pick_blocks(n, c, d, metric == "diag")[0]["BK"])
+    ratio = float((err / (g * (X + C[None, :]))).max())
+    warnings.warn(f"rbf GEMM form [{dev.type}, {metric}, D={d}]: worst |r2^ - r2| / (g (X' + C')) = {ratio:.3g} "
+                  "(the tensor-core model allows <= 1)")
+    assert bool((err <= allowance).all()), f"worst error / model allowance {float((err / allowance).max()):.3g}"
