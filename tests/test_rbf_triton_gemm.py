@@ -222,3 +222,21 @@ def test_gemm_error_within_the_tensor_core_model(backend, gemm, metric):
     warnings.warn(f"rbf GEMM form [{dev.type}, {metric}, D={d}]: worst |r2^ - r2| / (g (X' + C')) = {ratio:.3g} "
                   "(the tensor-core model allows <= 1)")
     assert bool((err <= allowance).all()), f"worst error / model allowance {float((err / allowance).max()):.3g}"
+
+
+@pytest.mark.parametrize("backend", TRITON_BACKENDS, indirect=True)
+def test_non_finite_inputs_give_what_the_difference_form_gives(backend, monkeypatch):
+    """NaN / inf inputs and a row whose x'^2 overflows float32 fail the test (r2^ not finite) and are
+    recomputed: the same NaN / inf pattern as the difference-form kernel, and close finite values."""
+    dev = device_of(backend)
+    x, cen, w = _inputs(20, 9, 17, "diag", torch.float32, dev, seed=5)
+    x[3, 2], x[5, 1], cen[4, 0], x[7] = float("nan"), float("inf"), float("-inf"), 3e19
+    outs = {}
+    for path in ("diff", "gemm"):
+        monkeypatch.setenv("RBFKERN_RBF_FWD", path)
+        outs[path] = rbf(x, cen, diag=w, sigma=0.9, kind="gaussian", return_r2=True)
+    for a, b in zip(outs["diff"], outs["gemm"]):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+        fin = a.isfinite()
+        assert int((~fin).sum()) > 0 and bool(b[fin].isfinite().all())
+        torch.testing.assert_close(b[fin], a[fin], rtol=1e-5, atol=1e-6)
