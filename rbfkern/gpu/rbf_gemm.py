@@ -15,9 +15,9 @@ Kernels:
   _rbf_gemm_fwd_kernel    [BN, BC] tiles: the GEMM, r2^, the test, act; flagged pairs read -1; a
                           tile with few lists them in a device list (one atomic add reserves its
                           segment, capacity `cap`), one with many (or past the capacity) is marked
-  _rbf_gemm_fix_kernel    fixed grid over the tiles: the listed pairs, or the pairs reading -1 of a
-                          marked tile, in the difference form (sequential over d, the same code for
-                          both)
+  _rbf_gemm_fix_kernel    fixed grid over groups of T tiles (one load of their counts): the listed
+                          pairs, or the pairs reading -1 of a marked tile, in the difference form
+                          (sequential over d, the same code for both)
 """
 from __future__ import annotations
 
@@ -195,36 +195,48 @@ def _store_pairs(r2, act, sig, prm, o_nc, o_j, m, b_r2, kind, need_act):
 @triton.jit
 def _rbf_gemm_fix_kernel(x, c, w, sig, prm, r2, act, lst, hdr, N, C, D, stride_wc, kind, need_act, n_tiles,
                          METRIC: tl.constexpr, V: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr,
-                         R: tl.constexpr):
+                         R: tl.constexpr, T: tl.constexpr):
     i_p = tl.program_id(0)
     n_p = tl.num_programs(0)
     nb_c = tl.cdiv(C, BC)
-    for i_t in range(i_p, n_tiles, n_p):
-        i_start = tl.load(hdr + 2 * i_t)
-        i_count = tl.load(hdr + 2 * i_t + 1)
-        o_n0 = (i_t // nb_c).to(tl.int64) * BN
-        o_c0 = (i_t % nb_c).to(tl.int64) * BC
-        if i_count > 0:
-            # the tile's listed pairs, V at a time
-            for i_e in range(0, i_count, V):
-                o_e = i_e + tl.arange(0, V)
-                m_e = o_e < i_count
-                i_loc = tl.load(lst + i_start + o_e, mask=m_e, other=0)
-                o_n = o_n0 + i_loc // C
-                o_j = o_c0 + i_loc % C
-                b_r2 = _diff_pairs(x, c, w, o_n, o_j, m_e, D, stride_wc, METRIC)
-                _store_pairs(r2, act, sig, prm, o_n * C + o_j, o_j, m_e, b_r2, kind, need_act)
-        elif i_count < 0:
-            # every flagged pair (r2 = -1) of the tile, R rows at a time
-            o_c = o_c0 + tl.arange(0, BC)
-            m_c = o_c < C
-            for i_r in range(0, BN, R):
-                o_n = o_n0 + i_r + tl.arange(0, R)
-                m = (o_n < N)[:, None] & m_c[None, :]
-                o_nc = o_n[:, None] * C + o_c[None, :]
-                m = m & (tl.load(r2 + o_nc, mask=m, other=0).to(tl.float32) < 0)
-                b_r2 = _diff_pairs(x, c, w, o_n[:, None], o_c[None, :], m, D, stride_wc, METRIC)
-                _store_pairs(r2, act, sig, prm, o_nc, o_c[None, :], m, b_r2, kind, need_act)
+    for i_t0 in range(i_p * T, n_tiles, n_p * T):
+        # T tiles' counts in one load: most groups have no flag at all
+        o_t = i_t0 + tl.arange(0, T)
+        i_any = tl.max(tl.abs(tl.load(hdr + 2 * o_t + 1, mask=o_t < n_tiles, other=0)), 0)
+        if i_any != 0:
+            for i_t in range(i_t0, i_t0 + T):
+                _fix_tile(x, c, w, sig, prm, r2, act, lst, hdr, i_t, n_tiles, nb_c, N, C, D, stride_wc, kind,
+                          need_act, METRIC, V, BN, BC, R)
+
+
+@triton.jit
+def _fix_tile(x, c, w, sig, prm, r2, act, lst, hdr, i_t, n_tiles, nb_c, N, C, D, stride_wc, kind, need_act,
+              METRIC: tl.constexpr, V: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, R: tl.constexpr):
+    i_start = tl.load(hdr + 2 * i_t, mask=i_t < n_tiles, other=0)
+    i_count = tl.load(hdr + 2 * i_t + 1, mask=i_t < n_tiles, other=0)
+    o_n0 = (i_t // nb_c).to(tl.int64) * BN
+    o_c0 = (i_t % nb_c).to(tl.int64) * BC
+    if i_count > 0:
+        # the tile's listed pairs, V at a time
+        for i_e in range(0, i_count, V):
+            o_e = i_e + tl.arange(0, V)
+            m_e = o_e < i_count
+            i_loc = tl.load(lst + i_start + o_e, mask=m_e, other=0)
+            o_n = o_n0 + i_loc // C
+            o_j = o_c0 + i_loc % C
+            b_r2 = _diff_pairs(x, c, w, o_n, o_j, m_e, D, stride_wc, METRIC)
+            _store_pairs(r2, act, sig, prm, o_n * C + o_j, o_j, m_e, b_r2, kind, need_act)
+    elif i_count < 0:
+        # every flagged pair (r2 = -1) of the tile, R rows at a time
+        o_c = o_c0 + tl.arange(0, BC)
+        m_c = o_c < C
+        for i_r in range(0, BN, R):
+            o_n = o_n0 + i_r + tl.arange(0, R)
+            m = (o_n < N)[:, None] & m_c[None, :]
+            o_nc = o_n[:, None] * C + o_c[None, :]
+            m = m & (tl.load(r2 + o_nc, mask=m, other=0).to(tl.float32) < 0)
+            b_r2 = _diff_pairs(x, c, w, o_n[:, None], o_c[None, :], m, D, stride_wc, METRIC)
+            _store_pairs(r2, act, sig, prm, o_nc, o_c[None, :], m, b_r2, kind, need_act)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,6 +256,11 @@ def pick_blocks(N, C, D, per_centre):
     BC = min(max(_np2(C), 16), 64)
     return dict(BN=BN, BC=BC, BK=16), dict(num_warps=8 if BN * BC >= 64 * 64 else 4,
                                            num_stages=2 if per_centre else 3)
+
+
+# The fix kernel's register cap: without one, triton 3.6's ptxas put 8 B in the stack of its
+# float32 none-metric variant on sm_90 at 72 registers; with 128 it needs none.
+_FIX_OPTS = {"num_warps": 4, "maxnreg": 128}
 
 
 def list_capacity(N, C):
@@ -286,10 +303,10 @@ def forward(x, centers, diag, sigma, kid, prm, r2, act, need):
         x, mu, pnl, w, cn, gam, sigma, prm, r2, p_act, lst, cnt, hdr, N, C, D, stride_wc, kid, need,
         cap, dense_min, int(FLAGS == "all"), int(FLAGS == "none"), bnd.alpha, bnd.xi, ABS_L1,
         METRIC=metric, **blk, **opts)
-    P = max(1, min(1024, n_tiles))
-    launch(_rbf_gemm_fix_kernel)[(P,)](
+    T = 128
+    launch(_rbf_gemm_fix_kernel)[(max(1, min(1024, triton.cdiv(n_tiles, T))),)](
         x, centers, w, sigma, prm, r2, p_act, lst, hdr, N, C, D, stride_wc, kid, need, n_tiles,
-        METRIC=min(metric, 1), V=128, BN=blk["BN"], BC=blk["BC"], R=8, num_warps=4)
+        METRIC=min(metric, 1), V=128, BN=blk["BN"], BC=blk["BC"], R=8, T=T, **_FIX_OPTS)
 
 
 def aot_specs():
@@ -313,7 +330,7 @@ def aot_specs():
             if metric < 2:
                 s = dict(x=p, c=p, w=p, sig=p, prm="*fp32", r2=p, act=p, lst="*i32", hdr="*i32",
                          N=i32, C=i32, D=i32, stride_wc=i32, kind=i32, need_act=i32, n_tiles=i32,
-                         METRIC=ce, V=ce, BN=ce, BC=ce, R=ce)
+                         METRIC=ce, V=ce, BN=ce, BC=ce, R=ce, T=ce)
                 specs.append((f"rbf_gemm_fix_m{metric}_{dt}", _rbf_gemm_fix_kernel, s,
-                              dict(METRIC=metric, V=128, BN=blk["BN"], BC=blk["BC"], R=8), {"num_warps": 4}))
+                              dict(METRIC=metric, V=128, BN=blk["BN"], BC=blk["BC"], R=8, T=128), _FIX_OPTS))
     return specs
