@@ -92,7 +92,8 @@ def test_rehearsal_writes_the_report(tmp_path):
         if e["mode"] == "fwd+bwd":
             assert f["saved_for_backward_mib"] is not None
     rbf = next(e for e in doc["cases"] if e["case"] == "rbf/diag-16384x1024x64" and e["dtype"] == "float32")
-    assert {"naive", "gemm_tf32_off", "gemm_tf32_on", "cdist_tf32_off", "cdist_tf32_on"} == set(rbf["peers"])
+    assert {"diff_form", "naive", "gemm_tf32_off", "gemm_tf32_on", "cdist_tf32_off", "cdist_tf32_on"} == set(rbf["peers"])
+    assert rbf["peers"]["diff_form"]["status"] == "skipped"  # the forward switch exists on CUDA only
     assert rbf["peers"]["cdist_tf32_off"]["status"] == "skipped"  # a per-centre metric: cdist cannot express it
     shared = next(e for e in doc["cases"] if e["case"] == "rbf/shared_diag-16384x1024x64")
     assert shared["peers"][next(k for k in shared["peers"] if k.startswith("cdist"))]["status"] == "ok"

@@ -2,7 +2,9 @@
 
 x [N, D], centres c [C, D]; metric none, diag (w [C, D] or [D]) or tril (L [C, D, D] or
 [D, D], lower triangle only); r2 = |diff|^2, sum_d w_d diff_d^2 or |diff^T L|^2 with
-diff = x - c (always the difference form); act = f(r2; sigma, shape).
+diff = x - c; act = f(r2; sigma, shape). The none / diag forward takes the GEMM form on tensor
+cores with a certified bound per pair from D >= 16 in float32 / bfloat16 / float16
+(rbf_gemm.py, RBFKERN_RBF_FWD=auto|gemm|diff); everything else here is the difference form.
 
 Kernels (the (N, C, D) difference tensor is never materialised):
   _rbf_fwd_kernel          none/diag r2 + activation, [BN, BC, BD] tiles reduced over D chunks
@@ -123,15 +125,21 @@ def _load_g(p_ga, p_gr, o_nc, m_nc, b_r2, b_s, a, kind,
 
 
 @triton.jit
-def _rbf_fwd_kernel(x, c, w, sig, prm, r2, act, N, C, D, stride_wc, kind, need_act,
-                    METRIC: tl.constexpr, ACC: tl.constexpr,
-                    BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
+def _pair_block(N, C, BN: tl.constexpr, BC: tl.constexpr):
+    """The (BN rows, BC centres) block of program 0's id (row blocks outer): block ids, offsets, masks."""
     i_p = tl.program_id(0)
     nb_c = tl.cdiv(C, BC)
     i_n, i_c = i_p // nb_c, i_p % nb_c
     o_n = i_n.to(tl.int64) * BN + tl.arange(0, BN)
     o_c = i_c.to(tl.int64) * BC + tl.arange(0, BC)
-    m_n, m_c = o_n < N, o_c < C
+    return i_n, i_c, o_n, o_c, o_n < N, o_c < C
+
+
+@triton.jit
+def _rbf_fwd_kernel(x, c, w, sig, prm, r2, act, N, C, D, stride_wc, kind, need_act,
+                    METRIC: tl.constexpr, ACC: tl.constexpr,
+                    BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
+    i_n, i_c, o_n, o_c, m_n, m_c = _pair_block(N, C, BN, BC)
     b_r2 = tl.zeros([BN, BC], dtype=ACC)
     for i_d in range(0, D, BD):
         o_d = i_d + tl.arange(0, BD)
@@ -414,6 +422,12 @@ def _tril_opts(kind, dtype):
     return {"num_warps": 4, **({"maxnreg": cap} if cap else {})}
 
 
+def rbf_gemm():
+    """rbfkern.gpu.rbf_gemm, the GEMM-form forward (imported late: it uses this module's _act_fwd)."""
+    from . import rbf_gemm as mod
+    return mod
+
+
 def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
     """(act [N, C] or None, r2 [N, C]) in x.dtype; kind in KINDS or "none"."""
     kid = _check_kind(kind)
@@ -433,6 +447,8 @@ def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
         grid = (triton.cdiv(N, blk["BN"]) * C,)
         launch(_rbf_fwd_tril_kernel)[grid](x, centers, tril, sigma, prm, r2, p_act, N, C, D, stride_lc, kid, need,
                                    ACC=ACC, **_tril_opts("fwd_tril", x.dtype), **blk)
+    elif rbf_gemm().choose_path(x, centers, tril) == "gemm":
+        rbf_gemm().forward(x, centers, diag, sigma, kid, prm, r2, act, need)
     else:
         metric = 0 if diag is None else 1
         stride_wc = D if (diag is not None and diag.dim() == 2) else 0
@@ -598,4 +614,4 @@ def aot_specs():
         specs.append((f"rbf_bwd_cov_tril_{dt}", _rbf_bwd_cov_tril_kernel, s,
                       dict(ACC=acc, **grads, **blk["bwd_cov_tril"]),
                       _tril_opts("bwd_cov_tril", tdt)))
-    return specs
+    return specs + rbf_gemm().aot_specs()

@@ -9,7 +9,7 @@ import torch
 from ... import ops, reference
 from . import DTYPES, Case, Provider, free_bytes, generator, ours_label, torch_peers
 
-SUMMARY = ("fused rbfkern.ops.rbf; naive broadcast reference (skipped where its (N, C, D) intermediates do not "
+SUMMARY = ("fused rbfkern.ops.rbf (and its difference-form forward); naive broadcast reference (skipped where its (N, C, D) intermediates do not "
            "fit); GEMM-expanded torch (TF32 off/on); torch.cdist (the shared-diag case only)")
 
 CASES = [
@@ -88,7 +88,12 @@ def providers(case: Case, dtype: str, device, params: dict) -> list[Provider]:
         return torch.exp(-torch.cdist(x * sw, cen * sw).square() / (2 * sigma * sigma))
 
     item = torch.empty((), dtype=dt).element_size()
+    diff_skip = ("tril has one forward kernel" if tril is not None else
+                 None if torch.device(device).type == "cuda" else "RBFKERN_RBF_FWD picks a Triton forward (CUDA only)")
     out = [Provider("fused", ours_label(device, "rbfkern.ops.rbf"), fused, leaves, role="fused", jit=True),
+           Provider("diff_form", ours_label(device, "rbfkern.ops.rbf") + ", difference-form forward "
+                    "(RBFKERN_RBF_FWD=diff, the kernel before the tensor-core GEMM form)", fused, leaves,
+                    role="ours", jit=True, env={"RBFKERN_RBF_FWD": "diff"}, skip=diff_skip),
            Provider("naive", "naive broadcast reference (rbfkern.reference.rbf)", naive, leaves,
                     skip=naive_skip(n, c, d, item, device))]
     out += torch_peers("gemm", gemm_label, gemm, leaves, dtype)
