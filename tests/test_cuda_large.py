@@ -44,10 +44,6 @@ def _needs_gib(gib):
         pytest.skip(f"needs {gib} GiB of free GPU memory, {free / 2 ** 30:.0f} GiB free")
 
 
-def _grads(out, leaves, g):
-    return torch.autograd.grad(out, leaves, g)
-
-
 def _leaves(*ts):
     return [t.detach().requires_grad_() for t in ts]
 
@@ -62,13 +58,13 @@ def _check_pieces(run, whole_in, shared, dim, cuts, g, what):
     x, *params = _leaves(whole_in, *shared)
     out = run(x, *params)
     assert out.numel() > BIG or x.numel() > BIG, f"{what}: the case does not cross 2^31 elements"
-    gx, *gp = _grads(out, [x, *params], g)
+    gx, *gp = torch.autograd.grad(out, [x, *params], g)
     sums = [torch.zeros_like(p) for p in params]
     for lo, hi in zip(cuts[:-1], cuts[1:]):
         xp, *pp = _leaves(whole_in.narrow(dim, lo, hi - lo), *shared)
         op = run(xp, *pp)
         _close(out.narrow(dim, lo, hi - lo), op, f"{what} output [{lo}:{hi}]")
-        gxp, *gpp = _grads(op, [xp, *pp], g.narrow(dim, lo, hi - lo))
+        gxp, *gpp = torch.autograd.grad(op, [xp, *pp], g.narrow(dim, lo, hi - lo))
         _close(gx.narrow(dim, lo, hi - lo), gxp, f"{what} input gradient [{lo}:{hi}]")
         for s, q in zip(sums, gpp):
             s += q
@@ -118,10 +114,10 @@ def test_bcos_conv2d_past_int32(one_at_a_time, shape, cuts):
     xx, ww = _leaves(x, w)
     out = run(xx, ww)
     g = torch.randn(out.shape, device="cuda", generator=gen)
-    got = [out, *_grads(out, [xx, ww], g)]
+    got = [out, *torch.autograd.grad(out, [xx, ww], g)]
     xr, wr = _leaves(x.double(), w.double())
     outr = reference.bcos_conv2d(xr, wr, b=2.0, max_out=2, padding=1)
-    want = [outr, *_grads(outr, [xr, wr], g.double())]
+    want = [outr, *torch.autograd.grad(outr, [xr, wr], g.double())]
     for name, a, e in zip(("output", "input gradient", "weight gradient"), got, want):
         _close(a.double(), e, f"bcos_conv2d one 8192^2 image, {name}", rtol=1e-4, atol=1e-5)
 

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ._launch import launch
-from .rbf import _act_fwd, _pair_block
+from .rbf import _act_fwd, _np2, _pair_block
 from .rbf_gemm_bound import ABS_L1, gemm_bound
 
 PATHS = ("auto", "gemm", "diff")
@@ -242,10 +242,6 @@ def _fix_tile(x, c, w, sig, prm, r2, act, lst, hdr, i_t, n_tiles, nb_c, N, C, D,
 # ----------------------------------------------------------------------------------------------
 # launcher
 # ----------------------------------------------------------------------------------------------
-
-def _np2(n):
-    return triton.next_power_of_2(max(int(n), 1))
-
 
 def pick_blocks(N, C, D, per_centre):
     """Tiles of the GEMM kernel: up to 64 x 64 with 8 warps, K chunks of 16, 3 stages (2 for a

@@ -64,8 +64,8 @@ def run_cases(device: str, dtypes: list[str], names: list[str] | None = None) ->
 
 
 def _sanitizer() -> str | None:
-    return shutil.which("compute-sanitizer") or next(
-        (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None)
+    fallback = "/usr/local/cuda/bin/compute-sanitizer"
+    return shutil.which("compute-sanitizer") or (fallback if os.path.exists(fallback) else None)
 
 
 def _child_cmd(dtypes, names) -> list[str]:
