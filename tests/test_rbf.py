@@ -391,6 +391,24 @@ def test_gradients_match_reference_float32(backend, metric):
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("metric", METRICS)
+def test_sigma_gradient_alone(backend, metric):
+    """Only sigma asks for a gradient, at C and D past one block of any kernel: the per-centre
+    reduction then runs one feature block, and must still cover every centre (it once read its
+    block ids with the full feature-block count and left most centre blocks unwritten)."""
+    dev = device_of(backend)
+    x, cen, diag, tril = make_inputs(9, 37, 40, metric, torch.float32, seed=2, device=dev)
+    sig = sigma_for(37, True, torch.float32, device=dev).requires_grad_(True)
+    ref = f64(sig).detach().requires_grad_(True)
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(9, 37, generator=g)
+    (rbf(x, cen, diag=diag, tril=tril, sigma=sig, kind="gaussian") * w.to(dev)).sum().backward()
+    (reference.rbf(*(f64(t) if t is not None else None for t in (x, cen, diag, tril)), ref, "gaussian")
+     * w.double()).sum().backward()
+    assert_close_to_ref(sig.grad, ref.grad, torch.float32, what=f"{metric} dsigma alone", kind="reduction")
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("kind", KINDS)
 def test_x_on_a_centre_gives_finite_gradients(backend, kind):
     dev = device_of(backend)

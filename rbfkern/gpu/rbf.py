@@ -270,13 +270,13 @@ def _rbf_bwd_x_tril_kernel(x, c, M, sig, prm, r2, ga, gr, gx, N, C, D, stride_mc
 
 
 @triton.jit
-def _rbf_bwd_c_kernel(x, c, sig, prm, r2, ga, gr, s_out, t_out, gs_out, N, C, D, n_per, n_split, kind,
+def _rbf_bwd_c_kernel(x, c, sig, prm, r2, ga, gr, s_out, t_out, gs_out, N, C, D, n_per, n_split, nb_d, kind,
                       HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, NEED_S: tl.constexpr,
                       NEED_T: tl.constexpr, NEED_SIG: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
     # partials over row split i_s: S[i_s, j, d] = sum_n G diff, T[i_s, j, d] = sum_n G diff^2,
-    # gsig[i_s, j] = sum_n grad_act df/dsigma (written by the i_d == 0 programs)
+    # gsig[i_s, j] = sum_n grad_act df/dsigma (written by the i_d == 0 programs); nb_d feature blocks
+    # (1 when only gsig is asked for)
     i_p = tl.program_id(0)
-    nb_d = tl.cdiv(D, BD)
     i_s = i_p % n_split
     i_cd = i_p // n_split
     i_c, i_d = i_cd // nb_d, i_cd % nb_d
@@ -528,7 +528,7 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
         grid = (nb_c * nb_d * n_split,)
         launch(_rbf_bwd_c_kernel)[grid](x, centers, sigma, prm, r2, p_ga, p_gr,
                                 S if S is not None else dummy, T if T is not None else dummy,
-                                GS if GS is not None else dummy, N, C, D, n_per, n_split, kid, **flags,
+                                GS if GS is not None else dummy, N, C, D, n_per, n_split, nb_d, kid, **flags,
                                 NEED_S=need_s, NEED_T=need_t, NEED_SIG=sig_dep, ACC=ACC, num_warps=4, BN=BN, BC=BC, BD=BD)
         if need_s:
             S = S.sum(0)
@@ -604,7 +604,7 @@ def aot_specs():
         specs.append((f"rbf_bwd_x_tril_{dt}", _rbf_bwd_x_tril_kernel, s, dict(ACC=acc, **grads, **blk["bwd_x_tril"]),
                       _tril_opts("bwd_x_tril", tdt)))
         s = dict(x=p, c=p, sig=p, prm=pa, r2=p, ga=p, gr=p, s_out=pa, t_out=pa, gs_out=pa, N=i32, C=i32, D=i32,
-                 n_per=i32, n_split=i32, kind=i32, HAS_GA=ce, HAS_GR=ce, NEED_S=ce, NEED_T=ce,
+                 n_per=i32, n_split=i32, nb_d=i32, kind=i32, HAS_GA=ce, HAS_GR=ce, NEED_S=ce, NEED_T=ce,
                  NEED_SIG=ce, ACC=ce, BN=ce, BC=ce, BD=ce)
         if full:
             specs.append((f"rbf_bwd_c_{dt}", _rbf_bwd_c_kernel, s,
