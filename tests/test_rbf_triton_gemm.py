@@ -184,6 +184,15 @@ def test_path_switch(monkeypatch):
     monkeypatch.setenv("RBFKERN_RBF_FWD", "tensorcore")
     with pytest.raises(ValueError, match="RBFKERN_RBF_FWD"):
         rbf_gemm.choose_path(x16, c, None)
+    # the backward's own switch, read the same way
+    monkeypatch.setenv("RBFKERN_RBF_BWD", "diff")
+    assert rbf_gemm.choose_path(x16, c, None, "bwd") == "diff"
+    monkeypatch.setenv("RBFKERN_RBF_BWD", "auto")
+    assert rbf_gemm.choose_path(x16, c, None, "bwd") == "gemm"
+    assert rbf_gemm.choose_path(x16.double(), c.double(), None, "bwd") == "diff"
+    monkeypatch.setenv("RBFKERN_RBF_BWD", "fast")
+    with pytest.raises(ValueError, match="RBFKERN_RBF_BWD"):
+        rbf_gemm.choose_path(x16, c, None, "bwd")
 
 
 @pytest.mark.parametrize("backend", TRITON_BACKENDS, indirect=True)

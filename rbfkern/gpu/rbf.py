@@ -4,7 +4,9 @@ x [N, D], centres c [C, D]; metric none, diag (w [C, D] or [D]) or tril (L [C, D
 [D, D], lower triangle only); r2 = |diff|^2, sum_d w_d diff_d^2 or |diff^T L|^2 with
 diff = x - c; act = f(r2; sigma, shape). The none / diag forward takes the GEMM form on tensor
 cores with a certified bound per pair from D >= 16 in float32 / bfloat16 / float16
-(rbf_gemm.py, RBFKERN_RBF_FWD=auto|gemm|diff); everything else here is the difference form.
+(rbf_gemm.py, RBFKERN_RBF_FWD=auto|gemm|diff), and so does their backward, the pairs near a
+centre in the difference form (rbf_gemm_bwd.py, RBFKERN_RBF_BWD); everything else here is the
+difference form.
 
 Kernels (the (N, C, D) difference tensor is never materialised):
   _rbf_fwd_kernel          none/diag r2 + activation, [BN, BC, BD] tiles reduced over D chunks
@@ -270,19 +272,26 @@ def _rbf_bwd_x_tril_kernel(x, c, M, sig, prm, r2, ga, gr, gx, N, C, D, stride_mc
 
 
 @triton.jit
-def _rbf_bwd_c_kernel(x, c, sig, prm, r2, ga, gr, s_out, t_out, gs_out, N, C, D, n_per, n_split, nb_d, kind,
-                      HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, NEED_S: tl.constexpr,
-                      NEED_T: tl.constexpr, NEED_SIG: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
-    # partials over row split i_s: S[i_s, j, d] = sum_n G diff, T[i_s, j, d] = sum_n G diff^2,
-    # gsig[i_s, j] = sum_n grad_act df/dsigma (written by the i_d == 0 programs); nb_d feature blocks
-    # (1 when only gsig is asked for)
+def _split_block(C, D, n_split, nb_d, BC: tl.constexpr, BD: tl.constexpr):
+    """Program 0's (row split, feature block, centre offsets, feature offsets, masks), row splits
+    innermost, then nb_d feature blocks, then BC-centre blocks."""
     i_p = tl.program_id(0)
     i_s = i_p % n_split
     i_cd = i_p // n_split
     i_c, i_d = i_cd // nb_d, i_cd % nb_d
     o_c = i_c.to(tl.int64) * BC + tl.arange(0, BC)
     o_d = i_d * BD + tl.arange(0, BD)
-    m_c, m_d = o_c < C, o_d < D
+    return i_s, i_d, o_c, o_d, o_c < C, o_d < D
+
+
+@triton.jit
+def _rbf_bwd_c_kernel(x, c, sig, prm, r2, ga, gr, s_out, t_out, gs_out, N, C, D, n_per, n_split, nb_d, kind,
+                      HAS_GA: tl.constexpr, HAS_GR: tl.constexpr, NEED_S: tl.constexpr,
+                      NEED_T: tl.constexpr, NEED_SIG: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
+    # partials over row split i_s: S[i_s, j, d] = sum_n G diff, T[i_s, j, d] = sum_n G diff^2,
+    # gsig[i_s, j] = sum_n grad_act df/dsigma (written by the i_d == 0 programs); nb_d feature blocks
+    # (1 when only gsig is asked for)
+    i_s, i_d, o_c, o_d, m_c, m_d = _split_block(C, D, n_split, nb_d, BC, BD)
     m_cd = m_c[:, None] & m_d[None, :]
     a = tl.load(prm).to(ACC)
     b_c = tl.load(c + o_c[:, None] * D + o_d[None, :], mask=m_cd, other=0).to(ACC)
@@ -428,6 +437,12 @@ def rbf_gemm():
     return mod
 
 
+def rbf_gemm_bwd():
+    """rbfkern.gpu.rbf_gemm_bwd, the GEMM-form backward (imported late, likewise)."""
+    from . import rbf_gemm_bwd as mod
+    return mod
+
+
 def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
     """(act [N, C] or None, r2 [N, C]) in x.dtype; kind in KINDS or "none"."""
     kid = _check_kind(kind)
@@ -497,7 +512,18 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
     if tril is not None and (need_x or need_c):
         M = ltri @ ltri.transpose(-1, -2)
 
-    if need_x and D > 0:
+    sig_dep = has_ga and kid in _SIGMA_KINDS and need_sig
+    need_s = need_c
+    need_t = need_w
+    gemm_bwd = (tril is None and D > 0 and (need_x or need_s or need_t)
+                and rbf_gemm().choose_path(x, centers, None, "bwd") == "gemm")
+    if gemm_bwd:
+        gc, gw, gs = rbf_gemm_bwd().backward(p_ga, p_gr, flags, x, centers, diag, sigma, r2, kid, prm,
+                                             gx if need_x else None, need_s, need_t, sig_dep)
+        sig_dep = sig_dep and gs is None  # the sigma-only kernel below, when neither gc nor gw ran
+        need_s = need_t = False
+
+    if need_x and D > 0 and not gemm_bwd:
         if tril is not None:
             blk = _pick_blocks(N, C, D, "bwd_x_tril")
             grid = (triton.cdiv(N, blk["BN"]) * triton.cdiv(D, blk["BD"]),)
@@ -512,9 +538,6 @@ def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, 
                                     N, C, D, stride_wc, kid, **flags, METRIC=0 if diag is None else 1,
                                     ACC=ACC, num_warps=4, **blk)
 
-    sig_dep = has_ga and kid in _SIGMA_KINDS and need_sig
-    need_s = need_c
-    need_t = need_w
     if need_s or need_t or sig_dep:
         blk = _pick_blocks(N, C, D, "bwd_c")
         BN, BC, BD = blk["BN"], blk["BC"], blk["BD"]
@@ -614,4 +637,4 @@ def aot_specs():
         specs.append((f"rbf_bwd_cov_tril_{dt}", _rbf_bwd_cov_tril_kernel, s,
                       dict(ACC=acc, **grads, **blk["bwd_cov_tril"]),
                       _tril_opts("bwd_cov_tril", tdt)))
-    return specs + rbf_gemm().aot_specs()
+    return specs + rbf_gemm().aot_specs() + rbf_gemm_bwd().aot_specs()

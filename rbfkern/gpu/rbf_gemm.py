@@ -42,14 +42,16 @@ DENSE_MIN = None
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 
-def choose_path(x, centers, tril) -> str:
-    """'gemm' or 'diff' for the none / diag forward: ``RBFKERN_RBF_FWD=auto|gemm|diff`` (read at
-    call time); auto takes the GEMM form for float32 / bfloat16 / float16 at D >= MIN_D."""
-    env = os.environ.get("RBFKERN_RBF_FWD", "auto").strip().lower() or "auto"
+def choose_path(x, centers, tril, direction="fwd") -> str:
+    """'gemm' or 'diff' for the none / diag forward (direction "fwd") or backward ("bwd"):
+    ``RBFKERN_RBF_FWD`` / ``RBFKERN_RBF_BWD`` = auto|gemm|diff (read at call time); auto takes the
+    GEMM form for float32 / bfloat16 / float16 at D >= MIN_D."""
+    name = f"RBFKERN_RBF_{direction.upper()}"
+    env = os.environ.get(name, "auto").strip().lower() or "auto"
     if env not in PATHS:
-        raise ValueError(f"RBFKERN_RBF_FWD must be one of {PATHS}, got {env!r}")
+        raise ValueError(f"{name} must be one of {PATHS}, got {env!r}")
     if tril is not None or x.dtype == torch.float64 or env == "diff" or centers.shape[0] >= 1 << 24:
-        return "diff"  # (C < 2^24: the GEMM kernel's in-tile offsets are int32)
+        return "diff"  # (C < 2^24: the GEMM kernels' in-tile offsets are int32)
     return "gemm" if env == "gemm" or x.shape[1] >= MIN_D else "diff"
 
 

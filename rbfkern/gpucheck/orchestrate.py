@@ -55,7 +55,7 @@ class Runner:
 
     def _child_env(self) -> dict:
         env = dict(os.environ)
-        for k in ("TRITON_INTERPRET", "RBFKERN_BACKEND", "RBFKERN_GD_PATH", "RBFKERN_RBF_FWD"):
+        for k in ("TRITON_INTERPRET", "RBFKERN_BACKEND", "RBFKERN_GD_PATH", "RBFKERN_RBF_FWD", "RBFKERN_RBF_BWD"):
             env.pop(k, None)  # CUDA tensors must meet compiled kernels; ours picks its paths itself
         env.setdefault("TRITON_CACHE_DIR", str(self.work / "triton-cache"))
         env["PYTHONUNBUFFERED"] = "1"

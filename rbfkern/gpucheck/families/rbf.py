@@ -89,11 +89,12 @@ def providers(case: Case, dtype: str, device, params: dict) -> list[Provider]:
 
     item = torch.empty((), dtype=dt).element_size()
     diff_skip = ("tril has one forward kernel" if tril is not None else
-                 None if torch.device(device).type == "cuda" else "RBFKERN_RBF_FWD picks a Triton forward (CUDA only)")
+                 None if torch.device(device).type == "cuda" else "RBFKERN_RBF_FWD/BWD pick Triton kernels (CUDA only)")
     out = [Provider("fused", ours_label(device, "rbfkern.ops.rbf"), fused, leaves, role="fused", jit=True),
-           Provider("diff_form", ours_label(device, "rbfkern.ops.rbf") + ", difference-form forward "
-                    "(RBFKERN_RBF_FWD=diff, the kernel before the tensor-core GEMM form)", fused, leaves,
-                    role="ours", jit=True, env={"RBFKERN_RBF_FWD": "diff"}, skip=diff_skip),
+           Provider("diff_form", ours_label(device, "rbfkern.ops.rbf") + ", difference-form forward and backward "
+                    "(RBFKERN_RBF_FWD=diff RBFKERN_RBF_BWD=diff, the kernels before the tensor-core GEMM form)",
+                    fused, leaves, role="ours", jit=True, env={"RBFKERN_RBF_FWD": "diff", "RBFKERN_RBF_BWD": "diff"},
+                    skip=diff_skip),
            Provider("naive", "naive broadcast reference (rbfkern.reference.rbf)", naive, leaves,
                     skip=naive_skip(n, c, d, item, device))]
     out += torch_peers("gemm", gemm_label, gemm, leaves, dtype)
