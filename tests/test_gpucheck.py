@@ -178,7 +178,10 @@ def test_flop_and_byte_models():
     half = model.cost("bcos", conv, "bfloat16", "fwd")
     assert half.flops == fwd.flops and half.bytes == fwd.bytes / 2
     rbf = model.cost("rbf", dict(metric="diag", n=10, c=7, d=3), "float32", "fwd")
-    assert rbf.flops == 10 * 7 * (4 * 3 + 8)
+    assert rbf.flops == 10 * 7 * (2 * 3 * 2 + 8)  # the GEMM form: cross term and x'^2 w_j per centre
+    shared = [model.cost("rbf", dict(metric="shared_diag", n=10, c=7, d=3), "float32", m).flops
+              for m in ("fwd", "fwd+bwd")]
+    assert shared == [10 * 7 * (2 * 3 + 8), 10 * 7 * (2 * 3 + 8) + 2 * 10 * 7 * 3 * 3 + 10 * 10 * 7]
     peaks = {"fp32_matmul": {"tflops": 50.0}, "copy": {"gbps": 4000.0}}
     r = model.rates(model.Cost(50e12 * 1e-3, 4000e9 * 0.5e-3, "", ""), 1.0, "float32", False, peaks)
     assert r["tflops"] == pytest.approx(50.0) and r["pct_peak_flops"] == pytest.approx(100.0)

@@ -45,9 +45,13 @@ def _rbf(p, s, mode):
         fm = "fwd N*C*(D(D+1) + 3D + 8); bwd 3*N*C*D(D+1) + 10*N*C (u again, u L^T for grad x / c, grad L)"
     else:
         metric_elems = c * d if metric == "diag" else d
-        fwd = n * c * (4 * d + 8)  # diff, square, weight, accumulate; exp and scale per pair
-        bwd = 3 * 4 * n * c * d + 10 * n * c  # grad x, grad c, grad w: one N*C*D pass each
-        fm = "fwd N*C*(4D + 8); bwd 3*4*N*C*D + 10*N*C (grad x, centres, metric: one N*C*D pass each)"
+        # the GEMM forms (rbfkern/gpu/rbf_gemm.py, rbf_gemm_bwd.py): one N*C*D multiply-add per GEMM
+        # (a per-centre metric adds one for x'^2 w_j in the forward and x' (G W) for grad x)
+        per_centre = 1 if metric == "diag" else 0
+        fwd = n * c * (2 * d * (1 + per_centre) + 8)  # cross term [+ x'^2 w_j]; r2, test, exp per pair
+        bwd = 2 * n * c * d * (3 + per_centre) + 10 * n * c  # G (w c') [+ G W], G^T x', G^T x'^2; G per pair
+        fm = ("fwd N*C*(2D(1 + p) + 8); bwd 2*N*C*D*(3 + p) + 10*N*C, p = 1 for a per-centre metric "
+              "(the GEMM forms: cross term [+ x'^2 w_j]; G (w c') [+ G W], G^T x', G^T x'^2)")
     ins = n * d + c * d + metric_elems + c  # x, centres, metric, sigma
     fwd_b = s * (ins + n * c)
     bwd_b = s * (ins + n * c + ins)
