@@ -176,18 +176,22 @@ def test_gemm_backward_is_deterministic(backend, gemm_bwd):
 
 
 @pytest.mark.parametrize("backend", TRITON_BACKENDS, indirect=True)
-def test_non_finite_inputs_give_what_the_difference_form_gives(backend, gemm_bwd):
-    """A NaN and an inf in x: the NaN / inf pattern of every gradient as in the difference-form
-    backward (the rows of x that hold them, every centre's sums), and close finite values."""
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("kind", ["gaussian", "thin_plate"])
+def test_non_finite_inputs_give_what_the_difference_form_gives(backend, gemm_bwd, metric, kind):
+    """A NaN and an inf in x, a row whose squares overflow float32, a centre at -inf: every pair they
+    touch is near, so each gradient has the NaN / inf pattern of the difference-form backward
+    (thin_plate keeps G > 0 at r2 = inf, where gaussian's is 0), and close finite values."""
     dev = device_of(backend)
-    x, cen, w = _inputs(20, 9, 17, "diag", torch.float32, dev, seed=5)
-    x[3, 2], x[5, 1] = float("nan"), float("inf")
+    x, cen, w = _inputs(20, 9, 17, metric, torch.float32, dev, seed=5)
+    x[3, 2], x[5, 1], x[7] = float("nan"), float("inf"), 3e19
+    cen[4, 0] = -float("inf")
     ts = (x, cen, w, _sigma(9, 17, dev, torch.float32))
     outs = {}
     for path in ("diff", "gemm"):
         gemm_bwd.setenv("RBFKERN_RBF_BWD", path)
-        outs[path] = _grads(ts, "gaussian", [True] * 4)[0]
-    assert bool(outs["diff"]["x"].isfinite().any()) and not bool(outs["diff"]["x"].isfinite().all())
+        outs[path] = _grads(ts, kind, [True] * 4)[0]
+    assert not bool(outs["diff"]["x"].isfinite().all())
     for name, a in outs["diff"].items():
         b = outs["gemm"][name]
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf()), name

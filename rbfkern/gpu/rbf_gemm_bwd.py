@@ -16,8 +16,9 @@ pair's error is then at most 2 / KAPPA = 8 times the GEMM's relative error of it
 (T: X + C + 2 sqrt(X C) <= 2 (X + C) <= 8 r2; gx and S: sqrt(2 / KAPPA)).
 
 Near pairs are few per row (a row near a handful of centres), many per centre (a cluster), so:
-  _bwd_prep_kernel   per row block: X_n, and the row's near centres in order (up to K; more makes
-                     the row an *overflow* row)
+  _bwd_rownorm_kernel  KAPPA X_n per row, stored once (every near test reads the same bits)
+  _bwd_prep_kernel   per row block: the row's near centres in order (up to K; more makes the row
+                     an *overflow* row)
   _bwd_near_x_kernel [BN rows, BD features]: 2 G w (x - c) over a row's near pairs (float32): the
                      listed ones one slot at a time, an overflow row's among every centre
   _bwd_gx_kernel     [BN rows, BD features]: the GEMMs over far pairs, plus the near part
@@ -37,8 +38,9 @@ from ._launch import launch
 from .rbf import _load_g, _n_split, _np2, _row_col_block, _split_block
 from .rbf_gemm import _rbf_gemm_panel_kernel
 
-# Pairs with r2 < KAPPA (X_n + C_j) are near (a power of two: KAPPA X is exact).
+# Pairs with r2 < KAPPA (X_n + C_j) are near.
 KAPPA = 0.25
+_FLT_MAX = tl.constexpr(3.4028234663852886e38)
 # Near centres listed per row; a row with more is an overflow row.
 SLOTS = 8
 # Test hooks: which pairs are near ("auto": the test above, "all", "none"); a list that collects each
@@ -50,18 +52,25 @@ COUNTS = None
 @triton.jit
 def _near(b_r2, b_iw, b_xk, b_ck, METRIC: tl.constexpr):
     """Near pairs (r2 as float32; the other operands broadcast against it): not (r2 [/ max w_j] >=
-    xk_n + ck_j). One product, one sum and one comparison, so that every kernel draws the same line."""
+    xk_n + ck_j) or r2 not finite. One product, one sum and the comparisons, on the same stored
+    operands, so that every kernel draws the same line."""
     if METRIC == 2:
         b_r = b_r2 * b_iw
     else:
         b_r = b_r2
-    return (b_r >= b_xk + b_ck) == 0
+    return ((b_r >= b_xk + b_ck) & (b_r2 <= _FLT_MAX)) == 0
 
 
 @triton.jit
-def _bwd_prep_kernel(x, mu, w, r2, iw, ck, xk, nidx, ncnt, N, C, D, kappa,
-                     METRIC: tl.constexpr, K: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr,
-                     BD: tl.constexpr):
+def _finite_or_zero(b_v):
+    """v where finite, else 0: a GEMM operand of a row or centre whose every pair is near (its r2
+    not finite) must not turn the GEMM's 0 * inf into NaN for the other pairs."""
+    return tl.where(tl.abs(b_v) <= _FLT_MAX, b_v, 0.)
+
+
+@triton.jit
+def _bwd_rownorm_kernel(x, mu, w, xk, N, D, kappa, METRIC: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    # xk = KAPPA X_n, stored once: every kernel's near test reads these same bits
     i_n = tl.program_id(0)
     o_n = i_n.to(tl.int64) * BN + tl.arange(0, BN)
     m_n = o_n < N
@@ -77,8 +86,17 @@ def _bwd_prep_kernel(x, mu, w, r2, iw, ck, xk, nidx, ncnt, N, C, D, kappa,
         if METRIC == 1:
             b_sq = b_sq * tl.load(w + o_d, mask=m_d, other=0).to(tl.float32)[None, :]
         b_X += tl.sum(b_sq, 1)
-    b_xk = tl.cast(kappa, tl.float32) * b_X
-    tl.store(xk + o_n, b_xk, mask=m_n)
+    tl.store(xk + o_n, tl.cast(kappa, tl.float32) * b_X, mask=m_n)
+
+
+@triton.jit
+def _bwd_prep_kernel(r2, iw, ck, xk, nidx, ncnt, N, C, METRIC: tl.constexpr, K: tl.constexpr,
+                     BN: tl.constexpr, BC: tl.constexpr):
+    # each row's near centres, in order, in its K slots of nidx; their count (> K: an overflow row)
+    i_n = tl.program_id(0)
+    o_n = i_n.to(tl.int64) * BN + tl.arange(0, BN)
+    m_n = o_n < N
+    b_xk = tl.load(xk + o_n, mask=m_n, other=0)
     b_cnt = tl.zeros([BN], dtype=tl.int32)
     for i_c in range(0, C, BC):
         o_c = i_c + tl.arange(0, BC)
@@ -138,13 +156,13 @@ def _bwd_near_x_kernel(x, c, w, sig, prm, r2, ga, gr, iw, ck, xk, nidx, ncnt, gx
         # a listed pair is near by construction: no test
         b_g, b_gs, m_j = _g_pairs(sig, prm, r2, ga, gr, iw, ck, o_n, o_j, m_k, b_xk, C, kind,
                                   HAS_GA, HAS_GR, METRIC)
-        b_acc += _diff_term(b_x, c, w, o_j, o_d, m_d, stride_wc, D, b_g, METRIC)
+        b_acc += _diff_term(b_x, c, w, o_j, o_d, m_k, m_d, stride_wc, D, b_g, METRIC)
     if tl.max(m_ovf.to(tl.int32), 0) > 0:
         for i_j in range(0, C):
             o_j = o_n * 0 + i_j
             b_g, b_gs, m_j = _g_pairs(sig, prm, r2, ga, gr, iw, ck, o_n, o_j, m_ovf, b_xk, C, kind,
                                       HAS_GA, HAS_GR, METRIC)
-            b_acc += _diff_term(b_x, c, w, o_j, o_d, m_d, stride_wc, D, tl.where(m_j, b_g, 0.), METRIC)
+            b_acc += _diff_term(b_x, c, w, o_j, o_d, m_j, m_d, stride_wc, D, b_g, METRIC)
     tl.store(gxn + o_n[:, None] * D + o_d[None, :], 2 * b_acc, mask=m_x)
 
 
@@ -168,19 +186,20 @@ def _bwd_gx_kernel(x, mu, w, pnl, sig, prm, r2, ga, gr, iw, ck, xk, gxn, gx, N, 
                                     HAS_GA, HAS_GR, METRIC)
         b_gf = tl.where(m_near, 0., b_g)
         m_cd = m_c[:, None] & m_d[None, :]
-        b_b = tl.load(pnl + o_c[:, None] * D + o_d[None, :], mask=m_cd, other=0)
+        b_b = _finite_or_zero(tl.load(pnl + o_c[:, None] * D + o_d[None, :], mask=m_cd, other=0))
         b_cross = tl.dot(b_gf, b_b, b_cross, input_precision="tf32x3", out_dtype=tl.float32)
         if METRIC == 2:
-            b_w = tl.load(w + o_c[:, None] * stride_wc + o_d[None, :], mask=m_cd, other=0).to(tl.float32)
+            b_w = _finite_or_zero(tl.load(w + o_c[:, None] * stride_wc + o_d[None, :], mask=m_cd, other=0)
+                                  .to(tl.float32))
             b_gw = tl.dot(b_gf, b_w, b_gw, input_precision="tf32x3", out_dtype=tl.float32)
         else:
             b_rs += tl.sum(b_gf, 1)
     b_x = tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0).to(tl.float32)
-    b_xs = tl.where(m_x, b_x - tl.load(mu + o_d, mask=m_d, other=0).to(tl.float32)[None, :], 0.)
+    b_xs = _finite_or_zero(tl.where(m_x, b_x - tl.load(mu + o_d, mask=m_d, other=0).to(tl.float32)[None, :], 0.))
     if METRIC == 2:
         b_gx = b_xs * b_gw
     elif METRIC == 1:
-        b_gx = tl.load(w + o_d, mask=m_d, other=0).to(tl.float32)[None, :] * (b_xs * b_rs[:, None])
+        b_gx = _finite_or_zero(tl.load(w + o_d, mask=m_d, other=0).to(tl.float32))[None, :] * (b_xs * b_rs[:, None])
     else:
         b_gx = b_xs * b_rs[:, None]
     b_gx = 2 * b_gx + b_cross + tl.load(gxn + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0)
@@ -188,9 +207,10 @@ def _bwd_gx_kernel(x, mu, w, pnl, sig, prm, r2, ga, gr, iw, ck, xk, gxn, gx, N, 
 
 
 @triton.jit
-def _diff_term(b_x, c, w, o_j, o_d, m_d, stride_wc, D, b_g, METRIC: tl.constexpr):
-    """G_n w_j (x_n - c_j) for one centre j = o_j[n] per row (zero where G is)."""
-    m = (b_g != 0)[:, None] & m_d[None, :]
+def _diff_term(b_x, c, w, o_j, o_d, m_p, m_d, stride_wc, D, b_g, METRIC: tl.constexpr):
+    """G_n w_j (x_n - c_j) for one centre j = o_j[n] per row where m_p (0 elsewhere; where m_p holds,
+    even a zero G times a non-finite difference, as the difference form gives)."""
+    m = m_p[:, None] & m_d[None, :]
     b_c = tl.load(c + o_j[:, None] * D + o_d[None, :], mask=m, other=0).to(tl.float32)
     b_t = tl.where(m, b_x - b_c, 0.)
     if METRIC == 2:
@@ -224,14 +244,14 @@ def _bwd_c_kernel(x, c, mu, sig, prm, r2, ga, gr, iw, ck, xk, s_out, t_out, gs_o
         b_sig += tl.sum(b_gs, 0)
         b_gf = tl.trans(tl.where(m_near, 0., b_g))
         m_x = m_n[:, None] & m_d[None, :]
-        b_xs = tl.where(m_x, tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0).to(tl.float32)
-                        - b_mu[None, :], 0.)
+        b_xs = _finite_or_zero(tl.where(m_x, tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0)
+                                        .to(tl.float32) - b_mu[None, :], 0.))
         b_S = tl.dot(b_gf, b_xs, b_S, input_precision="tf32x3", out_dtype=tl.float32)
         if NEED_T:
-            b_T = tl.dot(b_gf, b_xs * b_xs, b_T, input_precision="tf32x3", out_dtype=tl.float32)
+            b_T = tl.dot(b_gf, _finite_or_zero(b_xs * b_xs), b_T, input_precision="tf32x3", out_dtype=tl.float32)
         b_col += tl.sum(b_gf, 1)
-    b_cs = tl.where(m_cd, tl.load(c + o_c[:, None] * D + o_d[None, :], mask=m_cd, other=0).to(tl.float32)
-                    - b_mu[None, :], 0.)
+    b_cs = _finite_or_zero(tl.where(m_cd, tl.load(c + o_c[:, None] * D + o_d[None, :], mask=m_cd, other=0)
+                                    .to(tl.float32) - b_mu[None, :], 0.))
     b_cc = b_cs * b_col[:, None]
     o_cd = (i_s.to(tl.int64) * C + o_c[:, None]) * D + o_d[None, :]
     tl.store(s_out + o_cd, b_S - b_cc, mask=m_cd)
@@ -271,8 +291,9 @@ def _bwd_near_c_kernel(x, c, sig, prm, r2, ga, gr, iw, ck, xk, perm, offs, ovf_r
         b_g, b_gs, m_near = _g_pairs(sig, prm, r2, ga, gr, iw, ck, o_n, o_j, m_e, b_xk, C, kind,
                                      HAS_GA, HAS_GR, METRIC)
         # a listed pair is near by construction; an overflow row counts where it is near j
-        b_g = tl.where(m_l | m_near, b_g, 0.)
-        m = (b_g != 0)[:, None] & m_d[None, :]
+        m_p = m_l | m_near
+        b_g = tl.where(m_p, b_g, 0.)
+        m = m_p[:, None] & m_d[None, :]
         b_t = tl.where(m, tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m, other=0).to(tl.float32)
                        - b_c[None, :], 0.)
         b_gt = b_g[:, None] * b_t
@@ -296,7 +317,8 @@ _GATHER_OPTS = {"num_warps": 4, "num_stages": 1, "maxnreg": 128}
 
 def pick_blocks(N, C, D, kernel):
     """Tiles, small for small shapes (the interpreter), at least 16 where tl.dot reads them. The
-    GEMM kernels' tiles: the largest that the aot report shows without spills; to be tuned on the
+    GEMM kernels' tiles: the largest for which the aot report shows no spills on sm_90 under
+    triton 3.6 and 3.8 (3.9 puts 8 B in the stack of one bfloat16 variant); to be tuned on the
     device."""
     n, c, d = _np2(N), _np2(C), _np2(D)
     if kernel == "prep":
@@ -353,8 +375,10 @@ def backward(p_ga, p_gr, flags, x, centers, diag, sigma, r2, kid, prm, gx, need_
     nidx = torch.empty(N * SLOTS, dtype=torch.int32, device=dev)
     ncnt = torch.empty(N, dtype=torch.int32, device=dev)
     blk, opts = pick_blocks(N, C, D, "prep")
-    launch(_bwd_prep_kernel)[(triton.cdiv(N, blk["BN"]),)](
-        x, mu, w, r2, iw, ck, xk, nidx, ncnt, N, C, D, KAPPA, METRIC=metric, K=SLOTS, **blk, **opts)
+    launch(_bwd_rownorm_kernel)[(triton.cdiv(N, blk["BN"]),)](x, mu, w, xk, N, D, KAPPA, METRIC=metric,
+                                                             BN=blk["BN"], BD=blk["BD"], **opts)
+    launch(_bwd_prep_kernel)[(triton.cdiv(N, blk["BN"]),)](r2, iw, ck, xk, nidx, ncnt, N, C, METRIC=metric, K=SLOTS,
+                                                          BN=blk["BN"], BC=blk["BC"], **opts)
     if COUNTS is not None:
         COUNTS.append(ncnt.clone())
     if gx is not None:
@@ -417,7 +441,7 @@ def _centre_grads(p_ga, p_gr, flags, x, centers, diag, sigma, r2, kid, prm, mu, 
 
 
 def aot_specs():
-    """(name, kernel, signature, constexprs, options) of the five kernels for every metric, in
+    """(name, kernel, signature, constexprs, options) of the six kernels for every metric, in
     float32 and bfloat16, with the tiles of the issue's large shapes."""
     ce, i32, f = "constexpr", "i32", "fp32"
     grads = dict(HAS_GA=True, HAS_GR=True)
@@ -426,10 +450,13 @@ def aot_specs():
         p = "*" + dt
         for metric in (0, 1, 2):
             blk, opts = pick_blocks(1 << 16, 4096, 128, "prep")
-            s = dict(x=p, mu="*fp64", w=p, r2=p, iw="*fp32", ck="*fp32", xk="*fp32", nidx="*i32", ncnt="*i32",
-                     N=i32, C=i32, D=i32, kappa=f, METRIC=ce, K=ce, BN=ce, BC=ce, BD=ce)
+            s = dict(x=p, mu="*fp64", w=p, xk="*fp32", N=i32, D=i32, kappa=f, METRIC=ce, BN=ce, BD=ce)
+            specs.append((f"rbf_gemm_bwd_rownorm_m{metric}_{dt}", _bwd_rownorm_kernel, s,
+                          dict(METRIC=metric, BN=blk["BN"], BD=blk["BD"]), opts))
+            s = dict(r2=p, iw="*fp32", ck="*fp32", xk="*fp32", nidx="*i32", ncnt="*i32", N=i32, C=i32,
+                     METRIC=ce, K=ce, BN=ce, BC=ce)
             specs.append((f"rbf_gemm_bwd_prep_m{metric}_{dt}", _bwd_prep_kernel, s,
-                          dict(METRIC=metric, K=SLOTS, **blk), opts))
+                          dict(METRIC=metric, K=SLOTS, BN=blk["BN"], BC=blk["BC"]), opts))
             near = dict(iw="*fp32", ck="*fp32", xk="*fp32")
             blk, opts = pick_blocks(1 << 16, 4096, 128, "near_x")
             s = dict(x=p, c=p, w=p, sig=p, prm="*fp32", r2=p, ga=p, gr=p, **near, nidx="*i32", ncnt="*i32",
