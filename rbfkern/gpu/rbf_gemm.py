@@ -56,6 +56,15 @@ def choose_path(x, centers, tril, direction="fwd") -> str:
 
 
 @triton.jit
+def _shifted(p, mu, o_r, o_d, m_r, m_d, D):
+    """Rows o_r, features o_d of a row-major [*, D] tensor at p, in float32, less mu: v' = v - mu
+    (0 outside the masks). The forward and the backward shift x and c by the same mu this way."""
+    m = m_r[:, None] & m_d[None, :]
+    b_v = tl.load(p + o_r[:, None] * D + o_d[None, :], mask=m, other=0).to(tl.float32)
+    return tl.where(m, b_v - tl.load(mu + o_d, mask=m_d, other=0).to(tl.float32)[None, :], 0.)
+
+
+@triton.jit
 def _rbf_gemm_panel_kernel(c, w, mu, pnl, cn, gam, cnt, C, D, stride_wc, zeta, abs_l1, abs_const,
                            METRIC: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr):
     # METRIC: 0 none, 1 shared diag, 2 per-centre diag
@@ -68,9 +77,7 @@ def _rbf_gemm_panel_kernel(c, w, mu, pnl, cn, gam, cnt, C, D, stride_wc, zeta, a
         o_d = i_d + tl.arange(0, BD)
         m_d = o_d < D
         m_cd = m_c[:, None] & m_d[None, :]
-        b_c = tl.load(c + o_c[:, None] * D + o_d[None, :], mask=m_cd, other=0).to(tl.float32)
-        b_mu = tl.load(mu + o_d, mask=m_d, other=0).to(tl.float32)
-        b_cs = tl.where(m_cd, b_c - b_mu[None, :], 0.)
+        b_cs = _shifted(c, mu, o_c, o_d, m_c, m_d, D)
         if METRIC == 0:
             b_b = -2 * b_cs
             b_cn += tl.sum(b_cs.to(tl.float64) * b_cs.to(tl.float64), 1)
@@ -104,11 +111,8 @@ def _rbf_gemm_fwd_kernel(x, mu, pnl, w, cn, gam, sig, prm, r2, act, lst, cnt, hd
     for i_k in range(0, D, BK):
         o_k = i_k + tl.arange(0, BK)
         m_k = o_k < D
-        m_x = m_n[:, None] & m_k[None, :]
         m_b = m_c[:, None] & m_k[None, :]
-        b_x = tl.load(x + o_n[:, None] * D + o_k[None, :], mask=m_x, other=0).to(tl.float32)
-        b_mu = tl.load(mu + o_k, mask=m_k, other=0).to(tl.float32)
-        b_xs = tl.where(m_x, b_x - b_mu[None, :], 0.)
+        b_xs = _shifted(x, mu, o_n, o_k, m_n, m_k, D)
         b_b = tl.load(pnl + o_c[:, None] * D + o_k[None, :], mask=m_b, other=0)
         b_s = tl.dot(b_xs, tl.trans(b_b), b_s, input_precision="tf32x3", out_dtype=tl.float32)
         b_sq = b_xs * b_xs

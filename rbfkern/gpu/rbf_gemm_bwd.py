@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ._launch import launch
 from .rbf import _load_g, _n_split, _np2, _row_col_block, _split_block
-from .rbf_gemm import _rbf_gemm_panel_kernel
+from .rbf_gemm import _rbf_gemm_panel_kernel, _shifted
 
 # Pairs with r2 < KAPPA (X_n + C_j) are near.
 KAPPA = 0.25
@@ -78,10 +78,7 @@ def _bwd_rownorm_kernel(x, mu, w, xk, N, D, kappa, METRIC: tl.constexpr, BN: tl.
     for i_d in range(0, D, BD):
         o_d = i_d + tl.arange(0, BD)
         m_d = o_d < D
-        m_x = m_n[:, None] & m_d[None, :]
-        b_mu = tl.load(mu + o_d, mask=m_d, other=0).to(tl.float32)
-        b_xs = tl.where(m_x, tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0).to(tl.float32)
-                        - b_mu[None, :], 0.)
+        b_xs = _shifted(x, mu, o_n, o_d, m_n, m_d, D)
         b_sq = b_xs * b_xs
         if METRIC == 1:
             b_sq = b_sq * tl.load(w + o_d, mask=m_d, other=0).to(tl.float32)[None, :]
@@ -194,8 +191,7 @@ def _bwd_gx_kernel(x, mu, w, pnl, sig, prm, r2, ga, gr, iw, ck, xk, gxn, gx, N, 
             b_gw = tl.dot(b_gf, b_w, b_gw, input_precision="tf32x3", out_dtype=tl.float32)
         else:
             b_rs += tl.sum(b_gf, 1)
-    b_x = tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0).to(tl.float32)
-    b_xs = _finite_or_zero(tl.where(m_x, b_x - tl.load(mu + o_d, mask=m_d, other=0).to(tl.float32)[None, :], 0.))
+    b_xs = _finite_or_zero(_shifted(x, mu, o_n, o_d, m_n, m_d, D))
     if METRIC == 2:
         b_gx = b_xs * b_gw
     elif METRIC == 1:
@@ -228,7 +224,6 @@ def _bwd_c_kernel(x, c, mu, sig, prm, r2, ga, gr, iw, ck, xk, s_out, t_out, gs_o
     # gsig over every pair (written by the i_d == 0 programs)
     i_s, i_d, o_c, o_d, m_c, m_d = _split_block(C, D, n_split, tl.cdiv(D, BD), BC, BD)
     m_cd = m_c[:, None] & m_d[None, :]
-    b_mu = tl.load(mu + o_d, mask=m_d, other=0).to(tl.float32)
     b_S = tl.zeros([BC, BD], dtype=tl.float32)
     b_T = tl.zeros([BC, BD], dtype=tl.float32)
     b_col = tl.zeros([BC], dtype=tl.float32)
@@ -243,15 +238,12 @@ def _bwd_c_kernel(x, c, mu, sig, prm, r2, ga, gr, iw, ck, xk, s_out, t_out, gs_o
                                     HAS_GA, HAS_GR, METRIC)
         b_sig += tl.sum(b_gs, 0)
         b_gf = tl.trans(tl.where(m_near, 0., b_g))
-        m_x = m_n[:, None] & m_d[None, :]
-        b_xs = _finite_or_zero(tl.where(m_x, tl.load(x + o_n[:, None] * D + o_d[None, :], mask=m_x, other=0)
-                                        .to(tl.float32) - b_mu[None, :], 0.))
+        b_xs = _finite_or_zero(_shifted(x, mu, o_n, o_d, m_n, m_d, D))
         b_S = tl.dot(b_gf, b_xs, b_S, input_precision="tf32x3", out_dtype=tl.float32)
         if NEED_T:
             b_T = tl.dot(b_gf, _finite_or_zero(b_xs * b_xs), b_T, input_precision="tf32x3", out_dtype=tl.float32)
         b_col += tl.sum(b_gf, 1)
-    b_cs = _finite_or_zero(tl.where(m_cd, tl.load(c + o_c[:, None] * D + o_d[None, :], mask=m_cd, other=0)
-                                    .to(tl.float32) - b_mu[None, :], 0.))
+    b_cs = _finite_or_zero(_shifted(c, mu, o_c, o_d, m_c, m_d, D))
     b_cc = b_cs * b_col[:, None]
     o_cd = (i_s.to(tl.int64) * C + o_c[:, None]) * D + o_d[None, :]
     tl.store(s_out + o_cd, b_S - b_cc, mask=m_cd)
