@@ -608,6 +608,41 @@ def saved_bytes(fn, exclude=()):
     return sum(seen.values())
 
 
+def _grad_y(layout, shape):
+    """A gradient of ``shape`` in one of the layouts autograd may hand a backward."""
+    g = torch.Generator().manual_seed(8)
+    if layout == "expanded":  # after y.sum(): one element, stride 0
+        return torch.tensor(0.7).expand(shape)
+    if layout == "strided":  # every other column of a wider map
+        return torch.randn(*shape[:-1], 2 * shape[-1], generator=g)[..., ::2]
+    return torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS + [CUDA], indirect=True)
+@pytest.mark.parametrize("linear,layout", [(False, "expanded"), (False, "strided"), (False, "channels_last"),
+                                           (True, "expanded"), (True, "strided")])
+def test_grad_y_in_any_layout(backend, linear, layout):
+    # The Triton kernels once indexed grad y as a dense map, reading past the one element of the
+    # stride-0 gradient of y.sum(); every backend must take it by its strides.
+    dev = device_of(backend)
+    g = torch.Generator().manual_seed(9)
+    if linear:
+        x, w = torch.randn(3, 4, generator=g), torch.randn(6, 4, generator=g)
+        fn, ref = (lambda a, c: bcos_linear(a, c, max_out=2)), (lambda a, c: reference.bcos_linear(a, c, 2.0, 2))
+    else:
+        x, w = torch.randn(2, 4, 5, 5, generator=g), torch.randn(6, 4, 3, 3, generator=g)
+        fn = lambda a, c: bcos_conv2d(a, c, max_out=2, padding=1)  # noqa: E731
+        ref = lambda a, c: reference.bcos_conv2d(a, c, 2.0, 2, (1, 1), (1, 1), (1, 1), 1, False)  # noqa: E731
+    xd, wd = x.to(dev).requires_grad_(), w.to(dev).requires_grad_()
+    y = fn(xd, wd)
+    gy = _grad_y(layout, tuple(y.shape))
+    got = torch.autograd.grad(y, (xd, wd), gy.to(dev))
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    want = torch.autograd.grad(ref(x64, w64), (x64, w64), gy.double())
+    for a, c, what in zip(got, want, ("grad x", "grad w")):
+        assert_close_to_ref(a, c, torch.float32, what=what, kind="reduction")
+
+
 @needs_official
 @pytest.mark.parametrize("backend", ["cpp", CUDA], indirect=True)
 def test_saved_for_backward_is_a_third_of_official(backend):

@@ -554,6 +554,9 @@ def forward(geo, b, x, weight, save):
 
 def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
     """(gx | None, gw | None) by ``needs``."""
+    # the kernels index gy as a dense (N, O, P) map; autograd may hand an expanded (stride-0, after
+    # a sum) or a channels-last gradient
+    gy = gy.contiguous()
     if _fused(geo, x.dtype):
         return _fused_backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs)
     return _backward_unfused(geo, b, gy, x, weight, lmax, idx, root, explain, needs)
