@@ -118,6 +118,12 @@ class BcosGeometry:
                 self.sh, self.sw, self.ph, self.pw, self.dh, self.dw]
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Whether a 4-D tensor is stored channels-last (NHWC) rather than contiguous; a tensor that is
+    both (C == 1, or H = W = 1) counts as contiguous. The op's outputs follow this, as conv2d's do."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def weight_norm(weight: Tensor) -> Tensor:
     """||W_row|| (no eps, as bcos), one per filter, shaped to broadcast against the weight."""
     dims = tuple(range(1, weight.dim()))

@@ -26,14 +26,14 @@ CASES = [
     ("rbf_backward", "'gx'", lambda c: c.rbf_backward(_z(3, 2), None, _z(3, 3), _z(2, 3), None, 0, False, _z(2),
                                                        _z(3, 2), 1, 0.5, _z(3, 2), None, None, None, 1)),
     ("bcos_forward", "'l'", lambda c: c.bcos_forward(G, 2.0, 1e-6, 1e-6, _z(1, 2, 4, 4), _z(1, 3, 15), _z(3),
-                                                      _z(1, 3, 16), None, None, None, False, 1)),
+                                                      _z(1, 3, 16), None, None, None, False, False, 1)),
     ("bcos_forward", "'idx'", lambda c: c.bcos_forward(G, 2.0, 1e-6, 1e-6, _z(1, 2, 4, 4), _z(1, 3, 16), _z(3),
                                                         _z(1, 3, 16), _z(1, 3, 16), _z(1, 3, 16), _z(1, 1, 16),
-                                                        True, 1)),
+                                                        True, False, 1)),
     ("bcos_forward", "geometry", lambda c: c.bcos_forward(G[:5], 2.0, 1e-6, 1e-6, _z(1, 2, 4, 4), _z(1, 3, 16),
-                                                           _z(3), _z(1, 3, 16), None, None, None, False, 1)),
+                                                           _z(3), _z(1, 3, 16), None, None, None, False, False, 1)),
     ("bcos_backward_norm", "'grad_x'", lambda c: c.bcos_backward_norm(G, _z(1, 2, 4, 4), _z(1, 1, 16),
-                                                                       _z(1, 2, 4, 4), _z(1, 2, 4, 3), 1)),
+                                                                       _z(1, 2, 4, 4), _z(1, 2, 4, 3), False, 1)),
     ("bcos_weight", "'out'", lambda c: c.bcos_weight(_z(3, 4) + 1, None, _z(2))),
     ("gauss_deriv2d_forward", "'alpha'", lambda c: c.gauss_deriv2d_forward(_z(1, 1, 8, 8, dtype=np.float64), _z(2, 3),
                                                                             _z(1, 2, 3, dtype=np.float64), _pq(), 1, 1,
@@ -60,7 +60,8 @@ def test_bad_buffer_is_a_value_error_naming_it(fn, arg, call):
 def test_good_buffers_pass_the_checks():
     c = _backend.cext()
     y = _z(1, 3, 16)
-    c.bcos_forward(G, 2.0, 1e-6, 1e-6, _z(1, 2, 4, 4) + 1, _z(1, 3, 16) + 1, _z(3) + 1, y, None, None, None, False, 1)
+    c.bcos_forward(G, 2.0, 1e-6, 1e-6, _z(1, 2, 4, 4) + 1, _z(1, 3, 16) + 1, _z(3) + 1, y, None, None, None, False, False,
+                   1)
     assert np.isfinite(y).all() and (y != 0).all()
     out = _z(1, 2, 8, 8) - 1
     c.gauss_deriv2d_forward(_z(1, 1, 8, 8), _z(2, 3), _z(1, 2, 3), _pq(), 1, 1, out, 1)

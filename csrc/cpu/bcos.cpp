@@ -22,8 +22,8 @@ namespace cpu {
 
 template <class T>
 void bcos_forward(const BcosGeom& g, double b, double eps_in, double eps_out, const T* x, const T* l,
-                  const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nthreads) {
-  RBFKERN_PICK_ISA(bcos, fwd<T>)(g, b, eps_in, eps_out, x, l, ws, y, lmax, idx, root, save, nthreads);
+                  const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, bool nhwc, int nthreads) {
+  RBFKERN_PICK_ISA(bcos, fwd<T>)(g, b, eps_in, eps_out, x, l, ws, y, lmax, idx, root, save, nhwc, nthreads);
 }
 
 template <class T>
@@ -37,14 +37,18 @@ bool bcos_forward_direct(const BcosGeom& g, double b, double eps_in, double eps_
 template <class T>
 void bcos_backward_epilogue(const BcosGeom& g, double b, double eps_out, const T* gy, const T* lmax,
                             const uint8_t* idx, const T* root, const T* ws, T* gl, T* q, bool explain,
-                            bool need_q, int nthreads) {
-  RBFKERN_PICK_ISA(bcos, bwd_epilogue<T>)(g, b, eps_out, gy, lmax, idx, root, ws, gl, q, explain, need_q,
+                            bool need_q, bool nhwc, int nthreads) {
+  RBFKERN_PICK_ISA(bcos, bwd_epilogue<T>)(g, b, eps_out, gy, lmax, idx, root, ws, gl, q, explain, need_q, nhwc,
                                           nthreads);
 }
 
 template <class T>
-void bcos_backward_norm(const BcosGeom& g, const T* x, const T* q, const T* gsrc, T* gx, int nthreads) {
-  RBFKERN_PICK_ISA(bcos, bwd_norm<T>)(g, x, q, gsrc, gx, nthreads);
+void bcos_backward_norm(const BcosGeom& g, const T* x, const T* q, const T* gsrc, T* gx, bool nhwc, int nthreads) {
+  if (nhwc) {
+    RBFKERN_PICK_ISA(bcos, bwd_norm_nhwc<T>)(g, x, q, gsrc, gx, nthreads);
+  } else {
+    RBFKERN_PICK_ISA(bcos, bwd_norm<T>)(g, x, q, gsrc, gx, nthreads);
+  }
 }
 
 template <class T>
@@ -64,12 +68,12 @@ void bcos_weight_grad_deterministic(const BcosGeom& g, const T* gl, const T* x, 
 
 #define RBFKERN_BCOS_INSTANTIATE(T)                                                                      \
   template void bcos_forward<T>(const BcosGeom&, double, double, double, const T*, const T*, const T*, T*, \
-                                T*, uint8_t*, T*, bool, int);                                             \
+                                T*, uint8_t*, T*, bool, bool, int);                                       \
   template bool bcos_forward_direct<T>(const BcosGeom&, double, double, double, const T*, const T*,      \
                                        const T*, T*, T*, uint8_t*, T*, bool, int64_t, int);              \
   template void bcos_backward_epilogue<T>(const BcosGeom&, double, double, const T*, const T*,           \
-                                          const uint8_t*, const T*, const T*, T*, T*, bool, bool, int);  \
-  template void bcos_backward_norm<T>(const BcosGeom&, const T*, const T*, const T*, T*, int);           \
+                                          const uint8_t*, const T*, const T*, T*, T*, bool, bool, bool, int); \
+  template void bcos_backward_norm<T>(const BcosGeom&, const T*, const T*, const T*, T*, bool, int);     \
   template void bcos_weight_scale<T>(const T*, T*, int64_t, int64_t);                                    \
   template void bcos_weight_grad<T>(const T*, const T*, T*, int64_t, int64_t);                           \
   template void bcos_weight_grad_deterministic<T>(const BcosGeom&, const T*, const T*, T*, int);

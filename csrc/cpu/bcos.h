@@ -5,6 +5,8 @@
 // Layouts, all contiguous: x [N, C, H, W]; raw linear output l [N, O*M, P] with P = Ho*Wo;
 // y, lmax [N, O, P]; idx uint8 [N, O, P]; root, q [N, G, P]; the weight [O*M, C/G, kh, kw];
 // ws [O*M]. A linear layer is the case H = W = Ho = Wo = 1 with a 1x1 window and G = 1.
+// Channels last (nhwc = true, the epilogues around oneDNN): x, gx [N, H, W, C]; l, gl [N, P, O*M];
+// y, lmax, idx, gy [N, P, O]; root, q [N, P, G] (bcos_nhwc.h).
 //
 // The convolution / GEMM runs with the raw weight W; ws[c] = 1 / ||W_c|| scales its output
 // channel c here, so l-hat = ws * l is the output of the unit-norm filters (no W-hat tensor).
@@ -40,7 +42,7 @@ struct BcosGeom {
 // Forward epilogue over the raw map l: y, and (save) lmax / idx, and root unless b == 1.
 template <class T>
 void bcos_forward(const BcosGeom& g, double b, double eps_in, double eps_out, const T* x, const T* l,
-                  const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nthreads);
+                  const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, bool nhwc, int nthreads);
 
 // The same from x and the raw weight as one direct convolution, input planes in chunks of at most
 // chunk_bytes when padded. false (nothing written): column stride > 1 or M > 3.
@@ -53,11 +55,11 @@ bool bcos_forward_direct(const BcosGeom& g, double b, double eps_in, double eps_
 template <class T>
 void bcos_backward_epilogue(const BcosGeom& g, double b, double eps_out, const T* gy, const T* lmax,
                             const uint8_t* idx, const T* root, const T* ws, T* gl, T* q, bool explain,
-                            bool need_q, int nthreads);
+                            bool need_q, bool nhwc, int nthreads);
 
 // gx = gsrc + x * box-sum^T(q) (gsrc may be gx).
 template <class T>
-void bcos_backward_norm(const BcosGeom& g, const T* x, const T* q, const T* gsrc, T* gx, int nthreads);
+void bcos_backward_norm(const BcosGeom& g, const T* x, const T* q, const T* gsrc, T* gx, bool nhwc, int nthreads);
 
 // ws (R,) = 1 / ||w row|| of the weight w (R, K).
 template <class T>

@@ -76,13 +76,13 @@ Fwd check_forward(Args& a, const std::vector<int64_t>& gv, double b, py::handle 
 }
 
 void forward(const std::vector<int64_t>& gv, double b, double ei, double eo, py::array x, py::array l, py::array ws,
-             py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
+             py::array y, py::object lmax, py::object idx, py::object root, bool save, bool nhwc, int nt) {
   Args a("bcos_forward");
   const Fwd f = check_forward(a, gv, b, x, l, false, ws, y, lmax, idx, root, save);
   a.by_dtype([&](auto t) {
     const auto p = f.ptrs<decltype(t)>();
     py::gil_scoped_release nogil;
-    cpu::bcos_forward(f.s.g, b, ei, eo, p.x, p.src, p.ws, p.y, p.lmax, p.idx, p.root, save, nt);
+    cpu::bcos_forward(f.s.g, b, ei, eo, p.x, p.src, p.ws, p.y, p.lmax, p.idx, p.root, save, nhwc, nt);
   });
 }
 
@@ -104,7 +104,7 @@ bool forward_direct(const std::vector<int64_t>& gv, double b, double ei, double 
 
 void backward_epilogue(const std::vector<int64_t>& gv, double b, double eo, py::array gy, py::array lmax,
                        py::array idx, py::object root, py::array ws, py::array gl, py::object q, bool explain,
-                       int nt) {
+                       bool nhwc, int nt) {
   Args a("bcos_backward_epilogue");
   const Geo s = geometry(a, gv);
   a.floats_n(gy, "grad_y", s.out);
@@ -121,11 +121,13 @@ void backward_epilogue(const std::vector<int64_t>& gv, double b, double eo, py::
     const uint8_t* ip = cptr<uint8_t>(idx);
     T *glp = mptr<T>(gl), *qp = mptr<T>(qo);
     py::gil_scoped_release nogil;
-    cpu::bcos_backward_epilogue<T>(s.g, b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nt);
+    cpu::bcos_backward_epilogue<T>(s.g, b, eo, gyp, mp, ip, rp, wsp, glp, qp, explain, qp != nullptr, nhwc,
+                                   nt);
   });
 }
 
-void backward_norm(const std::vector<int64_t>& gv, py::array x, py::array q, py::array gsrc, py::array gx, int nt) {
+void backward_norm(const std::vector<int64_t>& gv, py::array x, py::array q, py::array gsrc, py::array gx, bool nhwc,
+                   int nt) {
   Args a("bcos_backward_norm");
   const Geo s = geometry(a, gv);
   a.floats_n(x, "x", s.x);
@@ -137,7 +139,7 @@ void backward_norm(const std::vector<int64_t>& gv, py::array x, py::array q, py:
     const T *xp = cptr<T>(x), *qp = cptr<T>(q), *sp = cptr<T>(gsrc);
     T* gp = mptr<T>(gx);
     py::gil_scoped_release nogil;
-    cpu::bcos_backward_norm<T>(s.g, xp, qp, sp, gp, nt);
+    cpu::bcos_backward_norm<T>(s.g, xp, qp, sp, gp, nhwc, nt);
   });
 }
 
@@ -176,7 +178,8 @@ void weight_grad_deterministic(const std::vector<int64_t>& gv, py::array gl, py:
 
 void bind_bcos(py::module_& m) {
   m.def("bcos_forward", &forward,
-        "B-cos epilogue forward: weight scale + MaxOut + patch norm + power (y, and lmax/idx/root when save)");
+        "B-cos epilogue forward: weight scale + MaxOut + patch norm + power (y, and lmax/idx/root when save); "
+        "nhwc: channels-last buffers (csrc/cpu/bcos.h)");
   m.def("bcos_forward_direct", &forward_direct,
         "B-cos conv forward as one direct convolution with the fused epilogue (column stride 1, max_out <= 3), "
         "planes in chunks of at most chunk_bytes of padded input; False where it does not apply");

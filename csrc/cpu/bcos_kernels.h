@@ -14,19 +14,12 @@ inline void tap_range(int64_t off, int64_t st, int64_t len, int64_t n_out, int64
   *hi = off > len - 1 ? 0 : std::min(n_out, (len - 1 - off) / st + 1);
 }
 
-// One (n, g) plane of the patch norm, separable: s = channel sums of squares (H x W), hs = window
-// sums along each input row (H x Wo), then the window sums down the columns. Writes
-// root = sqrt(sum + eps_in) and rinv = 1 / (root + eps_out) (the scale the epilogue multiplies by).
-// Scratch: s (H*W), hs (H*Wo).
+// The patch norm's window sums of one (n, g) plane s of channel sums of squares (H x W),
+// separably: hs = window sums along each input row (H x Wo scratch), then down the columns into
+// root = sqrt(sum + eps_in) (Ho x Wo).
 template <typename T>
-void patch_root_plane(const Geom& g, const T* x_ng, T* __restrict s, T* __restrict hs, T* __restrict root,
-                      T* __restrict rinv, double eps_in, T eo) {
-  const int64_t HW = g.H * g.W, Cg = g.C / g.G, Wo = g.Wo;
-  for (int64_t i = 0; i < HW; ++i) s[i] = T(0);
-  for (int64_t c = 0; c < Cg; ++c) {
-    const T* __restrict xr = x_ng + c * HW;
-    for (int64_t i = 0; i < HW; ++i) s[i] += xr[i] * xr[i];
-  }
+void window_root(const Geom& g, const T* __restrict s, T* __restrict hs, T* __restrict root, double eps_in) {
+  const int64_t Wo = g.Wo;
   for (int64_t h = 0; h < g.H; ++h) {
     const T* __restrict sr = s + h * g.W;
     T* __restrict hr = hs + h * Wo;
@@ -45,7 +38,6 @@ void patch_root_plane(const Geom& g, const T* x_ng, T* __restrict s, T* __restri
   const T ein = T(eps_in);
   for (int64_t ho = 0; ho < g.Ho; ++ho) {
     T* __restrict rr = root + ho * Wo;
-    T* __restrict ri = rinv + ho * Wo;
     for (int64_t wo = 0; wo < Wo; ++wo) rr[wo] = T(0);
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t hi = ho * g.sh - g.ph + i * g.dh;
@@ -53,38 +45,73 @@ void patch_root_plane(const Geom& g, const T* x_ng, T* __restrict s, T* __restri
       const T* __restrict hr = hs + hi * Wo;
       for (int64_t wo = 0; wo < Wo; ++wo) rr[wo] += hr[wo];
     }
-    for (int64_t wo = 0; wo < Wo; ++wo) {
-      rr[wo] = std::sqrt(rr[wo] + ein);
-      ri[wo] = T(1) / (rr[wo] + eo);
-    }
+    for (int64_t wo = 0; wo < Wo; ++wo) rr[wo] = std::sqrt(rr[wo] + ein);
   }
 }
 
-// One (n, o) row of the forward epilogue: MaxOut over MM (compile time; 0 = runtime M) raw
-// channels, then the power; ri = 1 / (root + eps_out) per pixel. Branch-free so the p loop
-// vectorises.
-template <typename T, int MM, int MODE, bool SAVE>
+// One (n, g) plane of the patch norm from NCHW x: s = channel sums of squares (H x W), then
+// window_root. Writes root and rinv = 1 / (root + eps_out) (the scale the epilogue multiplies
+// by). Scratch: s (H*W), hs (H*Wo).
+template <typename T>
+void patch_root_plane(const Geom& g, const T* x_ng, T* __restrict s, T* __restrict hs, T* __restrict root,
+                      T* __restrict rinv, double eps_in, T eo) {
+  const int64_t HW = g.H * g.W, Cg = g.C / g.G, P = g.P();
+  for (int64_t i = 0; i < HW; ++i) s[i] = T(0);
+  for (int64_t c = 0; c < Cg; ++c) {
+    const T* __restrict xr = x_ng + c * HW;
+    for (int64_t i = 0; i < HW; ++i) s[i] += xr[i] * xr[i];
+  }
+  window_root(g, s, hs, root, eps_in);
+  for (int64_t p = 0; p < P; ++p) rinv[p] = T(1) / (root[p] + eo);
+}
+
+// Where a row's MaxOut units lie. NCHW (PIX false): the row is one output channel over P pixels,
+// unit m of pixel i at lo[m * P + i] with one scale per unit; NHWC (PIX true): the row is one
+// pixel's output channels, the units of channel i interleaved at lo[i * mm + m], one scale per raw
+// channel. scale_m is the hoisted sc[m] of a channel row (unused for a pixel row).
+template <bool PIX, typename T>
+inline T unit_at(const T* __restrict lo, const T* __restrict sc, int64_t i, int64_t m, int64_t mm, int64_t P,
+                 T scale_m) {
+  if constexpr (PIX) {
+    return lo[i * mm + m] * sc[i * mm + m];
+  } else {
+    (void)sc;
+    (void)mm;
+    return lo[m * P + i] * scale_m;
+  }
+}
+
+template <bool PIX>
+inline int64_t unit_index(int64_t i, int64_t m, int64_t mm, int64_t P) {
+  return PIX ? i * mm + m : m * P + i;
+}
+
+// One row of the forward epilogue (P elements: pixels of a channel, or channels of a pixel, see
+// unit_at): MaxOut over MM (compile time; 0 = runtime M) raw channels, then the power; ri =
+// 1 / (root + eps_out) per element. Branch-free so the loop vectorises.
+template <typename T, int MM, int MODE, bool SAVE, bool PIX = false>
 void fwd_row(const T* __restrict lo, const T* __restrict sc, int64_t P, int64_t M, const T* __restrict ri,
              T* __restrict yo, T* __restrict lmo, uint8_t* __restrict io, T pw1, T ce) {
   const int64_t mm = MM > 0 ? MM : M;
-  const T s0 = sc[0], s1 = mm > 1 ? sc[1] : T(0), s2 = mm > 2 ? sc[2] : T(0);
+  // a channel row's scales in registers (read through sc in the loop, GCC reloads them per element)
+  const T s0 = PIX ? T(0) : sc[0], s1 = !PIX && mm > 1 ? sc[1] : T(0), s2 = !PIX && mm > 2 ? sc[2] : T(0);
   int64_t bad = 0;  // power arguments outside the range of bpow::pow_pos (NaN, inf, huge)
   for (int64_t p = 0; p < P; ++p) {
-    T best = lo[p] * s0;
+    T best = unit_at<PIX>(lo, sc, p, 0, mm, P, s0);
     uint8_t bi = 0;
     // MaxOut written out for MM = 2, 3: GCC does not vectorise the p loop around an inner loop.
     if (MM == 2 || MM == 3) {
-      const T v1 = lo[P + p] * s1;
+      const T v1 = unit_at<PIX>(lo, sc, p, 1, mm, P, s1);
       bi = v1 > best ? uint8_t(1) : bi;
       best = v1 > best ? v1 : best;
       if (MM == 3) {
-        const T v2 = lo[2 * P + p] * s2;
+        const T v2 = unit_at<PIX>(lo, sc, p, 2, mm, P, s2);
         bi = v2 > best ? uint8_t(2) : bi;
         best = v2 > best ? v2 : best;
       }
     } else if (MM != 1) {
       for (int64_t m = 1; m < mm; ++m) {
-        const T v = lo[m * P + p] * sc[m];
+        const T v = unit_at<PIX>(lo, sc, p, m, mm, P, PIX ? T(0) : sc[m]);
         const bool gt = v > best;
         best = gt ? v : best;
         bi = gt ? static_cast<uint8_t>(m) : bi;
@@ -106,21 +133,24 @@ void fwd_row(const T* __restrict lo, const T* __restrict sc, int64_t P, int64_t 
   }
   if (MODE == 0 && bad) {  // rare: redo the row with the library pow
     for (int64_t p = 0; p < P; ++p) {
-      T best = lo[p] * s0;
-      for (int64_t m = 1; m < mm; ++m) best = lo[m * P + p] * sc[m] > best ? lo[m * P + p] * sc[m] : best;
+      T best = unit_at<PIX>(lo, sc, p, 0, mm, P, s0);
+      for (int64_t m = 1; m < mm; ++m) {
+        const T v = unit_at<PIX>(lo, sc, p, m, mm, P, PIX ? T(0) : sc[m]);
+        best = v > best ? v : best;
+      }
       yo[p] = std::pow(std::abs(best) * ri[p] + ce, pw1) * best;
     }
   }
 }
 
-template <typename T, int MODE, bool SAVE>
+template <typename T, int MODE, bool SAVE, bool PIX = false>
 void fwd_row_m(const T* lo, const T* sc, int64_t P, int64_t M, const T* ri, T* yo, T* lmo, uint8_t* io, T pw1,
                T ce) {
   switch (M) {
-    case 1: fwd_row<T, 1, MODE, SAVE>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
-    case 2: fwd_row<T, 2, MODE, SAVE>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
-    case 3: fwd_row<T, 3, MODE, SAVE>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
-    default: fwd_row<T, 0, MODE, SAVE>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
+    case 1: fwd_row<T, 1, MODE, SAVE, PIX>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
+    case 2: fwd_row<T, 2, MODE, SAVE, PIX>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
+    case 3: fwd_row<T, 3, MODE, SAVE, PIX>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
+    default: fwd_row<T, 0, MODE, SAVE, PIX>(lo, sc, P, M, ri, yo, lmo, io, pw1, ce); break;
   }
 }
 
@@ -156,36 +186,20 @@ void fwd_all(const Geom& g, double eps_in, const T* x, const T* l, const T* ws, 
   }
 }
 
-template <typename T>
-void fwd(const Geom& g, double b, double eps_in, double eps_out, const T* x, const T* l, const T* ws, T* y,
-         T* lmax, uint8_t* idx, T* root, bool save, int nt) {
-  const T pw1 = T(b - 1.0), eo = T(eps_out), ce = T(kCosEps);
-  const int mode = b == 1.0 ? 1 : (b == 2.0 ? 2 : 0);
-#define RBFKERN_FWD_CASE(MODE)                                                               \
-  if (save) fwd_all<T, MODE, true>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);    \
-  else fwd_all<T, MODE, false>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);
-  if (mode == 1) {
-    RBFKERN_FWD_CASE(1)
-  } else if (mode == 2) {
-    RBFKERN_FWD_CASE(2)
-  } else {
-    RBFKERN_FWD_CASE(0)
-  }
-#undef RBFKERN_FWD_CASE
-}
-
-// One (n, o) row (a chunk of pixels) of the backward epilogue: gl for the MM raw channels (the
-// gradient goes to the argmax only) and the patch-norm gradient accumulated into qa.
-// ri = 1 / (root + eps_out) per pixel. MODE: 1 (B = 1), 2 (B = 2), 0 (other B); QN: accumulate
-// the norm gradient.
-template <typename T, int MM, int MODE, bool EXPLAIN, bool QN>
+// One row of the backward epilogue (np elements; the units lie as in fwd_row, PIX: one pixel's
+// channels): gl for the MM raw channels (the gradient goes to the argmax only) and the patch-norm
+// gradient accumulated into qa per element. ri = 1 / (root + eps_out) per element. MODE: 1 (B =
+// 1), 2 (B = 2), 0 (other B); QN: accumulate the norm gradient.
+template <typename T, int MM, int MODE, bool EXPLAIN, bool QN, bool PIX = false>
 void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __restrict io,
              const T* __restrict ri, const T* __restrict sc, T* __restrict glo, T* __restrict qa, int64_t np, int64_t P,
              int64_t M, T p1, T ce) {
   const int64_t mm = MM > 0 ? MM : M;
   // scales in registers: read through sc inside the loop, GCC assumes the gl stores may change
   // them and falls back to a scalar, branchy loop (4.5x slower)
-  const T s0 = sc[0], s1 = mm > 1 ? sc[1] : T(0), s2 = mm > 2 ? sc[2] : T(0);
+  const T s0 = PIX ? T(0) : sc[0], s1 = !PIX && mm > 1 ? sc[1] : T(0), s2 = !PIX && mm > 2 ? sc[2] : T(0);
+  // the scale of unit m of element p (a pixel row has one per raw channel)
+  const auto scale = [&](int64_t p, int64_t m, T hoisted) { return PIX ? sc[p * mm + m] : hoisted; };
   int64_t bad = 0;
   for (int64_t p = 0; p < np; ++p) {
     T gv;
@@ -203,14 +217,17 @@ void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __r
       if (QN) qa[p] -= p1 * lo[p] * s * tq * ri[p] * gyo[p];
     }
     const int im = io[p];
-    if (MM == 1) {
-      glo[p] = gv * s0;
+    if (PIX && MM != 1) {
+      glo[p] = gv;  // spread to the argmax unit after the loop: interleaved stores do not vectorise
+    } else if (MM == 1) {
+      glo[unit_index<PIX>(p, 0, mm, P)] = gv * scale(p, 0, s0);
     } else if (MM == 2 || MM == 3) {  // written out, as in fwd_row
-      glo[p] = im == 0 ? gv * s0 : T(0);
-      glo[P + p] = im == 1 ? gv * s1 : T(0);
-      if (MM == 3) glo[2 * P + p] = im == 2 ? gv * s2 : T(0);
+      glo[unit_index<PIX>(p, 0, mm, P)] = im == 0 ? gv * scale(p, 0, s0) : T(0);
+      glo[unit_index<PIX>(p, 1, mm, P)] = im == 1 ? gv * scale(p, 1, s1) : T(0);
+      if (MM == 3) glo[unit_index<PIX>(p, 2, mm, P)] = im == 2 ? gv * scale(p, 2, s2) : T(0);
     } else {
-      for (int64_t m = 0; m < mm; ++m) glo[m * P + p] = im == m ? gv * sc[m] : T(0);
+      for (int64_t m = 0; m < mm; ++m)
+        glo[unit_index<PIX>(p, m, mm, P)] = im == m ? gv * scale(p, m, PIX ? T(0) : sc[m]) : T(0);
     }
   }
   if (MODE == 0 && bad) {  // rare (t = inf or NaN): the library pow for those pixels' gl; their
@@ -219,19 +236,30 @@ void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __r
       const T s = std::abs(lo[p]) * ri[p], t = s + ce;
       if (!bpow::out_of_range(static_cast<double>(t))) continue;
       const T tq = std::pow(t, p1 - T(1));
-      glo[io[p] * P + p] = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p] * sc[io[p]];
+      const int64_t m = io[p];
+      const T gb = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p];
+      if (PIX && MM != 1) glo[p] = gb;
+      else glo[unit_index<PIX>(p, m, mm, P)] = gb * scale(p, m, PIX ? T(0) : sc[m]);
+    }
+  }
+  if (PIX && MM != 1) {  // in place, last channel first: channel p's units start at p * mm >= p
+    for (int64_t p = np - 1; p >= 0; --p) {
+      const T gv = glo[p];
+      const int64_t im = io[p];
+      for (int64_t m = 0; m < mm; ++m) glo[p * mm + m] = T(0);
+      glo[p * mm + im] = gv * sc[p * mm + im];
     }
   }
 }
 
-template <typename T, int MODE, bool EXPLAIN, bool QN>
+template <typename T, int MODE, bool EXPLAIN, bool QN, bool PIX = false>
 void bwd_row_m(const T* gyo, const T* lo, const uint8_t* io, const T* ri, const T* sc, T* glo, T* qa, int64_t np,
                int64_t P, int64_t M, T p1, T ce) {
   switch (M) {
-    case 1: bwd_row<T, 1, MODE, EXPLAIN, QN>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
-    case 2: bwd_row<T, 2, MODE, EXPLAIN, QN>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
-    case 3: bwd_row<T, 3, MODE, EXPLAIN, QN>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
-    default: bwd_row<T, 0, MODE, EXPLAIN, QN>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
+    case 1: bwd_row<T, 1, MODE, EXPLAIN, QN, PIX>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
+    case 2: bwd_row<T, 2, MODE, EXPLAIN, QN, PIX>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
+    case 3: bwd_row<T, 3, MODE, EXPLAIN, QN, PIX>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
+    default: bwd_row<T, 0, MODE, EXPLAIN, QN, PIX>(gyo, lo, io, ri, sc, glo, qa, np, P, M, p1, ce); break;
   }
 }
 
@@ -277,27 +305,35 @@ void bwd_all(const Geom& g, const T* gy, const T* lmax, const uint8_t* idx, cons
   }
 }
 
+// R (W values) = box-sum^T(q) along input row h: the sum of q over the output pixels whose window
+// covers (h, w), separably: V (Wo) sums the output rows whose window covers row h, then R the
+// columns covering w. q: one (n, g) plane of Ho x Wo values, qs apart (1 for NCHW, G for NHWC).
 template <typename T>
-void bwd_epilogue(const Geom& g, double b, double eps_out, const T* gy, const T* lmax,
-                  const uint8_t* idx, const T* root, const T* ws, T* gl, T* q, bool explain, bool need_q,
-                  int nt) {
-  const int mode = b == 1.0 ? 1 : (b == 2.0 ? 2 : 0);
-  const bool qn = need_q && !explain && mode != 1;
-  T* qq = need_q ? q : nullptr;
-  const T p1 = T(b - 1.0), eo = T(eps_out), ce = T(kCosEps);
-#define RBFKERN_BWD(MODE, EX, QN) bwd_all<T, MODE, EX, QN>(g, gy, lmax, idx, root, ws, gl, qq, p1, eo, ce, nt)
-  if (mode == 1) {
-    RBFKERN_BWD(1, false, false);
-  } else if (mode == 2) {
-    if (explain) RBFKERN_BWD(2, true, false);
-    else if (qn) RBFKERN_BWD(2, false, true);
-    else RBFKERN_BWD(2, false, false);
-  } else {
-    if (explain) RBFKERN_BWD(0, true, false);
-    else if (qn) RBFKERN_BWD(0, false, true);
-    else RBFKERN_BWD(0, false, false);
+void window_sums_t(const Geom& g, const T* qp, int64_t qs, int64_t h, T* __restrict V, T* __restrict R) {
+  for (int64_t wo = 0; wo < g.Wo; ++wo) V[wo] = T(0);
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t a = h + g.ph - i * g.dh;
+    if (a < 0 || a % g.sh != 0 || a / g.sh >= g.Ho) continue;
+    const T* __restrict qr = qp + (a / g.sh) * g.Wo * qs;
+    if (qs == 1) {
+      for (int64_t wo = 0; wo < g.Wo; ++wo) V[wo] += qr[wo];
+    } else {
+      for (int64_t wo = 0; wo < g.Wo; ++wo) V[wo] += qr[wo * qs];
+    }
   }
-#undef RBFKERN_BWD
+  for (int64_t w = 0; w < g.W; ++w) R[w] = T(0);
+  for (int64_t j = 0; j < g.kw; ++j) {
+    const int64_t off = g.pw - j * g.dw;  // covers w from output column (w + off) / sw
+    if (g.sw == 1) {
+      const int64_t lo = std::max<int64_t>(0, -off), hi = std::min(g.W, g.Wo - off);
+      for (int64_t w = lo; w < hi; ++w) R[w] += V[w + off];
+    } else {
+      for (int64_t w = 0; w < g.W; ++w) {
+        const int64_t bb = w + off;
+        if (bb >= 0 && bb % g.sw == 0 && bb / g.sw < g.Wo) R[w] += V[bb / g.sw];
+      }
+    }
+  }
 }
 
 template <typename T>
@@ -310,31 +346,7 @@ void bwd_norm(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int n
     for (int64_t n = 0; n < g.N; ++n) {
       for (int64_t gg = 0; gg < g.G; ++gg) {
         for (int64_t h = 0; h < g.H; ++h) {
-          const T* qp = q + (n * g.G + gg) * P;
-          // R[w] = sum of q over the output pixels whose window covers (h, w), separably: V sums
-          // the output rows whose window covers row h, then R the columns covering w.
-          T* __restrict Vp = V.data();
-          T* __restrict Rw = R.data();
-          for (int64_t wo = 0; wo < g.Wo; ++wo) Vp[wo] = T(0);
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t a = h + g.ph - i * g.dh;
-            if (a < 0 || a % g.sh != 0 || a / g.sh >= g.Ho) continue;
-            const T* __restrict qr = qp + (a / g.sh) * g.Wo;
-            for (int64_t wo = 0; wo < g.Wo; ++wo) Vp[wo] += qr[wo];
-          }
-          for (int64_t w = 0; w < g.W; ++w) Rw[w] = T(0);
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t off = g.pw - j * g.dw;  // covers w from output column (w + off) / sw
-            if (g.sw == 1) {
-              const int64_t lo = std::max<int64_t>(0, -off), hi = std::min(g.W, g.Wo - off);
-              for (int64_t w = lo; w < hi; ++w) Rw[w] += Vp[w + off];
-            } else {
-              for (int64_t w = 0; w < g.W; ++w) {
-                const int64_t bb = w + off;
-                if (bb >= 0 && bb % g.sw == 0 && bb / g.sw < g.Wo) Rw[w] += Vp[bb / g.sw];
-              }
-            }
-          }
+          window_sums_t(g, q + (n * g.G + gg) * P, 1, h, V.data(), R.data());
           const T* __restrict Rp = R.data();
           for (int64_t c = 0; c < Cg; ++c) {
             const int64_t off = ((n * g.C + gg * Cg + c) * g.H + h) * g.W;
@@ -353,19 +365,29 @@ void bwd_norm(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int n
   }
 }
 
-// Sum of squares / dot product of a row with 16 lane accumulators: vectorises (a single
-// accumulator is a serial add chain) and keeps a fixed summation order.
-template <typename T>
-T row_dot(const T* __restrict a, const T* __restrict b, int64_t K) {
+// Sum of a row / dot product of two with 16 lane accumulators: vectorises (a single accumulator
+// is a serial add chain) and keeps a fixed summation order.
+template <typename T, typename Term>
+T lane_reduce(Term term, int64_t K) {
   constexpr int L = 16;
   T acc[L] = {};
   int64_t k = 0;
   for (; k + L <= K; k += L)
-    for (int j = 0; j < L; ++j) acc[j] += a[k + j] * b[k + j];
-  for (int j = 0; k + j < K; ++j) acc[j] += a[k + j] * b[k + j];
+    for (int j = 0; j < L; ++j) acc[j] += term(k + j);
+  for (int j = 0; k + j < K; ++j) acc[j] += term(k + j);
   T s = T(0);
   for (int j = 0; j < L; ++j) s += acc[j];
   return s;
+}
+
+template <typename T>
+T row_dot(const T* __restrict a, const T* __restrict b, int64_t K) {
+  return lane_reduce<T>([&](int64_t k) { return a[k] * b[k]; }, K);
+}
+
+template <typename T>
+T row_sum(const T* __restrict a, int64_t K) {
+  return lane_reduce<T>([&](int64_t k) { return a[k]; }, K);
 }
 
 // Weight scales ws = 1 / ||W||_row, and the weight gradient gW = g - W <g, W> / <W, W> given
@@ -390,4 +412,51 @@ void weight_grad(const T* w, const T* g, T* gw, int64_t R, int64_t K) {
 
 #include "cpu/bcos_direct.h"  // NOLINT(build/include): part of the kernel section
 #include "cpu/bcos_wgrad_det.h"  // NOLINT(build/include)
+#include "cpu/bcos_nhwc.h"  // NOLINT(build/include)
 
+// The entry points of the epilogues: the compile-time case of b (MODE 1: B = 1, 2: B = 2, 0:
+// other B), save / explain / the norm gradient, and the layout (NCHW or channels-last).
+template <int V>
+using int_c = std::integral_constant<int, V>;
+
+template <typename Run>
+void with_mode(double b, Run&& run) {
+  if (b == 1.0) run(int_c<1>{});
+  else if (b == 2.0) run(int_c<2>{});
+  else run(int_c<0>{});
+}
+
+template <typename T>
+void fwd(const Geom& g, double b, double eps_in, double eps_out, const T* x, const T* l, const T* ws, T* y,
+         T* lmax, uint8_t* idx, T* root, bool save, bool nhwc, int nt) {
+  const T pw1 = T(b - 1.0), eo = T(eps_out), ce = T(kCosEps);
+  with_mode(b, [&](auto mode) {
+    constexpr int MODE = decltype(mode)::value;
+    const auto run = [&](auto sv) {
+      constexpr bool SAVE = decltype(sv)::value;
+      if (nhwc) fwd_nhwc_all<T, MODE, SAVE>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);
+      else fwd_all<T, MODE, SAVE>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);
+    };
+    if (save) run(std::true_type{});
+    else run(std::false_type{});
+  });
+}
+
+template <typename T>
+void bwd_epilogue(const Geom& g, double b, double eps_out, const T* gy, const T* lmax, const uint8_t* idx,
+                  const T* root, const T* ws, T* gl, T* q, bool explain, bool need_q, bool nhwc, int nt) {
+  T* qq = need_q ? q : nullptr;
+  const T p1 = T(b - 1.0), eo = T(eps_out), ce = T(kCosEps);
+  with_mode(b, [&](auto mode) {
+    constexpr int MODE = decltype(mode)::value;
+    const auto run = [&](auto ex, auto qn) {
+      constexpr bool EX = decltype(ex)::value, QN = decltype(qn)::value && MODE != 1 && !EX;
+      if (nhwc) bwd_nhwc_all<T, MODE, EX, QN>(g, gy, lmax, idx, root, ws, gl, qq, p1, eo, ce, nt);
+      else bwd_all<T, MODE, EX, QN>(g, gy, lmax, idx, root, ws, gl, qq, p1, eo, ce, nt);
+    };
+    if (MODE == 1) run(std::false_type{}, std::false_type{});  // B = 1: no explain factor, no norm
+    else if (explain) run(std::true_type{}, std::false_type{});
+    else if (need_q) run(std::false_type{}, std::true_type{});
+    else run(std::false_type{}, std::false_type{});
+  });
+}

@@ -28,9 +28,11 @@ from .._bcos_common import BcosGeometry, out_hw
 # ---------------------------------------------------------------------------------------------
 # Backends: forward(geo, b, x, weight, save) -> (y, lmax | None, idx | None, root | None)
 #           backward(geo, b, gy, x, weight, lmax, idx, root | None, explain, needs) -> (gx | None, gw | None)
-# geo: the BcosGeometry of the call; x, weight and the saved tensors contiguous; gy as autograd
-# hands it (each backend makes it dense where it needs to). The C++ backend is bcos_cpp, Triton's
-# rbfkern.gpu.bcos, the reference the class below.
+# geo: the BcosGeometry of the call; x, weight and the saved tensors contiguous, or for a backend
+# with CHANNELS_LAST = True a channels-last conv input and saved maps as they are (its outputs then
+# channels-last too); gy as autograd hands it (each backend makes it dense where it needs to). The
+# C++ backend is bcos_cpp, Triton's rbfkern.gpu.bcos, the reference the class below. Whatever the
+# backend, the op's outputs follow x's layout and each gradient its input's (the fakes' rule).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -70,26 +72,56 @@ def _impl(device):
     return _family.backend("bcos", device, bcos_cpp, _Reference)
 
 
+def _memory_format(x):
+    """The layout of the op's maps for input x: channels-last when x is (conv2d's rule)."""
+    return torch.channels_last if common.is_channels_last(x) else torch.contiguous_format
+
+
+def _prepare(impl, x, weight, *maps):
+    """x, the weight and the saved maps as ``impl`` takes them: contiguous; a backend with
+    ``CHANNELS_LAST`` takes a channels-last conv input and its maps as they are, and then the
+    weight channels-last too where it is stored so (``model.to(memory_format=torch.channels_last)``:
+    oneDNN would otherwise reorder it on every call)."""
+    if not (common.is_channels_last(x) and getattr(impl, "CHANNELS_LAST", False)):
+        return _family.prepare(impl, x, weight, *maps)
+    cl = torch.channels_last
+    xc, wc, *mc = _family.prepare(impl, x, weight, *maps, contiguous=False)
+    wc = wc.contiguous(memory_format=cl if common.is_channels_last(weight) else torch.contiguous_format)
+    return (xc.contiguous(memory_format=cl), wc, *(None if t is None else t.contiguous(memory_format=cl) for t in mc))
+
+
 def _forward(geo, x, weight, b, save):
     """(y, lmax, idx, root) in the layouts of the op; aux outputs empty unless saved."""
     impl = _impl(x.device)
-    xc, wc = _family.prepare(impl, x, weight)
+    xc, wc = _prepare(impl, x, weight)
     y, lmax, idx, root = impl.forward(geo, b, xc, wc, save)
-    y = y.reshape(geo.y_shape).to(x.dtype)
+    mf = _memory_format(x)
+    y = y.reshape(geo.y_shape).to(x.dtype).contiguous(memory_format=mf)
     if not save:
         return y, y.new_empty(0), torch.empty(0, dtype=torch.uint8, device=y.device), y.new_empty(0)
-    root = y.new_empty(0) if root is None else root.reshape(geo.root_shape).to(x.dtype)
-    return y, lmax.reshape(geo.y_shape).to(x.dtype), idx.reshape(geo.y_shape), root
+    root = y.new_empty(0) if root is None else root.reshape(geo.root_shape).to(x.dtype).contiguous(memory_format=mf)
+    return (y, lmax.reshape(geo.y_shape).to(x.dtype).contiguous(memory_format=mf),
+            idx.reshape(geo.y_shape).contiguous(memory_format=mf), root)
+
+
+def _strided_like(g, t):
+    """g with the strides of ``torch.empty_like(t)`` (what the backward op's fake returns): the
+    layout of t when t is dense, else its suggested memory format. A copy only when they differ."""
+    if g.numel() == 0 or g.shape != t.shape or g.stride() == t.stride():
+        return g
+    want = torch.empty_like(t, dtype=g.dtype)
+    return g if want.stride() == g.stride() else want.copy_(g)
 
 
 def _backward(geo, gy, x, weight, lmax, idx, root, b, explain, needs):
     """(gx, gw); an input not needed gets an empty tensor."""
     needs = (bool(needs[0]), bool(needs[1]))
     impl = _impl(x.device)
-    xc, wc, lc, ic, rc = _family.prepare(impl, x, weight, lmax, idx, root if b != 1 else None)
+    xc, wc, lc, ic, rc = _prepare(impl, x, weight, lmax, idx, root if b != 1 else None)
     (gyc,) = _family.prepare(impl, gy, contiguous=False)
     grads = impl.backward(geo, b, gyc, xc, wc, lc, ic, rc, explain, needs)
-    return _family.grads_or_empty(grads, (x, weight), needs)
+    gx, gw = _family.grads_or_empty(grads, (x, weight), needs)
+    return _strided_like(gx, x), _strided_like(gw, weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,11 +134,14 @@ def _bcos_conv2d_fake(x, weight, b, max_out, stride, padding, dilation, groups, 
 
 
 def _fake_outputs(geo, x, b, save):
-    ys = geo.y_shape
+    ys, mf = geo.y_shape, _memory_format(x)
+
+    def new(shape, dtype=x.dtype):
+        return torch.empty(shape, dtype=dtype, device=x.device, memory_format=mf)
+
     if not save:
-        return x.new_empty(ys), x.new_empty(0), x.new_empty(0, dtype=torch.uint8), x.new_empty(0)
-    root = x.new_empty(geo.root_shape) if b != 1 else x.new_empty(0)
-    return x.new_empty(ys), x.new_empty(ys), x.new_empty(ys, dtype=torch.uint8), root
+        return new(ys), x.new_empty(0), x.new_empty(0, dtype=torch.uint8), x.new_empty(0)
+    return new(ys), new(ys), new(ys, torch.uint8), new(geo.root_shape) if b != 1 else x.new_empty(0)
 
 
 @_family.device_op("bcos_conv2d", fake=_bcos_conv2d_fake)
@@ -268,7 +303,8 @@ def bcos_conv2d(
     Returns:
         (N, O, H', W'): y = l * |l| / n for B = 2, l * (|l| / n + 1e-6)^(B-1) otherwise, with l the
         MaxOut of conv2d(x, W-hat) and n = sqrt(patch sum of x^2 over the window and the group's
-        channels + 1e-6).
+        channels + 1e-6). Channels-last when x is (as conv2d's output); the gradients of x and
+        weight come back in their layouts.
     """
     _checks.tensor("x", x, 4)
     _checks.tensor("weight", weight, 4)

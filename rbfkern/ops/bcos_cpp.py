@@ -13,6 +13,11 @@ the patch norm and the power. Backward: one fused pass hands torch the gradient 
 map per chunk, torch's convolution / GEMM backward gives grad x and a raw weight gradient (summed
 in chunk order; a fixed-order C++ kernel under torch.use_deterministic_algorithms), one pass adds
 the patch-norm term to grad x and one turns the raw weight gradient into grad W.
+
+Channels last: a conv input stored channels-last (as after the official models' position norm,
+which normalises a permuted view) stays so. oneDNN takes it as it is and gives a channels-last
+raw map, and the NHWC epilogues (csrc/cpu/bcos_nhwc.h) write channels-last outputs and gradients,
+so no layout copy is made on the way in or out.
 """
 from __future__ import annotations
 
@@ -22,10 +27,15 @@ from .. import _backend
 from .. import _bcos_common as common
 
 HALF_AS_FLOAT32 = True  # float16 / bfloat16 inputs are computed in float32 (rbfkern/ops/_family.py)
+CHANNELS_LAST = True  # conv inputs stored channels-last are taken as they are (rbfkern/ops/bcos.py)
+_CL = torch.channels_last
 
 
-def _np(t):
-    return None if t is None else t.detach().numpy()
+def _np(t, nhwc=False):
+    """The numpy view of t; nhwc: of a channels-last 4-D tensor, as its (N, H, W, C) buffer."""
+    if t is None:
+        return None
+    return (t.detach().permute(0, 2, 3, 1) if nhwc else t.detach()).numpy()
 
 
 def _mm_fixed_k(a, b, kc=256, batch=64):
@@ -81,17 +91,28 @@ def _weight_grad_deterministic(geo, gl, x, w):
     return gw
 
 
+def _rows(w):
+    """The (R, K) numpy view of a weight's rows, contiguous or channels-last (a row is then
+    contiguous in (kh, kw, c) order; its norm and its gradient's projection do not depend on it)."""
+    t = w.detach()
+    if common.is_channels_last(t):
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(t.shape[0], -1).numpy()
+
+
 def _weight_scale(weight):
     """ws = 1 / ||W_row|| (the kernels scale each output channel by it; no W-hat tensor is made)."""
     ws = weight.new_empty(weight.shape[0])
-    _backend.cext().bcos_weight(_np(weight), None, _np(ws))
+    _backend.cext().bcos_weight(_rows(weight), None, _np(ws))
     return ws
 
 
 def _weight_grad(weight, g_raw):
-    """grad W from the gradient of the raw-weight map's weight (the unit-weight backward, in C++)."""
+    """grad W from the gradient of the raw-weight map's weight (the unit-weight backward, in C++),
+    in the weight's layout."""
     out = torch.empty_like(weight)
-    _backend.cext().bcos_weight(_np(weight), _np(g_raw.contiguous()), _np(out))
+    g = g_raw.contiguous(memory_format=_CL if common.is_channels_last(weight) else torch.contiguous_format)
+    _backend.cext().bcos_weight(_rows(weight), _rows(g), _rows(out))
     return out
 
 
@@ -137,18 +158,20 @@ def _direct_fits(geo, itemsize):
     return geo.K <= _DIRECT_MAX_K and _lane_use(geo.Wo, itemsize) >= _DIRECT_MIN_LANE_USE
 
 
-def _alloc_forward(geo, b, x, save):
-    return (x.new_empty(geo.y_shape), x.new_empty(geo.y_shape) if save else None,
-            torch.empty(geo.y_shape, dtype=torch.uint8) if save else None,
-            x.new_empty(geo.root_shape) if save and b != 1 else None)
+def _alloc_forward(geo, b, x, save, nhwc):
+    mf = _CL if nhwc else torch.contiguous_format
+    return (torch.empty(geo.y_shape, dtype=x.dtype, memory_format=mf),
+            torch.empty(geo.y_shape, dtype=x.dtype, memory_format=mf) if save else None,
+            torch.empty(geo.y_shape, dtype=torch.uint8, memory_format=mf) if save else None,
+            torch.empty(geo.root_shape, dtype=x.dtype, memory_format=mf) if save and b != 1 else None)
 
 
-def _epilogue(geo, b, x, l, ws, save, out):
+def _epilogue(geo, b, x, l, ws, save, out, nhwc=False):
     """The fused epilogue of the raw map l into out = (y, lmax, idx, root) (preallocated, maybe a
-    chunk's slices)."""
-    y, lmax, idx, root = out
-    _backend.cext().bcos_forward(geo.as_list(), float(b), *geo.eps, _np(x), _np(l), _np(ws), _np(y), _np(lmax),
-                                 _np(idx), _np(root), save, _backend.num_threads())
+    chunk's slices); nhwc: every map channels-last."""
+    y, lmax, idx, root = (_np(t, nhwc) for t in out)
+    _backend.cext().bcos_forward(geo.as_list(), float(b), *geo.eps, _np(x, nhwc), _np(l, nhwc), _np(ws), y, lmax,
+                                 idx, root, save, nhwc, _backend.num_threads())
 
 
 def forward(geo, b, x, weight, save):
@@ -156,8 +179,9 @@ def forward(geo, b, x, weight, save):
     else the raw map from oneDNN / MKL (a batch chunk at a time for conv), then the fused epilogue
     into each chunk's slice of the outputs. lmax / idx / root None unless saved (root for b != 1)."""
     ws = _weight_scale(weight)
-    out = _alloc_forward(geo, b, x, save)
-    if not geo.linear and _direct_fits(geo, x.element_size()):
+    nhwc = common.is_channels_last(x)  # oneDNN and the NHWC epilogue (the direct convolution is NCHW)
+    out = _alloc_forward(geo, b, x, save, nhwc)
+    if not geo.linear and not nhwc and _direct_fits(geo, x.element_size()):
         y, lmax, idx, root = out
         if _backend.cext().bcos_forward_direct(geo.as_list(), float(b), *geo.eps, _np(x), _np(weight), _np(ws),
                                                _np(y), _np(lmax), _np(idx), _np(root), save, _DIRECT_CHUNK_BYTES,
@@ -168,25 +192,34 @@ def forward(geo, b, x, weight, save):
         return out
     for i0, i1 in _batch_chunks(geo, x.element_size()):
         xs = x[i0:i1]
-        l = _linear_map(geo, xs, weight).contiguous()
-        _epilogue(geo.with_batch(i1 - i0), b, xs, l, ws, save, tuple(None if t is None else t[i0:i1] for t in out))
+        l = _linear_map(geo, xs, weight).contiguous(memory_format=_CL if nhwc else torch.contiguous_format)
+        _epilogue(geo.with_batch(i1 - i0), b, xs, l, ws, save, tuple(None if t is None else t[i0:i1] for t in out),
+                  nhwc)
     return out
 
 
-def _epilogue_backward(geo, b, gy, lmax, idx, root, ws, explain, need_q, buf=None):
-    """(gl [N, O*M, P], q [N, G, P] | None): gl the gradient of the raw-weight map; buf: a flat
-    tensor of at least N*O*M*P elements for gl (a batch chunk reuses one buffer)."""
+def _epilogue_backward(geo, b, gy, lmax, idx, root, ws, explain, need_q, buf=None, nhwc=False):
+    """(gl, q | None) in the raw map's and the root's shapes: gl the gradient of the raw-weight map;
+    buf: a flat tensor of at least N*O*M*P elements for gl (a batch chunk reuses one buffer);
+    nhwc: every map channels-last."""
     n_raw = geo.N * geo.O * geo.M * geo.P
-    gl = gy.new_empty(geo.N, geo.O * geo.M, geo.P) if buf is None else buf[:n_raw].view(geo.N, geo.O * geo.M, geo.P)
-    q = gy.new_empty(geo.N, geo.G, geo.P) if need_q else None
-    _backend.cext().bcos_backward_epilogue(geo.as_list(), float(b), geo.eps[1], _np(gy), _np(lmax), _np(idx),
-                                           _np(root), _np(ws), _np(gl), _np(q), bool(explain), _backend.num_threads())
+    flat = gy.new_empty(n_raw) if buf is None else buf[:n_raw]
+    if nhwc:
+        gl = flat.view(geo.N, geo.Ho, geo.Wo, geo.O * geo.M).permute(0, 3, 1, 2)
+        q = torch.empty(geo.root_shape, dtype=gy.dtype, memory_format=_CL) if need_q else None
+    else:
+        gl = flat.view(geo.raw_shape)
+        q = gy.new_empty(geo.root_shape) if need_q else None
+    _backend.cext().bcos_backward_epilogue(geo.as_list(), float(b), geo.eps[1], *(_np(t, nhwc) for t in (gy, lmax, idx)),
+                                           _np(root, nhwc), _np(ws), _np(gl, nhwc), _np(q, nhwc), bool(explain), nhwc,
+                                           _backend.num_threads())
     return gl, q
 
 
-def _norm_backward(geo, x, q, gsrc, gx):
+def _norm_backward(geo, x, q, gsrc, gx, nhwc=False):
     """gx = gsrc + x * box-sum^T(q) (gsrc may be gx)."""
-    _backend.cext().bcos_backward_norm(geo.as_list(), _np(x), _np(q), _np(gsrc), _np(gx), _backend.num_threads())
+    _backend.cext().bcos_backward_norm(geo.as_list(), *(_np(t, nhwc) for t in (x, q, gsrc, gx)), nhwc,
+                                       _backend.num_threads())
     return gx
 
 
@@ -195,6 +228,8 @@ def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
     gradients summed in chunk order), except under torch.use_deterministic_algorithms, where the
     weight gradient takes the deterministic C++ loop."""
     ws = _weight_scale(weight)
+    nhwc = common.is_channels_last(x)
+    mf = _CL if nhwc else torch.contiguous_format
     need_q = needs[0] and b != 1 and not explain
     det = torch.are_deterministic_algorithms_enabled() and needs[1]
     chunks = [(0, geo.N)] if geo.linear or det else _batch_chunks(geo, x.element_size())
@@ -208,14 +243,14 @@ def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
         xs = x[i0:i1]
         # gy per chunk: autograd often hands an expanded (stride-0) gradient, made dense here a
         # chunk at a time rather than whole
-        gl, q = _epilogue_backward(gc, b, gy[i0:i1].contiguous(), lmax[i0:i1], idx[i0:i1],
-                                   None if root is None else root[i0:i1], ws, explain, need_q, buf)
-        gxs, gws = _linear_map_bwd(gc, gl.reshape(gc.raw_shape), xs, weight, needs)
+        gl, q = _epilogue_backward(gc, b, gy[i0:i1].contiguous(memory_format=mf), lmax[i0:i1], idx[i0:i1],
+                                   None if root is None else root[i0:i1], ws, explain, need_q, buf, nhwc)
+        gxs, gws = _linear_map_bwd(gc, gl, xs, weight, needs)
         if needs[0]:
-            gxs = gxs.contiguous()
+            gxs = gxs.contiguous(memory_format=mf)
             dst = gxs if gx is None else gx[i0:i1]
             if q is not None:
-                _norm_backward(gc, xs, q, gxs, dst)
+                _norm_backward(gc, xs, q, gxs, dst, nhwc)
             elif gx is not None:
                 dst.copy_(gxs)
             if gx is None:
