@@ -100,9 +100,13 @@ void bwd_norm_nhwc(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, 
           for (int64_t gg = 0; gg < G; ++gg) {
             const T rw = R[gg * g.W + w];
             const T* __restrict xr = x + off + gg * Cg;
-            const T* __restrict sr = gsrc + off + gg * Cg;
-            T* gr = gx + off + gg * Cg;  // may alias sr
-            for (int64_t c = 0; c < Cg; ++c) gr[c] = sr[c] + xr[c] * rw;
+            T* __restrict gr = gx + off + gg * Cg;
+            if (gsrc == gx) {  // in place (the unchunked backward): one pointer, so __restrict holds
+              for (int64_t c = 0; c < Cg; ++c) gr[c] += xr[c] * rw;
+            } else {
+              const T* __restrict sr = gsrc + off + gg * Cg;
+              for (int64_t c = 0; c < Cg; ++c) gr[c] = sr[c] + xr[c] * rw;
+            }
           }
         }
       }
