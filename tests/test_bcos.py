@@ -525,6 +525,33 @@ def test_vector_pow_matches_reference(backend, b, dtype):
         assert_close_to_ref(a, c, dtype, what=f"{name} b={b}", kind="reduction")
 
 
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("max_out", [1, 2, 5])
+@pytest.mark.parametrize("b", [2.5, 1.3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_power_of_non_finite_inputs(backend, max_out, b, layout):
+    # B other than 1, 2 runs the vector power (csrc/cpu/bcos_vpow.h) on blocks of pixels, in
+    # either layout; with an inf, a NaN and a huge input in the batch, forward and both gradients
+    # must have the reference's non-finite pattern and its finite values (no lane of a block
+    # spoils its neighbours).
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 4, 6, 6, generator=g, dtype=F64)
+    x[0, 1, 2, 3], x[1, 0, 0, 0], x[1, 2, 4, 4] = float("inf"), float("nan"), 1e300
+    w = torch.randn(3 * max_out, 4, 3, 3, generator=g, dtype=F64)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    gy = torch.randn(2, 3, 6, 6, generator=g, dtype=F64)
+    outs = []
+    for fn in (lambda a, c: bcos_conv2d(a, c, b=b, max_out=max_out, padding=1),
+               lambda a, c: reference.bcos_conv2d(a, c, b, max_out, (1, 1), (1, 1), (1, 1), 1, False)):
+        xa, wa = x.contiguous(memory_format=fmt).requires_grad_(), w.clone().requires_grad_()
+        y = fn(xa, wa)
+        outs.append((y, *torch.autograd.grad(y, (xa, wa), gy)))
+    for got, want, what in zip(*outs, ("y", "grad x", "grad w")):
+        assert torch.equal(torch.isfinite(got), torch.isfinite(want)), f"{what}: non-finite pattern differs"
+        fin = torch.isfinite(want)
+        assert_close_to_ref(got[fin], want[fin], F64, what=what)
+
+
 def _run_threads(nt, fn, shapes, seed=0):
     old = torch.get_num_threads()
     torch.set_num_threads(nt)

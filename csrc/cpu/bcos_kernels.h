@@ -7,6 +7,8 @@ using Geom = BcosGeom;
 
 constexpr double kCosEps = 1e-6;  // added to |cos| before the power (B != 2), as bcos does
 
+#include "cpu/bcos_vpow.h"  // NOLINT(build/include): part of the kernel section
+
 // Output columns [lo, hi) whose tap at input column wo * st + off lies in [0, len): the inner
 // loops then run branch-free over a contiguous range (and vectorise).
 inline void tap_range(int64_t off, int64_t st, int64_t len, int64_t n_out, int64_t* lo, int64_t* hi) {
@@ -65,6 +67,9 @@ void patch_root_plane(const Geom& g, const T* x_ng, T* __restrict s, T* __restri
   for (int64_t p = 0; p < P; ++p) rinv[p] = T(1) / (root[p] + eo);
 }
 
+// Pixels per block of the power pass (B other than 1, 2): a stack buffer of doubles.
+constexpr int64_t kPowBlock = 256;
+
 // Where a row's MaxOut units lie. NCHW (PIX false): the row is one output channel over P pixels,
 // unit m of pixel i at lo[m * P + i] with one scale per unit; NHWC (PIX true): the row is one
 // pixel's output channels, the units of channel i interleaved at lo[i * mm + m], one scale per raw
@@ -96,39 +101,50 @@ void fwd_row(const T* __restrict lo, const T* __restrict sc, int64_t P, int64_t 
   // a channel row's scales in registers (read through sc in the loop, GCC reloads them per element)
   const T s0 = PIX ? T(0) : sc[0], s1 = !PIX && mm > 1 ? sc[1] : T(0), s2 = !PIX && mm > 2 ? sc[2] : T(0);
   int64_t bad = 0;  // power arguments outside the range of bpow::pow_pos (NaN, inf, huge)
-  for (int64_t p = 0; p < P; ++p) {
-    T best = unit_at<PIX>(lo, sc, p, 0, mm, P, s0);
-    uint8_t bi = 0;
-    // MaxOut written out for MM = 2, 3: GCC does not vectorise the p loop around an inner loop.
-    if (MM == 2 || MM == 3) {
-      const T v1 = unit_at<PIX>(lo, sc, p, 1, mm, P, s1);
-      bi = v1 > best ? uint8_t(1) : bi;
-      best = v1 > best ? v1 : best;
-      if (MM == 3) {
-        const T v2 = unit_at<PIX>(lo, sc, p, 2, mm, P, s2);
-        bi = v2 > best ? uint8_t(2) : bi;
-        best = v2 > best ? v2 : best;
+  // B other than 1, 2: blocks of pixels, |cos| + eps gathered in tb, the power by pow_row
+  const int64_t blk = MODE == 0 ? kPowBlock : P;
+  double tb[MODE == 0 ? kPowBlock : 1];
+  for (int64_t p0 = 0; p0 < P; p0 += blk) {
+    const int64_t pe = std::min(P, p0 + blk);
+    for (int64_t p = p0; p < pe; ++p) {
+      T best = unit_at<PIX>(lo, sc, p, 0, mm, P, s0);
+      uint8_t bi = 0;
+      // MaxOut written out for MM = 2, 3: GCC does not vectorise the p loop around an inner loop.
+      if (MM == 2 || MM == 3) {
+        const T v1 = unit_at<PIX>(lo, sc, p, 1, mm, P, s1);
+        bi = v1 > best ? uint8_t(1) : bi;
+        best = v1 > best ? v1 : best;
+        if (MM == 3) {
+          const T v2 = unit_at<PIX>(lo, sc, p, 2, mm, P, s2);
+          bi = v2 > best ? uint8_t(2) : bi;
+          best = v2 > best ? v2 : best;
+        }
+      } else if (MM != 1) {
+        for (int64_t m = 1; m < mm; ++m) {
+          const T v = unit_at<PIX>(lo, sc, p, m, mm, P, PIX ? T(0) : sc[m]);
+          const bool gt = v > best;
+          best = gt ? v : best;
+          bi = gt ? static_cast<uint8_t>(m) : bi;
+        }
       }
-    } else if (MM != 1) {
-      for (int64_t m = 1; m < mm; ++m) {
-        const T v = unit_at<PIX>(lo, sc, p, m, mm, P, PIX ? T(0) : sc[m]);
-        const bool gt = v > best;
-        best = gt ? v : best;
-        bi = gt ? static_cast<uint8_t>(m) : bi;
+      if (SAVE) {
+        lmo[p] = best;
+        io[p] = bi;
+      }
+      if (MODE == 1) {
+        yo[p] = best;
+      } else if (MODE == 2) {
+        yo[p] = (std::abs(best) * ri[p]) * best;
+      } else {
+        const double t = static_cast<double>(std::abs(best) * ri[p] + ce);
+        bad += bpow::out_of_range(t);
+        tb[p - p0] = t;
+        yo[p] = best;
       }
     }
-    if (SAVE) {
-      lmo[p] = best;
-      io[p] = bi;
-    }
-    if (MODE == 1) {
-      yo[p] = best;
-    } else if (MODE == 2) {
-      yo[p] = (std::abs(best) * ri[p]) * best;
-    } else {
-      const double t = static_cast<double>(std::abs(best) * ri[p] + ce);
-      bad += bpow::out_of_range(t);
-      yo[p] = static_cast<T>(bpow::pow_pos(t, static_cast<double>(pw1))) * best;
+    if (MODE == 0) {
+      pow_row(tb, pe - p0, static_cast<double>(pw1));
+      for (int64_t p = p0; p < pe; ++p) yo[p] = static_cast<T>(tb[p - p0]) * yo[p];
     }
   }
   if (MODE == 0 && bad) {  // rare: redo the row with the library pow
@@ -201,33 +217,46 @@ void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __r
   // the scale of unit m of element p (a pixel row has one per raw channel)
   const auto scale = [&](int64_t p, int64_t m, T hoisted) { return PIX ? sc[p * mm + m] : hoisted; };
   int64_t bad = 0;
-  for (int64_t p = 0; p < np; ++p) {
-    T gv;
-    if (MODE == 1) {
-      gv = gyo[p];
-    } else if (MODE == 2) {
-      const T s = std::abs(lo[p]) * ri[p];
-      gv = (EXPLAIN ? s : T(2) * s) * gyo[p];
-      if (QN) qa[p] -= s * lo[p] * ri[p] * gyo[p];
-    } else {
-      const T s = std::abs(lo[p]) * ri[p], t = s + ce;
-      bad += bpow::out_of_range(static_cast<double>(t));
-      const T tq = static_cast<T>(bpow::pow_pos(static_cast<double>(t), static_cast<double>(p1) - 1.0));  // t^(B-2)
-      gv = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p];
-      if (QN) qa[p] -= p1 * lo[p] * s * tq * ri[p] * gyo[p];
+  // B other than 1, 2: blocks of elements, t = |cos| + eps gathered in tb and t^(B-2) by pow_row
+  const int64_t blk = MODE == 0 ? kPowBlock : np;
+  double tb[MODE == 0 ? kPowBlock : 1];
+  for (int64_t p0 = 0; p0 < np; p0 += blk) {
+    const int64_t pe = std::min(np, p0 + blk);
+    if (MODE == 0) {
+      for (int64_t p = p0; p < pe; ++p) {
+        const double t = static_cast<double>(std::abs(lo[p]) * ri[p] + ce);
+        bad += bpow::out_of_range(t);
+        tb[p - p0] = t;
+      }
+      pow_row(tb, pe - p0, static_cast<double>(p1) - 1.0);
     }
-    const int im = io[p];
-    if (PIX && MM != 1) {
-      glo[p] = gv;  // spread to the argmax unit after the loop: interleaved stores do not vectorise
-    } else if (MM == 1) {
-      glo[unit_index<PIX>(p, 0, mm, P)] = gv * scale(p, 0, s0);
-    } else if (MM == 2 || MM == 3) {  // written out, as in fwd_row
-      glo[unit_index<PIX>(p, 0, mm, P)] = im == 0 ? gv * scale(p, 0, s0) : T(0);
-      glo[unit_index<PIX>(p, 1, mm, P)] = im == 1 ? gv * scale(p, 1, s1) : T(0);
-      if (MM == 3) glo[unit_index<PIX>(p, 2, mm, P)] = im == 2 ? gv * scale(p, 2, s2) : T(0);
-    } else {
-      for (int64_t m = 0; m < mm; ++m)
-        glo[unit_index<PIX>(p, m, mm, P)] = im == m ? gv * scale(p, m, PIX ? T(0) : sc[m]) : T(0);
+    for (int64_t p = p0; p < pe; ++p) {
+      T gv;
+      if (MODE == 1) {
+        gv = gyo[p];
+      } else if (MODE == 2) {
+        const T s = std::abs(lo[p]) * ri[p];
+        gv = (EXPLAIN ? s : T(2) * s) * gyo[p];
+        if (QN) qa[p] -= s * lo[p] * ri[p] * gyo[p];
+      } else {
+        const T s = std::abs(lo[p]) * ri[p], t = s + ce;
+        const T tq = static_cast<T>(tb[p - p0]);  // t^(B-2)
+        gv = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p];
+        if (QN) qa[p] -= p1 * lo[p] * s * tq * ri[p] * gyo[p];
+      }
+      const int im = io[p];
+      if (PIX && MM != 1) {
+        glo[p] = gv;  // spread to the argmax unit after the loop: interleaved stores do not vectorise
+      } else if (MM == 1) {
+        glo[unit_index<PIX>(p, 0, mm, P)] = gv * scale(p, 0, s0);
+      } else if (MM == 2 || MM == 3) {  // written out, as in fwd_row
+        glo[unit_index<PIX>(p, 0, mm, P)] = im == 0 ? gv * scale(p, 0, s0) : T(0);
+        glo[unit_index<PIX>(p, 1, mm, P)] = im == 1 ? gv * scale(p, 1, s1) : T(0);
+        if (MM == 3) glo[unit_index<PIX>(p, 2, mm, P)] = im == 2 ? gv * scale(p, 2, s2) : T(0);
+      } else {
+        for (int64_t m = 0; m < mm; ++m)
+          glo[unit_index<PIX>(p, m, mm, P)] = im == m ? gv * scale(p, m, PIX ? T(0) : sc[m]) : T(0);
+      }
     }
   }
   if (MODE == 0 && bad) {  // rare (t = inf or NaN): the library pow for those pixels' gl; their
