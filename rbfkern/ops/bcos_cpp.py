@@ -210,9 +210,9 @@ def _epilogue_backward(geo, b, gy, lmax, idx, root, ws, explain, need_q, buf=Non
     else:
         gl = flat.view(geo.raw_shape)
         q = gy.new_empty(geo.root_shape) if need_q else None
-    _backend.cext().bcos_backward_epilogue(geo.as_list(), float(b), geo.eps[1], *(_np(t, nhwc) for t in (gy, lmax, idx)),
-                                           _np(root, nhwc), _np(ws), _np(gl, nhwc), _np(q, nhwc), bool(explain), nhwc,
-                                           _backend.num_threads())
+    maps = (_np(t, nhwc) for t in (gy, lmax, idx, root))
+    _backend.cext().bcos_backward_epilogue(geo.as_list(), float(b), geo.eps[1], *maps, _np(ws), _np(gl, nhwc),
+                                           _np(q, nhwc), bool(explain), nhwc, _backend.num_threads())
     return gl, q
 
 
