@@ -73,22 +73,25 @@ constexpr int64_t kPowBlock = 256;
 // Where a row's MaxOut units lie. NCHW (PIX false): the row is one output channel over P pixels,
 // unit m of pixel i at lo[m * P + i] with one scale per unit; NHWC (PIX true): the row is one
 // pixel's output channels, the units of channel i interleaved at lo[i * mm + m], one scale per raw
-// channel. scale_m is the hoisted sc[m] of a channel row (unused for a pixel row).
-template <bool PIX, typename T>
-inline T unit_at(const T* __restrict lo, const T* __restrict sc, int64_t i, int64_t m, int64_t mm, int64_t P,
-                 T scale_m) {
-  if constexpr (PIX) {
-    return lo[i * mm + m] * sc[i * mm + m];
-  } else {
-    (void)sc;
-    (void)mm;
-    return lo[m * P + i] * scale_m;
-  }
-}
-
+// channel.
 template <bool PIX>
 inline int64_t unit_index(int64_t i, int64_t m, int64_t mm, int64_t P) {
   return PIX ? i * mm + m : m * P + i;
+}
+
+// The scale of unit m of element i: sc[i * mm + m] for a pixel row, else the caller's hoisted
+// sc[m] (a channel row keeps its scales in registers).
+template <bool PIX, typename T>
+inline T unit_scale(const T* __restrict sc, int64_t i, int64_t m, int64_t mm, T hoisted) {
+  if constexpr (PIX) return sc[i * mm + m];
+  (void)sc;
+  return hoisted;
+}
+
+template <bool PIX, typename T>
+inline T unit_at(const T* __restrict lo, const T* __restrict sc, int64_t i, int64_t m, int64_t mm, int64_t P,
+                 T hoisted) {
+  return lo[unit_index<PIX>(i, m, mm, P)] * unit_scale<PIX>(sc, i, m, mm, hoisted);
 }
 
 // One row of the forward epilogue (P elements: pixels of a channel, or channels of a pixel, see
@@ -100,7 +103,7 @@ void fwd_row(const T* __restrict lo, const T* __restrict sc, int64_t P, int64_t 
   const int64_t mm = MM > 0 ? MM : M;
   // a channel row's scales in registers (read through sc in the loop, GCC reloads them per element)
   const T s0 = PIX ? T(0) : sc[0], s1 = !PIX && mm > 1 ? sc[1] : T(0), s2 = !PIX && mm > 2 ? sc[2] : T(0);
-  int64_t bad = 0;  // power arguments outside the range of bpow::pow_pos (NaN, inf, huge)
+  int64_t bad = 0;  // power arguments outside the range of pow_row (NaN, inf, huge)
   // B other than 1, 2: blocks of pixels, |cos| + eps gathered in tb, the power by pow_row
   const int64_t blk = MODE == 0 ? kPowBlock : P;
   double tb[MODE == 0 ? kPowBlock : 1];
@@ -214,8 +217,6 @@ void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __r
   // scales in registers: read through sc inside the loop, GCC assumes the gl stores may change
   // them and falls back to a scalar, branchy loop (4.5x slower)
   const T s0 = PIX ? T(0) : sc[0], s1 = !PIX && mm > 1 ? sc[1] : T(0), s2 = !PIX && mm > 2 ? sc[2] : T(0);
-  // the scale of unit m of element p (a pixel row has one per raw channel)
-  const auto scale = [&](int64_t p, int64_t m, T hoisted) { return PIX ? sc[p * mm + m] : hoisted; };
   int64_t bad = 0;
   // B other than 1, 2: blocks of elements, t = |cos| + eps gathered in tb and t^(B-2) by pow_row
   const int64_t blk = MODE == 0 ? kPowBlock : np;
@@ -248,14 +249,14 @@ void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __r
       if (PIX && MM != 1) {
         glo[p] = gv;  // spread to the argmax unit after the loop: interleaved stores do not vectorise
       } else if (MM == 1) {
-        glo[unit_index<PIX>(p, 0, mm, P)] = gv * scale(p, 0, s0);
+        glo[unit_index<PIX>(p, 0, mm, P)] = gv * unit_scale<PIX>(sc, p, 0, mm, s0);
       } else if (MM == 2 || MM == 3) {  // written out, as in fwd_row
-        glo[unit_index<PIX>(p, 0, mm, P)] = im == 0 ? gv * scale(p, 0, s0) : T(0);
-        glo[unit_index<PIX>(p, 1, mm, P)] = im == 1 ? gv * scale(p, 1, s1) : T(0);
-        if (MM == 3) glo[unit_index<PIX>(p, 2, mm, P)] = im == 2 ? gv * scale(p, 2, s2) : T(0);
+        glo[unit_index<PIX>(p, 0, mm, P)] = im == 0 ? gv * unit_scale<PIX>(sc, p, 0, mm, s0) : T(0);
+        glo[unit_index<PIX>(p, 1, mm, P)] = im == 1 ? gv * unit_scale<PIX>(sc, p, 1, mm, s1) : T(0);
+        if (MM == 3) glo[unit_index<PIX>(p, 2, mm, P)] = im == 2 ? gv * unit_scale<PIX>(sc, p, 2, mm, s2) : T(0);
       } else {
         for (int64_t m = 0; m < mm; ++m)
-          glo[unit_index<PIX>(p, m, mm, P)] = im == m ? gv * scale(p, m, PIX ? T(0) : sc[m]) : T(0);
+          glo[unit_index<PIX>(p, m, mm, P)] = im == m ? gv * unit_scale<PIX>(sc, p, m, mm, PIX ? T(0) : sc[m]) : T(0);
       }
     }
   }
@@ -268,7 +269,7 @@ void bwd_row(const T* __restrict gyo, const T* __restrict lo, const uint8_t* __r
       const int64_t m = io[p];
       const T gb = (EXPLAIN ? t * tq : t * tq + p1 * s * tq) * gyo[p];
       if (PIX && MM != 1) glo[p] = gb;
-      else glo[unit_index<PIX>(p, m, mm, P)] = gb * scale(p, m, PIX ? T(0) : sc[m]);
+      else glo[unit_index<PIX>(p, m, mm, P)] = gb * unit_scale<PIX>(sc, p, m, mm, PIX ? T(0) : sc[m]);
     }
   }
   if (PIX && MM != 1) {  // in place, last channel first: channel p's units start at p * mm >= p
