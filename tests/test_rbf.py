@@ -271,6 +271,26 @@ def test_cpp_r2_keeps_the_difference_form_bound(metric, d, dtype, monkeypatch):
         assert bool(((expanded.double() - exact).abs() > tol * exact).any())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("metric", ["none", "shared_diag", "diag"])
+def test_cpp_gemm_forward_of_non_finite_inputs(metric, dtype, monkeypatch):
+    """NaN / inf rows and centres, and a row whose x'^2 overflows, fail the GEMM form's test and are
+    recomputed in the difference form: the reference's NaN / inf pattern and its finite values, in
+    a panel with padding centres (C = 45) and a D with a partial vector (D = 21)."""
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    x, cen, diag = _cancelling_inputs(29, 45, 21, metric, dtype, seed=3)
+    big = 1e200 if dtype == torch.float64 else 3e19
+    x[3, 2], x[5, 1], x[7], cen[4, 0], cen[44, 20] = float("nan"), float("inf"), big, float("-inf"), float("nan")
+    r2 = rbf_r2(x, cen, diag=diag)
+    want = reference.rbf_r2(x, cen, diag, None)
+    assert torch.equal(r2.isnan(), want.isnan()) and torch.equal(r2.isinf(), want.isinf())
+    fin = want.isfinite()
+    assert int((~fin).sum()) >= 29 + 45 and int(fin.sum()) > 0
+    tol = 1.05 * max(128, 2 * (21 + 3)) * torch.finfo(dtype).eps / 2
+    exact = reference.rbf_r2(f64(x), f64(cen), f64(diag), None)[fin]
+    assert bool(((r2[fin].double() - exact).abs() <= tol * exact).all())
+
+
 @pytest.mark.tf32
 @pytest.mark.parametrize("backend", [CUDA], indirect=True)
 @pytest.mark.parametrize("metric", ["none", "diag", "tril"])

@@ -55,12 +55,19 @@ RBFKERN_INLINE void gemm_tile(const T* a, int64_t lda, const T* bp, int64_t K, i
 // Whether any lane of a comparison result (0 / -1 lanes) is set.
 template <class VI>
 RBFKERN_INLINE bool vany(VI m) {
-  uint64_t w[sizeof(VI) / 8];
-  std::memcpy(w, &m, sizeof m);
-  uint64_t o = 0;
-#pragma GCC unroll 8
-  for (size_t i = 0; i < sizeof(VI) / 8; ++i) o |= w[i];
-  return o != 0;
+  return simd::vor_lanes(m) != 0;
+}
+
+// The lanes of a comparison result (0 / -1 lanes) as bits (lane i -> bit i), to visit only the set
+// lanes: a branch per lane mispredicts on the scattered lanes of a sparse mask.
+template <class VI>
+RBFKERN_INLINE uint32_t lane_bits(VI m) {
+  typedef typename std::remove_reference<decltype(m[0])>::type I;
+  constexpr int L = sizeof(VI) / sizeof(I);
+  VI pw;
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) pw[i] = I(1) << i;
+  return (uint32_t)simd::vor_lanes(m & pw);
 }
 
 // The relative factor g with |computed - exact| <= g * sum_k |a_k b_k| for gemm_tile's sum of K

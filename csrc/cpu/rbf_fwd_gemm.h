@@ -15,9 +15,8 @@
 //     |r2^ - r2| <= tau r2^   whenever   alpha r2^ >= xi X^ + zeta C^_j + theta,
 // with tau = max(128, 2 (D + 3)) u: at most twice the difference form's own worst-case bound
 // (D + 3) u r2 (u the unit roundoff). Pairs that fail (x near c_j relative to |x'|^2 + |c'_j|^2,
-// non-finite or tiny values) are recomputed in the difference form, exactly as forward_diag
-// computes every pair. Each pair's value depends only on its own operands and the fixed tiling,
-// never on the thread count.
+// non-finite or tiny values) are recomputed in the difference form (diff_pair). Each pair's value
+// depends only on its own operands and the fixed tiling, never on the thread count.
 
 // The smallest D that takes the GEMM form (below it the difference form costs no more).
 constexpr int64_t kGemmFwdMinD = 16;
@@ -67,16 +66,56 @@ inline int64_t gemm_fwd_block(int64_t D, bool per_centre) {
   return 8;
 }
 
-// The difference form of one pair, as forward_diag computes it (sequential over d).
+// The difference form of one pair, vectorised over d (fixed lane order, then vhsum's fixed order):
+// the pairs that fail the test are a few percent of all pairs for clustered data, and a scalar
+// loop over d would cost more than the whole GEMM.
 template <class T, bool DIAG>
 RBFKERN_INLINE T diff_pair(const T* x, const T* c, const T* w, int64_t D) {
-  T acc = 0;
-  for (int64_t d = 0; d < D; ++d) {
-    const T t = x[d] - c[d];
-    if (DIAG) acc += (t * w[d]) * t;
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  V acc = vbcast<T>(T(0));
+  for (int64_t d = 0; d < D; d += L) {
+    const int64_t m = std::min<int64_t>(L, D - d);
+    const V t = vload_part(x + d, m) - vload_part(c + d, m);
+    if (DIAG) acc += (t * vload_part(w + d, m)) * t;
     else acc += t * t;
   }
-  return acc;
+  return vhsum(acc);
+}
+
+// Eight elements of p widened to double.
+template <class T>
+RBFKERN_INLINE simd::f64x8 widen8(const T* p) {
+  if constexpr (std::is_same<T, double>::value) {
+    return vload(p);
+  } else {
+    typedef float f32x8 __attribute__((vector_size(32)));
+    f32x8 h;
+    std::memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, simd::f64x8);
+  }
+}
+
+// sum_d w_d o_d^2 in double (ws null: w = 1), 8 lanes at a time: a scalar loop is one chain of
+// dependent FMAs per row, which cost more than the row's share of the GEMM.
+template <class T>
+RBFKERN_INLINE double weighted_sq_sum(const T* o, const T* ws, int64_t D) {
+  simd::f64x8 acc = {};
+  int64_t d = 0;
+  if (ws) {
+    for (; d + 8 <= D; d += 8) {
+      const simd::f64x8 v = widen8(o + d);
+      acc += widen8(ws + d) * v * v;
+    }
+  } else {
+    for (; d + 8 <= D; d += 8) {
+      const simd::f64x8 v = widen8(o + d);
+      acc += v * v;
+    }
+  }
+  double s = vhsum(acc);
+  for (; d < D; ++d) s += (ws ? (double)ws[d] : 1.0) * (double)o[d] * (double)o[d];
+  return s;
 }
 
 // x rows [n0, n0 + nr) shifted into dst [rows][K] (per-centre: [x', x'^2]), zero padded to `rows`,
@@ -85,6 +124,8 @@ RBFKERN_INLINE T diff_pair(const T* x, const T* c, const T* w, int64_t D) {
 template <class T>
 static void pack_rows_shifted(const RbfProblem<T>& p, const T* mu, bool per_centre, int64_t n0, int64_t nr,
                               int64_t rows, int64_t K, T* dst, T* xn) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
   const int64_t D = p.D;
   const T* ws = p.metric_kind == kMetricDiag && p.metric_shared ? p.metric : nullptr;
   for (int64_t r = 0; r < rows; ++r) {
@@ -95,14 +136,14 @@ static void pack_rows_shifted(const RbfProblem<T>& p, const T* mu, bool per_cent
       continue;
     }
     const T* x = p.x + (n0 + r) * D;
-    for (int64_t d = 0; d < D; ++d) o[d] = x[d] - mu[d];
-    if (per_centre) {
-      for (int64_t d = 0; d < D; ++d) o[D + d] = o[d] * o[d];
-      continue;
+    for (int64_t d = 0; d < D; d += L) {
+      const int64_t m = std::min<int64_t>(L, D - d);
+      const V v = vload_part(x + d, m) - vload_part(mu + d, m);
+      vstore_part(o + d, v, m);
+      if (per_centre) vstore_part(o + D + d, v * v, m);
     }
-    double s = 0.0;
-    for (int64_t d = 0; d < D; ++d) s += (ws ? (double)ws[d] : 1.0) * (double)o[d] * (double)o[d];
-    xn[r] = (T)s;
+    if (per_centre) continue;
+    xn[r] = (T)weighted_sq_sum(o, ws, D);
   }
 }
 
@@ -181,11 +222,14 @@ static void forward_gemm(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
           // The pairs that failed the test: the difference form.
           for (int64_t r = 0; r < rv; ++r) {
             const int64_t n = n0 + r0 + r;
-            for (int64_t i = 0; i < nc; ++i) {
-              if (!bad[r * NV + i / L][i % L]) continue;
-              const int64_t j = j0 + i;
-              r2[n * C + j] = diff_pair<T, DIAG>(p.x + n * D, p.centers + j * D,
-                                                 DIAG ? (ws ? ws : p.metric + j * D) : nullptr, D);
+            for (int v = 0; v < NV; ++v) {
+              for (uint32_t m = lane_bits(bad[r * NV + v]); m != 0; m &= m - 1) {
+                const int64_t i = v * L + __builtin_ctz(m);
+                if (i >= nc) break;  // padding centres (lanes in increasing order)
+                const int64_t j = j0 + i;
+                r2[n * C + j] = diff_pair<T, DIAG>(p.x + n * D, p.centers + j * D,
+                                                   DIAG ? (ws ? ws : p.metric + j * D) : nullptr, D);
+              }
             }
           }
         }

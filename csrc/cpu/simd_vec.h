@@ -28,6 +28,18 @@ RBFKERN_INLINE double vhsum(f64x8 v) {
   return s[0] + s[1];
 }
 
+// Bitwise OR of all lanes, the same shuffles as vhsum.
+RBFKERN_INLINE int32_t vor_lanes(i32x16 v) {
+  v |= __builtin_shuffle(v, i32x16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  v |= __builtin_shuffle(v, i32x16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  v |= __builtin_shuffle(v, i32x16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  return v[0] | v[1];
+}
+RBFKERN_INLINE int64_t vor_lanes(i64x8 v) {
+  v |= __builtin_shuffle(v, i64x8{4, 5, 6, 7, 0, 1, 2, 3});
+  v |= __builtin_shuffle(v, i64x8{2, 3, 0, 1, 6, 7, 4, 5});
+  return v[0] | v[1];
+}
 
 // Quiet comparisons: on scalars `<` may trap on NaN, which keeps GCC from if-converting the loop.
 RBFKERN_INLINE bool lanes_less(double a, double b) { return __builtin_isless(a, b); }
