@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import ops
+from . import _backend, ops
 from ._chunks import rows_per_chunk
 
 try:  # tqdm is optional: progress bars only
@@ -142,9 +142,33 @@ def _metric_rows(diag, tril, idx):
     return {}
 
 
+def _fused_nearest(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None):
+    """``assign`` by the C++ kernel that reduces each row's distances as it computes them (no (N, C)
+    matrix; the same values as ``rbf_r2(...).min(1)``), or None where it does not apply: not a CPU
+    float32/float64 tensor under the cpp backend, or a gradient is wanted."""
+    ts = [t for t in (x, centers, diag, tril) if t is not None]
+    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or centers.shape[0] == 0
+            or any(t.dtype != x.dtype or t.device != x.device for t in ts)
+            or _backend.choose(x.device) != "cpp" or not _backend.has_cext()
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in ts))):
+        return None
+    metric, kind = (diag, 1) if diag is not None else ((tril, 2) if tril is not None else (x.new_empty(0), 0))
+    shared = kind != 0 and metric.dim() == (1 if kind == 1 else 2)
+    labels = torch.empty(x.shape[0], dtype=torch.long)
+    best = x.new_empty(x.shape[0])
+    _backend.cext().rbf_nearest(x.detach().contiguous().numpy(), centers.detach().contiguous().numpy(),
+                                metric.detach().contiguous().numpy(), kind, shared, labels.numpy(), best.numpy(),
+                                _backend.num_threads())
+    return labels, best
+
+
 def assign(x: Tensor, centers: Tensor, *, diag: Tensor | None = None, tril: Tensor | None = None,
            chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
-    """Nearest centre of every row of x: ``(labels (N,), min_r2 (N,))``, streamed in row chunks."""
+    """Nearest centre of every row of x: ``(labels (N,), min_r2 (N,))``: on CPU one fused C++ pass,
+    elsewhere (or when a gradient is wanted) ``rbf_r2`` streamed in row chunks + ``min``."""
+    fused = _fused_nearest(x, centers, diag, tril)
+    if fused is not None:
+        return fused
     n, d = x.shape
     c = centers.shape[0]
     step = chunk_size or rows_per_chunk(c, d, x.device)
@@ -178,18 +202,15 @@ def kmeans_plusplus(x: Tensor, k: int, *, diag: Tensor | None = None, tril: Tens
             weights = torch.ones_like(weights)
         cand = torch.multinomial(weights.cpu(), trials, replacement=True, generator=generator).to(x.device)
         cand_c = x[cand]
-        idx = torch.full((trials,), j, dtype=torch.long)
+        metric = _metric_rows(diag, tril, torch.full((trials,), j, dtype=torch.long))
         step = chunk_size or rows_per_chunk(trials, d, x.device)
-        pot = torch.zeros(trials, dtype=torch.float64, device=x.device)
-        new = []
+        # m[i, t]: row i's distance to its nearest centre if candidate t joins (float64)
+        m = torch.empty(n, trials, dtype=torch.float64, device=x.device)
         for s in range(0, n, step):
-            r2 = ops.rbf_r2(x[s:s + step], cand_c, **_metric_rows(diag, tril, idx)).double()
-            m = torch.minimum(closest[s:s + step, None], r2)
-            pot += m.sum(0)
-            new.append(m)
-        best = int(pot.argmin())
+            torch.minimum(closest[s:s + step, None], ops.rbf_r2(x[s:s + step], cand_c, **metric), out=m[s:s + step])
+        best = int(m.sum(0).argmin())
         centers[j] = cand_c[best]
-        closest = torch.cat([m[:, best] for m in new])
+        closest = m[:, best].contiguous()
     return centers
 
 
@@ -333,12 +354,25 @@ def _mean_var(x, comm):
     return float((ss / n).mean()) if n > 1 else 0.0
 
 
+def _sums_into(buf: Tensor, x: Tensor, labels: Tensor, k: int) -> None:
+    """buf[:k*d] = per-cluster float64 sums (K, D) of the rows of x, buf[k*d:k*d+k] = counts: on CPU
+    one C++ pass (each cluster's rows added in row order), elsewhere index_add_ + bincount."""
+    d = x.shape[1]
+    sums, counts = buf[: k * d].view(k, d), buf[k * d: k * d + k]
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and _backend.choose(x.device) == "cpp" and _backend.has_cext()):
+        _backend.cext().rbf_cluster_sums(x.detach().contiguous().numpy(), labels.contiguous().numpy(), k,
+                                         sums.numpy(), counts.numpy(), _backend.num_threads())
+        return
+    sums.zero_().index_add_(0, labels, x.double())
+    counts.copy_(torch.bincount(labels, minlength=k))
+
+
 def _cluster_sums(x, labels, k, changed, comm):
     """Per-cluster float64 sums (K, D), counts (K,) and whether any rank's labels changed."""
     d = x.shape[1]
-    buf = torch.zeros(k * d + k + 1, dtype=torch.float64, device=x.device)
-    buf[: k * d].view(k, d).index_add_(0, labels, x.double())
-    buf[k * d: -1] = torch.bincount(labels, minlength=k)
+    buf = torch.empty(k * d + k + 1, dtype=torch.float64, device=x.device)
+    _sums_into(buf, x, labels, k)
     buf[-1] = float(changed)
     comm.sum_(buf)
     return buf[: k * d].view(k, d), buf[k * d: -1], bool(buf[-1] > 0)
@@ -389,11 +423,11 @@ def _minibatch_step(batch, centers, counts, diag, tril, chunk_size, comm):
     distributed, the batch is the union of one batch per rank."""
     k = centers.shape[0]
     lab, _ = assign(batch, centers.to(batch.dtype), diag=diag, tril=tril, chunk_size=chunk_size)
-    buf = torch.zeros(k, centers.shape[1] + 1, dtype=torch.float64, device=centers.device)
-    buf[:, :-1].index_add_(0, lab, batch.double())
-    buf[:, -1] = torch.bincount(lab, minlength=k)
+    d = centers.shape[1]
+    buf = torch.empty(k * d + k, dtype=torch.float64, device=centers.device)
+    _sums_into(buf, batch, lab, k)
     comm.sum_(buf)
-    s_b, n_b = buf[:, :-1], buf[:, -1]
+    s_b, n_b = buf[: k * d].view(k, d), buf[k * d:]
     counts += n_b
     hit = n_b > 0
     centers[hit] += (s_b[hit] - n_b[hit, None] * centers[hit]) / counts[hit, None]

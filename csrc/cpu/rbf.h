@@ -49,6 +49,19 @@ struct RbfProblem {
 template <class T>
 void rbf_forward(const RbfProblem<T>& p, T* act, T* r2, int nthreads);
 
+// Each row's nearest centre: label (N,) and min_r2 (N,) equal r2.min(1) of rbf_forward's r2 (the
+// same values; torch.min's order: NaN first, then the smaller index among equal values), without
+// writing (N, C). C >= 1.
+template <class T>
+void rbf_nearest(const RbfProblem<T>& p, int64_t* label, T* min_r2, int nthreads);
+
+// k-means' cluster statistics: sums (K,D) and counts (K,), in double, of the rows of x (N,D) by
+// label (N,), every label in [0, K). Each cluster adds its rows in row order (threads split the
+// clusters), so the result does not depend on nthreads.
+template <class T>
+void rbf_cluster_sums(const T* x, int64_t N, int64_t D, const int64_t* label, int64_t K, double* sums,
+                      double* counts, int nthreads);
+
 // r2 is the forward's r2. G = grad_act * df/dr2 + grad_r2 (either may be null).
 template <class T>
 void rbf_backward(const RbfProblem<T>& p, const T* r2, const T* grad_act, const T* grad_r2,

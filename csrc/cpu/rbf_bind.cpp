@@ -92,6 +92,46 @@ void rbf_forward_py(py::handle x, py::handle centers, py::handle metric, int met
   });
 }
 
+void rbf_nearest_py(py::handle x, py::handle centers, py::handle metric, int metric_kind, bool metric_shared,
+                    py::handle label, py::handle min_r2, int nthreads) {
+  Args a("rbf_nearest");
+  const Common c = check_common(a, x, centers, metric, metric_kind, metric_shared, py::none(), cpu::kKindNone, 0.0);
+  a.require(c.C >= 1, "argument 'centers' must have at least one row, got shape (0, " + std::to_string(c.D) + ")");
+  const py::object l_o = a.typed<int64_t>(label, "label", {c.N}, true);
+  const py::object m_o = a.floats(min_r2, "min_r2", {c.N}, true);
+  a.by_dtype([&](auto t) {
+    using T = decltype(t);
+    const auto p = c.problem<T>();
+    int64_t* lp = mptr<int64_t>(l_o);
+    T* mp = mptr<T>(m_o);
+    py::gil_scoped_release nogil;
+    cpu::rbf_nearest<T>(p, lp, mp, nthreads);
+  });
+}
+
+void rbf_cluster_sums_py(py::handle x, py::handle label, int64_t K, py::handle sums, py::handle counts, int nthreads) {
+  Args a("rbf_cluster_sums");
+  const py::array xa = a.ranked(x, "x", 2);
+  const int64_t N = (int64_t)xa.shape(0), D = (int64_t)xa.shape(1);
+  a.require(K >= 1, "K must be >= 1, got " + std::to_string(K));
+  const py::object x_o = a.floats(x, "x", {N, D});
+  const py::array l_o = a.typed<int64_t>(label, "label", {N});
+  const py::object s_o = a.typed<double>(sums, "sums", {K, D}, true);
+  const py::object c_o = a.typed<double>(counts, "counts", {K}, true);
+  const int64_t* lp = static_cast<const int64_t*>(l_o.data());
+  for (int64_t n = 0; n < N; ++n)
+    if (lp[n] < 0 || lp[n] >= K)
+      a.fail("label must be in [0, " + std::to_string(K) + "), got " + std::to_string(lp[n]) + " at row " +
+             std::to_string(n));
+  a.by_dtype([&](auto t) {
+    using T = decltype(t);
+    const T* xp = cptr<T>(x_o);
+    double *sp = mptr<double>(s_o), *cp = mptr<double>(c_o);
+    py::gil_scoped_release nogil;
+    cpu::rbf_cluster_sums<T>(xp, N, D, lp, K, sp, cp, nthreads);
+  });
+}
+
 void rbf_backward_py(py::handle grad_act, py::handle grad_r2, py::handle x, py::handle centers,
                      py::handle metric, int metric_kind, bool metric_shared, py::handle sigma, py::handle r2,
                      int kind, double shape, py::handle gx, py::handle gc, py::handle gmetric,
@@ -126,6 +166,14 @@ void bind_rbf(py::module_& m) {
         "metric_kind: 0 none, 1 diag ((C,D) or shared (D,)), 2 tril ((C,D,D) or shared (D,D), lower\n"
         "triangle read). kind: -1 r2 only, 0 linear, 1 gaussian, 2 thin_plate, 3 logistic,\n"
         "4 inverse_multiquadric, 5 multiquadric, 6 inverse_quadratic, 7 quadratic.");
+  m.def("rbf_nearest", &rbf_nearest_py, py::arg("x"), py::arg("centers"), py::arg("metric"), py::arg("metric_kind"),
+        py::arg("metric_shared"), py::arg("label"), py::arg("min_r2"), py::arg("nthreads"),
+        "Each row's nearest centre: writes label (N,) int64 and min_r2 (N,), equal to r2.min(1) of\n"
+        "rbf_forward's r2 (NaN first, ties to the smaller index), without forming (N,C).");
+  m.def("rbf_cluster_sums", &rbf_cluster_sums_py, py::arg("x"), py::arg("label"), py::arg("K"), py::arg("sums"),
+        py::arg("counts"), py::arg("nthreads"),
+        "k-means' cluster statistics: writes sums (K,D) float64 and counts (K,) float64 of the rows of x\n"
+        "(N,D) by label (N,) int64 in [0, K), each cluster's rows added in row order.");
   m.def("rbf_backward", &rbf_backward_py, py::arg("grad_act").none(true), py::arg("grad_r2").none(true),
         py::arg("x"), py::arg("centers"), py::arg("metric"), py::arg("metric_kind"), py::arg("metric_shared"),
         py::arg("sigma"), py::arg("r2"), py::arg("kind"), py::arg("shape"), py::arg("gx").none(true),

@@ -1,6 +1,6 @@
 // RBF forward, none / diag metric, in the GEMM form with a certified error bound per pair and a
 // difference-form recompute of the pairs that fail it. Included by rbf_kernels.h (per instruction
-// set, inside its namespace: uses ActParams, act_rows, pack helpers); no include guard on purpose.
+// set, inside its namespace: uses its sinks and pack helpers); no include guard on purpose.
 //
 // Both sides are first shifted by mu, the mean of the centres (r2 does not change; the GEMM form's
 // cancellation then scales with the spread of the data, not its distance from the origin):
@@ -147,8 +147,8 @@ static void pack_rows_shifted(const RbfProblem<T>& p, const T* mu, bool per_cent
   }
 }
 
-template <class T, bool DIAG>
-static void forward_gemm(const RbfProblem<T>& p, const ActParams<T>& A, T* act, T* r2, int nthreads) {
+template <class T, bool DIAG, class Sink>
+static void forward_gemm(const RbfProblem<T>& p, const Sink& sink0, int nthreads) {
   typedef typename VT<T>::V V;
   typedef typename VT<T>::VI VI;
   constexpr int L = VT<T>::L, NV = kGemmNV, R = kGemmR, P = NV * L;
@@ -189,9 +189,11 @@ static void forward_gemm(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
   {
     std::vector<T> xs((size_t)(RB * K)), xn((size_t)RB), tile((size_t)(R * P)), tile2((size_t)(R * P));
     VI bad[R * NV];  // on the stack: std::vector would drop the vector type's 64-byte alignment
+    Sink sink = sink0;
 #pragma omp for schedule(static)
     for (int64_t rb = 0; rb < nrb; ++rb) {
       const int64_t n0 = rb * RB, nr = std::min(RB, N - n0), rows = simd::round_up(nr, R);
+      sink.begin(n0, nr);
       pack_rows_shifted(p, mu.data(), per_centre, n0, nr, rows, K, xs.data(), xn.data());
       // Row tiles outside, panels inside: the tile's R rows of x stay in L1 while the panels
       // stream from L2 (one sequential stream the prefetcher follows).
@@ -216,25 +218,23 @@ static void forward_gemm(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
               vstore(tile.data() + r * P + v * L, r2v);
             }
           }
-          for (int64_t r = 0; r < rv; ++r)
-            std::memcpy(r2 + (n0 + r0 + r) * C + j0, tile.data() + r * P, sizeof(T) * (size_t)nc);
-          if (!vany(any_bad)) continue;
           // The pairs that failed the test: the difference form.
-          for (int64_t r = 0; r < rv; ++r) {
+          for (int64_t r = 0; vany(any_bad) && r < rv; ++r) {
             const int64_t n = n0 + r0 + r;
             for (int v = 0; v < NV; ++v) {
               for (uint32_t m = lane_bits(bad[r * NV + v]); m != 0; m &= m - 1) {
                 const int64_t i = v * L + __builtin_ctz(m);
                 if (i >= nc) break;  // padding centres (lanes in increasing order)
                 const int64_t j = j0 + i;
-                r2[n * C + j] = diff_pair<T, DIAG>(p.x + n * D, p.centers + j * D,
-                                                   DIAG ? (ws ? ws : p.metric + j * D) : nullptr, D);
+                tile[(size_t)(r * P + i)] = diff_pair<T, DIAG>(p.x + n * D, p.centers + j * D,
+                                                               DIAG ? (ws ? ws : p.metric + j * D) : nullptr, D);
               }
             }
           }
+          sink.put(n0 + r0, rv, j0, nc, tile.data(), P);
         }
       }
-      if (act) act_rows(A, nr, C, r2 + n0 * C, act + n0 * C);
+      sink.end(n0, nr);
     }
   }
 }

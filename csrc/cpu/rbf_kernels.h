@@ -26,6 +26,7 @@
 using simd::VT;
 using simd::vbcast;
 using simd::vexp_nonpos;
+using simd::vhmin;
 using simd::vhsum;
 using simd::vload;
 using simd::vload_part;
@@ -289,6 +290,104 @@ RBFKERN_INLINE T diag_w(const RbfProblem<T>& p, int64_t j, int64_t d) {
   return p.metric_shared ? p.metric[d] : p.metric[j * p.D + d];
 }
 
+#include "cpu/gemm_tile.h"      // NOLINT(build/include): per instruction set, like this file
+
+// ---------------------------------------------------------------------------------------------
+// Where the forward kernels put r2 (one copy per thread; rows come in blocks, begin .. end):
+// R2Rows writes the (N, C) matrix and the activation, NearestRows keeps each row's nearest
+// centre (rbf_nearest), so k-means assignment never writes (N, C).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+struct R2Rows {
+  T* r2;
+  T* act;  // null: r2 only
+  const ActParams<T>* A;
+  int64_t C;
+  void begin(int64_t, int64_t) {}
+  // rv rows from row n, centres [j0, j0 + nc): row r at tile + r * ld.
+  void put(int64_t n, int64_t rv, int64_t j0, int64_t nc, const T* tile, int64_t ld) {
+    for (int64_t r = 0; r < rv; ++r) std::memcpy(r2 + (n + r) * C + j0, tile + r * ld, sizeof(T) * (size_t)nc);
+  }
+  // Centre j for rows [n, n + nr): s[r].
+  void put_col(int64_t n, int64_t nr, int64_t j, const T* s) {
+    for (int64_t r = 0; r < nr; ++r) r2[(n + r) * C + j] = s[r];
+  }
+  void end(int64_t n0, int64_t nr) {
+    if (act) act_rows(*A, nr, C, r2 + n0 * C, act + n0 * C);
+  }
+};
+
+// torch.min's order: a smaller value first, NaN before any number, then the smaller index.
+template <class T>
+RBFKERN_INLINE bool nearer(T v, int64_t j, T best, int64_t bj) {
+  if (std::isnan(v)) return !std::isnan(best) || j < bj;
+  if (std::isnan(best)) return false;
+  return v < best || (v == best && j < bj);
+}
+
+template <class T>
+struct NearestRows {
+  int64_t* label;
+  T* min_r2;
+  std::vector<T> bv;
+  std::vector<int64_t> bj;
+  int64_t n0 = 0;
+  void begin(int64_t n, int64_t nr) {
+    n0 = n;
+    bv.assign((size_t)nr, std::numeric_limits<T>::infinity());
+    bj.assign((size_t)nr, std::numeric_limits<int64_t>::max());
+  }
+  RBFKERN_INLINE void offer(int64_t n, int64_t j, T v) {
+    const size_t r = (size_t)(n - n0);
+    if (nearer(v, j, bv[r], bj[r])) {
+      bv[r] = v;
+      bj[r] = j;
+    }
+  }
+  // Per row: the lane-wise minimum of the tile's vectors, its smallest value m, and the first lane
+  // equal to m (the smallest index of the tile's minimum). Rows with a NaN take the scalar order.
+  // Whole vectors are read: ld is a multiple of L, and nc <= 64 (the kernels' tiles are P = NV L
+  // wide, at most 32).
+  void put(int64_t n, int64_t rv, int64_t j0, int64_t nc, const T* tile, int64_t ld) {
+    typedef typename VT<T>::V V;
+    typedef typename VT<T>::VI VI;
+    constexpr int L = VT<T>::L;
+    VI lane;
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) lane[i] = i;
+    const V inf = vbcast<T>(std::numeric_limits<T>::infinity());
+    for (int64_t r = 0; r < rv; ++r) {
+      const T* t = tile + r * ld;
+      V mn = inf;
+      VI nan = {};
+      for (int64_t i0 = 0; i0 < nc; i0 += L) {
+        const V v = vload(t + i0);
+        const VI in = lane < (int)std::min<int64_t>(L, nc - i0);  // lanes past nc do not count
+        nan |= in & (v != v);
+        mn = (in & (v < mn)) ? v : mn;
+      }
+      if (vany(nan)) {
+        for (int64_t i = 0; i < nc; ++i) offer(n + r, j0 + i, t[i]);
+        continue;
+      }
+      const T m = vhmin(mn);
+      const size_t b = (size_t)(n + r - n0);
+      if (!(m <= bv[b])) continue;  // cannot win (equal values may win on the index)
+      uint64_t hit = 0;  // no branch per vector: which vector holds m is a coin toss
+      for (int64_t i0 = 0; i0 < nc; i0 += L)
+        hit |= (uint64_t)lane_bits((lane < (int)std::min<int64_t>(L, nc - i0)) & (vload(t + i0) == vbcast<T>(m))) << i0;
+      offer(n + r, j0 + __builtin_ctzll(hit), m);
+    }
+  }
+  void put_col(int64_t n, int64_t nr, int64_t j, const T* s) {
+    for (int64_t r = 0; r < nr; ++r) offer(n + r, j, s[r]);
+  }
+  void end(int64_t n, int64_t nr) {
+    std::memcpy(label + n, bj.data(), sizeof(int64_t) * (size_t)nr);
+    std::memcpy(min_r2 + n, bv.data(), sizeof(T) * (size_t)nr);
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Forward, diag / none metric
 // ---------------------------------------------------------------------------------------------
@@ -327,8 +426,8 @@ RBFKERN_INLINE void fwd_diag_micro(const T* xs, int64_t D, const T* cT, const T*
   }
 }
 
-template <class T, bool DIAG>
-static void forward_diag(const RbfProblem<T>& p, const ActParams<T>& A, T* act, T* r2, int nthreads) {
+template <class T, bool DIAG, class Sink>
+static void forward_diag(const RbfProblem<T>& p, const Sink& sink0, int nthreads) {
   constexpr int L = VT<T>::L, P = 2 * L, R = 8;
   constexpr int64_t RB = 64;  // rows per block (multiple of R)
   const int64_t N = p.N, C = p.C, D = p.D;
@@ -346,10 +445,12 @@ static void forward_diag(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<T> xs((size_t)(RB * std::max<int64_t>(D, 1))), tile((size_t)(R * P));
+    Sink sink = sink0;
 #pragma omp for schedule(static)
     for (int64_t rb = 0; rb < nrb; ++rb) {
       const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
       const int64_t rows = simd::round_up(nr, R);
+      sink.begin(n0, nr);
       pack_rows(p.x, D, n0, nr, rows, D, xs.data());
       for (int64_t pn = 0; pn < npanel; ++pn) {
         const int64_t j0 = pn * P, nc = std::min<int64_t>(P, C - j0);
@@ -357,12 +458,10 @@ static void forward_diag(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
         const T* wp = DIAG ? wT.data() + pn * D * P : nullptr;
         for (int64_t r0 = 0; r0 < rows; r0 += R) {
           fwd_diag_micro<T, R, DIAG>(xs.data() + r0 * D, D, cp, wp, tile.data());
-          const int64_t rv = std::min<int64_t>(R, nr - r0);
-          for (int64_t r = 0; r < rv; ++r)
-            std::memcpy(r2 + (n0 + r0 + r) * C + j0, tile.data() + r * P, sizeof(T) * (size_t)nc);
+          sink.put(n0 + r0, std::min<int64_t>(R, nr - r0), j0, nc, tile.data(), P);
         }
       }
-      if (act) act_rows(A, nr, C, r2 + n0 * C, act + n0 * C);
+      sink.end(n0, nr);
     }
   }
 }
@@ -521,8 +620,8 @@ RBFKERN_INLINE void diff_T(const T* XT, const T* c, int64_t Dk, int64_t ldn, int
   }
 }
 
-template <class T>
-static void forward_tril(const RbfProblem<T>& p, const ActParams<T>& A, T* act, T* r2, int nthreads) {
+template <class T, class Sink>
+static void forward_tril(const RbfProblem<T>& p, const Sink& sink0, int nthreads) {
   typedef typename VT<T>::V V;
   constexpr int L = VT<T>::L, KB = kTrilKB, RV = kTrilRV;
   constexpr int64_t RB = kTrilRB;
@@ -535,10 +634,12 @@ static void forward_tril(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<T> XT((size_t)(Dk * RB)), DT((size_t)(Dk * RB)), s((size_t)RB);
+    Sink sink = sink0;
 #pragma omp for schedule(static)
     for (int64_t rb = 0; rb < nrb; ++rb) {
       const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
       const int64_t rows = simd::round_up(nr, RV * L);
+      sink.begin(n0, nr);
       pack_rows_T(p.x, D, D, n0, nr, Dk, RB, XT.data());
       for (int64_t j = 0; j < C; ++j) {
         const T* Lj = Lk.data() + (p.metric_shared ? 0 : j * Dk * Dk);
@@ -557,9 +658,9 @@ static void forward_tril(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
 #pragma GCC unroll 4
           for (int rv = 0; rv < RV; ++rv) vstore(s.data() + r0 + rv * L, acc[rv]);
         }
-        for (int64_t n = 0; n < nr; ++n) r2[(n0 + n) * C + j] = s[n];
+        sink.put_col(n0, nr, j, s.data());
       }
-      if (act) act_rows(A, nr, C, r2 + n0 * C, act + n0 * C);
+      sink.end(n0, nr);
     }
   }
 }
@@ -567,25 +668,55 @@ static void forward_tril(const RbfProblem<T>& p, const ActParams<T>& A, T* act, 
 // ---------------------------------------------------------------------------------------------
 // Forward, diag / none metric, GEMM form (D >= kGemmFwdMinD)
 // ---------------------------------------------------------------------------------------------
-#include "cpu/gemm_tile.h"      // NOLINT(build/include): per instruction set, like this file
 #include "cpu/rbf_fwd_gemm.h"   // NOLINT(build/include)
+
+template <class T, class Sink>
+static void forward_into(const RbfProblem<T>& p, const Sink& sink, int nthreads) {
+  const bool gemm = p.D >= kGemmFwdMinD;
+  switch (p.metric_kind) {
+    case kMetricDiag:
+      if (gemm) forward_gemm<T, true>(p, sink, nthreads);
+      else forward_diag<T, true>(p, sink, nthreads);
+      break;
+    case kMetricTril: forward_tril<T>(p, sink, nthreads); break;
+    default:
+      if (gemm) forward_gemm<T, false>(p, sink, nthreads);
+      else forward_diag<T, false>(p, sink, nthreads);
+      break;
+  }
+}
 
 template <class T>
 void forward(const RbfProblem<T>& p, T* act, T* r2, int nthreads) {
   if (p.N <= 0 || p.C <= 0) return;
   const ActParams<T> A = make_act_params(p);
-  if (p.kind == kKindNone) act = nullptr;
-  const bool gemm = p.D >= kGemmFwdMinD;
-  switch (p.metric_kind) {
-    case kMetricDiag:
-      if (gemm) forward_gemm<T, true>(p, A, act, r2, nthreads);
-      else forward_diag<T, true>(p, A, act, r2, nthreads);
-      break;
-    case kMetricTril: forward_tril<T>(p, A, act, r2, nthreads); break;
-    default:
-      if (gemm) forward_gemm<T, false>(p, A, act, r2, nthreads);
-      else forward_diag<T, false>(p, A, act, r2, nthreads);
-      break;
+  forward_into(p, R2Rows<T>{r2, p.kind == kKindNone ? nullptr : act, &A, p.C}, nthreads);
+}
+
+template <class T>
+void nearest(const RbfProblem<T>& p, int64_t* label, T* min_r2, int nthreads) {
+  if (p.N <= 0 || p.C <= 0) return;
+  forward_into(p, NearestRows<T>{label, min_r2, {}, {}}, nthreads);
+}
+
+template <class T>
+void cluster_sums(const T* x, int64_t N, int64_t D, const int64_t* label, int64_t K, double* sums, double* counts,
+                  int nthreads) {
+  std::fill(sums, sums + K * D, 0.0);
+  std::fill(counts, counts + K, 0.0);
+  // Each thread reads every label: below about 2^20 elements one thread is faster.
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>({(int64_t)nthreads, K, (N * D) >> 20}));
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int t = 0; t < nt; ++t) {
+    const int64_t k0 = K * t / nt, k1 = K * (t + 1) / nt;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t l = label[n];
+      if (l < k0 || l >= k1) continue;
+      double* s = sums + l * D;
+      const T* xr = x + n * D;
+      for (int64_t d = 0; d < D; ++d) s[d] += (double)xr[d];
+      counts[l] += 1.0;
+    }
   }
 }
 

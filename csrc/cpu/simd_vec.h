@@ -41,6 +41,25 @@ RBFKERN_INLINE int64_t vor_lanes(i64x8 v) {
   return v[0] | v[1];
 }
 
+// Horizontal minimum (lanes without NaN), the same shuffles as vhsum.
+RBFKERN_INLINE float vhmin(f32x16 v) {
+  f32x16 s = __builtin_shuffle(v, i32x16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  v = s < v ? s : v;
+  s = __builtin_shuffle(v, i32x16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  v = s < v ? s : v;
+  s = __builtin_shuffle(v, i32x16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  v = s < v ? s : v;
+  return v[1] < v[0] ? v[1] : v[0];
+}
+RBFKERN_INLINE double vhmin(f64x8 v) {
+  f64x8 s = __builtin_shuffle(v, i64x8{4, 5, 6, 7, 0, 1, 2, 3});
+  v = s < v ? s : v;
+  s = __builtin_shuffle(v, i64x8{2, 3, 0, 1, 6, 7, 4, 5});
+  v = s < v ? s : v;
+  return v[1] < v[0] ? v[1] : v[0];
+}
+
+
 // Quiet comparisons: on scalars `<` may trap on NaN, which keeps GCC from if-converting the loop.
 RBFKERN_INLINE bool lanes_less(double a, double b) { return __builtin_isless(a, b); }
 RBFKERN_INLINE bool lanes_greater(double a, double b) { return __builtin_isgreater(a, b); }
