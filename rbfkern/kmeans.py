@@ -142,10 +142,10 @@ def _metric_rows(diag, tril, idx):
     return {}
 
 
-def _fused_nearest(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None):
-    """``assign`` by the C++ kernel that reduces each row's distances as it computes them (no (N, C)
-    matrix; the same values as ``rbf_r2(...).min(1)``), or None where it does not apply: not a CPU
-    float32/float64 tensor under the cpp backend, or a gradient is wanted."""
+def _cpp_metric(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None):
+    """``(metric array, metric_kind, shared)`` for the C++ passes of k-means (rbf_nearest,
+    rbf_min_with), or None where they do not apply: not CPU float32/float64 tensors of one dtype
+    under the cpp backend, no centres, or a gradient is wanted (the op path keeps autograd)."""
     ts = [t for t in (x, centers, diag, tril) if t is not None]
     if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or centers.shape[0] == 0
             or any(t.dtype != x.dtype or t.device != x.device for t in ts)
@@ -154,12 +154,36 @@ def _fused_nearest(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor
         return None
     metric, kind = (diag, 1) if diag is not None else ((tril, 2) if tril is not None else (x.new_empty(0), 0))
     shared = kind != 0 and metric.dim() == (1 if kind == 1 else 2)
+    return metric.detach().contiguous().numpy(), kind, shared
+
+
+def _fused_nearest(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None):
+    """``assign`` by the C++ kernel that reduces each row's distances as it computes them (no (N, C)
+    matrix; the same values as ``rbf_r2(...).min(1)``), or None where it does not apply."""
+    args = _cpp_metric(x, centers, diag, tril)
+    if args is None:
+        return None
     labels = torch.empty(x.shape[0], dtype=torch.long)
     best = x.new_empty(x.shape[0])
-    _backend.cext().rbf_nearest(x.detach().contiguous().numpy(), centers.detach().contiguous().numpy(),
-                                metric.detach().contiguous().numpy(), kind, shared, labels.numpy(), best.numpy(),
-                                _backend.num_threads())
+    _backend.cext().rbf_nearest(x.detach().contiguous().numpy(), centers.detach().contiguous().numpy(), *args,
+                                labels.numpy(), best.numpy(), _backend.num_threads())
     return labels, best
+
+
+def _candidate_floor(x: Tensor, cand: Tensor, metric: dict, closest: Tensor, chunk_size: int | None,
+                     m: Tensor) -> Tensor:
+    """m (N, t) float64 = min(closest, r2 to candidate t): each row's distance to its nearest centre
+    if candidate t joins (k-means++). On CPU one C++ pass, elsewhere rbf_r2 in row chunks + minimum."""
+    n, t = x.shape[0], cand.shape[0]
+    args = _cpp_metric(x, cand, metric.get("diag"), metric.get("tril"))
+    if args is not None:
+        _backend.cext().rbf_min_with(x.detach().contiguous().numpy(), cand.detach().contiguous().numpy(), *args,
+                                     closest.contiguous().numpy(), m.numpy(), _backend.num_threads())
+        return m
+    step = chunk_size or rows_per_chunk(t, x.shape[1], x.device)
+    for s in range(0, n, step):
+        torch.minimum(closest[s:s + step, None], ops.rbf_r2(x[s:s + step], cand, **metric), out=m[s:s + step])
+    return m
 
 
 def assign(x: Tensor, centers: Tensor, *, diag: Tensor | None = None, tril: Tensor | None = None,
@@ -196,18 +220,15 @@ def kmeans_plusplus(x: Tensor, k: int, *, diag: Tensor | None = None, tril: Tens
     centers[0] = x[first]
     _, closest = assign(x, centers[:1], chunk_size=chunk_size, **_metric_rows(diag, tril, slice(0, 1)))
     closest = closest.double()
+    m = torch.empty(n, trials, dtype=torch.float64, device=x.device)  # reused: fresh pages cost more than the pass
     for j in range(1, k):
         weights = closest.clamp_min(0)
         if float(weights.sum()) <= 0:  # every point sits on a centre: pick uniformly
             weights = torch.ones_like(weights)
         cand = torch.multinomial(weights.cpu(), trials, replacement=True, generator=generator).to(x.device)
         cand_c = x[cand]
-        metric = _metric_rows(diag, tril, torch.full((trials,), j, dtype=torch.long))
-        step = chunk_size or rows_per_chunk(trials, d, x.device)
-        # m[i, t]: row i's distance to its nearest centre if candidate t joins (float64)
-        m = torch.empty(n, trials, dtype=torch.float64, device=x.device)
-        for s in range(0, n, step):
-            torch.minimum(closest[s:s + step, None], ops.rbf_r2(x[s:s + step], cand_c, **metric), out=m[s:s + step])
+        _candidate_floor(x, cand_c, _metric_rows(diag, tril, torch.full((trials,), j, dtype=torch.long)),
+                         closest, chunk_size, m)
         best = int(m.sum(0).argmin())
         centers[j] = cand_c[best]
         closest = m[:, best].contiguous()

@@ -1,12 +1,14 @@
 """The fused C++ passes of k-means (csrc/cpu/rbf_kernels.h): the nearest-centre search equals
-``rbf_r2(...).min(1)`` bit for bit (ties and NaN as torch.min), the cluster sums equal a float64
-index_add_, both for any thread count; k-means gives the same answer with and without them."""
+``rbf_r2(...).min(1)`` bit for bit (ties and NaN as torch.min), the seeding pass equals
+``torch.minimum(floor, rbf_r2(...))``, the cluster sums equal a float64 index_add_, all for any
+thread count; k-means gives the same answer with and without them."""
 import math
 
 import pytest
 import torch
 
-from rbfkern import _backend, kmeans as km
+from rbfkern import _backend
+from rbfkern import kmeans as km
 from rbfkern.ops import rbf_r2
 
 METRICS = ["none", "diag", "shared_diag", "tril", "shared_tril"]
@@ -59,6 +61,23 @@ def test_fused_assign_is_r2_min(n, c, d, metric, dtype):
         assert bool(best[5].isnan())
     if c > 2:  # rows on centre 0 and its duplicate c // 2: the smaller index, distance 0
         assert labels[:3].tolist() == [0, 0, 0] and float(best[:3].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("n,c,d", SHAPES)
+def test_seeding_pass_is_minimum_of_floor_and_r2(n, c, d, metric, dtype):
+    """out = torch.minimum(floor, r2) in float64, bit for bit; a NaN floor or r2 gives NaN."""
+    x, cen, kw = _problem(n, c, d, metric, dtype, seed=1)
+    floor = rbf_r2(x, cen[:1], **{k: v[:1] if v.dim() > (1 if k == "diag" else 2) else v for k, v in kw.items()})[:, 0]
+    floor = floor.double() * torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2
+    floor[-1] = float("nan")
+    assert km._cpp_metric(x, cen, kw.get("diag"), kw.get("tril")) is not None  # the C++ pass runs
+    m = km._candidate_floor(x, cen, kw, floor, None, torch.full((n, c), 7.0, dtype=torch.float64))
+    want = torch.minimum(floor[:, None], rbf_r2(x, cen, **kw))
+    assert m.dtype == torch.float64 and torch.equal(m.isnan(), want.isnan())
+    assert torch.equal(m.nan_to_num(-1.0), want.nan_to_num(-1.0))
+    assert bool(m[-1].isnan().all())
 
 
 @pytest.mark.parametrize("metric", ["none", "diag", "tril"])
@@ -134,16 +153,19 @@ def test_cluster_sums_reject_a_label_out_of_range():
 
 @pytest.mark.parametrize("metric", ["none", "diag", "tril"])
 def test_kmeans_same_with_and_without_the_fused_passes(metric, monkeypatch):
-    """Lloyd from the same initial centres on the C++ passes and on rbf_r2 + min + index_add_ (the
-    reference backend): the same labels, centres and inertia."""
-    x, cen, kw = _problem(600, 8, 18, metric, torch.float64, seed=5)
+    """Lloyd from the same initial centres, and k-means++ from the same generator, on the C++ passes
+    and on rbf_r2 + min + index_add_ (the reference backend): the same labels, centres, inertia
+    and seeds."""
+    x, _, kw = _problem(600, 8, 18, metric, torch.float64, seed=5)
     x = x[6:]
     init = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(1))[:8]].clone()
     kw = {k: v[0] if v.dim() == (3 if k == "tril" else 2) else v for k, v in kw.items()}  # shared metric
     fused = km.kmeans(x, 8, init=init, max_iter=20, **kw)
+    seeds = km.kmeans_plusplus(x, 8, generator=torch.Generator().manual_seed(4), **kw)
     monkeypatch.setenv("RBFKERN_BACKEND", "reference")
-    assert km._fused_nearest(x, init, kw.get("diag"), kw.get("tril")) is None
+    assert km._cpp_metric(x, init, kw.get("diag"), kw.get("tril")) is None
     plain = km.kmeans(x, 8, init=init, max_iter=20, **kw)
+    assert torch.equal(seeds, km.kmeans_plusplus(x, 8, generator=torch.Generator().manual_seed(4), **kw))
     assert torch.equal(fused.labels, plain.labels) and fused.n_iter == plain.n_iter
     torch.testing.assert_close(fused.centers, plain.centers, rtol=1e-12, atol=1e-12)
     assert math.isclose(fused.inertia, plain.inertia, rel_tol=1e-12)

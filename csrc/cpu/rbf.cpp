@@ -30,6 +30,11 @@ void rbf_nearest(const RbfProblem<T>& p, int64_t* label, T* min_r2, int nthreads
 }
 
 template <class T>
+void rbf_min_with(const RbfProblem<T>& p, const double* floor, double* out, int nthreads) {
+  RBFKERN_PICK_ISA(rbf, min_with<T>)(p, floor, out, std::max(1, nthreads));
+}
+
+template <class T>
 void rbf_cluster_sums(const T* x, int64_t N, int64_t D, const int64_t* label, int64_t K, double* sums,
                       double* counts, int nthreads) {
   RBFKERN_PICK_ISA(rbf, cluster_sums<T>)(x, N, D, label, K, sums, counts, std::max(1, nthreads));
@@ -45,6 +50,8 @@ template void rbf_forward<float>(const RbfProblem<float>&, float*, float*, int);
 template void rbf_forward<double>(const RbfProblem<double>&, double*, double*, int);
 template void rbf_nearest<float>(const RbfProblem<float>&, int64_t*, float*, int);
 template void rbf_nearest<double>(const RbfProblem<double>&, int64_t*, double*, int);
+template void rbf_min_with<float>(const RbfProblem<float>&, const double*, double*, int);
+template void rbf_min_with<double>(const RbfProblem<double>&, const double*, double*, int);
 template void rbf_cluster_sums<float>(const float*, int64_t, int64_t, const int64_t*, int64_t, double*, double*, int);
 template void rbf_cluster_sums<double>(const double*, int64_t, int64_t, const int64_t*, int64_t, double*, double*,
                                        int);

@@ -55,6 +55,11 @@ void rbf_forward(const RbfProblem<T>& p, T* act, T* r2, int nthreads);
 template <class T>
 void rbf_nearest(const RbfProblem<T>& p, int64_t* label, T* min_r2, int nthreads);
 
+// out (N,C) = min(floor[n], r2[n][j]) in double (either NaN gives NaN, as torch.minimum), r2 as
+// rbf_forward computes it: k-means++ seeding's candidate distances in one pass.
+template <class T>
+void rbf_min_with(const RbfProblem<T>& p, const double* floor, double* out, int nthreads);
+
 // k-means' cluster statistics: sums (K,D) and counts (K,), in double, of the rows of x (N,D) by
 // label (N,), every label in [0, K). Each cluster adds its rows in row order (threads split the
 // clusters), so the result does not depend on nthreads.

@@ -109,6 +109,22 @@ void rbf_nearest_py(py::handle x, py::handle centers, py::handle metric, int met
   });
 }
 
+void rbf_min_with_py(py::handle x, py::handle centers, py::handle metric, int metric_kind, bool metric_shared,
+                     py::handle floor, py::handle out, int nthreads) {
+  Args a("rbf_min_with");
+  const Common c = check_common(a, x, centers, metric, metric_kind, metric_shared, py::none(), cpu::kKindNone, 0.0);
+  const py::array f_o = a.typed<double>(floor, "floor", {c.N});
+  const py::object o_o = a.typed<double>(out, "out", {c.N, c.C}, true);
+  a.by_dtype([&](auto t) {
+    using T = decltype(t);
+    const auto p = c.problem<T>();
+    const double* fp = static_cast<const double*>(f_o.data());
+    double* op = mptr<double>(o_o);
+    py::gil_scoped_release nogil;
+    cpu::rbf_min_with<T>(p, fp, op, nthreads);
+  });
+}
+
 void rbf_cluster_sums_py(py::handle x, py::handle label, int64_t K, py::handle sums, py::handle counts, int nthreads) {
   Args a("rbf_cluster_sums");
   const py::array xa = a.ranked(x, "x", 2);
@@ -170,6 +186,10 @@ void bind_rbf(py::module_& m) {
         py::arg("metric_shared"), py::arg("label"), py::arg("min_r2"), py::arg("nthreads"),
         "Each row's nearest centre: writes label (N,) int64 and min_r2 (N,), equal to r2.min(1) of\n"
         "rbf_forward's r2 (NaN first, ties to the smaller index), without forming (N,C).");
+  m.def("rbf_min_with", &rbf_min_with_py, py::arg("x"), py::arg("centers"), py::arg("metric"), py::arg("metric_kind"),
+        py::arg("metric_shared"), py::arg("floor"), py::arg("out"), py::arg("nthreads"),
+        "k-means++ seeding's candidate distances: writes out (N,C) float64 = min(floor[n], r2[n,j]) for\n"
+        "floor (N,) float64 (either NaN gives NaN, as torch.minimum), r2 as rbf_forward computes it.");
   m.def("rbf_cluster_sums", &rbf_cluster_sums_py, py::arg("x"), py::arg("label"), py::arg("K"), py::arg("sums"),
         py::arg("counts"), py::arg("nthreads"),
         "k-means' cluster statistics: writes sums (K,D) float64 and counts (K,) float64 of the rows of x\n"

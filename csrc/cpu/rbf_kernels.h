@@ -295,7 +295,8 @@ RBFKERN_INLINE T diag_w(const RbfProblem<T>& p, int64_t j, int64_t d) {
 // ---------------------------------------------------------------------------------------------
 // Where the forward kernels put r2 (one copy per thread; rows come in blocks, begin .. end):
 // R2Rows writes the (N, C) matrix and the activation, NearestRows keeps each row's nearest
-// centre (rbf_nearest), so k-means assignment never writes (N, C).
+// centre (rbf_nearest), so k-means assignment never writes (N, C); MinWithRows (rbf_min_with)
+// writes min(floor, r2) for k-means++ seeding.
 // ---------------------------------------------------------------------------------------------
 template <class T>
 struct R2Rows {
@@ -386,6 +387,28 @@ struct NearestRows {
     std::memcpy(label + n, bj.data(), sizeof(int64_t) * (size_t)nr);
     std::memcpy(min_r2 + n, bv.data(), sizeof(T) * (size_t)nr);
   }
+};
+
+// out[n][j] = min(floor[n], r2[n][j]) in double, NaN as torch.minimum (either NaN gives NaN):
+// k-means++ seeding's distances to the nearest centre if candidate j joins.
+template <class T>
+struct MinWithRows {
+  const double* floor;
+  double* out;
+  int64_t C;
+  void begin(int64_t, int64_t) {}
+  RBFKERN_INLINE static double min_nan(double v, double f) { return (v < f || v != v) ? v : f; }
+  void put(int64_t n, int64_t rv, int64_t j0, int64_t nc, const T* tile, int64_t ld) {
+    for (int64_t r = 0; r < rv; ++r) {
+      const double f = floor[n + r];
+      double* o = out + (n + r) * C + j0;
+      for (int64_t i = 0; i < nc; ++i) o[i] = min_nan((double)tile[r * ld + i], f);
+    }
+  }
+  void put_col(int64_t n, int64_t nr, int64_t j, const T* s) {
+    for (int64_t r = 0; r < nr; ++r) out[(n + r) * C + j] = min_nan((double)s[r], floor[n + r]);
+  }
+  void end(int64_t, int64_t) {}
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -697,6 +720,12 @@ template <class T>
 void nearest(const RbfProblem<T>& p, int64_t* label, T* min_r2, int nthreads) {
   if (p.N <= 0 || p.C <= 0) return;
   forward_into(p, NearestRows<T>{label, min_r2, {}, {}}, nthreads);
+}
+
+template <class T>
+void min_with(const RbfProblem<T>& p, const double* floor, double* out, int nthreads) {
+  if (p.N <= 0 || p.C <= 0) return;
+  forward_into(p, MinWithRows<T>{floor, out, p.C}, nthreads);
 }
 
 template <class T>
