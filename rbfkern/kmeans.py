@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import _backend, ops
+from .ops.rbf import _check_common as _check_rbf_inputs
 from ._chunks import rows_per_chunk
 
 try:  # tqdm is optional: progress bars only
@@ -152,6 +153,7 @@ def _cpp_metric(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | 
             or _backend.choose(x.device) != "cpp" or not _backend.has_cext()
             or (torch.is_grad_enabled() and any(t.requires_grad for t in ts))):
         return None
+    _check_rbf_inputs(x, centers, diag, tril)  # rbf_r2's checks: shapes, one metric, its values
     metric, kind = (diag, 1) if diag is not None else ((tril, 2) if tril is not None else (x.new_empty(0), 0))
     shared = kind != 0 and metric.dim() == (1 if kind == 1 else 2)
     return metric.detach().contiguous().numpy(), kind, shared
@@ -163,7 +165,7 @@ def _fused_nearest(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor
     args = _cpp_metric(x, centers, diag, tril)
     if args is None:
         return None
-    labels = torch.empty(x.shape[0], dtype=torch.long)
+    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     best = x.new_empty(x.shape[0])
     _backend.cext().rbf_nearest(x.detach().contiguous().numpy(), centers.detach().contiguous().numpy(), *args,
                                 labels.numpy(), best.numpy(), _backend.num_threads())
@@ -231,7 +233,7 @@ def kmeans_plusplus(x: Tensor, k: int, *, diag: Tensor | None = None, tril: Tens
                          closest, chunk_size, m)
         best = int(m.sum(0).argmin())
         centers[j] = cand_c[best]
-        closest = m[:, best].contiguous()
+        closest = m[:, best].clone()  # m is the next step's output buffer
     return centers
 
 

@@ -81,6 +81,19 @@ def test_seeding_pass_is_minimum_of_floor_and_r2(n, c, d, metric, dtype):
 
 
 @pytest.mark.parametrize("metric", ["none", "diag", "tril"])
+@pytest.mark.parametrize("n,c,d", [(37, 45, 21), (200, 40, 8)])
+def test_a_nan_centre_wins_as_in_torch_min(n, c, d, metric):
+    """A NaN centre in the last panel, finite minima in the first: every row takes the NaN centre,
+    as torch.min does (the sink's NaN path, on the GEMM form and the short-D kernel)."""
+    x, cen, kw = _problem(n, c, d, metric, torch.float32, seed=4)
+    cen[c - 2, d - 1] = float("nan")
+    labels, best = km.assign(x, cen, **kw)
+    want = rbf_r2(x, cen, **kw).min(1)
+    assert torch.equal(labels, want.indices) and bool(best.isnan().all())
+    assert bool((labels[torch.arange(n) != 5] == c - 2).all())
+
+
+@pytest.mark.parametrize("metric", ["none", "diag", "tril"])
 def test_fused_assign_does_not_depend_on_threads(metric):
     x, cen, kw = _problem(5000, 37, 24, metric, torch.float32, seed=2)
     old = torch.get_num_threads()
@@ -106,6 +119,29 @@ def test_assign_keeps_the_gradient_path():
     assert cen.grad is not None and bool(cen.grad.abs().sum() > 0)
     with torch.no_grad():
         assert km._fused_nearest(x, cen, None, None) is not None
+
+
+def test_fused_passes_check_their_inputs_as_the_op_does():
+    """The C++ passes bypass rbf_r2, so they run its checks: a negative or NaN metric, both
+    metrics at once, or a wrong metric shape raise the op's ValueError, from k-means too."""
+    x, cen = torch.randn(20, 3), torch.randn(4, 3)
+    for kw, match in (({"diag": -torch.ones(3)}, "diag"), ({"diag": torch.full((3,), float("nan"))}, "diag"),
+                      ({"diag": torch.ones(3), "tril": torch.eye(3)}, "at most one"),
+                      ({"tril": torch.eye(4)}, "tril")):
+        with pytest.raises(ValueError, match=match):
+            km.assign(x, cen, **kw)
+        with pytest.raises(ValueError, match=match):
+            km.kmeans(x, 2, **kw)
+
+
+def test_fused_assign_outputs_on_the_inputs_device():
+    """Under another default device the outputs still live with x (CPU arrays for the kernel)."""
+    x, cen, _ = _problem(30, 4, 17, "none", torch.float32)
+    want = km.assign(x, cen)
+    with torch.device("meta"):
+        labels, best = km.assign(x, cen)
+    assert labels.device.type == "cpu" and torch.equal(labels, want[0])
+    assert best.device.type == "cpu" and torch.equal(best.nan_to_num(-1.0), want[1].nan_to_num(-1.0))
 
 
 def test_fused_assign_rejects_mismatched_inputs():

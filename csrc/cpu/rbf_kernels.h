@@ -377,7 +377,8 @@ struct NearestRows {
       uint64_t hit = 0;  // no branch per vector: which vector holds m is a coin toss
       for (int64_t i0 = 0; i0 < nc; i0 += L)
         hit |= (uint64_t)lane_bits((lane < (int)std::min<int64_t>(L, nc - i0)) & (vload(t + i0) == vbcast<T>(m))) << i0;
-      offer(n + r, j0 + __builtin_ctzll(hit), m);
+      const int i = __builtin_ctzll(hit);
+      offer(n + r, j0 + i, t[i]);  // the lane's own value (m may differ in the sign of a zero)
     }
   }
   void put_col(int64_t n, int64_t nr, int64_t j, const T* s) {
