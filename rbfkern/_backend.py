@@ -93,5 +93,12 @@ def choose(device: torch.device) -> str:
     return name
 
 
+def cpp_takes(t: torch.Tensor) -> bool:
+    """Whether the C++ helper kernels called outside the ops (k-means passes, the kNN candidate
+    search) take this tensor: CPU float32/float64 under the cpp backend, extension built."""
+    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and choose(t.device) == "cpp" and has_cext())
+
+
 def num_threads() -> int:
     return max(1, torch.get_num_threads())

@@ -20,8 +20,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import _backend, ops
-from .ops.rbf import _check_common as _check_rbf_inputs
 from ._chunks import rows_per_chunk
+from .ops.rbf import _check_common as _check_rbf_inputs
 
 try:  # tqdm is optional: progress bars only
     from tqdm.auto import tqdm
@@ -148,9 +148,8 @@ def _cpp_metric(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | 
     rbf_min_with), or None where they do not apply: not CPU float32/float64 tensors of one dtype
     under the cpp backend, no centres, or a gradient is wanted (the op path keeps autograd)."""
     ts = [t for t in (x, centers, diag, tril) if t is not None]
-    if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or centers.shape[0] == 0
+    if (not _backend.cpp_takes(x) or centers.shape[0] == 0
             or any(t.dtype != x.dtype or t.device != x.device for t in ts)
-            or _backend.choose(x.device) != "cpp" or not _backend.has_cext()
             or (torch.is_grad_enabled() and any(t.requires_grad for t in ts))):
         return None
     _check_rbf_inputs(x, centers, diag, tril)  # rbf_r2's checks: shapes, one metric, its values
@@ -382,8 +381,7 @@ def _sums_into(buf: Tensor, x: Tensor, labels: Tensor, k: int) -> None:
     one C++ pass (each cluster's rows added in row order), elsewhere index_add_ + bincount."""
     d = x.shape[1]
     sums, counts = buf[: k * d].view(k, d), buf[k * d: k * d + k]
-    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and _backend.choose(x.device) == "cpp" and _backend.has_cext()):
+    if _backend.cpp_takes(x):
         _backend.cext().rbf_cluster_sums(x.detach().contiguous().numpy(), labels.contiguous().numpy(), k,
                                          sums.numpy(), counts.numpy(), _backend.num_threads())
         return

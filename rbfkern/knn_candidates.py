@@ -28,8 +28,7 @@ def candidates(query: Tensor, bank: Tensor, kk: int, chunk: int | None = None) -
     ``g`` with ``|approx - exact| <= g * (2 sum_d |q_d b_d| + |b|^2)`` for this search's sums.
     ``chunk``: bank rows per step (None: the kernel's about 1 MiB of packed bank, or 4M distances
     for the torch path)."""
-    if (query.device.type == "cpu" and query.dtype in (torch.float32, torch.float64)
-            and _backend.choose(query.device) == "cpp" and _backend.has_cext()):
+    if _backend.cpp_takes(query):
         return candidates_cpp(query, bank, kk, chunk)
     return candidates_torch(query, bank, kk, chunk)
 
