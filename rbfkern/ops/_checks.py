@@ -121,13 +121,14 @@ def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = Fal
     """Finite (and > 0 / >= 0) values, where ``reads_values`` allows the read."""
     if not reads_values(t):
         return
-    d = t.detach()
-    if not bool(torch.isfinite(d).all()):
+    # one reduction (aminmax propagates NaN to both ends)
+    lo, hi = (v.item() for v in torch.aminmax(t.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} must be finite, got non-finite values")
-    if positive and not bool((d > 0).all()):
-        raise ValueError(f"{name} must be > 0, got min {d.min().item():g}")
-    if nonnegative and not bool((d >= 0).all()):
-        raise ValueError(f"{name} must be >= 0, got min {d.min().item():g}")
+    if positive and not lo > 0:
+        raise ValueError(f"{name} must be > 0, got min {lo:g}")
+    if nonnegative and not lo >= 0:
+        raise ValueError(f"{name} must be >= 0, got min {lo:g}")
 
 
 def at_most(name: str, t: Tensor, bound: float, bound_name: str) -> None:
