@@ -25,6 +25,7 @@ import typing
 import torch
 
 from .. import _backend
+from . import _eager
 
 NAMESPACE = "rbfkern"
 
@@ -57,7 +58,8 @@ def _copy_resolved_signature(src, dst):
 def device_op(name: str, fake):
     """Decorator: register ``body`` as ``rbfkern::<name>`` (see the module docstring), with
     ``fake`` as the shapes-only implementation of its CPU op. Returns the public op
-    (a CustomOpDef: register_autograd etc. work on it)."""
+    (a CustomOpDef: register_autograd etc. work on it; ``_eager.call(op, ...)`` calls it without
+    the dispatch layers where nothing needs them)."""
 
     def register(body):
         cpu_op = torch.library.custom_op(f"{NAMESPACE}::{name}_cpu", body, mutates_args=(), device_types="cpu")
@@ -72,7 +74,9 @@ def device_op(name: str, fake):
             return cpu_op(*args, **kwargs)
 
         _copy_resolved_signature(body, dispatch)
-        return torch.library.triton_op(f"{NAMESPACE}::{name}", dispatch, mutates_args=())
+        op = torch.library.triton_op(f"{NAMESPACE}::{name}", dispatch, mutates_args=())
+        _eager.register_body(op, body)
+        return op
 
     return register
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import reference
 from .. import _bcos_common as common
-from . import _checks, _family, bcos_cpp
+from . import _checks, _eager, _family, bcos_cpp
 from .._bcos_common import BcosGeometry, out_hw
 
 # ---------------------------------------------------------------------------------------------
@@ -199,9 +199,9 @@ def _no_aux_grads(ctx, output):
     ctx.set_materialize_grads(False)
 
 
-def _autograd(op_name: str, n_args: int):
-    """(setup_context, backward) of the B-cos op ``op_name`` with ``n_args`` inputs: x, weight, the
-    arguments its backward op takes after the saved tensors, then save."""
+def _autograd(op_name: str, bwd_op, n_args: int):
+    """(setup_context, backward) of the B-cos op ``op_name`` (backward op ``bwd_op``) with ``n_args``
+    inputs: x, weight, the arguments its backward op takes after the saved tensors, then save."""
 
     def setup(ctx, inputs, output):
         x, weight, *args, save = inputs
@@ -210,24 +210,22 @@ def _autograd(op_name: str, n_args: int):
         ctx.save_for_backward(x, weight, output[1], output[2], output[3])
         _no_aux_grads(ctx, output)
 
-    bwd_op = getattr(torch.ops.rbfkern, op_name + "_bwd")
-
     def backward(ctx, gy, _g_lmax, _g_idx, _g_root):
         if not ctx.saved:
             raise RuntimeError(f"rbfkern::{op_name} was called with save=False; its backward needs save=True")
         x, weight, lmax, idx, root = ctx.saved_tensors
         needs = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
         gy = torch.zeros_like(lmax) if gy is None else gy
-        gx, gw = bwd_op(gy, x, weight, lmax, idx, root, *ctx.args, needs)
+        gx, gw = _eager.call(bwd_op, gy, x, weight, lmax, idx, root, *ctx.args, needs)
         return (gx if needs[0] else None, gw if needs[1] else None) + (None,) * (n_args - 2)
 
     return setup, backward
 
 
-_setup_conv, _backward_conv = _autograd("bcos_conv2d", 10)
-_setup_linear, _backward_linear = _autograd("bcos_linear", 6)
-_bcos_conv2d_op.register_autograd(_backward_conv, setup_context=_setup_conv)
-_bcos_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
+_setup_conv, _backward_conv = _autograd("bcos_conv2d", _bcos_conv2d_bwd_op, 10)
+_setup_linear, _backward_linear = _autograd("bcos_linear", _bcos_linear_bwd_op, 6)
+_eager.register_autograd(_bcos_conv2d_op, _backward_conv, _setup_conv)
+_eager.register_autograd(_bcos_linear_op, _backward_linear, _setup_linear)
 _family.no_double_backward(_bcos_conv2d_bwd_op, "rbfkern.reference.bcos_conv2d")
 _family.no_double_backward(_bcos_linear_bwd_op, "rbfkern.reference.bcos_linear")
 
@@ -326,8 +324,8 @@ def bcos_conv2d(
     if ho < 1 or wo < 1:
         raise ValueError(f"the output would be empty: x of shape {tuple(x.shape)} with a {tuple(weight.shape[2:])} "
                          f"kernel, stride {tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)}")
-    return torch.ops.rbfkern.bcos_conv2d(x, weight, b, max_out, stride, padding, dilation, groups, explain,
-                                         _save(x, weight))[0]
+    return _eager.call(_bcos_conv2d_op, x, weight, b, max_out, stride, padding, dilation, groups, explain,
+                       _save(x, weight))[0]
 
 
 def bcos_linear(x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, explain: bool = False) -> Tensor:
@@ -353,5 +351,5 @@ def bcos_linear(x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, 
         raise ValueError(f"weight must have shape (O*max_out, {x.shape[-1]}) for x of shape {tuple(x.shape)}, "
                          f"got {tuple(weight.shape)}")
     lead = x.shape[:-1]
-    y = torch.ops.rbfkern.bcos_linear(x.reshape(-1, x.shape[-1]), weight, b, max_out, explain, _save(x, weight))[0]
+    y = _eager.call(_bcos_linear_op, x.reshape(-1, x.shape[-1]), weight, b, max_out, explain, _save(x, weight))[0]
     return y.reshape(*lead, weight.shape[0] // max_out)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, basis, reference
-from . import _checks, _family
+from . import _checks, _eager, _family
 
 _HALF = (torch.float16, torch.bfloat16)
 PATHS = ("auto", "separable", "dense")
@@ -412,14 +412,14 @@ def _autograd_backward(bwd_op):
     def backward(ctx, grad):
         x, alpha, sigma = ctx.saved_tensors
         needs = list(ctx.needs_input_grad[:3])
-        gx, ga, gs = bwd_op(grad, x, alpha, sigma, *ctx.args, needs)
+        gx, ga, gs = _eager.call(bwd_op, grad, x, alpha, sigma, *ctx.args, needs)
         return (gx if needs[0] else None, ga if needs[1] else None, gs if needs[2] else None) + (None,) * 6
 
     return backward
 
 
-_gd2_op.register_autograd(_autograd_backward(torch.ops.rbfkern.gauss_deriv_conv2d_bwd), setup_context=_setup)
-_gd3_op.register_autograd(_autograd_backward(torch.ops.rbfkern.gauss_deriv_conv3d_bwd), setup_context=_setup)
+_eager.register_autograd(_gd2_op, _autograd_backward(_gd2_bwd_op), _setup)
+_eager.register_autograd(_gd3_op, _autograd_backward(_gd3_bwd_op), _setup)
 _family.no_double_backward(_gd2_bwd_op, "rbfkern.reference.gauss_deriv_conv2d")
 _family.no_double_backward(_gd3_bwd_op, "rbfkern.reference.gauss_deriv_conv3d")
 
@@ -537,8 +537,7 @@ def gauss_deriv_conv2d(x: Tensor, alpha: Tensor, sigma: float | Sequence[float] 
     scales are fixed) or ``max_sigma`` (GaussDerivConv2d does when it learns them).
     """
     sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 2, max_sigma)
-    return torch.ops.rbfkern.gauss_deriv_conv2d(x, alpha, sig, order, truncate, rads, stride, pad,
-                                                bool(scale_normalized))
+    return _eager.call(_gd2_op, x, alpha, sig, order, truncate, rads, stride, pad, bool(scale_normalized))
 
 
 def gauss_deriv_conv3d(x: Tensor, alpha: Tensor, sigma: float | Sequence[float] | Tensor, *, order: int = 2,
@@ -552,8 +551,7 @@ def gauss_deriv_conv3d(x: Tensor, alpha: Tensor, sigma: float | Sequence[float] 
     :func:`choose_path_3d` picks (separately for forward and backward).
     """
     sig, rads, truncate, pad = _check_args(x, alpha, sigma, order, truncate, stride, padding, 3, max_sigma)
-    return torch.ops.rbfkern.gauss_deriv_conv3d(x, alpha, sig, order, truncate, rads, stride, pad,
-                                                bool(scale_normalized))
+    return _eager.call(_gd3_op, x, alpha, sig, order, truncate, rads, stride, pad, bool(scale_normalized))
 
 
 def effective_weight(alpha: Tensor, sigma, *, order: int = 3, truncate: float = 4.0,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, reference
-from . import _checks, _family
+from . import _checks, _eager, _family
 
 KINDS = reference.RBF_KINDS
 _KIND_ID = {"none": -1, **{k: i for i, k in enumerate(KINDS)}}
@@ -178,7 +178,7 @@ def _backward_r2(ctx, grad_r2):
     x, centers, diag, tril, r2 = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:4]) + [False]
     sigma = x.new_ones(centers.shape[0])
-    grads = torch.ops.rbfkern.rbf_bwd(None, grad_r2, x, centers, diag, tril, sigma, r2, "none", 0.0, needs)
+    grads = _eager.call(_rbf_bwd_op, None, grad_r2, x, centers, diag, tril, sigma, r2, "none", 0.0, needs)
     return _grads_or_none(grads[:4], needs[:4])
 
 
@@ -191,12 +191,12 @@ def _setup_rbf(ctx, inputs, output):
 def _backward_rbf(ctx, grad_act, grad_r2):
     x, centers, diag, tril, sigma, r2 = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:5])
-    grads = torch.ops.rbfkern.rbf_bwd(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, ctx.kind, ctx.shape, needs)
+    grads = _eager.call(_rbf_bwd_op, grad_act, grad_r2, x, centers, diag, tril, sigma, r2, ctx.kind, ctx.shape, needs)
     return _grads_or_none(grads, needs) + (None, None)
 
 
-_rbf_r2_op.register_autograd(_backward_r2, setup_context=_setup_r2)
-_rbf_op.register_autograd(_backward_rbf, setup_context=_setup_rbf)
+_eager.register_autograd(_rbf_r2_op, _backward_r2, _setup_r2)
+_eager.register_autograd(_rbf_op, _backward_rbf, _setup_rbf)
 _family.no_double_backward(_rbf_bwd_op, "rbfkern.reference.rbf / rbf_r2")
 
 
@@ -260,7 +260,7 @@ def rbf_r2(x: Tensor, centers: Tensor, *, diag: Tensor | None = None, tril: Tens
     Differentiable in every tensor argument; computed in the difference form (no cancellation).
     """
     _check_common(x, centers, diag, tril)
-    return torch.ops.rbfkern.rbf_r2(x, centers, diag, tril)
+    return _eager.call(_rbf_r2_op, x, centers, diag, tril)
 
 
 def rbf(
@@ -303,5 +303,5 @@ def rbf(
         if not torch.compiler.is_compiling():
             _check_sigma_range(s, x.dtype, kind)
         sigma_c = x.new_full((c,), s)
-    act, r2 = torch.ops.rbfkern.rbf(x, centers, diag, tril, sigma_c, kind, shape)
+    act, r2 = _eager.call(_rbf_op, x, centers, diag, tril, sigma_c, kind, shape)
     return (act, r2) if return_r2 else act

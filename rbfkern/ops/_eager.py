@@ -1,0 +1,71 @@
+"""Eager CPU calls of the ops without torch.library's Python dispatch layers.
+
+A call of ``torch.ops.rbfkern.<name>`` on CPU tensors passes through the triton_op, its autograd
+wrapper, the CPU custom op and their argument handling before the body runs, and the backward op
+again: on a small RBF head that is most of a training step. None of those layers changes the
+result: they exist for traces (torch.compile, export, make_fx), fake tensors, autocast, functorch
+and the profiler. :func:`call` runs the op's body directly where none of them is in play — every
+tensor argument a plain strided CPU tensor (or Parameter), no trace, no tensor subclass, no
+dispatch or function mode, no autocast, no functorch transform, no forward-mode AD level, the
+profiler off — inside an autograd.Function made from the op's own setup_context and backward. It
+is the same body, the same saved tensors and the same backward; anything else takes the op.
+"""
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as _forward_ad
+from torch import Tensor
+
+_BODY: dict = {}
+_FUNCTION: dict = {}
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def register_body(op, body) -> None:
+    """``body`` is what ``op`` runs on CPU tensors (``_family.device_op`` registers it)."""
+    _BODY[op] = body
+
+
+def register_autograd(op, backward, setup_context) -> None:
+    """``op.register_autograd(backward, setup_context=...)``, and the same formula for eager calls."""
+    op.register_autograd(backward, setup_context=setup_context)
+    body = _BODY[op]
+
+    def forward(ctx, *args):
+        out = body(*args)
+        setup_context(ctx, args, out)
+        return out
+
+    # forward(ctx, ...) calls setup_context itself: a Function with a separate setup_context
+    # binds its arguments through inspect.signature on every call.
+    name = f"{op._name}_eager"
+    _FUNCTION[op] = type(name, (torch.autograd.Function,),
+                         {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+def _plain_call(args) -> tuple[bool, bool]:
+    """(whether the body may run directly, whether an input requires grad)."""
+    if (torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+            or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._functorch.peek_interpreter_stack() is not None
+            or torch.is_autocast_enabled("cpu") or _forward_ad._current_level >= 0
+            or torch._C._autograd._profiler_enabled()):
+        return False, False
+    grad = False
+    for a in args:
+        if isinstance(a, Tensor):
+            if type(a) not in _PLAIN_TYPES or not a.is_cpu or a.layout is not torch.strided:
+                return False, False
+            grad = grad or a.requires_grad
+    return True, grad
+
+
+def call(op, *args):
+    """``op(*args)``, with the body run directly where the module docstring says it may."""
+    plain, grad = _plain_call(args)
+    if not plain:
+        return op(*args)
+    if grad and torch.is_grad_enabled():
+        fn = _FUNCTION.get(op)
+        return op(*args) if fn is None else fn.apply(*args)
+    return _BODY[op](*args)
