@@ -1,6 +1,6 @@
 """Fused RBF op vs the naive broadcast PyTorch version vs the GEMM-expanded PyTorch version.
 
-Table (interleaved rounds, peak memory): python bench/bench_rbf.py [--quick] [--case diag|tril] [--device cuda]
+Table (interleaved rounds, peak memory): python bench/bench_rbf.py [--quick] [--case diag|tril|head] [--device cuda]
 pytest-benchmark:                         pytest bench/bench_rbf.py --benchmark-only
 FLOPs and bytes: rbfkern/gpucheck/model.py (the difference-form work of the fused kernels).
 """
@@ -22,6 +22,9 @@ CASES = [
     ("tril-gaussian", 4096, 64, 32, "tril"),
     ("diag-r2", 4096, 512, 128, "diag"),
 ]
+# RBF heads on a batch: the per-call cost of the op (argument checks, dispatch, autograd) weighs as
+# much as its arithmetic here
+HEAD_CASES = [("diag-gaussian", 64, 32, 16, "diag"), ("diag-gaussian", 256, 10, 64, "diag")]
 QUICK_CASES = [("diag-gaussian", 1024, 128, 64, "diag"), ("tril-gaussian", 512, 32, 16, "tril"),
                ("diag-r2", 1024, 128, 64, "diag")]
 PROVIDERS = ("fused", "naive", "gemm")
@@ -77,7 +80,10 @@ def make_case(name, n, c, d, metric, mode, device="cpu") -> h.Case:
 
 
 def cases(args) -> list[h.Case]:
-    chosen = [c for c in (QUICK_CASES if args.quick else CASES) if args.case in ("all", c[4])]
+    if args.case == "head":
+        chosen = HEAD_CASES
+    else:
+        chosen = [c for c in (QUICK_CASES if args.quick else CASES + HEAD_CASES) if args.case in ("all", c[4])]
     return [make_case(*c, mode, args.device) for c in chosen for mode in MODES]
 
 
@@ -87,7 +93,8 @@ def warmup_case(case: h.Case) -> h.Case:
 
 
 def add_arguments(ap):
-    ap.add_argument("--case", choices=("all", "diag", "tril"), default="all", help="only the cases with this metric")
+    ap.add_argument("--case", choices=("all", "diag", "tril", "head"), default="all",
+                    help="only the cases with this metric, or only the small RBF-head shapes")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: the Triton kernels")
 
 
