@@ -13,5 +13,6 @@ from . import ops  # noqa: E402,F401  (registers the torch.ops.rbfkern.* custom 
 from . import reference  # noqa: E402,F401
 from . import nn  # noqa: E402,F401
 from .ops._checks import set_value_checks  # noqa: E402
+from .ops._eager import set_eager_fast_path  # noqa: E402
 
-__all__ = ["nn", "ops", "reference", "set_value_checks", "__version__"]
+__all__ = ["nn", "ops", "reference", "set_eager_fast_path", "set_value_checks", "__version__"]

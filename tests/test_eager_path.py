@@ -200,3 +200,29 @@ def test_in_place_change_of_a_saved_input_is_caught():
     c.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("case", ["rbf_gaussian_diag", "bcos_linear_b3", "gauss_deriv_conv2d"])
+def test_batched_gradients_take_the_op(case):
+    # is_grads_batched (and jacobian(vectorize=True), gradcheck(check_batched_grad=True)) hand the
+    # backward legacy batched tensors: plain CPU tensors to look at, no numpy buffers to give.
+    fn, args = _inputs(torch.float64)[case]
+    out = _outputs(fn(*args))[0]
+    basis = torch.eye(out.numel(), dtype=out.dtype)[:5].reshape(5, *out.shape)
+    got = torch.autograd.grad(out, args[0], basis, retain_graph=True, is_grads_batched=True)[0]
+    want = torch.stack([torch.autograd.grad(out, args[0], v, retain_graph=True)[0] for v in basis])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_switch_sends_every_call_through_the_op(body_calls):
+    import rbfkern
+
+    fn, args = _inputs(torch.float64)["rbf_gaussian_diag"]
+    with rbfkern.set_eager_fast_path(False):
+        outs, grad_fn, _ = _run(fn, args)
+        with torch.no_grad():
+            fn(*args)
+    assert body_calls == [] and grad_fn.startswith("GeneratedBackwardFor_rbfkern_"), grad_fn
+    assert _run(fn, args)[1].endswith("_eagerBackward")  # restored on exit
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        rbfkern.set_eager_fast_path(0)

@@ -9,6 +9,11 @@ tensor argument a plain strided CPU tensor (or Parameter), no trace, no tensor s
 dispatch or function mode, no autocast, no functorch transform, no forward-mode AD level, the
 profiler off — inside an autograd.Function made from the op's own setup_context and backward. It
 is the same body, the same saved tensors and the same backward; anything else takes the op.
+
+What the shortcut cannot see: kernels or autograd formulas registered later on rbfkern's ops
+through torch.library, and observers of op records other than the profiler (an
+ExecutionTraceObserver on its own). ``rbfkern.set_eager_fast_path(False)`` sends every call
+through the ops.
 """
 from __future__ import annotations
 
@@ -19,6 +24,25 @@ from torch import Tensor
 _BODY: dict = {}
 _FUNCTION: dict = {}
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_ENABLED = True
+
+
+class set_eager_fast_path:
+    """Turn the eager CPU shortcut (this module's docstring) on or off; on by default. Use as a call
+    or, restoring the previous setting on exit, as a context manager, like ``torch.set_grad_enabled``."""
+
+    def __init__(self, enabled: bool) -> None:
+        global _ENABLED
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+        self.prev, _ENABLED = _ENABLED, enabled
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        global _ENABLED
+        _ENABLED = self.prev
 
 
 def register_body(op, body) -> None:
@@ -45,7 +69,7 @@ def register_autograd(op, backward, setup_context) -> None:
 
 def _plain_call(args) -> tuple[bool, bool]:
     """(whether the body may run directly, whether an input requires grad)."""
-    if (torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+    if (not _ENABLED or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
             or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
             or torch._C._functorch.peek_interpreter_stack() is not None
             or torch.is_autocast_enabled("cpu") or _forward_ad._current_level >= 0
@@ -54,7 +78,10 @@ def _plain_call(args) -> tuple[bool, bool]:
     grad = False
     for a in args:
         if isinstance(a, Tensor):
-            if type(a) not in _PLAIN_TYPES or not a.is_cpu or a.layout is not torch.strided:
+            # legacy batched tensors (is_grads_batched, vectorized jacobian, batched gradcheck) look
+            # like plain CPU tensors but cannot hand out numpy buffers
+            if (type(a) not in _PLAIN_TYPES or not a.is_cpu or a.layout is not torch.strided
+                    or torch._C._functorch.is_legacy_batchedtensor(a)):
                 return False, False
             grad = grad or a.requires_grad
     return True, grad
