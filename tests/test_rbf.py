@@ -1,6 +1,8 @@
 """The Mahalanobis RBF ops: reference vs the paper, every backend vs the reference, gradients, errors."""
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -531,3 +533,18 @@ def test_cpp_bitwise_same_for_1_and_2_threads(metric, monkeypatch):
         torch.set_num_threads(old)
     for a, b in zip(*outs):
         assert torch.equal(a, b), metric
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_cpp_other_instruction_sets(isa):
+    # Each instruction set compiles the kernels with its own partial loads and stores (masked
+    # AVX-512 / AVX2 instructions, or the baseline's copy through the stack) and its own vector
+    # width: run the C++ reference tests with the ISA capped (fixed per process, hence a child).
+    env = dict(os.environ, RBFKERN_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__, "-k",
+                          "test_cpp_matches_reference or test_gradcheck_cpp or test_cpp_r2_keeps or "
+                          "test_cpp_gemm_forward_of_non_finite or test_x_on_a_centre"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout, out.stdout[-500:]
