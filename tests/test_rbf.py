@@ -538,9 +538,9 @@ def test_cpp_bitwise_same_for_1_and_2_threads(metric, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx2", "default"])
 def test_cpp_other_instruction_sets(isa):
-    # Each instruction set compiles the kernels with its own partial loads and stores (masked
-    # AVX-512 / AVX2 instructions, or the baseline's copy through the stack) and its own vector
-    # width: run the C++ reference tests with the ISA capped (fixed per process, hence a child).
+    # Each instruction set compiles the kernels with its own vector width and partial loads and
+    # stores (AVX-512's masked instructions, elsewhere a copy through the stack): run the C++
+    # reference tests with the ISA capped (fixed per process, hence a child).
     env = dict(os.environ, RBFKERN_CPU_ISA=isa)
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__, "-k",
                           "test_cpp_matches_reference or test_gradcheck_cpp or test_cpp_r2_keeps or "

@@ -10,7 +10,7 @@
 #include <cstring>
 #include <type_traits>
 #if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>  // masked partial loads / stores of the AVX2 and AVX-512 sets (simd_vec.h)
+#include <immintrin.h>  // masked partial loads / stores of the AVX-512 set (simd_vec.h)
 #endif
 
 #define RBFKERN_INLINE inline __attribute__((always_inline))

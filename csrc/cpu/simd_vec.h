@@ -125,39 +125,23 @@ RBFKERN_INLINE V vexp_nonpos(V x) {
 }
 
 
-#if defined(RBFKERN_ISA_VEC_BYTES) && RBFKERN_ISA_VEC_BYTES >= 32 && (defined(__x86_64__) || defined(__i386__))
-// Partial loads and stores (the first n lanes; a load zero-fills the rest) as masked instructions:
-// simd.h's baseline versions copy through the stack with a memcpy of run-time length, a libc call
-// and a store-forwarding stall per row tail, which on short rows (a head of 10 centres) cost more
-// than the row's arithmetic. Masked-out lanes are neither read nor written. These shadow simd.h's
-// versions for the kernels of this set.
+#if defined(RBFKERN_ISA_VEC_BYTES) && RBFKERN_ISA_VEC_BYTES == 64 && !defined(__SANITIZE_ADDRESS__)
+// Partial loads and stores (the first n lanes; a load zero-fills the rest) as AVX-512 masked
+// instructions: simd.h's baseline versions copy through the stack with a memcpy of run-time
+// length, a libc call and a store-forwarding stall per row tail, which on short rows (a head of 10
+// centres) cost more than the row's arithmetic. These shadow simd.h's versions for the kernels of
+// this set. Masked-out lanes are neither read nor written and never fault (AVX-512 guarantees it
+// on every vendor; AVX2's vmaskmov leaves faults on masked-out lanes to AMD's implementations, so
+// that set keeps the copy). ASan does not instrument masked moves: its builds keep the copy too.
 template <class T>
 RBFKERN_INLINE typename VT<T>::V vload_part(const T* p, int64_t n) {
   typedef typename VT<T>::V V;
   if (n >= VT<T>::L) return vload(p);
   if (n <= 0) return V{};
-#if RBFKERN_ISA_VEC_BYTES == 64
   if constexpr (std::is_same<T, float>::value)
     return (V)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
   else
     return (V)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1u), p);
-#else
-  // two 32-byte halves; a half with no lane in range is not touched
-  constexpr int H = 32 / (int)sizeof(T);
-  V v = {};
-  for (int h = 0; h < 2 && n > h * H; ++h) {
-    if constexpr (std::is_same<T, float>::value) {
-      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - h * H)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      const __m256 part = _mm256_maskload_ps(p + h * H, m);
-      std::memcpy(reinterpret_cast<char*>(&v) + 32 * h, &part, 32);
-    } else {
-      const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - h * H), _mm256_setr_epi64x(0, 1, 2, 3));
-      const __m256d part = _mm256_maskload_pd(p + h * H, m);
-      std::memcpy(reinterpret_cast<char*>(&v) + 32 * h, &part, 32);
-    }
-  }
-  return v;
-#endif
 }
 
 template <class T>
@@ -167,26 +151,9 @@ RBFKERN_INLINE void vstore_part(T* p, typename VT<T>::V v, int64_t n) {
     return;
   }
   if (n <= 0) return;
-#if RBFKERN_ISA_VEC_BYTES == 64
   if constexpr (std::is_same<T, float>::value)
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
   else
     _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1u), (__m512d)v);
-#else
-  constexpr int H = 32 / (int)sizeof(T);
-  for (int h = 0; h < 2 && n > h * H; ++h) {
-    if constexpr (std::is_same<T, float>::value) {
-      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - h * H)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      __m256 part;
-      std::memcpy(&part, reinterpret_cast<const char*>(&v) + 32 * h, 32);
-      _mm256_maskstore_ps(p + h * H, m, part);
-    } else {
-      const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - h * H), _mm256_setr_epi64x(0, 1, 2, 3));
-      __m256d part;
-      std::memcpy(&part, reinterpret_cast<const char*>(&v) + 32 * h, 32);
-      _mm256_maskstore_pd(p + h * H, m, part);
-    }
-  }
-#endif
 }
 #endif
