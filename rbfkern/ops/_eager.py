@@ -5,9 +5,10 @@ wrapper, the CPU custom op and their argument handling before the body runs, and
 again: on a small RBF head that is most of a training step. None of those layers changes the
 result: they exist for traces (torch.compile, export, make_fx), fake tensors, autocast, functorch
 and the profiler. :func:`call` runs the op's body directly where none of them is in play — every
-tensor argument a plain strided CPU tensor (or Parameter), no trace, no tensor subclass, no
-dispatch or function mode, no autocast, no functorch transform, no forward-mode AD level, the
-profiler off — inside an autograd.Function made from the op's own setup_context and backward. It
+tensor argument a plain strided CPU tensor (or Parameter; no tensor subclass, no legacy batched
+tensor), no trace, no dispatch or function mode, no autocast, no functorch transform, no
+forward-mode AD level, the profiler off — inside an autograd.Function made from the op's own
+setup_context and backward (directly when no gradient is wanted). It
 is the same body, the same saved tensors and the same backward; anything else takes the op.
 
 What the shortcut cannot see: kernels or autograd formulas registered later on rbfkern's ops
