@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._switch import Switch
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -74,7 +76,7 @@ def finite_float(name: str, value, positive: bool = False) -> float:
     return v
 
 
-class set_value_checks:
+class set_value_checks(Switch):
     """Turn the checks that read tensor values (finite, positive, within a bound) on or off.
 
     On by default. Each reads the tensor's data, which on a GPU is a host sync per check; a
@@ -85,32 +87,18 @@ class set_value_checks:
     not there to read).
     """
 
-    def __init__(self, enabled: bool) -> None:
-        global _VALUE_CHECKS
-        if not isinstance(enabled, bool):
-            raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
-        self.prev, _VALUE_CHECKS = _VALUE_CHECKS, enabled
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *exc) -> None:
-        global _VALUE_CHECKS
-        _VALUE_CHECKS = self.prev
-
-
-_VALUE_CHECKS = True
+    enabled = True
 
 
 def value_checks_enabled() -> bool:
-    return _VALUE_CHECKS
+    return set_value_checks.enabled
 
 
 def reads_values(t: Tensor) -> bool:
     """Whether a value check of ``t`` runs here: it is switched on, ``t`` has data to read (CPU or
     CUDA; meta tensors have none), and no trace or CUDA graph capture is under way (reading a CUDA
     tensor's values inside a capture is an error, not only a sync)."""
-    if not _VALUE_CHECKS or t.numel() == 0 or torch.compiler.is_compiling():
+    if not set_value_checks.enabled or t.numel() == 0 or torch.compiler.is_compiling():
         return False
     if t.device.type == "cuda":
         return not torch.cuda.is_current_stream_capturing()

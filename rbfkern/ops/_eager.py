@@ -22,28 +22,18 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
+from .._switch import Switch
+
 _BODY: dict = {}
 _FUNCTION: dict = {}
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
-_ENABLED = True
 
 
-class set_eager_fast_path:
+class set_eager_fast_path(Switch):
     """Turn the eager CPU shortcut (this module's docstring) on or off; on by default. Use as a call
     or, restoring the previous setting on exit, as a context manager, like ``torch.set_grad_enabled``."""
 
-    def __init__(self, enabled: bool) -> None:
-        global _ENABLED
-        if not isinstance(enabled, bool):
-            raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
-        self.prev, _ENABLED = _ENABLED, enabled
-
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *exc) -> None:
-        global _ENABLED
-        _ENABLED = self.prev
+    enabled = True
 
 
 def register_body(op, body) -> None:
@@ -70,7 +60,7 @@ def register_autograd(op, backward, setup_context) -> None:
 
 def _plain_call(args) -> tuple[bool, bool]:
     """(whether the body may run directly, whether an input requires grad)."""
-    if (not _ENABLED or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
+    if (not set_eager_fast_path.enabled or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
             or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
             or torch._C._functorch.peek_interpreter_stack() is not None
             or torch.is_autocast_enabled("cpu") or _forward_ad._current_level >= 0
