@@ -140,6 +140,13 @@ def test_eval_outputs_equal(name, device):
         _close(conv(x), off(x), f"{name} logits")
 
 
+# Train-mode batch statistics over 2 samples at 1x1 pixels (resnet18_bnu's last stage on 32x32
+# inputs) amplify float64 rounding: the convolutions agree to ~1e-15 of scale, each uncentred batch
+# norm there multiplies the difference ~10x. The rounding (each kernel's summation order) depends
+# on the CPU's vector width, so the bound keeps a margin over what any one machine shows.
+TRAIN_ATOL = {"resnet18_bnu": 1e-10}
+
+
 @pytest.mark.parametrize("device", MODEL_DEVICES, indirect=True)
 @pytest.mark.parametrize("name", _arch_params(NO_VGG))
 def test_train_step_equal(name, device):
@@ -157,13 +164,14 @@ def test_train_step_equal(name, device):
         results.append((out, xi.grad, params))
     (o_off, gx_off, p_off), (o_conv, gx_conv, p_conv) = results
     assert p_off.keys() == p_conv.keys()
-    _close(o_conv, o_off, f"{name} logits")
-    _close(gx_conv, gx_off, f"{name} input gradient")
+    atol = TRAIN_ATOL.get(name, 1e-12)
+    _close(o_conv, o_off, f"{name} logits", atol=atol)
+    _close(gx_conv, gx_off, f"{name} input gradient", atol=atol)
     for k, v in p_off.items():
         if isinstance(v, nn.Parameter):
-            _close(p_conv[k].grad, v.grad, f"{name} grad {k}")
+            _close(p_conv[k].grad, v.grad, f"{name} grad {k}", atol=atol)
         else:
-            _close(p_conv[k], v, f"{name} buffer {k} after the step")
+            _close(p_conv[k], v, f"{name} buffer {k} after the step", atol=atol)
 
 
 @pytest.mark.parametrize("device", MODEL_DEVICES, indirect=True)
