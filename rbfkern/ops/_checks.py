@@ -105,12 +105,21 @@ def reads_values(t: Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def _data(t: Tensor) -> Tensor:
+    """``t``'s values as a plain tensor: under torch.func transforms the whole stored tensor (every
+    vmapped slice at once; a batched tensor cannot be read from inside vmap)."""
+    t = t.detach()
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
 def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = False) -> None:
     """Finite (and > 0 / >= 0) values, where ``reads_values`` allows the read."""
     if not reads_values(t):
         return
     # one reduction (aminmax propagates NaN to both ends)
-    lo, hi = (v.item() for v in torch.aminmax(t.detach()))
+    lo, hi = (v.item() for v in torch.aminmax(_data(t)))
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} must be finite, got non-finite values")
     if positive and not lo > 0:
@@ -121,5 +130,5 @@ def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = Fal
 
 def at_most(name: str, t: Tensor, bound: float, bound_name: str) -> None:
     """Every value of ``t`` <= ``bound``, where ``reads_values`` allows the read."""
-    if reads_values(t) and bool((t.detach() > bound).any()):
-        raise ValueError(f"{name} must be <= {bound_name}={bound:g}, got max {float(t.detach().max()):g}")
+    if reads_values(t) and bool((_data(t) > bound).any()):
+        raise ValueError(f"{name} must be <= {bound_name}={bound:g}, got max {float(_data(t).max()):g}")

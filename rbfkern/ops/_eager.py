@@ -1,4 +1,5 @@
-"""Eager CPU calls of the ops without torch.library's Python dispatch layers.
+"""How the public functions call the ops: eager CPU calls without torch.library's Python dispatch
+layers, and calls under torch.func transforms.
 
 A call of ``torch.ops.rbfkern.<name>`` on CPU tensors passes through the triton_op, its autograd
 wrapper, the CPU custom op and their argument handling before the body runs, and the backward op
@@ -15,6 +16,10 @@ What the shortcut cannot see: kernels or autograd formulas registered later on r
 through torch.library, and observers of op records other than the profiler (an
 ExecutionTraceObserver on its own). ``rbfkern.set_eager_fast_path(False)`` sends every call
 through the ops.
+
+Under a torch.func transform (grad, vjp, jacrev, vmap) the op's generated autograd wrapper fails
+(pytorch#170834); there the op is applied through a second Function with the same formula
+(``_functorch_function``), whatever the switch says.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from .._switch import Switch
 
 _BODY: dict = {}
 _FUNCTION: dict = {}
+_FUNCTORCH: dict = {}
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
@@ -56,6 +62,26 @@ def register_autograd(op, backward, setup_context) -> None:
     name = f"{op._name}_eager"
     _FUNCTION[op] = type(name, (torch.autograd.Function,),
                          {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+    _FUNCTORCH[op] = _functorch_function(op, backward, setup_context)
+
+
+def _functorch_function(op, backward, setup_context):
+    """torch.func (grad, vjp, jacrev, vmap over them) takes only a Function with a separate
+    setup_context, which torch.library's generated one lacks (pytorch#170834). Under a functorch
+    transform the op is applied through this one: the op itself in forward, the same formula in
+    backward, and vmap rules generated from the op's own batching (torch's per-sample fallback)."""
+
+    def forward(*args):
+        return op(*args)
+
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(
+            f"torch.ops.{op._qualname.replace('::', '.')}: forward-mode AD (torch.func.jvp, jacfwd, hessian) is not supported; "
+            "use reverse mode (torch.func.grad, vjp, jacrev), or rbfkern.reference for forward mode")
+
+    return type(f"{op._name}_functorch", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "jvp": staticmethod(jvp), "generate_vmap_rule": True})
 
 
 def _plain_call(args) -> tuple[bool, bool]:
@@ -79,9 +105,14 @@ def _plain_call(args) -> tuple[bool, bool]:
 
 
 def call(op, *args):
-    """``op(*args)``, with the body run directly where the module docstring says it may."""
+    """``op(*args)``, with the body run directly where the module docstring says it may, and through
+    a torch.func-compatible Function under a functorch transform."""
     plain, grad = _plain_call(args)
     if not plain:
+        if torch._C._functorch.peek_interpreter_stack() is not None and not torch.compiler.is_compiling():
+            fn = _FUNCTORCH.get(op)
+            if fn is not None:
+                return fn.apply(*args)
         return op(*args)
     if grad and torch.is_grad_enabled():
         fn = _FUNCTION.get(op)

@@ -137,4 +137,4 @@ def no_double_backward(bwd_op, reference_fn: str):
             f"{name}: second-order gradients are not supported (the fused backward kernels have no backward "
             f"of their own); for double backward use the plain-PyTorch definition {reference_fn}")
 
-    bwd_op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)
+    _eager.register_autograd(bwd_op, backward, lambda ctx, inputs, output: None)

@@ -1,0 +1,127 @@
+"""torch.func over the ops: grad, vjp, jacrev and per-sample gradients (vmap over grad) must give
+what torch.autograd gives; forward mode and second order must fail with the ops' own message.
+
+torch.library's generated autograd.Function cannot run under functorch transforms (pytorch#170834);
+rbfkern.ops._eager applies the same formula through one that can."""
+import warnings
+
+import pytest
+import torch
+from _op_cases import op_cases
+from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
+
+import rbfkern
+from rbfkern.ops import rbf
+
+CASES = list(op_cases(torch.float64))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_batching_fallback():
+    # vmap over an op without a batching rule warns and loops over the batch (what we test)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        yield
+
+
+def _weighted_sum(out):
+    outs = out if isinstance(out, tuple) else (out,)
+    return sum((o * torch.linspace(-1, 2, o.numel(), dtype=o.dtype).reshape(o.shape)).sum() for o in outs)
+
+
+def _detached(args):
+    return tuple(a.detach() for a in args)
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager_path", "op_path"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CASES)
+def test_grad_equals_autograd(case, dtype, eager):
+    fn, args = op_cases(dtype)[case]
+    want = torch.autograd.grad(_weighted_sum(fn(*args)), args)
+    with rbfkern.set_eager_fast_path(eager):
+        got = grad(lambda *a: _weighted_sum(fn(*a)), argnums=tuple(range(len(args))))(*_detached(args))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_per_sample_gradients_equal_a_loop(case):
+    fn, args = op_cases(torch.float64)[case]
+    x, params = args[0].detach(), _detached(args[1:])
+
+    def loss(params, xi):
+        return _weighted_sum(fn(xi.unsqueeze(0), *params))
+
+    got = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        want = torch.autograd.grad(loss(args[1:], x[i]), args[1:])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g[i], w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["rbf_gaussian_diag", "rbf_imq_tril", "bcos_linear_b3", "gauss_deriv_conv2d"])
+def test_jacrev_and_vjp_equal_autograd(case):
+    fn, args = op_cases(torch.float64)[case]
+    first = (lambda *a: fn(*a)[0]) if isinstance(fn(*args), tuple) else fn
+    x, rest = args[0].detach(), _detached(args[1:])
+    got = jacrev(lambda x_: first(x_, *rest))(x)
+    want = torch.autograd.functional.jacobian(lambda x_: first(x_, *rest), x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    out, pull = vjp(lambda *a: first(*a), x, *rest)
+    v = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(1))
+    for g, w in zip(pull(v), torch.autograd.grad(first(*args), args, v)):
+        assert torch.equal(g, w)
+
+
+def test_vmap_over_parameters_runs_every_model_and_checks_every_slice():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 4, dtype=torch.float64, generator=g)
+    centers = torch.randn(5, 3, 4, dtype=torch.float64, generator=g)
+    diag = torch.rand(5, 3, 4, dtype=torch.float64, generator=g) + 0.1
+    got = vmap(lambda c, d: rbf(x, c, diag=d))(centers, diag)
+    for m in range(5):
+        assert torch.equal(got[m], rbf(x, centers[m], diag=diag[m]))
+    diag[3, 2, 1] = -0.5  # one model's metric, read inside vmap
+    with pytest.raises(ValueError, match="diag must be >= 0, got min -0.5"):
+        vmap(lambda c, d: rbf(x, c, diag=d))(centers, diag)
+
+
+def test_per_sample_gradients_of_a_module():
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(rbfkern.nn.GaussDerivConv2d(2, 3, order=2, sigmas=(1.0, 1.5), learn_sigma=True),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(4)).double()
+    x, y = torch.randn(3, 2, 8, 8, dtype=torch.float64), torch.tensor([0, 3, 1])
+    model(x)  # materialise the lazy layer
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(params, xi, yi):
+        out = functional_call(model, params, (xi.unsqueeze(0),))
+        return torch.nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+    got = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    for i in range(3):
+        model.zero_grad()
+        loss(dict(model.named_parameters()), x[i], y[i]).backward()
+        for k, p in model.named_parameters():
+            torch.testing.assert_close(got[k][i], p.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd", "hessian"])
+def test_forward_mode_raises_the_ops_error(transform):
+    fn, args = op_cases(torch.float64)["rbf_gaussian_diag"]
+    x, rest = args[0].detach(), _detached(args[1:])
+    f = lambda x_: fn(x_, *rest)[0]
+    run = {"jvp": lambda: jvp(f, (x,), (torch.ones_like(x),)),
+           "jacfwd": lambda: jacfwd(f)(x),
+           "hessian": lambda: torch.func.hessian(lambda x_: f(x_).sum())(x)}[transform]
+    with pytest.raises(NotImplementedError, match=r"torch.ops.rbfkern.rbf: forward-mode AD .* is not supported"):
+        run()
+
+
+def test_second_order_grad_raises_the_ops_error():
+    fn, args = op_cases(torch.float64)["bcos_linear_b3"]
+    x, w = _detached(args)
+    inner = grad(lambda x_, w_: fn(x_, w_).sum())
+    with pytest.raises(RuntimeError, match="second-order gradients are not supported"):
+        grad(lambda x_: inner(x_, w).sum())(x)
