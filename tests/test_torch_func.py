@@ -11,17 +11,26 @@ from _op_cases import op_cases
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
 
 import rbfkern
-from rbfkern.ops import rbf
+from rbfkern.ops import _vmap, rbf
 
 CASES = list(op_cases(torch.float64))
 
 
 @pytest.fixture(autouse=True)
-def _quiet_batching_fallback():
-    # vmap over an op without a batching rule warns and loops over the batch (what we test)
+def _no_batching_fallback():
+    # every op has a batching rule (rbfkern/ops/_vmap.py): torch's per-slice fallback, which warns,
+    # must not run
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        warnings.filterwarnings("error", message=".*batching rule.*")
         yield
+
+
+@pytest.fixture
+def no_per_slice(monkeypatch):
+    """Fail where a batching rule calls the op once per slice instead of once on B*N rows."""
+    def fail(op, *args):
+        raise AssertionError(f"{op._name} ran per slice")
+    monkeypatch.setattr(_vmap, "_per_slice", fail)
 
 
 def _weighted_sum(out):
@@ -60,8 +69,27 @@ def test_per_sample_gradients_equal_a_loop(case):
             torch.testing.assert_close(g[i], w, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_vmap_over_rows_is_one_call_equal_to_a_loop(case, no_per_slice):
+    """vmap over a stack of inputs with shared parameters: one call on B*N rows, forward and the
+    input gradient (the backward ops fold too when no parameter gradient is asked for)."""
+    fn, args = op_cases(torch.float64)[case]
+    g = torch.Generator().manual_seed(4)
+    xs = torch.randn(3, *args[0].shape, dtype=torch.float64, generator=g)
+    params = _detached(args[1:])
+    got = vmap(lambda x_: fn(x_, *params))(xs)
+    got_gx = vmap(grad(lambda x_: _weighted_sum(fn(x_, *params))))(xs)
+    for b in range(3):
+        xb = xs[b].clone().requires_grad_()
+        want = fn(xb, *params)
+        want_gx, = torch.autograd.grad(_weighted_sum(want), xb)
+        for o, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            torch.testing.assert_close(o[b], w.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_gx[b], want_gx, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("case", ["rbf_gaussian_diag", "rbf_imq_tril", "bcos_linear_b3", "gauss_deriv_conv2d"])
-def test_jacrev_and_vjp_equal_autograd(case):
+def test_jacrev_and_vjp_equal_autograd(case, no_per_slice):
     fn, args = op_cases(torch.float64)[case]
     first = (lambda *a: fn(*a)[0]) if isinstance(fn(*args), tuple) else fn
     x, rest = args[0].detach(), _detached(args[1:])

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import reference
 from .. import _bcos_common as common
-from . import _checks, _eager, _family, bcos_cpp
+from . import _checks, _eager, _family, _vmap, bcos_cpp
 from .._bcos_common import BcosGeometry, out_hw
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +228,10 @@ _eager.register_autograd(_bcos_conv2d_op, _backward_conv, _setup_conv)
 _eager.register_autograd(_bcos_linear_op, _backward_linear, _setup_linear)
 _family.no_double_backward(_bcos_conv2d_bwd_op, "rbfkern.reference.bcos_conv2d")
 _family.no_double_backward(_bcos_linear_bwd_op, "rbfkern.reference.bcos_linear")
+# rows: x and the per-row maps (grad_y, lmax, idx, root); a fold only when grad_weight is not asked for
+for _op, _bwd in ((_bcos_conv2d_op, _bcos_conv2d_bwd_op), (_bcos_linear_op, _bcos_linear_bwd_op)):
+    _vmap.register_rows(_op, rows=(0,), row_outputs=(0, 1, 2, 3))
+    _vmap.register_rows(_bwd, rows=(0, 1, 3, 4, 5), row_outputs=(0,), may_fold=lambda args: not args[-1][1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, basis, reference
-from . import _checks, _eager, _family
+from . import _checks, _eager, _family, _vmap
 
 _HALF = (torch.float16, torch.bfloat16)
 PATHS = ("auto", "separable", "dense")
@@ -422,6 +422,10 @@ _eager.register_autograd(_gd2_op, _autograd_backward(_gd2_bwd_op), _setup)
 _eager.register_autograd(_gd3_op, _autograd_backward(_gd3_bwd_op), _setup)
 _family.no_double_backward(_gd2_bwd_op, "rbfkern.reference.gauss_deriv_conv2d")
 _family.no_double_backward(_gd3_bwd_op, "rbfkern.reference.gauss_deriv_conv3d")
+# rows: x (and grad in the backward); a fold only when neither alpha's nor sigma's gradient is asked for
+for _op, _bwd in ((_gd2_op, _gd2_bwd_op), (_gd3_op, _gd3_bwd_op)):
+    _vmap.register_rows(_op, rows=(0,), row_outputs=(0,))
+    _vmap.register_rows(_bwd, rows=(0, 1), row_outputs=(0,), may_fold=lambda args: not (args[-1][1] or args[-1][2]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,7 +468,8 @@ def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sig
         vals = [_checks.finite_float("sigma", v, positive=True) for v in vals]
         # float32 (float64 for float64 x), the scales as given; filled on the device, not copied
         # there (a host-to-device copy blocks the host and breaks CUDA graph capture)
-        sig = x.new_empty(len(vals), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        sig = torch.empty(len(vals), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                          device=x.device)
         for i, v in enumerate(vals):
             sig[i] = v
         if max_sigma is None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, reference
-from . import _checks, _eager, _family
+from . import _checks, _eager, _family, _vmap
 
 KINDS = reference.RBF_KINDS
 _KIND_ID = {"none": -1, **{k: i for i, k in enumerate(KINDS)}}
@@ -177,7 +177,7 @@ def _setup_r2(ctx, inputs, output):
 def _backward_r2(ctx, grad_r2):
     x, centers, diag, tril, r2 = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:4]) + [False]
-    sigma = x.new_ones(centers.shape[0])
+    sigma = torch.ones(centers.shape[0], dtype=x.dtype, device=x.device)  # not batched under vmap
     grads = _eager.call(_rbf_bwd_op, None, grad_r2, x, centers, diag, tril, sigma, r2, "none", 0.0, needs)
     return _grads_or_none(grads[:4], needs[:4])
 
@@ -198,6 +198,10 @@ def _backward_rbf(ctx, grad_act, grad_r2):
 _eager.register_autograd(_rbf_r2_op, _backward_r2, _setup_r2)
 _eager.register_autograd(_rbf_op, _backward_rbf, _setup_rbf)
 _family.no_double_backward(_rbf_bwd_op, "rbfkern.reference.rbf / rbf_r2")
+# rows: x (and in the backward grad_act, grad_r2, r2); a fold only when no shared gradient is asked for
+_vmap.register_rows(_rbf_r2_op, rows=(0,), row_outputs=(0,))
+_vmap.register_rows(_rbf_op, rows=(0,), row_outputs=(0, 1))
+_vmap.register_rows(_rbf_bwd_op, rows=(0, 1, 2, 7), row_outputs=(0,), may_fold=lambda args: not any(args[10][1:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +306,6 @@ def rbf(
         s = _checks.finite_float("sigma", sigma, positive=True)
         if not torch.compiler.is_compiling():
             _check_sigma_range(s, x.dtype, kind)
-        sigma_c = x.new_full((c,), s)
+        sigma_c = torch.full((c,), s, dtype=x.dtype, device=x.device)  # not batched under vmap
     act, r2 = _eager.call(_rbf_op, x, centers, diag, tril, sigma_c, kind, shape)
     return (act, r2) if return_r2 else act
