@@ -12,12 +12,12 @@ from rbfkern.ops import (
 )
 
 
-def op_cases(dtype):
+def op_cases(dtype, device="cpu"):
     g = torch.Generator().manual_seed(0)
 
     def r(*shape, pos=False):
         t = torch.randn(*shape, generator=g, dtype=dtype)
-        return (t.abs() + 0.5 if pos else t).requires_grad_()
+        return (t.abs() + 0.5 if pos else t).to(device).requires_grad_()
 
     return {
         "rbf_r2_none": (lambda x, c: rbf_r2(x, c), (r(9, 5), r(4, 5))),
@@ -29,6 +29,6 @@ def op_cases(dtype):
         "bcos_conv2d": (lambda x, w: bcos_conv2d(x, w, max_out=2, padding=1), (r(2, 3, 6, 6), r(8, 3, 3, 3))),
         "bcos_linear_b3": (lambda x, w: bcos_linear(x, w, b=3.0), (r(2, 3, 7), r(5, 7))),
         "gauss_deriv_conv2d": (lambda x, a, s: gauss_deriv_conv2d(x, a, s, order=2),
-                               (r(2, 3, 9, 9), r(4, 3, 6), torch.tensor([1.2], dtype=dtype, requires_grad=True))),
+                               (r(2, 3, 9, 9), r(4, 3, 6), torch.tensor([1.2], dtype=dtype, device=device, requires_grad=True))),
         "gauss_deriv_conv3d": (lambda x, a: gauss_deriv_conv3d(x, a, 0.8, order=1), (r(1, 2, 6, 6, 6), r(3, 2, 4))),
     }
