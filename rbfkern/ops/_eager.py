@@ -69,7 +69,7 @@ def _functorch_function(op, backward, setup_context):
     """torch.func (grad, vjp, jacrev, vmap over them) takes only a Function with a separate
     setup_context, which torch.library's generated one lacks (pytorch#170834). Under a functorch
     transform the op is applied through this one: the op itself in forward, the same formula in
-    backward, and vmap rules generated from the op's own batching (torch's per-sample fallback)."""
+    backward, and vmap rules generated from the ops' own batching rules (rbfkern/ops/_vmap.py)."""
 
     def forward(*args):
         return op(*args)
