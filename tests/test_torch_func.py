@@ -13,7 +13,7 @@ from conftest import DEVICES
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
 
 import rbfkern
-from rbfkern.ops import _vmap, rbf
+from rbfkern.ops import _vmap, gauss_deriv_conv2d, rbf
 
 CASES = list(op_cases(torch.float64))
 
@@ -167,3 +167,15 @@ def test_second_order_grad_raises_the_ops_error():
     inner = grad(lambda x_, w_: fn(x_, w_).sum())
     with pytest.raises(RuntimeError, match="second-order gradients are not supported"):
         grad(lambda x_: inner(x_, w).sum())(x)
+
+
+def test_vmap_over_a_learned_sigma_needs_max_sigma():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=g)
+    alpha = torch.randn(4, 3, 6, dtype=torch.float64, generator=g)
+    sigmas = torch.tensor([[1.0], [1.5], [2.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="sigma is batched by torch.func.vmap.*pass max_sigma"):
+        vmap(lambda s: gauss_deriv_conv2d(x, alpha, s, order=2))(sigmas)
+    got = vmap(lambda s: gauss_deriv_conv2d(x, alpha, s, order=2, max_sigma=2.0))(sigmas)
+    for i in range(3):
+        assert torch.equal(got[i], gauss_deriv_conv2d(x, alpha, sigmas[i], order=2, max_sigma=2.0))

@@ -114,6 +114,15 @@ def _data(t: Tensor) -> Tensor:
     return t
 
 
+def vmapped(t: Tensor) -> bool:
+    """Whether ``t`` is batched by a torch.func.vmap (at any level)."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        if torch._C._functorch.is_batchedtensor(t):
+            return True
+        t = torch._C._functorch.get_unwrapped(t)
+    return False
+
+
 def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = False) -> None:
     """Finite (and > 0 / >= 0) values, where ``reads_values`` allows the read."""
     if not reads_values(t):

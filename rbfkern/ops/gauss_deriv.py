@@ -456,6 +456,9 @@ def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sig
         if sigma.numel() == 0:
             raise ValueError("sigma must hold at least one scale, got shape (0,)")
         sig = sigma.reshape(-1)
+        if max_sigma is None and _checks.vmapped(sig):
+            raise ValueError("sigma is batched by torch.func.vmap, and without max_sigma each slice would need "
+                             "kernels of its own size; pass max_sigma (a bound on every slice's sigma)")
         if max_sigma is None:
             rads = basis.radii(sig, truncate)  # reads sigma's values (not traceable)
         else:
