@@ -7,15 +7,20 @@ import warnings
 
 import pytest
 import torch
-from _op_cases import op_cases
-from _util import TOL
-from conftest import DEVICES
+from _util import TOL, op_cases
+from conftest import CUDA, CUDA_SLOW, DEVICES
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
 
 import rbfkern
 from rbfkern.ops import _vmap, gauss_deriv_conv2d, rbf
 
-CASES = list(op_cases(torch.float64))
+CASES = sorted(op_cases())
+
+
+def _case(name, dtype=torch.float64, device="cpu"):
+    """(fn, leaves): ``_util.op_cases``' call ``name``, its tensors as leaves on ``device`` that need grad."""
+    fn, tensors = op_cases(dtype)[name]
+    return fn, tuple(t.to(device).requires_grad_() for t in tensors)
 
 
 @pytest.fixture(autouse=True)
@@ -53,12 +58,14 @@ def _assert_same(got, want, device):
         torch.testing.assert_close(got, want, rtol=rtol, atol=atol * max(1.0, float(want.abs().max())))
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
-@pytest.mark.parametrize("eager", [True, False], ids=["eager_path", "op_path"])
+# the eager path is CPU-only: on CUDA both settings take the op
+@pytest.mark.parametrize(("eager", "device"), [
+    pytest.param(True, "cpu", id="eager_path"), pytest.param(False, "cpu", id="op_path"),
+    pytest.param(True, "cuda", marks=CUDA.marks, id="cuda")], indirect=["device"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CASES)
 def test_grad_equals_autograd(case, dtype, eager, device):
-    fn, args = op_cases(dtype, device)[case]
+    fn, args = _case(case, dtype, device)
     want = torch.autograd.grad(_weighted_sum(fn(*args)), args)
     with rbfkern.set_eager_fast_path(eager):
         got = grad(lambda *a: _weighted_sum(fn(*a)), argnums=tuple(range(len(args))))(*_detached(args))
@@ -66,10 +73,10 @@ def test_grad_equals_autograd(case, dtype, eager, device):
         _assert_same(g, w, device)
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("device", ["cpu", CUDA_SLOW], indirect=True)
 @pytest.mark.parametrize("case", CASES)
 def test_per_sample_gradients_equal_a_loop(case, device):
-    fn, args = op_cases(torch.float64, device)[case]
+    fn, args = _case(case, device=device)
     x, params = args[0].detach(), _detached(args[1:])
 
     def loss(params, xi):
@@ -87,7 +94,7 @@ def test_per_sample_gradients_equal_a_loop(case, device):
 def test_vmap_over_rows_is_one_call_equal_to_a_loop(case, no_per_slice, device):
     """vmap over a stack of inputs with shared parameters: one call on B*N rows, forward and the
     input gradient (the backward ops fold too when no parameter gradient is asked for)."""
-    fn, args = op_cases(torch.float64, device)[case]
+    fn, args = _case(case, device=device)
     g = torch.Generator().manual_seed(4)
     xs = torch.randn(3, *args[0].shape, dtype=torch.float64, generator=g).to(device)
     params = _detached(args[1:])
@@ -102,9 +109,9 @@ def test_vmap_over_rows_is_one_call_equal_to_a_loop(case, no_per_slice, device):
         torch.testing.assert_close(got_gx[b], want_gx, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", ["rbf_gaussian_diag", "rbf_imq_tril", "bcos_linear_b3", "gauss_deriv_conv2d"])
+@pytest.mark.parametrize("case", ["rbf/tril_gaussian", "rbf/diag_multiquadric", "bcos_linear", "gauss_deriv_conv2d"])
 def test_jacrev_and_vjp_equal_autograd(case, no_per_slice):
-    fn, args = op_cases(torch.float64)[case]
+    fn, args = _case(case)
     first = (lambda *a: fn(*a)[0]) if isinstance(fn(*args), tuple) else fn
     x, rest = args[0].detach(), _detached(args[1:])
     got = jacrev(lambda x_: first(x_, *rest))(x)
@@ -151,7 +158,7 @@ def test_per_sample_gradients_of_a_module():
 
 @pytest.mark.parametrize("transform", ["jvp", "jacfwd", "hessian"])
 def test_forward_mode_raises_the_ops_error(transform):
-    fn, args = op_cases(torch.float64)["rbf_gaussian_diag"]
+    fn, args = _case("rbf/tril_gaussian")
     x, rest = args[0].detach(), _detached(args[1:])
     f = lambda x_: fn(x_, *rest)[0]
     run = {"jvp": lambda: jvp(f, (x,), (torch.ones_like(x),)),
@@ -162,7 +169,7 @@ def test_forward_mode_raises_the_ops_error(transform):
 
 
 def test_second_order_grad_raises_the_ops_error():
-    fn, args = op_cases(torch.float64)["bcos_linear_b3"]
+    fn, args = _case("bcos_linear")
     x, w = _detached(args)
     inner = grad(lambda x_, w_: fn(x_, w_).sum())
     with pytest.raises(RuntimeError, match="second-order gradients are not supported"):
