@@ -9,6 +9,8 @@ before triton is imported) or ``reference``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
@@ -76,8 +78,25 @@ def gpu_module(family: str):
     return importlib.import_module(f"rbfkern.gpu.{family}")
 
 
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("rbfkern_forced_backend", default=None)
+
+
+@contextlib.contextmanager
+def forced(name: str):
+    """Every op body run inside takes backend ``name`` whatever the device and RBFKERN_BACKEND say
+    (the second-order gradients run the reference this way)."""
+    token = _FORCED.set(name)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
 def choose(device: torch.device) -> str:
     """Backend name for tensors on ``device``: 'cpp', 'triton' or 'reference'."""
+    name = _FORCED.get()
+    if name is not None:
+        return name
     if device.type in GPU_DEVICE_TYPES:
         return "triton"
     name = os.environ.get("RBFKERN_BACKEND", "auto").strip().lower() or "auto"

@@ -187,12 +187,20 @@ def test_jit_trace_records_the_op(body_calls):
     assert torch.equal(traced(x), rbf_r2(x, c))
 
 
-def test_double_backward_still_raises_the_ops_error():
-    fn, args = _inputs(torch.float64)["rbf_gaussian_diag"]
-    act = fn(*args)[0]
-    gx, = torch.autograd.grad(act.sum(), args[0], create_graph=True)
-    with pytest.raises(RuntimeError, match="second-order gradients are not supported"):
-        gx.sum().backward()
+@pytest.mark.parametrize("case", ["rbf_gaussian_diag", "bcos_conv2d", "gauss_deriv_conv2d"])
+def test_double_backward_matches_the_op_bit_for_bit(case):
+    fn, args = _inputs(torch.float64)[case]
+
+    def second():
+        out = _outputs(fn(*args))[0]
+        g = torch.autograd.grad(out.pow(2).sum(), args, create_graph=True)
+        return torch.autograd.grad(sum(t.pow(2).sum() for t in g), args)
+
+    got = second()
+    with _FunctionPassthrough():
+        want = second()
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
 
 
 def test_in_place_change_of_a_saved_input_is_caught():

@@ -1,5 +1,6 @@
 """torch.func over the ops: grad, vjp, jacrev and per-sample gradients (vmap over grad) must give
-what torch.autograd gives; forward mode and second order must fail with the ops' own message.
+what torch.autograd gives; second order (grad of grad) must give autograd's double backward; forward mode must fail
+with the ops' own message.
 
 torch.library's generated autograd.Function cannot run under functorch transforms (pytorch#170834);
 rbfkern.ops._eager applies the same formula through one that can."""
@@ -168,21 +169,15 @@ def test_forward_mode_raises_the_ops_error(transform):
         run()
 
 
-def test_second_order_grad_raises_the_ops_error():
-    fn, args = _case("bcos_linear")
-    x, w = _detached(args)
-    inner = grad(lambda x_, w_: fn(x_, w_).sum())
-    with pytest.raises(RuntimeError, match="second-order gradients are not supported"):
-        grad(lambda x_: inner(x_, w).sum())(x)
+@pytest.mark.parametrize("case", ["bcos_linear", "rbf/tril_gaussian", "gauss_deriv_conv2d"])
+def test_grad_of_grad_equals_autograd_double_backward(case):
+    fn, args = _case(case)
 
+    def inner(*a):
+        return sum(g.pow(2).sum() for g in grad(lambda *b: _weighted_sum(fn(*b)), argnums=tuple(range(len(a))))(*a))
 
-def test_vmap_over_a_learned_sigma_needs_max_sigma():
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=g)
-    alpha = torch.randn(4, 3, 6, dtype=torch.float64, generator=g)
-    sigmas = torch.tensor([[1.0], [1.5], [2.0]], dtype=torch.float64)
-    with pytest.raises(ValueError, match="sigma is batched by torch.func.vmap.*pass max_sigma"):
-        vmap(lambda s: gauss_deriv_conv2d(x, alpha, s, order=2))(sigmas)
-    got = vmap(lambda s: gauss_deriv_conv2d(x, alpha, s, order=2, max_sigma=2.0))(sigmas)
-    for i in range(3):
-        assert torch.equal(got[i], gauss_deriv_conv2d(x, alpha, sigmas[i], order=2, max_sigma=2.0))
+    got = grad(inner, argnums=tuple(range(len(args))))(*_detached(args))
+    first = torch.autograd.grad(_weighted_sum(fn(*args)), args, create_graph=True)
+    want = torch.autograd.grad(sum(g.pow(2).sum() for g in first), args)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)

@@ -125,16 +125,37 @@ def grads_or_empty(grads, inputs, needs):
                  for g, t, need in zip(grads, inputs, needs))
 
 
-def no_double_backward(bwd_op, reference_fn: str):
-    """Give the backward op ``bwd_op`` an autograd formula that raises a clear error: the fused
-    backward kernels have no backward of their own, so second-order gradients (create_graph=True,
-    gradgradcheck) are not supported; ``reference_fn`` names the plain-PyTorch function that has
-    them."""
-    name = f"torch.ops.{NAMESPACE}.{bwd_op._name}"
+def reference_double_backward(bwd_op) -> None:
+    """Give the backward op ``bwd_op`` second-order gradients. The fused backward kernels have no
+    backward of their own; the op's body run on the reference backend (plain PyTorch, whose backward
+    is torch.func.vjp of the reference forward) computes the same function, so its vjp is the
+    backward's backward: exact, at the reference's speed and memory (create_graph=True,
+    gradgradcheck, torch.func.grad of grad, gradient penalties)."""
+    body = _eager._BODY[bwd_op]
+
+    def setup_context(ctx, inputs, output):
+        ctx.slots = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
+        ctx.args = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+        ctx.save_for_backward(*(inputs[i] for i in ctx.slots))
 
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"{name}: second-order gradients are not supported (the fused backward kernels have no backward "
-            f"of their own); for double backward use the plain-PyTorch definition {reference_fn}")
+        args = list(ctx.args)
+        for i, t in zip(ctx.slots, ctx.saved_tensors):
+            args[i] = t
+        want = [i for i in ctx.slots if ctx.needs_input_grad[i]]
 
-    _eager.register_autograd(bwd_op, backward, lambda ctx, inputs, output: None)
+        def run(*ts):
+            a = list(args)
+            for i, t in zip(want, ts):
+                a[i] = t
+            with _backend.forced("reference"):
+                return body(*a)
+
+        outs, pull = torch.func.vjp(run, *(args[i] for i in want))
+        got = pull(tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outs, grads)))
+        result = [None] * len(args)
+        for i, g in zip(want, got):
+            result[i] = g
+        return tuple(result)
+
+    _eager.register_autograd(bwd_op, backward, setup_context)

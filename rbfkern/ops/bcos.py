@@ -226,8 +226,8 @@ _setup_conv, _backward_conv = _autograd("bcos_conv2d", _bcos_conv2d_bwd_op, 10)
 _setup_linear, _backward_linear = _autograd("bcos_linear", _bcos_linear_bwd_op, 6)
 _eager.register_autograd(_bcos_conv2d_op, _backward_conv, _setup_conv)
 _eager.register_autograd(_bcos_linear_op, _backward_linear, _setup_linear)
-_family.no_double_backward(_bcos_conv2d_bwd_op, "rbfkern.reference.bcos_conv2d")
-_family.no_double_backward(_bcos_linear_bwd_op, "rbfkern.reference.bcos_linear")
+_family.reference_double_backward(_bcos_conv2d_bwd_op)
+_family.reference_double_backward(_bcos_linear_bwd_op)
 # rows: x and the per-row maps (grad_y, lmax, idx, root); a fold only when grad_weight is not asked for
 for _op, _bwd in ((_bcos_conv2d_op, _bcos_conv2d_bwd_op), (_bcos_linear_op, _bcos_linear_bwd_op)):
     _vmap.register_rows(_op, rows=(0,), row_outputs=(0, 1, 2, 3))

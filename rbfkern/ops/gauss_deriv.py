@@ -420,8 +420,8 @@ def _autograd_backward(bwd_op):
 
 _eager.register_autograd(_gd2_op, _autograd_backward(_gd2_bwd_op), _setup)
 _eager.register_autograd(_gd3_op, _autograd_backward(_gd3_bwd_op), _setup)
-_family.no_double_backward(_gd2_bwd_op, "rbfkern.reference.gauss_deriv_conv2d")
-_family.no_double_backward(_gd3_bwd_op, "rbfkern.reference.gauss_deriv_conv3d")
+_family.reference_double_backward(_gd2_bwd_op)
+_family.reference_double_backward(_gd3_bwd_op)
 # rows: x (and grad in the backward); a fold only when neither alpha's nor sigma's gradient is asked for
 for _op, _bwd in ((_gd2_op, _gd2_bwd_op), (_gd3_op, _gd3_bwd_op)):
     _vmap.register_rows(_op, rows=(0,), row_outputs=(0,))

@@ -197,7 +197,7 @@ def _backward_rbf(ctx, grad_act, grad_r2):
 
 _eager.register_autograd(_rbf_r2_op, _backward_r2, _setup_r2)
 _eager.register_autograd(_rbf_op, _backward_rbf, _setup_rbf)
-_family.no_double_backward(_rbf_bwd_op, "rbfkern.reference.rbf / rbf_r2")
+_family.reference_double_backward(_rbf_bwd_op)
 # rows: x (and in the backward grad_act, grad_r2, r2); a fold only when no shared gradient is asked for
 _vmap.register_rows(_rbf_r2_op, rows=(0,), row_outputs=(0,))
 _vmap.register_rows(_rbf_op, rows=(0,), row_outputs=(0, 1))
