@@ -204,6 +204,32 @@ def test_linear_matches_official(backend, b, max_out):
     _check_vs_official(m, x, g, lambda x, w, e: bcos_linear(x, w, b=b, max_out=max_out, explain=e), "")
 
 
+@pytest.mark.parametrize("layer", ["conv2d", "linear"])
+def test_a_loss_on_the_explanation_trains_the_weights_as_the_reference(layer):
+    # an explanation loss (e.g. penalising contributions outside a mask) backpropagates through the
+    # input gradient of explanation mode: the second-order path of the backward ops
+    g = torch.Generator().manual_seed(7)
+    if layer == "conv2d":
+        x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=g)
+        w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g)
+        ours = lambda a, b: bcos_conv2d(a, b, max_out=2, padding=1, explain=True)
+        ref = lambda a, b: reference.bcos_conv2d(a, b, 2.0, 2, (1, 1), (1, 1), (1, 1), 1, True)
+    else:
+        x = torch.randn(5, 7, dtype=torch.float64, generator=g)
+        w = torch.randn(6, 7, dtype=torch.float64, generator=g)
+        ours = lambda a, b: bcos_linear(a, b, b=2.5, max_out=2, explain=True)
+        ref = lambda a, b: reference.bcos_linear(a, b, 2.5, 2, True)
+
+    def weight_grad(f):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = f(xi, wi)
+        contrib = torch.autograd.grad(y[:, 1].sum(), xi, create_graph=True)[0] * xi
+        return torch.autograd.grad(contrib.pow(2).sum(), wi)[0]
+
+    want = weight_grad(ref)
+    torch.testing.assert_close(weight_grad(ours), want, rtol=1e-10, atol=1e-12 * float(want.abs().max()))
+
+
 @needs_official
 @pytest.mark.parametrize("backend", ALL_BACKENDS + [CUDA], indirect=True)
 def test_maxout_ties_take_the_first(backend):
