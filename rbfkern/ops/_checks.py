@@ -105,22 +105,24 @@ def reads_values(t: Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def _layers(t: Tensor):
+    """``t`` and, under torch.func transforms, each tensor it wraps, outermost first."""
+    yield t
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+        yield t
+
+
 def _data(t: Tensor) -> Tensor:
     """``t``'s values as a plain tensor: under torch.func transforms the whole stored tensor (every
     vmapped slice at once; a batched tensor cannot be read from inside vmap)."""
-    t = t.detach()
-    while torch._C._functorch.is_functorch_wrapped_tensor(t):
-        t = torch._C._functorch.get_unwrapped(t)
-    return t
+    *_, base = _layers(t.detach())
+    return base
 
 
 def vmapped(t: Tensor) -> bool:
     """Whether ``t`` is batched by a torch.func.vmap (at any level)."""
-    while torch._C._functorch.is_functorch_wrapped_tensor(t):
-        if torch._C._functorch.is_batchedtensor(t):
-            return True
-        t = torch._C._functorch.get_unwrapped(t)
-    return False
+    return any(torch._C._functorch.is_batchedtensor(layer) for layer in _layers(t))
 
 
 def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = False) -> None:
@@ -139,5 +141,8 @@ def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = Fal
 
 def at_most(name: str, t: Tensor, bound: float, bound_name: str) -> None:
     """Every value of ``t`` <= ``bound``, where ``reads_values`` allows the read."""
-    if reads_values(t) and bool((_data(t) > bound).any()):
-        raise ValueError(f"{name} must be <= {bound_name}={bound:g}, got max {float(_data(t).max()):g}")
+    if not reads_values(t):
+        return
+    data = _data(t)
+    if bool((data > bound).any()):
+        raise ValueError(f"{name} must be <= {bound_name}={bound:g}, got max {float(data.max()):g}")
