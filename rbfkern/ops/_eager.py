@@ -27,6 +27,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
+from .. import _backend
 from .._switch import Switch
 
 _BODY: dict = {}
@@ -63,6 +64,30 @@ def register_autograd(op, backward, setup_context) -> None:
     _FUNCTION[op] = type(name, (torch.autograd.Function,),
                          {"forward": staticmethod(forward), "backward": staticmethod(backward)})
     _FUNCTORCH[op] = _functorch_function(op, backward, setup_context)
+
+
+def reference_body(op):
+    """``op``'s body on the reference backend (plain PyTorch): the fused kernels' function, in a
+    form torch.func and autograd can differentiate in either mode."""
+    body = _BODY[op]
+
+    def run(*args):
+        with _backend.forced("reference"):
+            return body(*args)
+
+    return run
+
+
+def partial_in(fn, args, slots):
+    """``fn`` as a function of the arguments ``args[i]``, ``i`` in ``slots``, the others fixed."""
+
+    def part(*ts):
+        full = list(args)
+        for i, t in zip(slots, ts):
+            full[i] = t
+        return fn(*full)
+
+    return part
 
 
 def _functorch_function(op, backward, setup_context):

@@ -125,13 +125,33 @@ def grads_or_empty(grads, inputs, needs):
                  for g, t, need in zip(grads, inputs, needs))
 
 
+def vjp_of(fn, args, needs, cotangents):
+    """The gradients of ``fn(*args)`` with respect to the arguments ``args[i]`` where ``needs[i]``,
+    None elsewhere, by torch.func.vjp (a reference backward runs below the autograd key, where
+    autograd does not see the op). Only those arguments are differentiated: torch.func.vjp's zeros
+    for an input that does not reach the output fail under jacrev of grad, and a gradient not asked
+    for is work thrown away. A None cotangent counts as zeros."""
+    wanted = [i for i, a in enumerate(args) if needs[i] and isinstance(a, torch.Tensor)]
+    result = [None] * len(args)
+    if not wanted:
+        return result
+    outs, pull = torch.func.vjp(_eager.partial_in(fn, args, wanted), *(args[i] for i in wanted))
+    if isinstance(outs, tuple):
+        cotangents = tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outs, cotangents))
+    elif cotangents is None:
+        cotangents = torch.zeros_like(outs)
+    got = pull(cotangents)
+    for i, g in zip(wanted, got):
+        result[i] = g
+    return result
+
+
 def reference_double_backward(bwd_op) -> None:
     """Give the backward op ``bwd_op`` second-order gradients. The fused backward kernels have no
     backward of their own; the op's body run on the reference backend (plain PyTorch, whose backward
     is torch.func.vjp of the reference forward) computes the same function, so its vjp is the
     backward's backward: exact, at the reference's speed and memory (create_graph=True,
     gradgradcheck, torch.func.grad of grad, gradient penalties)."""
-    body = _eager._BODY[bwd_op]
 
     def setup_context(ctx, inputs, output):
         ctx.slots = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
@@ -142,20 +162,6 @@ def reference_double_backward(bwd_op) -> None:
         args = list(ctx.args)
         for i, t in zip(ctx.slots, ctx.saved_tensors):
             args[i] = t
-        want = [i for i in ctx.slots if ctx.needs_input_grad[i]]
-
-        def run(*ts):
-            a = list(args)
-            for i, t in zip(want, ts):
-                a[i] = t
-            with _backend.forced("reference"):
-                return body(*a)
-
-        outs, pull = torch.func.vjp(run, *(args[i] for i in want))
-        got = pull(tuple(torch.zeros_like(o) if g is None else g for o, g in zip(outs, grads)))
-        result = [None] * len(args)
-        for i, g in zip(want, got):
-            result[i] = g
-        return tuple(result)
+        return tuple(vjp_of(_eager.reference_body(bwd_op), args, ctx.needs_input_grad, grads))
 
     _eager.register_autograd(bwd_op, backward, setup_context)

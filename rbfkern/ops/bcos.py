@@ -63,9 +63,9 @@ class _Reference:
 
     @staticmethod
     def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
-        # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
-        out, vjp = torch.func.vjp(lambda a, w: _Reference._y(geo, b, a, w, explain), x, weight)
-        return vjp(gy.reshape(out.shape).to(x.dtype))
+        gx, gw = _family.vjp_of(lambda a, w: _Reference._y(geo, b, a, w, explain), (x, weight), needs,
+                                gy.reshape(geo.y_shape).to(x.dtype))
+        return gx, gw
 
 
 def _impl(device):

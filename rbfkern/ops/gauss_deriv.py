@@ -303,12 +303,10 @@ class _Reference:
 
     @staticmethod
     def backward(grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
-        # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
         def f(x_, a_, s_):
             return _Reference.forward(x_, a_, s_, order, truncate, radii, stride, padding, scale_normalized)
 
-        _, vjp = torch.func.vjp(f, x, alpha, sigma)
-        return vjp(grad)
+        return tuple(_family.vjp_of(f, (x, alpha, sigma), needs, grad))
 
 
 class _Taps:

@@ -86,24 +86,12 @@ class _Reference:
 
     @staticmethod
     def backward(grad_act, grad_r2, x, centers, diag, tril, sigma, r2, kind, shape, needs):
-        # torch.func.vjp, not autograd: a custom op's body runs below the autograd key.
-        present = [i for i, t in enumerate((x, centers, diag, tril, sigma)) if t is not None]
-
-        def f(*ts):
-            full = [None] * 5
-            for i, t in zip(present, ts):
-                full[i] = t
-            r2_ = reference.rbf_r2(*full[:4])
-            act = r2_ if kind == "none" else reference.rbf_activation(r2_, kind, full[4], shape)
+        def f(x_, centers_, diag_, tril_, sigma_):
+            r2_ = reference.rbf_r2(x_, centers_, diag_, tril_)
+            act = r2_ if kind == "none" else reference.rbf_activation(r2_, kind, sigma_, shape)
             return act, r2_
 
-        _, vjp = torch.func.vjp(f, *[(x, centers, diag, tril, sigma)[i] for i in present])
-        zeros = torch.zeros(x.shape[0], centers.shape[0], dtype=x.dtype, device=x.device)
-        got = vjp((zeros if grad_act is None else grad_act, zeros if grad_r2 is None else grad_r2))
-        grads = [None] * 5
-        for i, g in zip(present, got):
-            grads[i] = g if needs[i] else None
-        return tuple(grads)
+        return tuple(_family.vjp_of(f, (x, centers, diag, tril, sigma), needs, (grad_act, grad_r2)))
 
 
 def _impl(device: torch.device):
