@@ -1,6 +1,6 @@
 """torch.func over the ops: grad, vjp, jacrev and per-sample gradients (vmap over grad) must give
-what torch.autograd gives; second order (grad of grad) must give autograd's double backward; forward mode must fail
-with the ops' own message.
+what torch.autograd gives; second order (grad of grad) must give autograd's double backward. Forward
+mode: tests/test_forward_mode.py.
 
 torch.library's generated autograd.Function cannot run under functorch transforms (pytorch#170834);
 rbfkern.ops._eager applies the same formula through one that can."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 from _util import TOL, op_cases
 from conftest import CUDA, CUDA_SLOW, DEVICES
-from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, grad, jacrev, vjp, vmap
 
 import rbfkern
 from rbfkern.ops import _vmap, rbf
@@ -155,18 +155,6 @@ def test_per_sample_gradients_of_a_module():
         loss(dict(model.named_parameters()), x[i], y[i]).backward()
         for k, p in model.named_parameters():
             torch.testing.assert_close(got[k][i], p.grad, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("transform", ["jvp", "jacfwd", "hessian"])
-def test_forward_mode_raises_the_ops_error(transform):
-    fn, args = _case("rbf/tril_gaussian")
-    x, rest = args[0].detach(), _detached(args[1:])
-    f = lambda x_: fn(x_, *rest)[0]
-    run = {"jvp": lambda: jvp(f, (x,), (torch.ones_like(x),)),
-           "jacfwd": lambda: jacfwd(f)(x),
-           "hessian": lambda: torch.func.hessian(lambda x_: f(x_).sum())(x)}[transform]
-    with pytest.raises(NotImplementedError, match=r"torch.ops.rbfkern.rbf: forward-mode AD .* is not supported"):
-        run()
 
 
 @pytest.mark.parametrize("case", ["bcos_linear", "rbf/tril_gaussian", "gauss_deriv_conv2d"])

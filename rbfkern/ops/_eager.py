@@ -18,7 +18,8 @@ ExecutionTraceObserver on its own). ``rbfkern.set_eager_fast_path(False)`` sends
 through the ops.
 
 Under a torch.func transform (grad, vjp, jacrev, vmap) the op's generated autograd wrapper fails
-(pytorch#170834); there the op is applied through a second Function with the same formula
+(pytorch#170834), and under forward-mode AD (torch.func.jvp, dual tensors) it drops the tangent;
+there the op is applied through a second Function with the same formula and a jvp
 (``_functorch_function``), whatever the switch says.
 """
 from __future__ import annotations
@@ -66,6 +67,63 @@ def register_autograd(op, backward, setup_context) -> None:
     _FUNCTORCH[op] = _functorch_function(op, backward, setup_context)
 
 
+class _Opaque:
+    """A list or tuple argument (a backward op's ``needs``) passed to ``_functorch_function`` as
+    one leaf: torch's vmap rule for a Function's jvp counts tangents per argument but batch dims
+    per pytree leaf, and fails where an argument is itself a list."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    @staticmethod
+    def wrap(args):
+        return tuple(_Opaque(a) if isinstance(a, (list, tuple)) else a for a in args)
+
+    @staticmethod
+    def unwrap(args):
+        return tuple(a.value if isinstance(a, _Opaque) else a for a in args)
+
+
+class _SetupCapture:
+    """The ctx an op's setup_context sees inside ``_functorch_function``: it keeps what the op saves
+    for backward, so the op's inputs can be saved after it; everything else goes to the real ctx."""
+
+    def __init__(self, ctx):
+        object.__setattr__(self, "_ctx", ctx)
+        object.__setattr__(self, "to_save", ())
+        object.__setattr__(self, "non_differentiable", ())
+
+    def save_for_backward(self, *tensors):
+        object.__setattr__(self, "to_save", tensors)
+
+    def mark_non_differentiable(self, *tensors):
+        object.__setattr__(self, "non_differentiable", tensors)
+        self._ctx.mark_non_differentiable(*tensors)
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._ctx, name, value)
+
+
+class _BackwardView:
+    """The ctx an op's backward sees inside ``_functorch_function``: the saved tensors its own
+    setup_context saved, without the inputs saved after them for jvp."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    @property
+    def saved_tensors(self):
+        return self._ctx.saved_tensors[:self._ctx.op_saved]
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
 def reference_body(op):
     """``op``'s body on the reference backend (plain PyTorch): the fused kernels' function, in a
     form torch.func and autograd can differentiate in either mode."""
@@ -93,20 +151,68 @@ def partial_in(fn, args, slots):
 def _functorch_function(op, backward, setup_context):
     """torch.func (grad, vjp, jacrev, vmap over them) takes only a Function with a separate
     setup_context, which torch.library's generated one lacks (pytorch#170834). Under a functorch
-    transform the op is applied through this one: the op itself in forward, the same formula in
-    backward, and vmap rules generated from the ops' own batching rules (rbfkern/ops/_vmap.py)."""
+    transform or a forward-mode AD level the op is applied through this one: the op itself in
+    forward, the same formula in backward, vmap rules generated from the ops' own batching rules
+    (rbfkern/ops/_vmap.py), and forward mode (torch.func.jvp, jacfwd, hessian, dual tensors) as the
+    jvp of the op's body on the reference backend — the same function as the fused kernels, exact,
+    at the reference's speed and memory.
+
+    jvp needs the op's tensor inputs. They are saved after what the op's setup_context saves, both
+    for backward and for forward: torch reads the saved-for-forward tensors in a plain jvp and the
+    saved-for-backward ones in a jvp under vmap (jacfwd), with one record of their batch dims."""
 
     def forward(*args):
-        return op(*args)
+        return op(*_Opaque.unwrap(args))
+
+    def setup(ctx, inputs, output):
+        inputs = _Opaque.unwrap(inputs)
+        capture = _SetupCapture(ctx)
+        setup_context(capture, inputs, output)
+        ctx.op_saved = len(capture.to_save)
+        outs = output if isinstance(output, tuple) else (output,)
+        ctx.no_tangent = [any(o is t for t in capture.non_differentiable) for o in outs]
+        ctx.input_slots = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
+        ctx.other_args = [None if isinstance(a, Tensor) else a for a in inputs]
+        saved = (*capture.to_save, *(inputs[i] for i in ctx.input_slots))
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    def backward_(ctx, *grads):
+        return backward(_BackwardView(ctx), *grads)
 
     def jvp(ctx, *tangents):
-        raise NotImplementedError(
-            f"torch.ops.{op._qualname.replace('::', '.')}: forward-mode AD (torch.func.jvp, jacfwd, hessian) is not supported; "
-            "use reverse mode (torch.func.grad, vjp, jacrev), or rbfkern.reference for forward mode")
+        args = list(ctx.other_args)
+        for i, t in zip(ctx.input_slots, ctx.saved_tensors[ctx.op_saved:]):
+            args[i] = t
+        want = [i for i in ctx.input_slots if tangents[i] is not None]
+        run = partial_in(reference_body(op), args, want)
+        # contiguous copies: an expanded primal (a sigma broadcast over centres) cannot take a tangent
+        primals = tuple(args[i].contiguous() for i in want)
+        tangents = tuple(tangents[i].contiguous() for i in want)
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            got = torch.func.jvp(run, primals, tangents)[1]
+        else:
+            got = _dual_tangents(run, primals, tangents)
+        if not isinstance(got, tuple):
+            return got
+        return tuple(None if skip else t for t, skip in zip(got, ctx.no_tangent))
 
     return type(f"{op._name}_functorch", (torch.autograd.Function,), {
-        "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward), "jvp": staticmethod(jvp), "generate_vmap_rule": True})
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup),
+        "backward": staticmethod(backward_), "jvp": staticmethod(jvp), "generate_vmap_rule": True})
+
+
+def _dual_tangents(run, primals, tangents):
+    """The output tangents of ``run`` at ``primals`` under torch.autograd.forward_ad's dual tensors,
+    from inside a Function's jvp: torch.func.jvp would open a second forward-AD level, which torch
+    does not nest, so ``run`` takes duals of the level in use."""
+    with _forward_ad._set_fwd_grad_enabled(True):
+        duals = (_forward_ad.make_dual(_forward_ad.unpack_dual(p).primal, t) for p, t in zip(primals, tangents))
+        outs = run(*duals)
+        single = not isinstance(outs, tuple)
+        got = tuple(_forward_ad.unpack_dual(o) for o in ((outs,) if single else outs))
+    got = tuple(torch.zeros_like(d.primal) if d.tangent is None else d.tangent for d in got)
+    return got[0] if single else got
 
 
 def _plain_call(args) -> tuple[bool, bool]:
@@ -134,10 +240,13 @@ def call(op, *args):
     a torch.func-compatible Function under a functorch transform."""
     plain, grad = _plain_call(args)
     if not plain:
-        if torch._C._functorch.peek_interpreter_stack() is not None and not torch.compiler.is_compiling():
-            fn = _FUNCTORCH.get(op)
-            if fn is not None:
-                return fn.apply(*args)
+        fn = _FUNCTORCH.get(op)
+        if fn is None:
+            return op(*args)
+        if torch.compiler.is_compiling():
+            return op(*args)
+        if torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad._current_level >= 0:
+            return fn.apply(*_Opaque.wrap(args))
         return op(*args)
     if grad and torch.is_grad_enabled():
         fn = _FUNCTION.get(op)
