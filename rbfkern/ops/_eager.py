@@ -235,6 +235,11 @@ def _plain_call(args) -> tuple[bool, bool]:
     return True, grad
 
 
+@torch.compiler.disable
+def _outside_the_graph(fn, args):
+    return fn.apply(*_Opaque.wrap(args))
+
+
 def call(op, *args):
     """``op(*args)``, with the body run directly where the module docstring says it may, and through
     a torch.func-compatible Function under a functorch transform."""
@@ -244,7 +249,9 @@ def call(op, *args):
         if fn is None:
             return op(*args)
         if torch.compiler.is_compiling():
-            return op(*args)
+            # a trace drops or zeroes forward-mode tangents through a custom op, and through a
+            # Function's jvp (pytorch#187284, #192985): forward mode runs outside the graph
+            return _outside_the_graph(fn, args) if _forward_ad._current_level >= 0 else op(*args)
         if torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad._current_level >= 0:
             return fn.apply(*_Opaque.wrap(args))
         return op(*args)
