@@ -129,6 +129,21 @@ def op_cases(dtype=torch.float32, seed=0, scale=1):
     }
 
 
+def scalar_of_a_few_inputs(fn, tensors, k=40):
+    """(p, loss): a smooth scalar loss of ``fn`` as a function of the first ``k`` entries ``p`` of its
+    first tensor, the rest fixed, so that a full Hessian (k x k) stays cheap on every op case."""
+    x, rest = tensors[0].detach(), tuple(t.detach() for t in tensors[1:])
+    flat = x.reshape(-1)
+    k = min(k, flat.numel())
+
+    def loss(p):
+        out = fn(torch.cat([p, flat[k:]]).reshape(x.shape), *rest)
+        out = out[0] if isinstance(out, tuple) else out
+        return (out * torch.linspace(-1, 2, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)).sin().sum()
+
+    return flat[:k].clone(), loss
+
+
 def run_case(fn, tensors, seed=1):
     """Forward and backward of ``fn`` on fresh leaf copies: [output, grad of each tensor]."""
     leaves = [t.detach().clone().requires_grad_(True) for t in tensors]

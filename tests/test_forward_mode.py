@@ -6,16 +6,13 @@ transpose of the fused backward kernels (<u, J t> = <J^T u, t>), and compose wit
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from _util import op_cases
+from _util import op_cases, scalar_of_a_few_inputs
 from conftest import CUDA_SLOW, DEVICES
 from torch.func import functional_call, hessian, jacrev, jvp, vjp
 
 from rbfkern import nn as rnn
 
 CASES = sorted(op_cases())
-# small enough that a full Hessian over the first input stays cheap
-HESSIAN_CASES = ["rbf/tril_gaussian", "rbf/diag_multiquadric", "rbf_r2/none", "bcos_conv2d/b2", "bcos_linear",
-                 "gauss_deriv_conv2d"]
 
 
 def _case(name, device="cpu"):
@@ -78,30 +75,21 @@ def test_dual_tensors_equal_torch_func_jvp(case):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
-def _scalar_loss(fn, rest):
-    def loss(x):
-        o = _tuple(fn(x, *rest))[0]
-        return (o * torch.linspace(-1, 2, o.numel(), dtype=o.dtype).reshape(o.shape)).sin().sum()
-    return loss
-
-
-@pytest.mark.parametrize("case", HESSIAN_CASES)
+@pytest.mark.parametrize("case", CASES)
 def test_hessian_equals_reverse_over_reverse(case):
     """hessian (jacfwd of jacrev: the jvp of the backward ops) against jacrev of jacrev."""
-    fn, args = _case(case)
-    x, loss = args[0][:1], _scalar_loss(fn, args[1:])
-    torch.testing.assert_close(hessian(loss)(x), jacrev(jacrev(loss))(x), rtol=1e-10, atol=1e-12)
+    p, loss = scalar_of_a_few_inputs(*_case(case))
+    torch.testing.assert_close(hessian(loss)(p), jacrev(jacrev(loss))(p), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", ["rbf/tril_gaussian", "bcos_conv2d/b2.5", "gauss_deriv_conv2d"])
 def test_forward_over_reverse_with_dual_tensors(case):
     """A Hessian-vector product the forward_ad way: the tangent of autograd's gradient of a dual input."""
-    fn, args = _case(case)
-    x, loss = args[0][:1], _scalar_loss(fn, args[1:])
-    v = _randn_like((x,), seed=5)[0]
-    want = (jacrev(jacrev(loss))(x).reshape(x.numel(), x.numel()) @ v.reshape(-1)).reshape(x.shape)
+    p, loss = scalar_of_a_few_inputs(*_case(case))
+    v = _randn_like((p,), seed=5)[0]
+    want = jacrev(jacrev(loss))(p) @ v
     with fwAD.dual_level():
-        xd = fwAD.make_dual(x.clone().requires_grad_(), v)
+        xd = fwAD.make_dual(p.clone().requires_grad_(), v)
         g, = torch.autograd.grad(loss(xd), xd, create_graph=True)
         got = fwAD.unpack_dual(g).tangent
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from _util import TOL, op_cases
+from _util import TOL, op_cases, scalar_of_a_few_inputs
 from conftest import CUDA, CUDA_SLOW, DEVICES
 from torch.func import functional_call, grad, jacrev, vjp, vmap
 
@@ -177,11 +177,6 @@ def test_jacrev_of_grad_equals_autograd_hessian(case):
     reference backwards differentiated inputs that were not asked for (sigma of rbf_r2, the weight
     of a B-cos layer)."""
     fn, args = _case(case)
-    x, rest = args[0].detach()[:1], _detached(args[1:])
-
-    def loss(x_):
-        return _weighted_sum(fn(x_, *rest)).sin()
-
-    got = jacrev(grad(loss))(x)
-    want = torch.autograd.functional.hessian(loss, x)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    p, loss = scalar_of_a_few_inputs(fn, args)
+    torch.testing.assert_close(jacrev(grad(loss))(p), torch.autograd.functional.hessian(loss, p),
+                               rtol=1e-12, atol=1e-12)
