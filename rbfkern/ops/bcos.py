@@ -63,9 +63,8 @@ class _Reference:
 
     @staticmethod
     def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
-        gx, gw = _family.vjp_of(lambda a, w: _Reference._y(geo, b, a, w, explain), (x, weight), needs,
-                                gy.reshape(geo.y_shape).to(x.dtype))
-        return gx, gw
+        return tuple(_family.vjp_of(lambda a, w: _Reference._y(geo, b, a, w, explain), (x, weight), needs,
+                                    gy.reshape(geo.y_shape).to(x.dtype)))
 
 
 def _impl(device):
