@@ -13,7 +13,7 @@ from conftest import CUDA, CUDA_SLOW, DEVICES
 from torch.func import functional_call, grad, jacrev, vjp, vmap
 
 import rbfkern
-from rbfkern.ops import _vmap, rbf
+from rbfkern.ops import _vmap, gauss_deriv_conv2d, rbf
 
 CASES = sorted(op_cases())
 
@@ -155,6 +155,18 @@ def test_per_sample_gradients_of_a_module():
         loss(dict(model.named_parameters()), x[i], y[i]).backward()
         for k, p in model.named_parameters():
             torch.testing.assert_close(got[k][i], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_over_a_learned_sigma_needs_max_sigma():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=g)
+    alpha = torch.randn(4, 3, 6, dtype=torch.float64, generator=g)
+    sigmas = torch.tensor([[1.0], [1.5], [2.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="sigma is batched by torch.func.vmap.*pass max_sigma"):
+        vmap(lambda s: gauss_deriv_conv2d(x, alpha, s, order=2))(sigmas)
+    got = vmap(lambda s: gauss_deriv_conv2d(x, alpha, s, order=2, max_sigma=2.0))(sigmas)
+    for i in range(3):
+        assert torch.equal(got[i], gauss_deriv_conv2d(x, alpha, sigmas[i], order=2, max_sigma=2.0))
 
 
 @pytest.mark.parametrize("case", ["bcos_linear", "rbf/tril_gaussian", "gauss_deriv_conv2d"])
