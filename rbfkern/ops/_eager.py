@@ -136,16 +136,24 @@ def reference_body(op):
     return run
 
 
+def split_tensors(inputs):
+    """(slots, others): the indices of the tensor arguments, and the arguments with None there (what
+    a ctx keeps beside the saved tensors)."""
+    slots = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
+    return slots, [None if isinstance(a, Tensor) else a for a in inputs]
+
+
+def filled(args, slots, tensors):
+    """``args`` with ``tensors`` put in the positions ``slots``."""
+    full = list(args)
+    for i, t in zip(slots, tensors):
+        full[i] = t
+    return full
+
+
 def partial_in(fn, args, slots):
     """``fn`` as a function of the arguments ``args[i]``, ``i`` in ``slots``, the others fixed."""
-
-    def part(*ts):
-        full = list(args)
-        for i, t in zip(slots, ts):
-            full[i] = t
-        return fn(*full)
-
-    return part
+    return lambda *ts: fn(*filled(args, slots, ts))
 
 
 def _functorch_function(op, backward, setup_context):
@@ -171,8 +179,7 @@ def _functorch_function(op, backward, setup_context):
         ctx.op_saved = len(capture.to_save)
         outs = output if isinstance(output, tuple) else (output,)
         ctx.no_tangent = [any(o is t for t in capture.non_differentiable) for o in outs]
-        ctx.input_slots = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
-        ctx.other_args = [None if isinstance(a, Tensor) else a for a in inputs]
+        ctx.input_slots, ctx.other_args = split_tensors(inputs)
         saved = (*capture.to_save, *(inputs[i] for i in ctx.input_slots))
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
@@ -181,9 +188,7 @@ def _functorch_function(op, backward, setup_context):
         return backward(_BackwardView(ctx), *grads)
 
     def jvp(ctx, *tangents):
-        args = list(ctx.other_args)
-        for i, t in zip(ctx.input_slots, ctx.saved_tensors[ctx.op_saved:]):
-            args[i] = t
+        args = filled(ctx.other_args, ctx.input_slots, ctx.saved_tensors[ctx.op_saved:])
         want = [i for i in ctx.input_slots if tangents[i] is not None]
         run = partial_in(reference_body(op), args, want)
         # contiguous copies: an expanded primal (a sigma broadcast over centres) cannot take a tangent

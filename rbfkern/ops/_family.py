@@ -154,14 +154,11 @@ def reference_double_backward(bwd_op) -> None:
     gradgradcheck, torch.func.grad of grad, gradient penalties)."""
 
     def setup_context(ctx, inputs, output):
-        ctx.slots = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor)]
-        ctx.args = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+        ctx.slots, ctx.args = _eager.split_tensors(inputs)
         ctx.save_for_backward(*(inputs[i] for i in ctx.slots))
 
     def backward(ctx, *grads):
-        args = list(ctx.args)
-        for i, t in zip(ctx.slots, ctx.saved_tensors):
-            args[i] = t
+        args = _eager.filled(ctx.args, ctx.slots, ctx.saved_tensors)
         return tuple(vjp_of(_eager.reference_body(bwd_op), args, ctx.needs_input_grad, grads))
 
     _eager.register_autograd(bwd_op, backward, setup_context)
