@@ -122,13 +122,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str:
+    """The instruction set rbfkern's C++ kernels run with here (avx512, avx2, default), or "none"."""
+    from rbfkern import _backend
+
+    return _backend.cext().rbf_isa() if _backend.has_cext() else "none"
+
+
 def describe(threads: int, measure_peak: bool = True) -> dict:
     """The machine metadata every table header and JSON file carries."""
     commit = git_commit(ROOT)
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip() if commit else ""
     return {
-        "cpu": cpu_model(), "logical_cores": os.cpu_count(), "threads": threads,
+        "cpu": cpu_model(), "cpu_isa": cpu_isa(), "logical_cores": os.cpu_count(), "threads": threads,
         "torch": torch.__version__, "triton": version("triton"), "numpy": version("numpy"),
         "python": platform.python_version(), "rbfkern_commit": (commit or "unknown") + ("+dirty" if dirty else ""),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -142,7 +149,8 @@ def header(meta: dict) -> str:
     pk = meta.get("peak")
     peak_txt = (f"measured peak {pk['gflops']:.0f} GFLOP/s float32 ({pk['threads']} threads, "
                 f"{pk['lanes']}-lane FMA loop)" if pk else "peak FLOP/s not measured (no C compiler)")
-    return (f"{meta['cpu']}, {meta['logical_cores']} logical cores, {meta['threads']} threads; {peak_txt}; "
+    return (f"{meta['cpu']}, {meta['logical_cores']} logical cores, {meta['threads']} threads, C++ kernels "
+            f"{meta.get('cpu_isa', '?')}; {peak_txt}; "
             f"torch {meta['torch']}, triton {meta['triton']}, numpy {meta['numpy']}; rbfkern "
             f"{meta['rbfkern_commit'][:12]}{'+dirty' if meta['rbfkern_commit'].endswith('+dirty') else ''}; "
             f"{meta['date']}; load {meta['loadavg_1min']:.1f}")
