@@ -1,5 +1,8 @@
 """Shared test helpers: tolerance table, readable comparisons."""
 import contextlib
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -166,3 +169,14 @@ def assert_bitwise(got, want, what=""):
             diff = (a.double() - b.double()).abs()
             raise AssertionError(f"{what}[{i}] not bitwise equal: max abs diff {float(diff.max()):.3g}, "
                                  f"{int((a != b).sum())} of {a.numel()} elements differ")
+
+
+def run_tests_under_isa(isa, test_file, select, timeout=900):
+    """Run ``pytest test_file -k select`` in a child process whose C++ kernels run the instruction
+    set ``isa`` (RBFKERN_CPU_ISA: fixed per process, hence the child); each set has its own vector
+    width and tile shapes. Fails unless something ran, passed, and nothing was skipped."""
+    env = dict(os.environ, RBFKERN_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", test_file,
+                          "-k", select], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and " skipped" not in out.stdout, out.stdout[-500:]

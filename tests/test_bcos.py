@@ -4,7 +4,6 @@ import importlib
 import importlib.util
 import math
 import os
-import sys
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from rbfkern.nn import AddInverse, BcosConv2d, BcosLinear, convert_to_bcos, expl
 from rbfkern.ops import bcos_conv2d, bcos_linear
 from rbfkern._bcos_common import BcosGeometry
 
-from _util import HALF, assert_close_to_ref, assert_within_naive_error, cudnn_deterministic
+from _util import HALF, assert_close_to_ref, assert_within_naive_error, cudnn_deterministic, run_tests_under_isa
 from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, DEVICES, TRITON_BACKENDS, device_of
 
 ALL_BACKENDS = CPU_BACKENDS + ["reference"]
@@ -491,19 +490,13 @@ def test_deterministic_weight_grad_ignores_unused_columns():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx2", "default"])
-def test_cpp_direct_conv_other_instruction_sets(isa):
-    # The direct kernel and the deterministic weight gradient are compiled once per instruction
-    # set with their own tile shapes (fewer vectors for AVX2 / SSE's 16 registers): run their
-    # reference tests with the ISA capped (fixed per process, hence a child process).
-    import subprocess
-    env = dict(os.environ, RBFKERN_CPU_ISA=isa)
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                          os.path.join(here, "test_bcos.py"), "-k",
-                          "test_cpp_direct_conv_matches_reference or test_deterministic_weight_grad"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-500:]
+def test_cpp_other_instruction_sets(isa):
+    # The kernels are compiled once per instruction set with its own vector width and tile shapes
+    # (fewer vectors for AVX2 / SSE's 16 registers): the direct convolution, the deterministic
+    # weight gradient, the epilogues and the vectorised power, with the ISA capped.
+    run_tests_under_isa(isa, __file__, "(test_cpp_direct_conv_matches_reference or test_deterministic_weight_grad "
+                        "or test_gradcheck_cpp or test_vector_pow_matches_reference or test_power_of_non_finite "
+                        "or test_conv_matches_official or test_linear_matches_official) and not triton and not cuda")
 
 class _Spy:
     """Records the names of the C++ entry points called through it."""

@@ -14,7 +14,7 @@ from rbfkern.nn import GaussDerivConv2d, GaussDerivConv3d, RFNiNBlock
 from rbfkern.ops import gauss_deriv_conv2d, gauss_deriv_conv3d
 from rbfkern.ops import gauss_deriv as gd
 
-from _util import HALF, assert_close_to_ref, assert_within_naive_error, cudnn_deterministic
+from _util import HALF, assert_close_to_ref, assert_within_naive_error, cudnn_deterministic, run_tests_under_isa
 from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, DEVICES, TRITON_BACKENDS, device_of
 
 F64 = torch.float64
@@ -642,3 +642,13 @@ def test_conv3d_layer_and_rfnin_block_train_a_step():
     opt.step()
     assert torch.isfinite(loss0)
     assert model[0][0].alpha.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_cpp_other_instruction_sets(isa):
+    # The separable kernels' GEMM and dot products are compiled once per instruction set, each with
+    # its own vector width: their reference and scipy tests with the ISA capped.
+    run_tests_under_isa(isa, __file__, "(test_forward_backward_match_reference or test_gradcheck or "
+                        "test_conv3d_forward_backward_match_reference or test_conv3d_gradcheck or "
+                        "test_one_hot_alpha_equals_scipy or test_conv3d_one_hot) and cpp")

@@ -1,8 +1,6 @@
 """The Mahalanobis RBF ops: reference vs the paper, every backend vs the reference, gradients, errors."""
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import rbfkern
 from rbfkern import reference
 from rbfkern.ops import rbf, rbf_r2
 
-from _util import HALF, assert_close_to_ref, assert_within_naive_error
+from _util import HALF, assert_close_to_ref, assert_within_naive_error, run_tests_under_isa
 from conftest import BACKENDS, CPU_BACKENDS, CUDA, CUDA_SLOW, DEVICES, TRITON_BACKENDS, device_of, fast_subset
 
 KINDS = reference.RBF_KINDS
@@ -538,13 +536,8 @@ def test_cpp_bitwise_same_for_1_and_2_threads(metric, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx2", "default"])
 def test_cpp_other_instruction_sets(isa):
-    # Each instruction set compiles the kernels with its own vector width and partial loads and
-    # stores (AVX-512's masked instructions, elsewhere a copy through the stack): run the C++
-    # reference tests with the ISA capped (fixed per process, hence a child).
-    env = dict(os.environ, RBFKERN_CPU_ISA=isa)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__, "-k",
-                          "test_cpp_matches_reference or test_gradcheck_cpp or test_cpp_r2_keeps or "
-                          "test_cpp_gemm_forward_of_non_finite or test_x_on_a_centre"],
-                         env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert " passed" in out.stdout, out.stdout[-500:]
+    # Each instruction set compiles the kernels with its own vector width (one register: 16, 8 or
+    # 4 floats), tile shapes and partial loads and stores (AVX-512's masked instructions, elsewhere
+    # a copy through the stack): run the C++ reference tests with the ISA capped.
+    run_tests_under_isa(isa, __file__, "(test_cpp_matches_reference or test_gradcheck_cpp or test_cpp_r2_keeps or "
+                        "test_cpp_gemm_forward_of_non_finite or test_x_on_a_centre) and cpp and not cuda")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _util import run_tests_under_isa
 
 from rbfkern import _backend
 from rbfkern import kmeans as km
@@ -205,3 +206,12 @@ def test_kmeans_same_with_and_without_the_fused_passes(metric, monkeypatch):
     assert torch.equal(fused.labels, plain.labels) and fused.n_iter == plain.n_iter
     torch.testing.assert_close(fused.centers, plain.centers, rtol=1e-12, atol=1e-12)
     assert math.isclose(fused.inertia, plain.inertia, rel_tol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["avx2", "default"])
+def test_fused_passes_other_instruction_sets(isa):
+    # The passes share the forward's GEMM tile and vector helpers, compiled once per instruction
+    # set with its own vector width and tile shape: the bitwise tests with the ISA capped.
+    run_tests_under_isa(isa, __file__, "test_fused_assign_is_r2_min or test_seeding_pass_is_minimum or "
+                        "test_a_nan_centre_wins or test_cluster_sums_equal_index_add")

@@ -3,9 +3,6 @@ Euclidean path of rbfkern.retrieval.similar built on it.
 
 Integer-valued data keep every |b|^2 - 2 q.b exact in float32 and float64, so the kernel's
 candidates must equal a float64 brute force exactly, ties (duplicate rows) by the smaller index."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +11,8 @@ import torch
 from rbfkern import _backend, knn_candidates, retrieval
 from rbfkern.nn import RBF
 from rbfkern.retrieval import similar
+
+from _util import run_tests_under_isa
 
 pytestmark = pytest.mark.skipif(not _backend.has_cext(), reason="needs the C++ extension")
 
@@ -159,12 +158,8 @@ def test_bad_buffers_are_value_errors_naming_them():
 @pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx2", "default"])
 def test_candidates_other_instruction_sets(isa):
-    # Tile shapes differ per instruction set (fixed per process, hence a child process).
-    env = dict(os.environ, RBFKERN_CPU_ISA=isa)
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__, "-k",
-                          "test_candidates_equal_brute_force"], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-500:]
+    # Tile shapes and vector widths differ per instruction set.
+    run_tests_under_isa(isa, __file__, "test_candidates_equal_brute_force", timeout=600)
 
 
 def test_reference_backend_takes_the_torch_search(monkeypatch):

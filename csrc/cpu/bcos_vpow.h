@@ -4,12 +4,12 @@
 // those loops scalar (vexp after the bit manipulation of log's argument: "no vectype" for the
 // loads), about 5x slower; the loops gather t in a block and call pow_row.
 
-// log(x) of 8 positive normal finite doubles: x = m 2^k with m in [sqrt(1/2), sqrt(2)),
+// log(x) of a vector of positive normal finite doubles: x = m 2^k with m in [sqrt(1/2), sqrt(2)),
 // log m = 2 atanh(f / (2 + f)), f = m - 1, as an odd series in s = f / (2 + f), |s| <= 0.1716
 // (s^2 <= 0.0295; 11 terms < 1e-17).
-RBFKERN_INLINE simd::f64x8 vlog_pos(simd::f64x8 x) {
-  typedef simd::f64x8 V;
-  typedef simd::i64x8 I;
+RBFKERN_INLINE simd::VT<double>::V vlog_pos(simd::VT<double>::V x) {
+  typedef simd::VT<double>::V V;
+  typedef simd::VT<double>::VI I;
   const I b = __builtin_bit_cast(I, x);
   const I e = ((b >> 52) & 0x7ff) - 1023;
   const V m1 = __builtin_bit_cast(V, (b & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);  // [1, 2)
@@ -38,7 +38,7 @@ RBFKERN_INLINE simd::f64x8 vlog_pos(simd::f64x8 x) {
 inline void pow_row(double* t, int64_t n, double e) {
   constexpr int64_t L = simd::VT<double>::L;
   for (int64_t i = 0; i < n; i += L) {
-    simd::f64x8 v = simd::vload_part(t + i, n - i);
+    simd::VT<double>::V v = simd::vload_part(t + i, n - i);
     v = n - i < L ? (v > 0.0 ? v : 1.0) : v;  // the tail's empty lanes: any valid value
     simd::vstore_part(t + i, simd::vexp(e * vlog_pos(v)), n - i);
   }

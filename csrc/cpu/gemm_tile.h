@@ -11,10 +11,10 @@
 // (gamma_kb + gamma_{K/kb}, about (kb + K/kb) u) rather than gamma_K = K u of one running sum.
 // Fixed order: the result depends on nothing but the operands.
 
-// Tile shape per instruction set (VT vectors are 64 bytes: one zmm, two ymm or four xmm): R x NV
-// accumulators plus NV panel vectors and a broadcast must fit the register file.
-constexpr int kGemmNV = kVecBytes == 64 ? 2 : 1;
-constexpr int kGemmR = kVecBytes == 64 ? 12 : (kVecBytes == 32 ? 5 : 2);
+// Tile shape per instruction set (a VT vector is one register): R x NV accumulators plus NV panel
+// vectors and a broadcast must fit the register file (32 zmm under AVX-512, else 16).
+constexpr int kGemmNV = 2;
+constexpr int kGemmR = kVecBytes == 64 ? 12 : 6;
 
 template <class T, int R, int NV>
 RBFKERN_INLINE void gemm_tile(const T* a, int64_t lda, const T* bp, int64_t K, int64_t kb, int64_t ksplit, T* tile,

@@ -10,6 +10,9 @@ constexpr int kVecBytes = RBFKERN_ISA_VEC_BYTES;
 namespace simd {  // the vector helpers compiled for this set (simd_vec.h explains why)
 using namespace ::rbfkern::simd;  // NOLINT(build/namespaces): types, loads, stores, sizes
 #include "cpu/simd_vec.h"  // NOLINT(build/include)
+// A vector wider than the set's registers has no machine mode, and GCC keeps it in memory.
+static_assert(sizeof(VT<float>::V) == kVecBytes && sizeof(VT<double>::V) == kVecBytes,
+              "VT must be one register of the instruction set");
 }  // namespace simd
 #include RBFKERN_ISA_KERNELS  // NOLINT(build/include)
 }  // namespace RBFKERN_ISA_NAME

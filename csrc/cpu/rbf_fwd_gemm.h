@@ -83,33 +83,36 @@ RBFKERN_INLINE T diff_pair(const T* x, const T* c, const T* w, int64_t D) {
   return vhsum(acc);
 }
 
-// Eight elements of p widened to double.
+// VT<double>::L elements of p widened to double.
 template <class T>
-RBFKERN_INLINE simd::f64x8 widen8(const T* p) {
+RBFKERN_INLINE typename VT<double>::V widen(const T* p) {
+  typedef typename VT<double>::V VD;
   if constexpr (std::is_same<T, double>::value) {
     return vload(p);
   } else {
-    typedef float f32x8 __attribute__((vector_size(32)));
-    f32x8 h;
+    typedef typename simd::VecOf<float, (int)sizeof(VD) / 2>::V FH;
+    FH h;
     std::memcpy(&h, p, sizeof h);
-    return __builtin_convertvector(h, simd::f64x8);
+    return __builtin_convertvector(h, VD);
   }
 }
 
-// sum_d w_d o_d^2 in double (ws null: w = 1), 8 lanes at a time: a scalar loop is one chain of
-// dependent FMAs per row, which cost more than the row's share of the GEMM.
+// sum_d w_d o_d^2 in double (ws null: w = 1), a vector of lanes at a time: a scalar loop is one
+// chain of dependent FMAs per row, which cost more than the row's share of the GEMM.
 template <class T>
 RBFKERN_INLINE double weighted_sq_sum(const T* o, const T* ws, int64_t D) {
-  simd::f64x8 acc = {};
+  typedef typename VT<double>::V VD;
+  constexpr int64_t LD = VT<double>::L;
+  VD acc = {};
   int64_t d = 0;
   if (ws) {
-    for (; d + 8 <= D; d += 8) {
-      const simd::f64x8 v = widen8(o + d);
-      acc += widen8(ws + d) * v * v;
+    for (; d + LD <= D; d += LD) {
+      const VD v = widen(o + d);
+      acc += widen(ws + d) * v * v;
     }
   } else {
-    for (; d + 8 <= D; d += 8) {
-      const simd::f64x8 v = widen8(o + d);
+    for (; d + LD <= D; d += LD) {
+      const VD v = widen(o + d);
       acc += v * v;
     }
   }

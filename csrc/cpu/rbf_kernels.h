@@ -10,9 +10,9 @@
 //   forward   D >= kGemmFwdMinD: the GEMM form with a certified bound per pair, failing pairs in
 //             the difference form (rbf_fwd_gemm.h). Smaller D, the difference form:
 //             rows in blocks of 64 (parallel) x centres in panels of 2 vectors packed transposed
-//             [d][centre]; micro-kernel 8 rows x 2 vectors of centres, loop over d.
+//             [d][centre]; micro-kernel kMicroRows rows x 2 vectors of centres, loop over d.
 //   backward  pass 1, parallel over row blocks: gx = 2 sum_j G w (x - c), vectorised over d,
-//             micro-kernel 8 rows x 1 vector of d, loop over all centres.
+//             micro-kernel kMicroRows rows x 1 vector of d, loop over all centres.
 //             pass 2, parallel over blocks of 16 centres: S1 = sum_n G (x - c), S2 = sum_n G (x-c)^2
 //             vectorised over d, micro-kernel 4 centres x 1 vector of d, loop over rows; partial
 //             sums of each 256-row block go into double accumulators.
@@ -32,6 +32,10 @@ using simd::vload;
 using simd::vload_part;
 using simd::vstore;
 using simd::vstore_part;
+
+// Rows per micro-kernel where its accumulators and operands must fit the register file: 32
+// vector registers under AVX-512, 16 below.
+constexpr int kMicroRows = kVecBytes == 64 ? 8 : 4;
 
 // ---------------------------------------------------------------------------------------------
 // Activations: per-centre parameters, forward f(r2), backward G and grad_act * df/dsigma
@@ -452,7 +456,7 @@ RBFKERN_INLINE void fwd_diag_micro(const T* xs, int64_t D, const T* cT, const T*
 
 template <class T, bool DIAG, class Sink>
 static void forward_diag(const RbfProblem<T>& p, const Sink& sink0, int nthreads) {
-  constexpr int L = VT<T>::L, P = 2 * L, R = 8;
+  constexpr int L = VT<T>::L, P = 2 * L, R = kMicroRows;
   constexpr int64_t RB = 64;  // rows per block (multiple of R)
   const int64_t N = p.N, C = p.C, D = p.D;
   const int64_t npanel = simd::cdiv(C, P);
@@ -498,7 +502,7 @@ static void forward_diag(const RbfProblem<T>& p, const Sink& sink0, int nthreads
 // broadcast of L[d][k], and r2 = sum_k u_k^2 needs no horizontal sum. D is padded to Dk (a
 // multiple of kTrilKB) with zero rows/columns of L.
 constexpr int kTrilKB = 8;  // k (or d) indices per micro-kernel
-constexpr int kTrilRV = 2;  // row vectors per micro-kernel
+constexpr int kTrilRV = kVecBytes == 64 ? 2 : 1;  // row vectors per micro-kernel (KB x RV accumulators)
 constexpr int64_t kTrilRB = 64;  // rows per block (multiple of kTrilRV * L for float and double)
 constexpr int64_t kTrilFlush = 4;  // row blocks summed in T before a double accumulation (backward)
 
@@ -822,7 +826,7 @@ static void backward_diag(const RbfProblem<T>& p, const ActParams<T>& A, const T
 
   // Pass 1: gx, parallel over row blocks.
   if (gx) {
-    constexpr int R = 8;
+    constexpr int R = kMicroRows;
     constexpr int64_t RB = 64;
     const int64_t nrb = simd::cdiv(N, RB);
 #pragma omp parallel num_threads(nthreads)

@@ -1,9 +1,11 @@
-// Vector helpers shared by the CPU kernels: GCC vector types of 64 bytes (16 float / 8 double
-// lanes), loads and stores, a fixed-order horizontal sum, one vectorised exp, size arithmetic.
+// Vector helpers shared by the CPU kernels: GCC vector types, loads and stores, a fixed-order
+// horizontal sum, one vectorised exp, size arithmetic.
 //
-// Types, loads and stores live here; the helpers that do vector arithmetic live in simd_vec.h,
-// which isa_foreach.h compiles again inside each instruction set's namespace (see its comment
-// for why). There a 64-byte vector is one zmm register, two ymm or four xmm.
+// The fixed-width types and the constants live here; the vector type the kernels compute on (VT:
+// as wide as one register of the instruction set), its loads and stores and the helpers that do
+// vector arithmetic live in simd_vec.h, which isa_foreach.h compiles again inside each
+// instruction set's namespace (see its comment for why): 64 bytes (one zmm) under AVX-512, 32
+// (one ymm) under AVX2, 16 (one xmm / NEON register) at the baseline.
 #pragma once
 
 #include <cstdint>
@@ -18,55 +20,64 @@
 namespace rbfkern {
 namespace simd {
 
+// Every vector width a kernel uses, by name: GCC drops the vector attribute of a typedef that
+// depends on a template parameter when it is passed on as a template argument.
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef double f64x8 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef int64_t i64x8 __attribute__((vector_size(64)));
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef double f64x4 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef int64_t i64x4 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef double f64x2 __attribute__((vector_size(16)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
+typedef int64_t i64x2 __attribute__((vector_size(16)));
+typedef float f32x2 __attribute__((vector_size(8)));
+typedef int32_t i32x2 __attribute__((vector_size(8)));
 
-// VT<T>: the vector of T (V), its lane mask / integer vector (VI) and lane count (L).
-template <class T>
-struct VT;
-template <>
-struct VT<float> {
-  typedef f32x16 V;
-  typedef i32x16 VI;
-  static constexpr int L = 16;
+// VecOf<T, B>: the vector of T in B bytes (V) and its same-width integer vector (I).
+template <class T, int B>
+struct VecOf;
+#define RBFKERN_VEC_OF(T, B, VTYPE, ITYPE) \
+  template <>                              \
+  struct VecOf<T, B> {                     \
+    typedef VTYPE V;                       \
+    typedef ITYPE I;                       \
+  };
+RBFKERN_VEC_OF(float, 64, f32x16, i32x16)
+RBFKERN_VEC_OF(double, 64, f64x8, i64x8)
+RBFKERN_VEC_OF(float, 32, f32x8, i32x8)
+RBFKERN_VEC_OF(double, 32, f64x4, i64x4)
+RBFKERN_VEC_OF(float, 16, f32x4, i32x4)
+RBFKERN_VEC_OF(double, 16, f64x2, i64x2)
+RBFKERN_VEC_OF(float, 8, f32x2, i32x2)
+RBFKERN_VEC_OF(int32_t, 64, i32x16, i32x16)
+RBFKERN_VEC_OF(int64_t, 64, i64x8, i64x8)
+RBFKERN_VEC_OF(int32_t, 32, i32x8, i32x8)
+RBFKERN_VEC_OF(int64_t, 32, i64x4, i64x4)
+RBFKERN_VEC_OF(int32_t, 16, i32x4, i32x4)
+RBFKERN_VEC_OF(int64_t, 16, i64x2, i64x2)
+RBFKERN_VEC_OF(int32_t, 8, i32x2, i32x2)
+#undef RBFKERN_VEC_OF
+
+// Lane type (T), same-width integer vector (I) and lane count (L) of a vector, or of a scalar double.
+template <class V>
+struct Lanes {
+  typedef std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>> T;
+  typedef typename VecOf<T, (int)sizeof(V)>::I I;
+  static constexpr int L = (int)(sizeof(V) / sizeof(T));
 };
 template <>
-struct VT<double> {
-  typedef f64x8 V;
-  typedef i64x8 VI;
-  static constexpr int L = 8;
+struct Lanes<double> {
+  typedef double T;
+  typedef int64_t I;
+  static constexpr int L = 1;
 };
 
-template <class T>
-RBFKERN_INLINE typename VT<T>::V vload(const T* p) {
-  typename VT<T>::V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <class T>
-RBFKERN_INLINE void vstore(T* p, typename VT<T>::V v) {
-  std::memcpy(p, &v, sizeof v);
-}
-// Load n <= L elements, zero-filling the rest.
-template <class T>
-RBFKERN_INLINE typename VT<T>::V vload_part(const T* p, int64_t n) {
-  typename VT<T>::V v = {};
-  if (n >= VT<T>::L) return vload(p);
-  std::memcpy(&v, p, sizeof(T) * (size_t)n);
-  return v;
-}
-template <class T>
-RBFKERN_INLINE void vstore_part(T* p, typename VT<T>::V v, int64_t n) {
-  if (n >= VT<T>::L) {
-    vstore(p, v);
-    return;
-  }
-  std::memcpy(p, &v, sizeof(T) * (size_t)n);
-}
 // ---------------------------------------------------------------------------------------------
-// exp, branch-free, on a vector (f32x16, f64x8) or on a scalar double in a loop GCC vectorises
+// exp, branch-free, on a vector (any width) or on a scalar double in a loop GCC vectorises
 // (the B-cos power). Cody-Waite reduction x = k ln2 + r, |r| <= ln2/2, Taylor polynomial (float:
 // to r^7, double: to r^13; error well below 1 ulp before rounding), 2^k from the exponent bits.
 // Below `lo` the result is 0 (no subnormals), above `hi` inf, NaN stays NaN.
@@ -86,25 +97,6 @@ struct ExpConst<double> {
   static constexpr double magic = 6755399441055744.0;  // 1.5 * 2^52
   static constexpr double ln2hi = 6.93147180369123816490e-01, ln2lo = 1.90821492927058770002e-10;
   static constexpr int mant = 52, bias = 1023;
-};
-
-// Lane type (T) and same-width integer type (I) of a vector, or of a scalar double.
-template <class V>
-struct Lanes;
-template <>
-struct Lanes<double> {
-  typedef double T;
-  typedef int64_t I;
-};
-template <>
-struct Lanes<f32x16> {
-  typedef float T;
-  typedef i32x16 I;
-};
-template <>
-struct Lanes<f64x8> {
-  typedef double T;
-  typedef i64x8 I;
 };
 
 // Taylor coefficients of exp, highest first: 1/7! .. 1 for float, 1/13! .. 1 for double.

@@ -1,14 +1,43 @@
-// The vector arithmetic helpers (broadcast, horizontal sum, comparisons, exp). No include guard
-// on purpose: simd.h includes this file once at the baseline target (for scalar callers such as
-// bcos_pow.h), and isa_foreach.h includes it again inside each instruction set's namespace,
-// under that set's `#pragma GCC target`.
+// The vector type the kernels compute on, its loads and stores, and the vector arithmetic helpers
+// (broadcast, horizontal sum, comparisons, exp). No include guard on purpose: simd.h includes this
+// file once at the baseline target (for scalar callers such as bcos_pow.h), and isa_foreach.h
+// includes it again inside each instruction set's namespace, under that set's `#pragma GCC
+// target`, with RBFKERN_ISA_VEC_BYTES its register width.
 //
-// Why twice: GCC lowers a function's generic 64-byte vector operations for the target the
-// function is *defined* under, before inlining. Defined at the baseline, a broadcast
-// `s - V{}` became four 16-byte pieces that the AVX-512 caller then reassembled lane by lane
-// (sixteen masked broadcasts instead of one), and every other vector operation here likewise.
-// Defined inside the ISA namespace they compile to single zmm/ymm instructions.
-// Expects VT, Lanes, ExpConst and ExpPoly (simd.h) to be visible.
+// Why per set, twice over:
+// - The width. VT<T> is one register of the set: a wider GCC vector has no machine mode there
+//   (below AVX-512 there is none for 64 bytes), so GCC keeps it in memory, and a kernel's array of
+//   them (a tile's accumulators) went through the stack and general registers on every FMA.
+// - The code. GCC lowers a function's generic vector operations for the target the function is
+//   *defined* under, before inlining: defined at the baseline, a broadcast became pieces that an
+//   AVX-512 caller reassembled lane by lane. Defined inside the ISA namespace they compile to
+//   single zmm / ymm instructions.
+// Expects Lanes, ExpConst and ExpPoly (simd.h) to be visible.
+
+#ifdef RBFKERN_ISA_VEC_BYTES
+constexpr int kVTBytes = RBFKERN_ISA_VEC_BYTES;
+#else
+constexpr int kVTBytes = 16;
+#endif
+
+// VT<T>: the vector of T (V), its lane mask / integer vector (VI) and lane count (L).
+template <class T>
+struct VT {
+  typedef typename VecOf<T, kVTBytes>::V V;
+  typedef typename VecOf<T, kVTBytes>::I VI;
+  static constexpr int L = kVTBytes / (int)sizeof(T);
+};
+
+template <class T>
+RBFKERN_INLINE typename VT<T>::V vload(const T* p) {
+  typename VT<T>::V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+RBFKERN_INLINE void vstore(T* p, typename VT<T>::V v) {
+  std::memcpy(p, &v, sizeof v);
+}
 
 template <class T>
 RBFKERN_INLINE typename VT<T>::V vbcast(T s) {
@@ -59,6 +88,48 @@ RBFKERN_INLINE double vhmin(f64x8 v) {
   return v[1] < v[0] ? v[1] : v[0];
 }
 
+
+// The same reductions for narrower vectors: add (or, min) the high half into the low half until
+// two lanes are left, the pairing the 64-byte versions above use.
+template <class V>
+struct HalfOf {
+  typedef typename VecOf<typename Lanes<V>::T, (int)sizeof(V) / 2>::V H;
+  RBFKERN_INLINE static H lo(V v) {
+    H h;
+    std::memcpy(&h, &v, sizeof h);
+    return h;
+  }
+  RBFKERN_INLINE static H hi(V v) {
+    H h;
+    std::memcpy(&h, reinterpret_cast<const char*>(&v) + sizeof h, sizeof h);
+    return h;
+  }
+};
+template <class V>
+RBFKERN_INLINE typename Lanes<V>::T vhsum(V v) {
+  if constexpr (Lanes<V>::L == 2) {
+    return v[0] + v[1];
+  } else {
+    return vhsum(HalfOf<V>::lo(v) + HalfOf<V>::hi(v));
+  }
+}
+template <class V>
+RBFKERN_INLINE typename Lanes<V>::T vor_lanes(V v) {
+  if constexpr (Lanes<V>::L == 2) {
+    return v[0] | v[1];
+  } else {
+    return vor_lanes(HalfOf<V>::lo(v) | HalfOf<V>::hi(v));
+  }
+}
+template <class V>
+RBFKERN_INLINE typename Lanes<V>::T vhmin(V v) {
+  if constexpr (Lanes<V>::L == 2) {
+    return v[1] < v[0] ? v[1] : v[0];
+  } else {
+    const auto lo = HalfOf<V>::lo(v), hi = HalfOf<V>::hi(v);
+    return vhmin(hi < lo ? hi : lo);
+  }
+}
 
 // Quiet comparisons: on scalars `<` may trap on NaN, which keeps GCC from if-converting the loop.
 RBFKERN_INLINE bool lanes_less(double a, double b) { return __builtin_isless(a, b); }
@@ -127,12 +198,12 @@ RBFKERN_INLINE V vexp_nonpos(V x) {
 
 #if defined(RBFKERN_ISA_VEC_BYTES) && RBFKERN_ISA_VEC_BYTES == 64 && !defined(__SANITIZE_ADDRESS__)
 // Partial loads and stores (the first n lanes; a load zero-fills the rest) as AVX-512 masked
-// instructions: simd.h's baseline versions copy through the stack with a memcpy of run-time
+// instructions: the other sets' versions (below) copy through the stack with a memcpy of run-time
 // length, a libc call and a store-forwarding stall per row tail, which on short rows (a head of 10
-// centres) cost more than the row's arithmetic. These shadow simd.h's versions for the kernels of
-// this set. Masked-out lanes are neither read nor written and never fault (AVX-512 guarantees it
-// on every vendor; AVX2's vmaskmov leaves faults on masked-out lanes to AMD's implementations, so
-// that set keeps the copy). ASan does not instrument masked moves: its builds keep the copy too.
+// centres) cost more than the row's arithmetic. Masked-out lanes are neither read nor written and
+// never fault (AVX-512 guarantees it on every vendor; AVX2's vmaskmov leaves faults on masked-out
+// lanes to AMD's implementations, so that set keeps the copy). ASan does not instrument masked
+// moves: its builds keep the copy too.
 template <class T>
 RBFKERN_INLINE typename VT<T>::V vload_part(const T* p, int64_t n) {
   typedef typename VT<T>::V V;
@@ -155,5 +226,22 @@ RBFKERN_INLINE void vstore_part(T* p, typename VT<T>::V v, int64_t n) {
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
   else
     _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1u), (__m512d)v);
+}
+#else
+// Partial loads and stores (the first n lanes; a load zero-fills the rest) through the stack.
+template <class T>
+RBFKERN_INLINE typename VT<T>::V vload_part(const T* p, int64_t n) {
+  typename VT<T>::V v = {};
+  if (n >= VT<T>::L) return vload(p);
+  if (n > 0) std::memcpy(&v, p, sizeof(T) * (size_t)n);
+  return v;
+}
+template <class T>
+RBFKERN_INLINE void vstore_part(T* p, typename VT<T>::V v, int64_t n) {
+  if (n >= VT<T>::L) {
+    vstore(p, v);
+    return;
+  }
+  if (n > 0) std::memcpy(p, &v, sizeof(T) * (size_t)n);
 }
 #endif
