@@ -585,8 +585,22 @@ def _run_threads(nt, fn, shapes, seed=0):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("m,k,n", [(8, 300, 5), (40, 2000, 30), (200, 700, 100), (128, 256 * 3, 160)])
+def test_fixed_k_matmul_equals_matmul(m, k, n):
+    # Both ways of the K-chunked GEMM (one GEMM per chunk into a big output, a batched GEMM for a
+    # small one), with and without a tail chunk, against a float64 matmul.
+    from rbfkern.ops.bcos_cpp import _mm_fixed_k
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    want = a.double() @ b.double()
+    for loop_min_out in (1, 1 << 30):
+        got = _mm_fixed_k(a, b, loop_min_out=loop_min_out)
+        assert got.shape == (m, n) and got.dtype == torch.float32
+        assert_close_to_ref(got, want, torch.float32, f"loop_min_out={loop_min_out}", kind="reduction")
+
+
 @pytest.mark.parametrize("backend", ["cpp"], indirect=True)
-@pytest.mark.parametrize("case", ["conv", "conv_groups_stride", "conv_n1", "linear_long_k"])
+@pytest.mark.parametrize("case", ["conv", "conv_groups_stride", "conv_n1", "linear_long_k", "linear_long_k_wide"])
 def test_cpu_bitwise_deterministic_across_thread_counts(backend, case):
     # Issue 8: forward and backward identical across runs and torch.set_num_threads(1) vs (2).
     # MKL's long-K GEMMs change with the thread count: the linear op always uses fixed K chunks.
@@ -598,6 +612,8 @@ def test_cpu_bitwise_deterministic_across_thread_counts(backend, case):
                                ((6, 8, 13, 11), (12, 4, 3, 3))),
         "conv_n1": (lambda x, w: bcos_conv2d(x, w, b=2.0, max_out=2, padding=1), ((1, 8, 10, 10), (8, 8, 3, 3))),
         "linear_long_k": (lambda x, w: bcos_linear(x, w, b=2.0, max_out=2), ((8192, 64), (64, 64))),
+        # outputs big enough for one GEMM per K chunk (forward, weight gradient), not the batched one
+        "linear_long_k_wide": (lambda x, w: bcos_linear(x, w, b=2.0, max_out=2), ((1024, 768), (256, 768))),
     }[case]
     if torch.backends.mkldnn.is_available() is False and case.startswith("conv"):
         pytest.skip("needs oneDNN")

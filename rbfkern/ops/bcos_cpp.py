@@ -38,26 +38,34 @@ def _np(t, nhwc=False):
     return (t.detach().permute(0, 2, 3, 1) if nhwc else t.detach()).numpy()
 
 
-def _mm_fixed_k(a, b, kc=256, batch=64):
+def _mm_fixed_k(a, b, kc=256, batch=64, loop_min_out=1 << 14):
     """a @ b with the K reduction cut into chunks of kc, summed in order.
 
     MKL splits a long K across threads, so a plain mm changes with torch.set_num_threads; a
-    K of at most 256 per GEMM is not split, and the batched GEMM parallelises over chunks
-    (``batch`` chunks at a time bound the scratch to batch x the output size).
+    K of at most 256 per GEMM is not split. An output of at least ``loop_min_out`` elements takes
+    one GEMM per chunk accumulating into it (``addmm_``): parallel inside each GEMM, no partial
+    products in memory. A smaller one takes a batched GEMM over the chunks (``batch`` at a time,
+    bounding the scratch to batch x the output size), then sums them in order: one call instead
+    of K / kc small ones.
     """
     K = a.shape[1]
     if K <= kc:
         return a @ b
     n = K // kc
-    out = None
-    for c0 in range(0, n, batch):
-        c1 = min(n, c0 + batch)
-        parts = torch.bmm(a[:, c0 * kc:c1 * kc].reshape(a.shape[0], c1 - c0, kc).transpose(0, 1),
-                          b[c0 * kc:c1 * kc].reshape(c1 - c0, kc, b.shape[1]))
-        for i in range(c1 - c0):
-            out = parts[i].clone() if out is None else out.add_(parts[i])
+    if a.shape[0] * b.shape[1] >= loop_min_out:
+        out = a[:, :kc] @ b[:kc]
+        for c in range(1, n):
+            out.addmm_(a[:, c * kc:(c + 1) * kc], b[c * kc:(c + 1) * kc])
+    else:
+        out = None
+        for c0 in range(0, n, batch):
+            c1 = min(n, c0 + batch)
+            parts = torch.bmm(a[:, c0 * kc:c1 * kc].reshape(a.shape[0], c1 - c0, kc).transpose(0, 1),
+                              b[c0 * kc:c1 * kc].reshape(c1 - c0, kc, b.shape[1]))
+            for i in range(c1 - c0):
+                out = parts[i] if out is None else out.add_(parts[i])  # parts is scratch: sum in place
     if n * kc < K:
-        out += a[:, n * kc:] @ b[n * kc:]
+        out.addmm_(a[:, n * kc:], b[n * kc:])
     return out
 
 
