@@ -44,53 +44,8 @@ RBFKERN_INLINE typename VT<T>::V vbcast(T s) {
   return s - typename VT<T>::V{};  // folds to one broadcast (0 + s would not: signed zeros)
 }
 
-// Horizontal sum, fixed pairwise order.
-RBFKERN_INLINE float vhsum(f32x16 v) {
-  f32x16 s = v + __builtin_shuffle(v, i32x16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  s = s + __builtin_shuffle(s, i32x16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  s = s + __builtin_shuffle(s, i32x16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  return s[0] + s[1];
-}
-RBFKERN_INLINE double vhsum(f64x8 v) {
-  f64x8 s = v + __builtin_shuffle(v, i64x8{4, 5, 6, 7, 0, 1, 2, 3});
-  s = s + __builtin_shuffle(s, i64x8{2, 3, 0, 1, 6, 7, 4, 5});
-  return s[0] + s[1];
-}
-
-// Bitwise OR of all lanes, the same shuffles as vhsum.
-RBFKERN_INLINE int32_t vor_lanes(i32x16 v) {
-  v |= __builtin_shuffle(v, i32x16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  v |= __builtin_shuffle(v, i32x16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  v |= __builtin_shuffle(v, i32x16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  return v[0] | v[1];
-}
-RBFKERN_INLINE int64_t vor_lanes(i64x8 v) {
-  v |= __builtin_shuffle(v, i64x8{4, 5, 6, 7, 0, 1, 2, 3});
-  v |= __builtin_shuffle(v, i64x8{2, 3, 0, 1, 6, 7, 4, 5});
-  return v[0] | v[1];
-}
-
-// Horizontal minimum (lanes without NaN), the same shuffles as vhsum.
-RBFKERN_INLINE float vhmin(f32x16 v) {
-  f32x16 s = __builtin_shuffle(v, i32x16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-  v = s < v ? s : v;
-  s = __builtin_shuffle(v, i32x16{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
-  v = s < v ? s : v;
-  s = __builtin_shuffle(v, i32x16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
-  v = s < v ? s : v;
-  return v[1] < v[0] ? v[1] : v[0];
-}
-RBFKERN_INLINE double vhmin(f64x8 v) {
-  f64x8 s = __builtin_shuffle(v, i64x8{4, 5, 6, 7, 0, 1, 2, 3});
-  v = s < v ? s : v;
-  s = __builtin_shuffle(v, i64x8{2, 3, 0, 1, 6, 7, 4, 5});
-  v = s < v ? s : v;
-  return v[1] < v[0] ? v[1] : v[0];
-}
-
-
-// The same reductions for narrower vectors: add (or, min) the high half into the low half until
-// two lanes are left, the pairing the 64-byte versions above use.
+// Horizontal sum, OR and min in a fixed pairwise order, the same for every width: add (or, min)
+// the high half into the low half until two lanes are left, so lane i meets lane i + L/2 first.
 template <class V>
 struct HalfOf {
   typedef typename VecOf<typename Lanes<V>::T, (int)sizeof(V) / 2>::V H;
@@ -99,10 +54,15 @@ struct HalfOf {
     std::memcpy(&h, &v, sizeof h);
     return h;
   }
+  // The high half rotated into the low one by a shuffle in registers: a memcpy from the upper
+  // bytes made GCC spill a zmm to the stack and reload its halves.
   RBFKERN_INLINE static H hi(V v) {
-    H h;
-    std::memcpy(&h, reinterpret_cast<const char*>(&v) + sizeof h, sizeof h);
-    return h;
+    typedef typename Lanes<V>::I I;
+    constexpr int L = Lanes<V>::L;
+    I rot;
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) rot[i] = (i + L / 2) % L;
+    return lo(__builtin_shuffle(v, rot));
   }
 };
 template <class V>
