@@ -15,18 +15,23 @@
 // vectors and a broadcast must fit the register file (32 zmm under AVX-512, else 16).
 constexpr int kGemmNV = 2;
 constexpr int kGemmR = kVecBytes == 64 ? 12 : 6;
+// The one-vector tile, for panels of at most L columns (a head of 10 centres): a two-vector tile
+// there computes more padding lanes than centres.
+constexpr int kGemmR1 = 2 * kGemmR;
 
 template <class T, int R, int NV>
 RBFKERN_INLINE void gemm_tile(const T* a, int64_t lda, const T* bp, int64_t K, int64_t kb, int64_t ksplit, T* tile,
                               T* tile2) {
   typedef typename simd::VT<T>::V V;
   constexpr int L = simd::VT<T>::L, P = NV * L;
+  // A loop over rows left partly rolled indexes acc at run time, and GCC keeps it in memory.
+  static_assert(R <= 32 && NV <= 4, "the unroll pragmas below cover the whole tile");
   for (int64_t k0 = 0; k0 < K;) {
     const int64_t k1 = std::min(k0 < ksplit ? ksplit : K, k0 + kb);
     T* out = k0 < ksplit ? tile : tile2;
     const bool first = k0 == 0 || k0 == ksplit;
     V acc[R][NV];
-#pragma GCC unroll 16
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = simd::vbcast<T>(T(0));
@@ -34,14 +39,14 @@ RBFKERN_INLINE void gemm_tile(const T* a, int64_t lda, const T* bp, int64_t K, i
       V b[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) b[v] = simd::vload(bp + k * P + v * L);
-#pragma GCC unroll 16
+#pragma GCC unroll 32
       for (int r = 0; r < R; ++r) {
         const V ab = simd::vbcast<T>(a[r * lda + k]);
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[r][v] += ab * b[v];
       }
     }
-#pragma GCC unroll 16
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {

@@ -121,18 +121,18 @@ RBFKERN_INLINE double weighted_sq_sum(const T* o, const T* ws, int64_t D) {
   return s;
 }
 
-// x rows [n0, n0 + nr) shifted into dst [rows][K] (per-centre: [x', x'^2]), zero padded to `rows`,
-// and, for a shared metric, X = sum w x'^2 per row (ws null: w = 1; per-centre the GEMM's second
-// half gives X per pair, and xn is left alone).
+// x rows [n0, n0 + nr) shifted into the first K of each row of dst [rows][ld] (per-centre:
+// [x', x'^2]), zero padded to `rows`, and, for a shared metric, X = sum w x'^2 per row (ws null:
+// w = 1; per-centre the GEMM's second half gives X per pair, and xn is left alone).
 template <class T>
 static void pack_rows_shifted(const RbfProblem<T>& p, const T* mu, bool per_centre, int64_t n0, int64_t nr,
-                              int64_t rows, int64_t K, T* dst, T* xn) {
+                              int64_t rows, int64_t K, int64_t ld, T* dst, T* xn) {
   typedef typename VT<T>::V V;
   constexpr int L = VT<T>::L;
   const int64_t D = p.D;
   const T* ws = p.metric_kind == kMetricDiag && p.metric_shared ? p.metric : nullptr;
   for (int64_t r = 0; r < rows; ++r) {
-    T* o = dst + r * K;
+    T* o = dst + r * ld;
     if (r >= nr) {
       std::fill(o, o + K, T(0));
       xn[r] = T(0);
@@ -150,18 +150,83 @@ static void pack_rows_shifted(const RbfProblem<T>& p, const T* mu, bool per_cent
   }
 }
 
+// One thread's pass over row tiles and panels: the GEMM tile, the acceptance test, the difference
+// form for the pairs that fail it, then the sink.
 template <class T, bool DIAG, class Sink>
-static void forward_gemm(const RbfProblem<T>& p, const Sink& sink0, int nthreads) {
+struct GemmFwdTiles {
   typedef typename VT<T>::V V;
   typedef typename VT<T>::VI VI;
-  constexpr int L = VT<T>::L, NV = kGemmNV, R = kGemmR, P = NV * L;
-  constexpr int64_t RB = 8 * R;  // rows per block
+  static constexpr int L = VT<T>::L;
+  const RbfProblem<T>& p;
+  int64_t K, kb, ksplit;
+  T alpha, xi;
+  const T *ws, *cn, *gam;     // shared weights (null: none / per centre); per centre C^, zeta C^ + theta
+  const T* xs;                 // packed rows of the block, ld apart
+  int64_t ld;
+  const T* xn;                 // shared metric: X per packed row
+  T *tile, *tile2;             // kGemmR1 * L == kGemmR * kGemmNV * L elements each
+  Sink* sink;
+
+  // Rows [r0, r0 + R) of the block starting at row n0 (nr rows) against the panel b of NV vectors,
+  // centres [j0, j0 + nc).
+  template <int NV, int R>
+  void run(int64_t n0, int64_t nr, int64_t r0, int64_t j0, int64_t nc, const T* b) {
+    constexpr int P = NV * L;
+    const bool per_centre = ksplit < K;
+    const T big = std::numeric_limits<T>::max();
+    gemm_tile<T, R, NV>(xs + r0 * ld, ld, b, K, kb, ksplit, tile, tile2);
+    const int64_t rv = std::min<int64_t>(R, nr - r0);
+    VI bad[R * NV];
+    VI any_bad = {};
+    for (int64_t r = 0; r < rv; ++r) {
+      const V xb = vbcast<T>(xn[(size_t)(r0 + r)]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        const V X = per_centre ? vload(tile2 + r * P + v * L) : xb;
+        const V t = vload(tile + r * P + v * L) + X;
+        const V r2v = t + vload(cn + j0 + v * L);
+        const V rhs = xi * X + vload(gam + j0 + v * L);
+        const VI m = ~((alpha * r2v >= rhs) & (r2v <= big));
+        bad[r * NV + v] = m;
+        any_bad |= m;
+        vstore(tile + r * P + v * L, r2v);
+      }
+    }
+    // The pairs that failed the test: the difference form.
+    const int64_t D = p.D;
+    for (int64_t r = 0; vany(any_bad) && r < rv; ++r) {
+      const int64_t n = n0 + r0 + r;
+      for (int v = 0; v < NV; ++v) {
+        for (uint32_t m = lane_bits(bad[r * NV + v]); m != 0; m &= m - 1) {
+          const int64_t i = v * L + __builtin_ctz(m);
+          if (i >= nc) break;  // padding centres (lanes in increasing order)
+          const int64_t j = j0 + i;
+          tile[(size_t)(r * P + i)] = diff_pair<T, DIAG>(p.x + n * D, p.centers + j * D,
+                                                         DIAG ? (ws ? ws : p.metric + j * D) : nullptr, D);
+        }
+      }
+    }
+    sink->put(n0 + r0, rv, j0, nc, tile, P);
+  }
+};
+
+// Panels of kGemmNV vectors (P2 lanes), and where the last P2 columns hold at most L centres a last
+// panel of one vector, with its own taller tile (kGemmR1 rows): a head of 10 centres, or C = 40
+// under AVX-512 (32 + 8), would otherwise compute more padding lanes than centres in that panel.
+// Each lane's sum runs over the same k in the same order whatever the tile, so the panels, the
+// tiles and the row blocks change the speed, never a value.
+template <class T, bool DIAG, class Sink>
+static void forward_gemm(const RbfProblem<T>& p, const Sink& sink0, int nthreads) {
+  constexpr int L = VT<T>::L, R2 = kGemmR, P2 = kGemmNV * L, R1 = kGemmR1;
+  static_assert(R1 % R2 == 0 && R1 * L <= R2 * P2, "the one-vector tile fits the tile buffers");
   const int64_t N = p.N, C = p.C, D = p.D;
+  const int64_t nfull = C % P2 != 0 && C % P2 <= L ? C / P2 : simd::cdiv(C, P2);  // panels of P2
+  const bool tail = nfull * P2 < C;                                                // one of L
+  // Rows per block: up to 8 tiles, fewer where that leaves a thread without a block.
+  const int64_t RB = std::min<int64_t>(8 * R2, simd::round_up(simd::cdiv(N, std::max(nthreads, 1)), R1));
   const bool per_centre = DIAG && !p.metric_shared;
   const int64_t K = per_centre ? 2 * D : D, kb = gemm_fwd_block<T>(D, per_centre);
   const GemmFwdBound bd = gemm_fwd_bound<T>(D, kb, per_centre);
-  const T alpha = (T)bd.alpha, xi = (T)bd.xi;
-  const T* ws = DIAG && p.metric_shared ? p.metric : nullptr;  // shared weights (null: none / per centre)
   // mu: the mean of the centres, in double, in centre order.
   std::vector<T> mu((size_t)D);
   for (int64_t d = 0; d < D; ++d) {
@@ -169,12 +234,14 @@ static void forward_gemm(const RbfProblem<T>& p, const Sink& sink0, int nthreads
     for (int64_t j = 0; j < C; ++j) s += (double)p.centers[j * D + d];
     mu[(size_t)d] = (T)(s / (double)C);
   }
-  // Panels [K][P] of -2 w c' (and w), per panel P lanes of C^ and of zeta C^ + theta.
-  const int64_t npanel = simd::cdiv(C, P);
-  std::vector<T> bp((size_t)(npanel * K * P), T(0)), cn((size_t)(npanel * P), T(0)), gam((size_t)(npanel * P), T(0));
+  // Panels [K][P] of -2 w c' (and w); per centre C^ and zeta C^ + theta, padded to the panels.
+  const int64_t ncols = nfull * P2 + (tail ? L : 0);
+  std::vector<T> bp((size_t)(ncols * K), T(0)), cn((size_t)ncols, T(0)), gam((size_t)ncols, T(0));
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int64_t j = 0; j < C; ++j) {
-    T* b = bp.data() + (j / P) * K * P + j % P;
+    const bool in_tail = j >= nfull * P2;
+    const int64_t P = in_tail ? L : P2, first = in_tail ? nfull * P2 : (j / P2) * P2;
+    T* b = bp.data() + first * K + (j - first);
     double s = 0.0;
     for (int64_t d = 0; d < D; ++d) {
       const T w = DIAG ? diag_w(p, j, d) : T(1);
@@ -187,56 +254,29 @@ static void forward_gemm(const RbfProblem<T>& p, const Sink& sink0, int nthreads
     gam[(size_t)j] = (T)(bd.zeta * (double)cn[(size_t)j] + bd.theta);
   }
   const int64_t nrb = simd::cdiv(N, RB);
-  const T big = std::numeric_limits<T>::max();
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<T> xs((size_t)(RB * K)), xn((size_t)RB), tile((size_t)(R * P)), tile2((size_t)(R * P));
-    VI bad[R * NV];  // on the stack: std::vector would drop the vector type's 64-byte alignment
+    // The packed rows an odd number of cache lines apart: at a multiple of 4 KiB (K = 1024 floats)
+    // the tile's rows all fall into one L1 set and evict each other.
+    const int64_t ldx = simd::round_up(K, 64 / (int64_t)sizeof(T)) | (64 / (int64_t)sizeof(T));
+    std::vector<T> xs((size_t)(RB * ldx)), xn((size_t)RB), tile((size_t)(R2 * P2)), tile2((size_t)(R2 * P2));
     Sink sink = sink0;
+    GemmFwdTiles<T, DIAG, Sink> t{p, K, kb, per_centre ? D : K, (T)bd.alpha, (T)bd.xi,
+                                  DIAG && p.metric_shared ? p.metric : nullptr, cn.data(), gam.data(),
+                                  xs.data(), ldx, xn.data(), tile.data(), tile2.data(), &sink};
 #pragma omp for schedule(static)
     for (int64_t rb = 0; rb < nrb; ++rb) {
-      const int64_t n0 = rb * RB, nr = std::min(RB, N - n0), rows = simd::round_up(nr, R);
+      const int64_t n0 = rb * RB, nr = std::min(RB, N - n0);
       sink.begin(n0, nr);
-      pack_rows_shifted(p, mu.data(), per_centre, n0, nr, rows, K, xs.data(), xn.data());
+      pack_rows_shifted(p, mu.data(), per_centre, n0, nr, simd::round_up(nr, tail ? R1 : R2), K, ldx, xs.data(),
+                        xn.data());
       // Row tiles outside, panels inside: the tile's R rows of x stay in L1 while the panels
       // stream from L2 (one sequential stream the prefetcher follows).
-      for (int64_t r0 = 0; r0 < rows; r0 += R) {
-        for (int64_t pn = 0; pn < npanel; ++pn) {
-          const int64_t j0 = pn * P, nc = std::min<int64_t>(P, C - j0);
-          const T* b = bp.data() + pn * K * P;
-          gemm_tile<T, R, NV>(xs.data() + r0 * K, K, b, K, kb, per_centre ? D : K, tile.data(), tile2.data());
-          const int64_t rv = std::min<int64_t>(R, nr - r0);
-          VI any_bad = {};
-          for (int64_t r = 0; r < rv; ++r) {
-            const V xb = vbcast<T>(xn[(size_t)(r0 + r)]);
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) {
-              const V X = per_centre ? vload(tile2.data() + r * P + v * L) : xb;
-              const V t = vload(tile.data() + r * P + v * L) + X;
-              const V r2v = t + vload(cn.data() + j0 + v * L);
-              const V rhs = xi * X + vload(gam.data() + j0 + v * L);
-              const VI b = ~((alpha * r2v >= rhs) & (r2v <= big));
-              bad[r * NV + v] = b;
-              any_bad |= b;
-              vstore(tile.data() + r * P + v * L, r2v);
-            }
-          }
-          // The pairs that failed the test: the difference form.
-          for (int64_t r = 0; vany(any_bad) && r < rv; ++r) {
-            const int64_t n = n0 + r0 + r;
-            for (int v = 0; v < NV; ++v) {
-              for (uint32_t m = lane_bits(bad[r * NV + v]); m != 0; m &= m - 1) {
-                const int64_t i = v * L + __builtin_ctz(m);
-                if (i >= nc) break;  // padding centres (lanes in increasing order)
-                const int64_t j = j0 + i;
-                tile[(size_t)(r * P + i)] = diff_pair<T, DIAG>(p.x + n * D, p.centers + j * D,
-                                                               DIAG ? (ws ? ws : p.metric + j * D) : nullptr, D);
-              }
-            }
-          }
-          sink.put(n0 + r0, rv, j0, nc, tile.data(), P);
-        }
-      }
+      for (int64_t r0 = 0; r0 < nr; r0 += R2)
+        for (int64_t pn = 0; pn < nfull; ++pn)
+          t.template run<kGemmNV, R2>(n0, nr, r0, pn * P2, std::min<int64_t>(P2, C - pn * P2), bp.data() + pn * P2 * K);
+      for (int64_t r0 = 0; tail && r0 < nr; r0 += R1)
+        t.template run<1, R1>(n0, nr, r0, nfull * P2, C - nfull * P2, bp.data() + nfull * P2 * K);
       sink.end(n0, nr);
     }
   }
