@@ -117,11 +117,17 @@ def prepare(impl, *tensors, contiguous: bool = True):
     return tuple(out)
 
 
+def as_dtype(t, dtype):
+    """``t.to(dtype)`` without its call where ``t`` has that dtype already (a per-call cost that a
+    small RBF head pays several times in each step)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def grads_or_empty(grads, inputs, needs):
     """A backward op's outputs: each gradient in its input's dtype, an empty tensor where it is not
     needed (or its input is None)."""
     ref = next(t for t in inputs if t is not None)
-    return tuple(g.to(t.dtype) if need and g is not None and t is not None else ref.new_empty(0)
+    return tuple(as_dtype(g, t.dtype) if need and g is not None and t is not None else ref.new_empty(0)
                  for g, t, need in zip(grads, inputs, needs))
 
 

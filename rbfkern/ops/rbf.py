@@ -30,7 +30,9 @@ _KIND_ID = {"none": -1, **{k: i for i, k in enumerate(KINDS)}}
 
 
 def _np(t: Tensor | None):
-    return None if t is None else t.detach().numpy()
+    if t is None:
+        return None
+    return (t.detach() if t.requires_grad else t).numpy()  # a detach costs as much as the numpy view
 
 
 class _Cpp:
@@ -101,7 +103,7 @@ def _impl(device: torch.device):
 def _run_forward(x, centers, diag, tril, sigma, kind, shape, need_act):
     impl = _impl(x.device)
     act, r2 = impl.forward(*_family.prepare(impl, x, centers, diag, tril, sigma), kind, shape, need_act)
-    return (None if act is None else act.to(x.dtype)), r2.to(x.dtype)
+    return (None if act is None else _family.as_dtype(act, x.dtype)), _family.as_dtype(r2, x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
