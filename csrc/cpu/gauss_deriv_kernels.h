@@ -20,52 +20,69 @@ using simd::VT;
 using simd::vload;
 using simd::vstore;
 
-// C[m, n] (+)= sum_k A[m*as0 + k*as1] B[k*ldb + n]; 6 rows x one vector of columns in registers.
-// B's column strip is packed (KC x one vector, contiguous) first: B's rows are often 4 KiB apart
-// (image rows), which would alias in L1/L2 if streamed in place.
+// MR rows x NB vectors of C in registers over kc products: a (row r, product kk) at
+// a[r * as0 + kk * as1], the B strip packed [kc][NB vectors].
+template <class T, int MR, int NB>
+RBFKERN_INLINE void gemm_micro(int64_t kc, const T* a, int64_t as0, int64_t as1, const T* pack, T* C, int64_t ldc,
+                               bool accum) {
+  typedef typename VT<T>::V V;
+  constexpr int L = VT<T>::L;
+  V c[MR][NB];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NB; ++v) c[r][v] = V{};
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    V b[NB];
+#pragma GCC unroll 2
+    for (int v = 0; v < NB; ++v) b[v] = vload<T>(pack + (kk * NB + v) * L);
+    const T* ak = a + kk * as1;
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const T ar = ak[r * as0];
+#pragma GCC unroll 2
+      for (int v = 0; v < NB; ++v) c[r][v] += ar * b[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NB; ++v) {
+      T* cp = C + r * ldc + v * L;
+      vstore<T>(cp, accum ? vload<T>(cp) + c[r][v] : c[r][v]);
+    }
+}
+
+// One strip of NB vectors of columns from j0, all rows: B's strip is packed (KC x NB vectors,
+// contiguous) first: B's rows are often 4 KiB apart (image rows), which would alias in L1/L2 if
+// streamed in place.
+template <class T, int MR, int NB>
+void gemm_strip(int64_t m, int64_t j0, int64_t k, const T* A, int64_t as0, int64_t as1, const T* B, int64_t ldb, T* C,
+                int64_t ldc, bool acc) {
+  constexpr int L = VT<T>::L;
+  constexpr int64_t KC = 256;
+  alignas(64) T pack[KC * NB * L];
+  for (int64_t k0 = 0; k0 < k; k0 += KC) {
+    const int64_t kc = std::min(KC, k - k0);
+    for (int64_t kk = 0; kk < kc; ++kk) std::memcpy(pack + kk * NB * L, B + (k0 + kk) * ldb + j0, sizeof(T) * NB * L);
+    const bool accum = acc || k0 > 0;
+    const T* a = A + k0 * as1;
+    int64_t i0 = 0;
+    for (; i0 + MR <= m; i0 += MR) gemm_micro<T, MR, NB>(kc, a + i0 * as0, as0, as1, pack, C + i0 * ldc + j0, ldc, accum);
+    for (; i0 < m; ++i0) gemm_micro<T, 1, NB>(kc, a + i0 * as0, as0, as1, pack, C + i0 * ldc + j0, ldc, accum);
+  }
+}
+
+// C[m, n] (+)= sum_k A[m*as0 + k*as1] B[k*ldb + n]: strips of two vectors of columns (6 rows x 2
+// vectors in registers, 12 x 2 under AVX-512), then one vector, then single columns. Each element
+// sums k in order, in blocks of KC, whatever the strip.
 template <class T>
 void gemm(int64_t m, int64_t n, int64_t k, const T* A, int64_t as0, int64_t as1, const T* B, int64_t ldb, T* C,
           int64_t ldc, bool acc) {
-  typedef typename VT<T>::V V;
-  constexpr int NV = VT<T>::L;
-  constexpr int MR = 6;
-  constexpr int64_t KC = 256;
-  alignas(64) T pack[KC * NV];
+  constexpr int L = VT<T>::L, MR2 = kVecBytes == 64 ? 12 : 6;
   int64_t j0 = 0;
-  for (; j0 + NV <= n; j0 += NV) {
-    for (int64_t k0 = 0; k0 < k; k0 += KC) {
-      const int64_t kc = std::min(KC, k - k0);
-      for (int64_t kk = 0; kk < kc; ++kk) std::memcpy(pack + kk * NV, B + (k0 + kk) * ldb + j0, sizeof(V));
-      const bool accum = acc || k0 > 0;
-      int64_t i0 = 0;
-      for (; i0 + MR <= m; i0 += MR) {
-        V c0 = {}, c1 = {}, c2 = {}, c3 = {}, c4 = {}, c5 = {};
-        const T* a = A + i0 * as0 + k0 * as1;
-        for (int64_t kk = 0; kk < kc; ++kk) {
-          V b = vload<T>(pack + kk * NV);
-          const T* ak = a + kk * as1;
-          c0 += ak[0] * b;
-          c1 += ak[as0] * b;
-          c2 += ak[2 * as0] * b;
-          c3 += ak[3 * as0] * b;
-          c4 += ak[4 * as0] * b;
-          c5 += ak[5 * as0] * b;
-        }
-        V* cs[MR] = {&c0, &c1, &c2, &c3, &c4, &c5};
-        for (int r = 0; r < MR; ++r) {
-          T* cp = C + (i0 + r) * ldc + j0;
-          vstore<T>(cp, accum ? vload<T>(cp) + *cs[r] : *cs[r]);
-        }
-      }
-      for (; i0 < m; ++i0) {
-        V c = {};
-        const T* a = A + i0 * as0 + k0 * as1;
-        for (int64_t kk = 0; kk < kc; ++kk) c += a[kk * as1] * vload<T>(pack + kk * NV);
-        T* cp = C + i0 * ldc + j0;
-        vstore<T>(cp, accum ? vload<T>(cp) + c : c);
-      }
-    }
-  }
+  for (; j0 + 2 * L <= n; j0 += 2 * L) gemm_strip<T, MR2, 2>(m, j0, k, A, as0, as1, B, ldb, C, ldc, acc);
+  for (; j0 + L <= n; j0 += L) gemm_strip<T, 6, 1>(m, j0, k, A, as0, as1, B, ldb, C, ldc, acc);
   for (; j0 < n; ++j0) {
     for (int64_t i0 = 0; i0 < m; ++i0) {
       T s = 0;
