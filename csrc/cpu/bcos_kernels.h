@@ -51,6 +51,25 @@ void window_root(const Geom& g, const T* __restrict s, T* __restrict hs, T* __re
   }
 }
 
+// sum_c x[c]^2 over n contiguous values, on vectors (two accumulators, then vhsum's fixed order).
+template <typename T>
+T sum_sq(const T* x, int64_t n) {
+  typedef typename simd::VT<T>::V V;
+  constexpr int L = simd::VT<T>::L;
+  V a0 = {}, a1 = {};
+  int64_t c = 0;
+  for (; c + 2 * L <= n; c += 2 * L) {
+    const V u = simd::vload(x + c), w = simd::vload(x + c + L);
+    a0 += u * u;
+    a1 += w * w;
+  }
+  for (; c < n; c += L) {
+    const V u = simd::vload_part(x + c, n - c);
+    a0 += u * u;
+  }
+  return simd::vhsum(a0 + a1);
+}
+
 // One (n, g) plane of the patch norm from NCHW x: s = channel sums of squares (H x W), then
 // window_root. Writes root and rinv = 1 / (root + eps_out) (the scale the epilogue multiplies
 // by). Scratch: s (H*W), hs (H*Wo).
@@ -58,10 +77,16 @@ template <typename T>
 void patch_root_plane(const Geom& g, const T* x_ng, T* __restrict s, T* __restrict hs, T* __restrict root,
                       T* __restrict rinv, double eps_in, T eo) {
   const int64_t HW = g.H * g.W, Cg = g.C / g.G, P = g.P();
-  for (int64_t i = 0; i < HW; ++i) s[i] = T(0);
-  for (int64_t c = 0; c < Cg; ++c) {
-    const T* __restrict xr = x_ng + c * HW;
-    for (int64_t i = 0; i < HW; ++i) s[i] += xr[i] * xr[i];
+  if (HW == 1) {
+    // a linear layer's row (or a 1 x 1 plane): the channel loop is the long one, and as a scalar
+    // sum it is one chain of dependent adds, which took longer than the layer's GEMM
+    s[0] = sum_sq(x_ng, Cg);
+  } else {
+    for (int64_t i = 0; i < HW; ++i) s[i] = T(0);
+    for (int64_t c = 0; c < Cg; ++c) {
+      const T* __restrict xr = x_ng + c * HW;
+      for (int64_t i = 0; i < HW; ++i) s[i] += xr[i] * xr[i];
+    }
   }
   window_root(g, s, hs, root, eps_in);
   for (int64_t p = 0; p < P; ++p) rinv[p] = T(1) / (root[p] + eo);
