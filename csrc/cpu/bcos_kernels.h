@@ -403,6 +403,21 @@ void bwd_norm(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int n
         for (int64_t h = 0; h < g.H; ++h) {
           window_sums_t(g, q + (n * g.G + gg) * P, 1, h, V.data(), R.data());
           const T* __restrict Rp = R.data();
+          if (g.H * g.W == 1) {
+            // a linear layer's row: one scale for C contiguous channels, one loop over them (the
+            // loop below runs one pixel per channel and does not vectorise)
+            const int64_t off = n * g.C + gg * Cg;
+            const T r = Rp[0];
+            const T* __restrict xr = x + off;
+            T* __restrict gr = gx + off;
+            if (gsrc == gx) {
+              for (int64_t c = 0; c < Cg; ++c) gr[c] += xr[c] * r;
+            } else {
+              const T* __restrict sr = gsrc + off;
+              for (int64_t c = 0; c < Cg; ++c) gr[c] = sr[c] + xr[c] * r;
+            }
+            continue;
+          }
           for (int64_t c = 0; c < Cg; ++c) {
             const int64_t off = ((n * g.C + gg * Cg + c) * g.H + h) * g.W;
             const T* __restrict xr = x + off;
