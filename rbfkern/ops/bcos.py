@@ -95,12 +95,20 @@ def _forward(geo, x, weight, b, save):
     xc, wc = _prepare(impl, x, weight)
     y, lmax, idx, root = impl.forward(geo, b, xc, wc, save)
     mf = _memory_format(x)
-    y = y.reshape(geo.y_shape).to(x.dtype).contiguous(memory_format=mf)
+    y = _in_layout(y, geo.y_shape, x.dtype, mf)
     if not save:
         return y, y.new_empty(0), torch.empty(0, dtype=torch.uint8, device=y.device), y.new_empty(0)
-    root = y.new_empty(0) if root is None else root.reshape(geo.root_shape).to(x.dtype).contiguous(memory_format=mf)
-    return (y, lmax.reshape(geo.y_shape).to(x.dtype).contiguous(memory_format=mf),
-            idx.reshape(geo.y_shape).contiguous(memory_format=mf), root)
+    root = y.new_empty(0) if root is None else _in_layout(root, geo.root_shape, x.dtype, mf)
+    return y, _in_layout(lmax, geo.y_shape, x.dtype, mf), _in_layout(idx, geo.y_shape, idx.dtype, mf), root
+
+
+def _in_layout(t, shape, dtype, mf):
+    """t reshaped to ``shape``, in ``dtype`` and memory format ``mf``; t itself where it is already
+    (each of those calls costs about a microsecond, and a small layer's step makes a dozen)."""
+    if tuple(t.shape) != tuple(shape):
+        t = t.reshape(shape)
+    t = _family.as_dtype(t, dtype)
+    return t if t.is_contiguous(memory_format=mf) else t.contiguous(memory_format=mf)
 
 
 def _strided_like(g, t):
