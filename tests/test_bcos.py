@@ -496,7 +496,8 @@ def test_cpp_other_instruction_sets(isa):
     # weight gradient, the epilogues and the vectorised power, with the ISA capped.
     run_tests_under_isa(isa, __file__, "(test_cpp_direct_conv_matches_reference or test_deterministic_weight_grad "
                         "or test_gradcheck_cpp or test_vector_pow_matches_reference or test_power_of_non_finite "
-                        "or test_conv_matches_official or test_linear_matches_official) and not triton and not cuda")
+                        "or test_conv_matches_official or test_linear_matches_official or test_cpp_linear_every_feature_count) "
+                        "and not triton and not cuda")
 
 class _Spy:
     """Records the names of the C++ entry points called through it."""
@@ -703,6 +704,27 @@ def test_grad_y_in_any_layout(backend, linear, layout):
     want = torch.autograd.grad(ref(x64, w64), (x64, w64), gy.double())
     for a, c, what in zip(got, want, ("grad x", "grad w")):
         assert_close_to_ref(a, c, torch.float32, what=what, kind="reduction")
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_cpp_linear_every_feature_count(backend, dtype):
+    # A linear row's input norm and its gradient run on vectors over the C features (two vectors
+    # at a time, then one, then a partial one; csrc/cpu/bcos_kernels.h): every C from 1 to 70
+    # (past two vectors of 32 lanes) against the float64 reference, forward and both gradients.
+    g = torch.Generator().manual_seed(11)
+    for c in range(1, 71):
+        x = torch.randn(7, c, generator=g, dtype=F64) * torch.logspace(-2, 2, c, dtype=F64)
+        w = torch.randn(6, c, generator=g, dtype=F64)
+        gy = torch.randn(7, 3, generator=g, dtype=F64)
+        xd, wd = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+        y = bcos_linear(xd, wd, b=2.0, max_out=2)
+        got = (y,) + torch.autograd.grad(y, (xd, wd), gy.to(dtype))
+        x64, w64 = xd.detach().double().requires_grad_(), wd.detach().double().requires_grad_()
+        y64 = reference.bcos_linear(x64, w64, 2.0, 2)
+        want = (y64,) + torch.autograd.grad(y64, (x64, w64), gy)
+        for a, b_, what in zip(got, want, ("y", "grad x", "grad w")):
+            assert_close_to_ref(a, b_, dtype, what=f"C={c}: {what}", kind="reduction")
 
 
 @needs_official
