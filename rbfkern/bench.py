@@ -20,8 +20,8 @@ BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 class Family(NamedTuple):
     module: str  # bench/<module>.py
     fused: str  # the provider in the "fused" column
-    naive: str | None  # provider in the "naive" column, and its label
-    naive_label: str
+    naive: str | None  # provider in the "naive" column, and its label (a dict: per harness case)
+    naive_label: str | dict
     peers: tuple  # providers given a row each (more than one: one row per peer), and their label
     peer_label: str | None  # None: the provider name
     rounds: tuple  # (quick, full)
@@ -34,8 +34,9 @@ FAMILIES = {
                   op="rbf ({case})"),
     "rbf layers": Family("bench_rbf_layers", "rbfkern", None, "naive", ("sklearn", "faiss-blas", "faiss", "torch"),
                          None, (3, 3), (False, False)),
-    "bcos": Family("bench_bcos", "ours", "plain", "plain conv2d (2x channels)", ("official",), "official bcos",
-                   (3, 5), (False, False), op="{case} b={m.B:g} maxout={m.MAX_OUT}"),
+    "bcos": Family("bench_bcos", "ours", "plain", {"bcos_conv2d": "plain conv2d (2x channels)",
+                                                  "bcos_linear": "plain linear (2x features)"},
+                   ("official",), "official bcos", (3, 5), (False, False), op="{case} b={m.B:g} maxout={m.MAX_OUT}"),
     "gauss_deriv": Family("bench_gauss_deriv", "ours", "dense", "dense effective filter", ("depthwise+1x1",),
                           "depthwise basis + 1x1", (3, 3), (True, True)),
     "models": Family("bench_models", "converted", "floor", "B-cos layers as plain convs", ("official",),
@@ -69,12 +70,13 @@ def _rows(fam: Family, mod, hrow: dict, backend: str) -> list[dict]:
     fused = res.get(fam.fused) or {}
     naive = (res.get(fam.naive) or {}) if fam.naive else {}
     peers = [p for p in fam.peers if p in res]
+    label = fam.naive_label.get(hrow["case"], "naive") if isinstance(fam.naive_label, dict) else fam.naive_label
     out = []
     for peer in peers or [None]:
         pr = (res.get(peer) or {}) if peer else {}
         out.append({"op": fam.op.format(case=hrow["case"], m=mod), "shape": hrow["shape"], "mode": hrow["mode"] or "fwd",
                     "backend": backend, "fused_s": fused.get("median_s"), "fused_p20_s": fused.get("p20_s"),
-                    "fused_p80_s": fused.get("p80_s"), "naive": fam.naive_label, "naive_s": naive.get("median_s"),
+                    "fused_p80_s": fused.get("p80_s"), "naive": label, "naive_s": naive.get("median_s"),
                     "peer": (fam.peer_label or peer) if peer else "", "peer_s": pr.get("median_s"),
                     "fused_peak_mib": fused.get("peak_mib"), "fused_gflops": fused.get("gflops"),
                     "fused_pct_peak": fused.get("pct_peak")})

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,21 @@ def test_front_rows_take_each_family_columns():
     assert rows[0]["fused_gflops"] == 1.0 and rows[0]["fused_pct_peak"] == 2.0 and rows[0]["mode"] == "fwd"
     text = front.format_table(rows)
     assert "fused GFLOP/s" in text and "% of peak" in text and "| 2.00x |" in text  # faiss / fused
+
+
+def test_front_names_the_plain_layer_of_each_bcos_case():
+    # the B-cos family's "naive" column is a plain conv2d for the conv cases and a plain linear
+    # for the linear ones (once both were labelled conv2d)
+    from rbfkern import bench as front
+
+    fam = front.FAMILIES["bcos"]
+    stats = {"median_s": 1.0}
+    labels = {}
+    for case in ("bcos_conv2d", "bcos_linear"):
+        hrow = {"case": case, "shape": "s", "mode": "fwd", "results": {"ours": stats, "plain": stats, "official": stats}}
+        mod = types.SimpleNamespace(B=2.0, MAX_OUT=2)  # what the op column reads of bench_bcos
+        labels[case] = front._rows(fam, mod, hrow, "cpu (C++)")[0]["naive"]
+    assert labels == {"bcos_conv2d": "plain conv2d (2x channels)", "bcos_linear": "plain linear (2x features)"}
 
 
 @pytest.mark.slow  # a real quick run of one family in a fresh interpreter
