@@ -51,23 +51,29 @@ void window_root(const Geom& g, const T* __restrict s, T* __restrict hs, T* __re
   }
 }
 
-// sum_c x[c]^2 over n contiguous values, on vectors (two accumulators, then vhsum's fixed order).
+// Sum of a row / dot product of two with 16 lane accumulators: vectorises (a single accumulator
+// is a serial add chain) and keeps a fixed summation order.
+template <typename T, typename Term>
+T lane_reduce(Term term, int64_t K) {
+  constexpr int L = 16;
+  T acc[L] = {};
+  int64_t k = 0;
+  for (; k + L <= K; k += L)
+    for (int j = 0; j < L; ++j) acc[j] += term(k + j);
+  for (int j = 0; k + j < K; ++j) acc[j] += term(k + j);
+  T s = T(0);
+  for (int j = 0; j < L; ++j) s += acc[j];
+  return s;
+}
+
 template <typename T>
-T sum_sq(const T* x, int64_t n) {
-  typedef typename simd::VT<T>::V V;
-  constexpr int L = simd::VT<T>::L;
-  V a0 = {}, a1 = {};
-  int64_t c = 0;
-  for (; c + 2 * L <= n; c += 2 * L) {
-    const V u = simd::vload(x + c), w = simd::vload(x + c + L);
-    a0 += u * u;
-    a1 += w * w;
-  }
-  for (; c < n; c += L) {
-    const V u = simd::vload_part(x + c, n - c);
-    a0 += u * u;
-  }
-  return simd::vhsum(a0 + a1);
+T row_dot(const T* __restrict a, const T* __restrict b, int64_t K) {
+  return lane_reduce<T>([&](int64_t k) { return a[k] * b[k]; }, K);
+}
+
+template <typename T>
+T row_sum(const T* __restrict a, int64_t K) {
+  return lane_reduce<T>([&](int64_t k) { return a[k]; }, K);
 }
 
 // One (n, g) plane of the patch norm from NCHW x: s = channel sums of squares (H x W), then
@@ -80,7 +86,7 @@ void patch_root_plane(const Geom& g, const T* x_ng, T* __restrict s, T* __restri
   if (HW == 1) {
     // a linear layer's row (or a 1 x 1 plane): the channel loop is the long one, and as a scalar
     // sum it is one chain of dependent adds, which took longer than the layer's GEMM
-    s[0] = sum_sq(x_ng, Cg);
+    s[0] = row_dot(x_ng, x_ng, Cg);
   } else {
     for (int64_t i = 0; i < HW; ++i) s[i] = T(0);
     for (int64_t c = 0; c < Cg; ++c) {
@@ -433,31 +439,6 @@ void bwd_norm(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int n
       }
     }
   }
-}
-
-// Sum of a row / dot product of two with 16 lane accumulators: vectorises (a single accumulator
-// is a serial add chain) and keeps a fixed summation order.
-template <typename T, typename Term>
-T lane_reduce(Term term, int64_t K) {
-  constexpr int L = 16;
-  T acc[L] = {};
-  int64_t k = 0;
-  for (; k + L <= K; k += L)
-    for (int j = 0; j < L; ++j) acc[j] += term(k + j);
-  for (int j = 0; k + j < K; ++j) acc[j] += term(k + j);
-  T s = T(0);
-  for (int j = 0; j < L; ++j) s += acc[j];
-  return s;
-}
-
-template <typename T>
-T row_dot(const T* __restrict a, const T* __restrict b, int64_t K) {
-  return lane_reduce<T>([&](int64_t k) { return a[k] * b[k]; }, K);
-}
-
-template <typename T>
-T row_sum(const T* __restrict a, int64_t K) {
-  return lane_reduce<T>([&](int64_t k) { return a[k]; }, K);
 }
 
 // Weight scales ws = 1 / ||W||_row, and the weight gradient gW = g - W <g, W> / <W, W> given
