@@ -117,6 +117,15 @@ def prepare(impl, *tensors, contiguous: bool = True):
     return tuple(out)
 
 
+def numpy_view(t):
+    """The numpy view of a CPU tensor that the C++ kernels take (None stays None); detached only
+    where it requires grad (a detach costs as much as the view, and most buffers of a call do
+    not need one)."""
+    if t is None:
+        return None
+    return (t.detach() if t.requires_grad else t).numpy()
+
+
 def as_dtype(t, dtype):
     """``t.to(dtype)`` without its call where ``t`` has that dtype already (a per-call cost that a
     small RBF head pays several times in each step)."""

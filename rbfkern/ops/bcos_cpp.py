@@ -25,6 +25,7 @@ import torch
 
 from .. import _backend
 from .. import _bcos_common as common
+from ._family import numpy_view
 
 HALF_AS_FLOAT32 = True  # float16 / bfloat16 inputs are computed in float32 (rbfkern/ops/_family.py)
 CHANNELS_LAST = True  # conv inputs stored channels-last are taken as they are (rbfkern/ops/bcos.py)
@@ -33,9 +34,7 @@ _CL = torch.channels_last
 
 def _np(t, nhwc=False):
     """The numpy view of t; nhwc: of a channels-last 4-D tensor, as its (N, H, W, C) buffer."""
-    if t is None:
-        return None
-    return (t.detach().permute(0, 2, 3, 1) if nhwc else t.detach()).numpy()
+    return numpy_view(t.permute(0, 2, 3, 1) if nhwc and t is not None else t)
 
 
 def _mm_fixed_k(a, b, kc=256, batch=64, loop_min_out=1 << 14):

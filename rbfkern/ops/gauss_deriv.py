@@ -250,7 +250,7 @@ class _Cpp:
         f = g.flip(-1).to(x.dtype).contiguous()
         a = alpha.reshape(alpha.shape[0], -1).contiguous()
         _backend.cext().gauss_deriv2d_forward(
-            x.detach().numpy(), a.detach().numpy(), f.numpy(), _Cpp._pq(order, nd),
+            _family.numpy_view(x), _family.numpy_view(a), f.numpy(), _Cpp._pq(order, nd),
             stride, pad, out.numpy(), _backend.num_threads(),
         )
         return out
@@ -263,9 +263,9 @@ class _Cpp:
         gx = torch.empty_like(x) if needs[0] else None
         ga = torch.empty_like(a) if needs[1] else None
         gf = torch.empty_like(f) if needs[2] else None
-        np_ = lambda t: None if t is None else t.numpy()  # noqa: E731
+        np_ = _family.numpy_view
         _backend.cext().gauss_deriv2d_backward(
-            grad.detach().numpy(), x.detach().numpy(), a.detach().numpy(), f.numpy(),
+            np_(grad), np_(x), np_(a), f.numpy(),
             _Cpp._pq(order, nd), stride, pad, np_(gx), np_(ga), np_(gf), _backend.num_threads(),
         )
         return gx, None if ga is None else ga.reshape(alpha.shape), None if gf is None else gf.flip(-1)
