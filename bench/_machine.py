@@ -126,7 +126,7 @@ def cpu_isa() -> str:
     """The instruction set rbfkern's C++ kernels run with here (avx512, avx2, default), or "none"."""
     from rbfkern import _backend
 
-    return _backend.cext().rbf_isa() if _backend.has_cext() else "none"
+    return _backend.cpu_isa()
 
 
 def describe(threads: int, measure_peak: bool = True) -> dict:

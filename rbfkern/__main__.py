@@ -14,7 +14,7 @@ def _info(_args) -> int:
     print(f"rbfkern {rbfkern.__version__}  (torch {torch.__version__})")
     print(f"  C++ extension : {'yes' if _backend.has_cext() else 'NO (reinstall)'}")
     if _backend.has_cext():  # the CPU model alone does not say it; RBFKERN_CPU_ISA caps it
-        print(f"  C++ kernels   : {_backend.cext().rbf_isa()} instruction set")
+        print(f"  C++ kernels   : {_backend.cpu_isa()} instruction set")
     if _backend.has_triton():
         import triton
 

@@ -119,5 +119,11 @@ def cpp_takes(t: torch.Tensor) -> bool:
             and choose(t.device) == "cpp" and has_cext())
 
 
+def cpu_isa() -> str:
+    """The instruction set the C++ kernels run with in this process (avx512, avx2, default; capped
+    by RBFKERN_CPU_ISA), or "none" without the extension."""
+    return cext().rbf_isa() if has_cext() else "none"
+
+
 def num_threads() -> int:
     return max(1, torch.get_num_threads())
