@@ -99,7 +99,10 @@ def choose(device: torch.device) -> str:
         return name
     if device.type in GPU_DEVICE_TYPES:
         return "triton"
-    name = os.environ.get("RBFKERN_BACKEND", "auto").strip().lower() or "auto"
+    name = os.environ.get("RBFKERN_BACKEND")
+    if name is None:  # the common case, without the string handling (this runs at every op call)
+        return "cpp"
+    name = name.strip().lower() or "auto"
     if name not in BACKENDS:
         raise ValueError(f"RBFKERN_BACKEND must be one of {BACKENDS}, got {name!r}")
     if name == "auto":

@@ -100,9 +100,9 @@ def reads_values(t: Tensor) -> bool:
     tensor's values inside a capture is an error, not only a sync)."""
     if not set_value_checks.enabled or t.numel() == 0 or torch.compiler.is_compiling():
         return False
-    if t.device.type == "cuda":
-        return not torch.cuda.is_current_stream_capturing()
-    return t.device.type == "cpu"
+    if t.is_cpu:  # before t.device: a device object costs more than the flag
+        return True
+    return t.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 def _layers(t: Tensor):
@@ -116,7 +116,10 @@ def _layers(t: Tensor):
 def _data(t: Tensor) -> Tensor:
     """``t``'s values as a plain tensor: under torch.func transforms the whole stored tensor (every
     vmapped slice at once; a batched tensor cannot be read from inside vmap)."""
-    *_, base = _layers(t.detach())
+    t = t.detach()
+    if not torch._C._functorch.is_functorch_wrapped_tensor(t):  # the common case, without the generator
+        return t
+    *_, base = _layers(t)
     return base
 
 
@@ -130,7 +133,8 @@ def values(name: str, t: Tensor, positive: bool = False, nonnegative: bool = Fal
     if not reads_values(t):
         return
     # one reduction (aminmax propagates NaN to both ends)
-    lo, hi = (v.item() for v in torch.aminmax(_data(t)))
+    lo, hi = torch.aminmax(_data(t))
+    lo, hi = lo.item(), hi.item()
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} must be finite, got non-finite values")
     if positive and not lo > 0:

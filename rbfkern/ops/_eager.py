@@ -220,21 +220,31 @@ def _dual_tangents(run, primals, tangents):
     return got[0] if single else got
 
 
+# The state _plain_call reads at every call, bound once (each dotted lookup costs as much as a test).
+_is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+_functorch_level = torch._C._functorch.peek_interpreter_stack
+_autocast_on = torch.is_autocast_enabled
+_profiling = torch._C._autograd._profiler_enabled
+_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
+_STRIDED = torch.strided
+
+
 def _plain_call(args) -> tuple[bool, bool]:
     """(whether the body may run directly, whether an input requires grad)."""
-    if (not set_eager_fast_path.enabled or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
-            or torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._functorch.peek_interpreter_stack() is not None
-            or torch.is_autocast_enabled("cpu") or _forward_ad._current_level >= 0
-            or torch._C._autograd._profiler_enabled()):
+    if (not set_eager_fast_path.enabled or _is_compiling() or _tracing_state() is not None
+            or _dispatch_modes() or _function_modes() or _functorch_level() is not None
+            or _autocast_on("cpu") or _forward_ad._current_level >= 0 or _profiling()):
         return False, False
     grad = False
     for a in args:
         if isinstance(a, Tensor):
             # legacy batched tensors (is_grads_batched, vectorized jacobian, batched gradcheck) look
             # like plain CPU tensors but cannot hand out numpy buffers
-            if (type(a) not in _PLAIN_TYPES or not a.is_cpu or a.layout is not torch.strided
-                    or torch._C._functorch.is_legacy_batchedtensor(a)):
+            if (type(a) not in _PLAIN_TYPES or not a.is_cpu or a.layout is not _STRIDED
+                    or _legacy_batched(a)):
                 return False, False
             grad = grad or a.requires_grad
     return True, grad
