@@ -564,3 +564,40 @@ def test_cpp_other_instruction_sets(isa):
     # a copy through the stack): run the C++ reference tests with the ISA capped.
     run_tests_under_isa(isa, __file__, "(test_cpp_matches_reference or test_gradcheck_cpp or test_cpp_r2_keeps or "
                         "test_cpp_gemm_forward or test_x_on_a_centre) and cpp and not cuda")
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("used", ["act", "r2", "both"])
+def test_an_unused_output_reaches_backward_as_none(fast_path, used, monkeypatch):
+    # autograd would otherwise hand the backward an (N, C) zeros tensor for the output the loss
+    # does not use, and the kernel would read it; the gradients are the same either way
+    import importlib
+
+    rbf_module = importlib.import_module("rbfkern.ops.rbf")
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    seen = []
+    real = rbf_module._Cpp.backward
+
+    def spy(grad_act, grad_r2, *rest):
+        seen.append((grad_act is None, grad_r2 is None))
+        return real(grad_act, grad_r2, *rest)
+
+    monkeypatch.setattr(rbf_module._Cpp, "backward", staticmethod(spy))
+    x, cen, diag, _ = make_inputs(7, 5, 3, "diag")
+    sig = sigma_for(5, True, torch.float64)
+    for t in (x, cen, diag, sig):
+        t.requires_grad_()
+    with rbfkern.set_eager_fast_path(fast_path):
+        act, r2 = rbf(x, cen, diag=diag, sigma=sig, return_r2=True)
+        loss = {"act": act.sum(), "r2": r2.sum(), "both": act.sum() + r2.sum()}[used]
+        got = torch.autograd.grad(loss, (x, cen, diag, sig), allow_unused=True)
+    assert seen == [(used == "r2", used == "act")]
+    ra = reference.rbf_activation(reference.rbf_r2(x, cen, diag, None), "gaussian", sig, 0.5)
+    rr = reference.rbf_r2(x, cen, diag, None)
+    want_loss = {"act": ra.sum(), "r2": rr.sum(), "both": ra.sum() + rr.sum()}[used]
+    want = torch.autograd.grad(want_loss, (x, cen, diag, sig), allow_unused=True)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None or not g.any()
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

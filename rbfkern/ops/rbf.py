@@ -172,6 +172,9 @@ def _backward_r2(ctx, grad_r2):
 def _setup_rbf(ctx, inputs, output):
     x, centers, diag, tril, sigma, kind, shape = inputs
     ctx.kind, ctx.shape = kind, shape
+    # r2 is often not used (rbf() returns act alone): its gradient stays None, not an (N, C) zeros
+    # tensor the backward kernel would read
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, centers, diag, tril, sigma, output[1])
 
 
@@ -288,7 +291,8 @@ def rbf(
             _checks.shape_in("sigma", sigma, [(c,), (1,)])
         _checks.same_device_dtype("x", x, sigma=sigma)
         _checks.values("sigma", sigma, positive=True)
-        sigma_c = sigma.reshape(-1).expand(c)
+        # a (C,) sigma goes in as it is: a reshape and an expand would add two autograd nodes
+        sigma_c = sigma if sigma.dim() == 1 and sigma.shape[0] == c else sigma.reshape(-1).expand(c)
     else:
         s = _checks.finite_float("sigma", sigma, positive=True)
         if not torch.compiler.is_compiling():
