@@ -74,6 +74,30 @@ def test_rbf_forward_matches_explicit_formula(metric, kind):
 
 
 @pytest.mark.parametrize("metric", METRICS)
+def test_layer_reads_no_parameter_values_and_matches_the_op(metric, monkeypatch):
+    # the layer's metric and sigma are positive by construction: its forward makes no value
+    # check (a reduction and, on a GPU, a host sync each); the public op still makes them
+    from rbfkern.ops import _checks
+    from rbfkern.ops import rbf as rbf_op, rbf_r2 as rbf_r2_op
+
+    reads = []
+    real = _checks.values
+    monkeypatch.setattr(_checks, "values", lambda name, t, **kw: (reads.append(name), real(name, t, **kw))[1])
+    m = randomise(RBF(5, 7, metric=metric, kind="gaussian", dtype=torch.float64), seed=3)
+    x = torch.randn(9, 5, dtype=torch.float64)
+    act, r2 = m(x, return_r2=True)
+    r2_only = m.r2(x)
+    assert reads == []
+    kw = m.metric_kwargs()
+    want_act, want_r2 = rbf_op(x, m.centers, sigma=m.sigma_values(), kind="gaussian", shape=m.shape,
+                               return_r2=True, **kw)
+    assert torch.equal(act, want_act) and torch.equal(r2, want_r2) and torch.equal(r2_only, rbf_r2_op(x, m.centers, **kw))
+    assert reads == [*kw, "sigma", *kw]  # rbf: the metric, then sigma; rbf_r2: the metric
+    with pytest.raises(ValueError, match="x must have shape"):  # shapes are still checked
+        m(torch.randn(9, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("metric", METRICS)
 def test_parametrisation_stays_positive(metric):
     m = randomise(RBF(4, 3, metric=metric), seed=2)
     with torch.no_grad():

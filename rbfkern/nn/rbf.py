@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
 from ..ops import _checks
+from ..ops.rbf import layer_rbf, layer_rbf_r2
 from ..reference import RBF_KINDS as KINDS
 
 METRICS = ("none", "diag", "shared_diag", "full", "shared_full")
@@ -175,18 +175,18 @@ class RBF(nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (*, {self.in_features}) (in_features={self.in_features}), got {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        act, r2 = ops.rbf(
-            x.reshape(-1, self.in_features), self.centers, sigma=self.sigma_values(), kind=self.kind,
-            shape=self.shape, return_r2=True, **self.metric_kwargs(),
-        )
-        act = act.reshape(*lead, self.num_centers)
-        return (act, r2.reshape(*lead, self.num_centers)) if return_r2 else act
+        flat = x.dim() == 2  # rows already: no reshapes (each a view node in autograd's graph)
+        act, r2 = layer_rbf(x if flat else x.reshape(-1, self.in_features), self.centers, self.diag_weights(),
+                            self.tril_factor(), self.sigma_values(), self.kind, self.shape)
+        if not flat:
+            lead = x.shape[:-1]
+            act, r2 = act.reshape(*lead, self.num_centers), r2.reshape(*lead, self.num_centers)
+        return (act, r2) if return_r2 else act
 
     def r2(self, x: Tensor) -> Tensor:
         """Squared distances (*, C) in the learned metric (no activation)."""
         lead = x.shape[:-1]
-        r2 = ops.rbf_r2(x.reshape(-1, self.in_features), self.centers, **self.metric_kwargs())
+        r2 = layer_rbf_r2(x.reshape(-1, self.in_features), self.centers, self.diag_weights(), self.tril_factor())
         return r2.reshape(*lead, self.num_centers)
 
     def extra_repr(self) -> str:

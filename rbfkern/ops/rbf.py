@@ -199,7 +199,7 @@ _vmap.register_rows(_rbf_bwd_op, rows=(0, 1, 2, 7), row_outputs=(0,), may_fold=l
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_common(x, centers, diag, tril):
+def _check_common(x, centers, diag, tril, read_values=True):
     _checks.tensor("x", x, 2)
     _checks.tensor("centers", centers, 2)
     n, d = x.shape
@@ -211,11 +211,13 @@ def _check_common(x, centers, diag, tril):
     if diag is not None:
         _checks.tensor("diag", diag, (1, 2))
         _checks.shape_in("diag", diag, [(c, d), (d,)])
-        _checks.values("diag", diag, nonnegative=True)
+        if read_values:
+            _checks.values("diag", diag, nonnegative=True)
     if tril is not None:
         _checks.tensor("tril", tril, (2, 3))
         _checks.shape_in("tril", tril, [(c, d, d), (d, d)])
-        _checks.values("tril", tril)
+        if read_values:
+            _checks.values("tril", tril)
     _checks.same_device_dtype("x", x, centers=centers, diag=diag, tril=tril)
     return c
 
@@ -257,6 +259,13 @@ def rbf_r2(x: Tensor, centers: Tensor, *, diag: Tensor | None = None, tril: Tens
     return _eager.call(_rbf_r2_op, x, centers, diag, tril)
 
 
+def layer_rbf_r2(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None) -> Tensor:
+    """:func:`rbf_r2` for a layer whose metric comes from its own parametrisation (see
+    :func:`layer_rbf`): every check but the read of the metric's values."""
+    _check_common(x, centers, diag, tril, read_values=False)
+    return _eager.call(_rbf_r2_op, x, centers, diag, tril)
+
+
 def rbf(
     x: Tensor,
     centers: Tensor,
@@ -282,7 +291,21 @@ def rbf(
     Returns:
         (N, C) activations, or ``(act, r2)`` with ``return_r2=True``.
     """
-    c = _check_common(x, centers, diag, tril)
+    return _rbf(x, centers, diag, tril, sigma, kind, shape, return_r2, True)
+
+
+def layer_rbf(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None, sigma: Tensor, kind: str,
+              shape: float):
+    """``rbf(..., return_r2=True)`` for a layer whose metric and sigma come from its own
+    parametrisation (softplus, exp; ``rbfkern.nn.RBF``): their signs hold by construction, so their
+    values are not read (two reductions and, on a GPU, two host syncs per forward). Shapes, dtypes,
+    devices and the arguments are checked as in :func:`rbf`; non-finite parameters give non-finite
+    outputs, as in torch's own layers."""
+    return _rbf(x, centers, diag, tril, sigma, kind, shape, True, False)
+
+
+def _rbf(x, centers, diag, tril, sigma, kind, shape, return_r2, read_values):
+    c = _check_common(x, centers, diag, tril, read_values)
     _checks.choice("kind", kind, KINDS)
     shape = _checks.finite_float("shape", shape, positive=kind in ("inverse_multiquadric", "multiquadric"))
     if isinstance(sigma, Tensor):
@@ -290,7 +313,8 @@ def rbf(
         if sigma.dim() == 1:
             _checks.shape_in("sigma", sigma, [(c,), (1,)])
         _checks.same_device_dtype("x", x, sigma=sigma)
-        _checks.values("sigma", sigma, positive=True)
+        if read_values:
+            _checks.values("sigma", sigma, positive=True)
         # a (C,) sigma goes in as it is: a reshape and an expand would add two autograd nodes
         sigma_c = sigma if sigma.dim() == 1 and sigma.shape[0] == c else sigma.reshape(-1).expand(c)
     else:
