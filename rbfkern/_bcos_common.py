@@ -110,7 +110,8 @@ class BcosGeometry:
         return (self.N, self.O * self.M) if self.linear else (self.N, self.O * self.M, self.Ho, self.Wo)
 
     def with_batch(self, n: int) -> "BcosGeometry":
-        return dataclasses.replace(self, N=n)
+        # self where n is the batch already (one chunk): a frozen dataclass costs microseconds to make
+        return self if n == self.N else dataclasses.replace(self, N=n)
 
     def as_list(self) -> list:
         """The 17 sizes in the order of the C++ bindings (csrc/cpu/bcos_bind.cpp)."""

@@ -43,7 +43,8 @@ def _mm_fixed_k(a, b, kc=256, batch=64, loop_min_out=1 << 14):
     MKL splits a long K across threads, so a plain mm changes with torch.set_num_threads; a
     K of at most 256 per GEMM is not split. An output of at least ``loop_min_out`` elements takes
     one GEMM per chunk accumulating into it (``addmm_``): parallel inside each GEMM, no partial
-    products in memory. A smaller one takes a batched GEMM over the chunks (``batch`` at a time,
+    products in memory; so do two chunks (a batched GEMM of two was no faster, and cost a reshape,
+    a transpose and a sum). A smaller one takes a batched GEMM over the chunks (``batch`` at a time,
     bounding the scratch to batch x the output size), then sums them in order: one call instead
     of K / kc small ones.
     """
@@ -51,7 +52,7 @@ def _mm_fixed_k(a, b, kc=256, batch=64, loop_min_out=1 << 14):
     if K <= kc:
         return a @ b
     n = K // kc
-    if a.shape[0] * b.shape[1] >= loop_min_out:
+    if n <= 2 or a.shape[0] * b.shape[1] >= loop_min_out:
         out = a[:, :kc] @ b[:kc]
         for c in range(1, n):
             out.addmm_(a[:, c * kc:(c + 1) * kc], b[c * kc:(c + 1) * kc])
@@ -166,11 +167,12 @@ def _direct_fits(geo, itemsize):
 
 
 def _alloc_forward(geo, b, x, save, nhwc):
-    mf = _CL if nhwc else torch.contiguous_format
-    return (torch.empty(geo.y_shape, dtype=x.dtype, memory_format=mf),
-            torch.empty(geo.y_shape, dtype=x.dtype, memory_format=mf) if save else None,
-            torch.empty(geo.y_shape, dtype=torch.uint8, memory_format=mf) if save else None,
-            torch.empty(geo.root_shape, dtype=x.dtype, memory_format=mf) if save and b != 1 else None)
+    if nhwc:
+        new = lambda shape, dtype=x.dtype: torch.empty(shape, dtype=dtype, memory_format=_CL)  # noqa: E731
+    else:  # new_empty: half the cost of torch.empty with its keyword arguments, for a small layer's step
+        new = lambda shape, dtype=x.dtype: x.new_empty(shape, dtype=dtype)  # noqa: E731
+    return (new(geo.y_shape), new(geo.y_shape) if save else None, new(geo.y_shape, torch.uint8) if save else None,
+            new(geo.root_shape) if save and b != 1 else None)
 
 
 def _epilogue(geo, b, x, l, ws, save, out, nhwc=False):
@@ -247,11 +249,13 @@ def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
     g_raw = None
     for i0, i1 in chunks:
         gc = geo.with_batch(i1 - i0)
-        xs = x[i0:i1]
+        whole = i1 - i0 == geo.N  # no slices (a microsecond each) for the one chunk of a small call
+        rows = (lambda t: t) if whole else (lambda t: t[i0:i1])  # noqa: E731
+        xs = rows(x)
         # gy per chunk: autograd often hands an expanded (stride-0) gradient, made dense here a
         # chunk at a time rather than whole
-        gl, q = _epilogue_backward(gc, b, gy[i0:i1].contiguous(memory_format=mf), lmax[i0:i1], idx[i0:i1],
-                                   None if root is None else root[i0:i1], ws, explain, need_q, buf, nhwc)
+        gl, q = _epilogue_backward(gc, b, rows(gy).contiguous(memory_format=mf), rows(lmax), rows(idx),
+                                   None if root is None else rows(root), ws, explain, need_q, buf, nhwc)
         gxs, gws = _linear_map_bwd(gc, gl, xs, weight, needs)
         if needs[0]:
             gxs = gxs.contiguous(memory_format=mf)
