@@ -496,7 +496,8 @@ def test_cpp_other_instruction_sets(isa):
     # weight gradient, the epilogues and the vectorised power, with the ISA capped.
     run_tests_under_isa(isa, __file__, "(test_cpp_direct_conv_matches_reference or test_deterministic_weight_grad "
                         "or test_gradcheck_cpp or test_vector_pow_matches_reference or test_power_of_non_finite "
-                        "or test_conv_matches_official or test_linear_matches_official or test_cpp_linear_every_feature_count) "
+                        "or test_conv_matches_official or test_linear_matches_official or test_cpp_linear_every_feature_count "
+                        "or test_cpp_linear_tile) "
                         "and not triton and not cuda")
 
 class _Spy:
@@ -708,10 +709,13 @@ def test_grad_y_in_any_layout(backend, linear, layout):
 
 @pytest.mark.parametrize("backend", ["cpp"], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_cpp_linear_every_feature_count(backend, dtype):
+@pytest.mark.parametrize("path", ["tile", "gemm"])
+def test_cpp_linear_every_feature_count(backend, dtype, path, monkeypatch):
     # A linear row's input norm and its gradient run on vectors over the C features (two vectors
     # at a time, then one, then a partial one; csrc/cpu/bcos_kernels.h): every C from 1 to 70
-    # (past two vectors of 32 lanes) against the float64 reference, forward and both gradients.
+    # (past two vectors of 32 lanes) against the float64 reference, forward and both gradients,
+    # with the raw map from the C++ GEMM tile (csrc/cpu/bcos_linear.h) and from torch's GEMM.
+    monkeypatch.setattr(importlib.import_module("rbfkern.ops.bcos_cpp"), "_LINEAR_PATH", path)
     g = torch.Generator().manual_seed(11)
     for c in range(1, 71):
         x = torch.randn(7, c, generator=g, dtype=F64) * torch.logspace(-2, 2, c, dtype=F64)
@@ -725,6 +729,62 @@ def test_cpp_linear_every_feature_count(backend, dtype):
         want = (y64,) + torch.autograd.grad(y64, (x64, w64), gy)
         for a, b_, what in zip(got, want, ("y", "grad x", "grad w")):
             assert_close_to_ref(a, b_, dtype, what=f"C={c}: {what}", kind="reduction")
+
+
+# (rows, features, outputs, max_out): row tiles of 12 / 24 with a partial last one, one- and
+# two-vector panels with padding columns, several panels, K past one block of 256 (two-level sum)
+_TILE_GRID = [(1, 5, 3, 1), (13, 16, 8, 2), (25, 33, 17, 1), (7, 300, 20, 2), (40, 600, 33, 1), (3, 64, 48, 2),
+              (50, 257, 40, 2)]
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("b", [1.0, 2.0, 2.5])
+def test_cpp_linear_tile_matches_reference(backend, dtype, b, monkeypatch):
+    # The C++ GEMM-tile forward (csrc/cpu/bcos_linear.h) on every shape class of its tiling, the
+    # saved maps through the backward included, against the float64 reference.
+    monkeypatch.setattr(importlib.import_module("rbfkern.ops.bcos_cpp"), "_LINEAR_PATH", "tile")
+    g = torch.Generator().manual_seed(12)
+    for r, c, o, m in _TILE_GRID:
+        x = torch.randn(r, c, generator=g, dtype=F64)
+        w = torch.randn(o * m, c, generator=g, dtype=F64)
+        gy = torch.randn(r, o, generator=g, dtype=F64)
+        xd, wd = x.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
+        y = bcos_linear(xd, wd, b=b, max_out=m)
+        got = (y,) + torch.autograd.grad(y, (xd, wd), gy.to(dtype))
+        x64, w64 = xd.detach().double().requires_grad_(), wd.detach().double().requires_grad_()
+        y64 = reference.bcos_linear(x64, w64, b, m)
+        want = (y64,) + torch.autograd.grad(y64, (x64, w64), gy)
+        for a, b_, what in zip(got, want, ("y", "grad x", "grad w")):
+            assert_close_to_ref(a, b_, dtype, what=f"{(r, c, o, m)}: {what}", kind="reduction")
+
+
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+def test_cpp_linear_tile_does_not_depend_on_threads(backend, monkeypatch):
+    # Each output is one lane of one tile, summed over k in a fixed order: bit for bit the same
+    # with 1 and 2 threads (rows split between them).
+    monkeypatch.setattr(importlib.import_module("rbfkern.ops.bcos_cpp"), "_LINEAR_PATH", "tile")
+    g = torch.Generator().manual_seed(13)
+    x, w = torch.randn(50, 600, generator=g), torch.randn(40, 600, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(bcos_linear(x, w, b=2.0, max_out=2))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_cpp_linear_path_rule():
+    # sizes only (never the thread count): few outputs and features take the tile
+    ob = importlib.import_module("rbfkern.ops.bcos_cpp")
+    geo = BcosGeometry.of_linear
+    x, x_wide = torch.empty(4, ob._LINEAR_TILE_MAX_IN), torch.empty(4, ob._LINEAR_TILE_MAX_IN + 1)
+    assert ob._small_linear(geo(x, torch.empty(ob._LINEAR_TILE_MAX_OUT, x.shape[1]), 2))
+    assert not ob._small_linear(geo(x, torch.empty(ob._LINEAR_TILE_MAX_OUT + 2, x.shape[1]), 2))
+    assert not ob._small_linear(geo(x_wide, torch.empty(2, x_wide.shape[1]), 1))
 
 
 @needs_official

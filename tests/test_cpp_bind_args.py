@@ -8,6 +8,7 @@ from rbfkern import _backend
 
 F32 = np.float32
 G = [1, 2, 4, 4, 1, 3, 1, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1]  # B-cos geometry: 3x3 window, padding 1
+GL = [5, 4, 1, 1, 1, 3, 2, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]  # linear: 5 rows, 4 features, 3 outputs x MaxOut 2
 
 
 def _z(*shape, dtype=F32):
@@ -42,6 +43,10 @@ CASES = [
                                                         True, False, 1)),
     ("bcos_forward", "geometry", lambda c: c.bcos_forward(G[:5], 2.0, 1e-6, 1e-6, _z(1, 2, 4, 4), _z(1, 3, 16),
                                                            _z(3), _z(1, 3, 16), None, None, None, False, False, 1)),
+    ("bcos_linear_forward", "'weight'", lambda c: c.bcos_linear_forward(GL, 2.0, 1e-6, 1e-6, _z(5, 4), _z(6, 3),
+                                                                         _z(6), _z(5, 3), None, None, None, False, 1)),
+    ("bcos_linear_forward", "'y'", lambda c: c.bcos_linear_forward(GL, 2.0, 1e-6, 1e-6, _z(5, 4), _z(6, 4), _z(6),
+                                                                    _z(5, 6), None, None, None, False, 1)),
     ("bcos_backward_norm", "'grad_x'", lambda c: c.bcos_backward_norm(G, _z(1, 2, 4, 4), _z(1, 1, 16),
                                                                        _z(1, 2, 4, 4), _z(1, 2, 4, 3), False, 1)),
     ("bcos_weight", "'out'", lambda c: c.bcos_weight(_z(3, 4) + 1, None, _z(2))),
@@ -73,6 +78,15 @@ def test_good_buffers_pass_the_checks():
     c.bcos_forward(G, 2.0, 1e-6, 1e-6, _z(1, 2, 4, 4) + 1, _z(1, 3, 16) + 1, _z(3) + 1, y, None, None, None, False, False,
                    1)
     assert np.isfinite(y).all() and (y != 0).all()
+    y = _z(5, 3)
+    assert c.bcos_linear_forward(GL, 2.0, 1e-6, 1e-6, _z(5, 4) + 1, _z(6, 4) + 1, _z(6) + 1, y, None, None, None,
+                                 False, 1)
+    assert np.isfinite(y).all() and (y != 0).all()
+    # a conv geometry is not a linear layer: nothing written
+    y = _z(1, 3, 16)
+    assert not c.bcos_linear_forward(G, 2.0, 1e-6, 1e-6, _z(1, 2, 4, 4) + 1, _z(3, 2, 3, 3) + 1, _z(3) + 1, y, None,
+                                     None, None, False, 1)
+    assert (y == 0).all()
     out = _z(1, 2, 8, 8) - 1
     c.gauss_deriv2d_forward(_z(1, 1, 8, 8), _z(2, 3), _z(1, 2, 3), _pq(), 1, 1, out, 1)
     assert (out == 0).all()

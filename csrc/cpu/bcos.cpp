@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -32,6 +33,12 @@ bool bcos_forward_direct(const BcosGeom& g, double b, double eps_in, double eps_
                          int64_t chunk_bytes, int nthreads) {
   return RBFKERN_PICK_ISA(bcos, direct_fwd<T>)(g, b, eps_in, eps_out, x, w, ws, y, lmax, idx, root, save,
                                                chunk_bytes, nthreads);
+}
+
+template <class T>
+bool bcos_linear_forward(const BcosGeom& g, double b, double eps_in, double eps_out, const T* x, const T* w,
+                         const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nthreads) {
+  return RBFKERN_PICK_ISA(bcos, linear_fwd<T>)(g, b, eps_in, eps_out, x, w, ws, y, lmax, idx, root, save, nthreads);
 }
 
 template <class T>
@@ -71,6 +78,8 @@ void bcos_weight_grad_deterministic(const BcosGeom& g, const T* gl, const T* x, 
                                 T*, uint8_t*, T*, bool, bool, int);                                       \
   template bool bcos_forward_direct<T>(const BcosGeom&, double, double, double, const T*, const T*,      \
                                        const T*, T*, T*, uint8_t*, T*, bool, int64_t, int);              \
+  template bool bcos_linear_forward<T>(const BcosGeom&, double, double, double, const T*, const T*,      \
+                                       const T*, T*, T*, uint8_t*, T*, bool, int);                       \
   template void bcos_backward_epilogue<T>(const BcosGeom&, double, double, const T*, const T*,           \
                                           const uint8_t*, const T*, const T*, T*, T*, bool, bool, bool, int); \
   template void bcos_backward_norm<T>(const BcosGeom&, const T*, const T*, const T*, T*, bool, int);     \

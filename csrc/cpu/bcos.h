@@ -51,6 +51,12 @@ bool bcos_forward_direct(const BcosGeom& g, double b, double eps_in, double eps_
                          const T* w, const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save,
                          int64_t chunk_bytes, int nthreads);
 
+// The same for a linear layer (csrc/cpu/bcos_linear.h): x W^T by a register-blocked GEMM tile,
+// then the epilogue, in one call. false (nothing written) where g is not a linear layer.
+template <class T>
+bool bcos_linear_forward(const BcosGeom& g, double b, double eps_in, double eps_out, const T* x, const T* w,
+                         const T* ws, T* y, T* lmax, uint8_t* idx, T* root, bool save, int nthreads);
+
 // Backward epilogue: gl [N, O*M, P] and, when need_q, q [N, G, P] (zero when explain or b == 1).
 template <class T>
 void bcos_backward_epilogue(const BcosGeom& g, double b, double eps_out, const T* gy, const T* lmax,

@@ -86,20 +86,42 @@ void forward(const std::vector<int64_t>& gv, double b, double ei, double eo, py:
   });
 }
 
-// The direct-convolution forward (csrc/cpu/bcos_direct.h): the raw weight w instead of the map l.
-bool forward_direct(const std::vector<int64_t>& gv, double b, double ei, double eo, py::array x, py::array w,
-                    py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save,
-                    int64_t chunk_bytes, int nt) {
-  Args a("bcos_forward_direct");
+// A forward from the raw weight w instead of the map l: checked, then run(geometry, pointers)
+// without the GIL; its result (false: the kernel did not apply, nothing written).
+template <class Run>
+bool forward_from_weight(const char* name, const std::vector<int64_t>& gv, double b, py::array x, py::array w,
+                         py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save,
+                         Run&& run) {
+  Args a(name);
   const Fwd f = check_forward(a, gv, b, x, w, true, ws, y, lmax, idx, root, save);
   bool done = false;
   a.by_dtype([&](auto t) {
     const auto p = f.ptrs<decltype(t)>();
     py::gil_scoped_release nogil;
-    done = cpu::bcos_forward_direct(f.s.g, b, ei, eo, p.x, p.src, p.ws, p.y, p.lmax, p.idx, p.root, save,
-                                    chunk_bytes, nt);
+    done = run(f.s.g, p);
   });
   return done;
+}
+
+// The direct-convolution forward (csrc/cpu/bcos_direct.h).
+bool forward_direct(const std::vector<int64_t>& gv, double b, double ei, double eo, py::array x, py::array w,
+                    py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save,
+                    int64_t chunk_bytes, int nt) {
+  return forward_from_weight("bcos_forward_direct", gv, b, x, w, ws, y, lmax, idx, root, save,
+                             [&](const cpu::BcosGeom& g, const auto& p) {
+                               return cpu::bcos_forward_direct(g, b, ei, eo, p.x, p.src, p.ws, p.y, p.lmax, p.idx,
+                                                               p.root, save, chunk_bytes, nt);
+                             });
+}
+
+// The linear forward for a few outputs (csrc/cpu/bcos_linear.h).
+bool linear_forward(const std::vector<int64_t>& gv, double b, double ei, double eo, py::array x, py::array w,
+                    py::array ws, py::array y, py::object lmax, py::object idx, py::object root, bool save, int nt) {
+  return forward_from_weight("bcos_linear_forward", gv, b, x, w, ws, y, lmax, idx, root, save,
+                             [&](const cpu::BcosGeom& g, const auto& p) {
+                               return cpu::bcos_linear_forward(g, b, ei, eo, p.x, p.src, p.ws, p.y, p.lmax, p.idx,
+                                                               p.root, save, nt);
+                             });
 }
 
 void backward_epilogue(const std::vector<int64_t>& gv, double b, double eo, py::array gy, py::array lmax,
@@ -183,6 +205,9 @@ void bind_bcos(py::module_& m) {
   m.def("bcos_forward_direct", &forward_direct,
         "B-cos conv forward as one direct convolution with the fused epilogue (column stride 1, max_out <= 3), "
         "planes in chunks of at most chunk_bytes of padded input; False where it does not apply");
+  m.def("bcos_linear_forward", &linear_forward,
+        "B-cos linear forward (x W^T by a register-blocked GEMM tile, then the fused epilogue) in one call; "
+        "False where the geometry is not a linear layer");
   m.def("bcos_backward_epilogue", &backward_epilogue,
         "B-cos epilogue backward: grad of the raw-weight conv output and the patch-norm gradient q");
   m.def("bcos_backward_norm", &backward_norm,

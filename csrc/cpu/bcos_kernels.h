@@ -511,3 +511,6 @@ void bwd_epilogue(const Geom& g, double b, double eps_out, const T* gy, const T*
     else run(std::false_type{}, std::false_type{});
   });
 }
+
+#include "cpu/gemm_tile.h"    // NOLINT(build/include): per instruction set, like this file
+#include "cpu/bcos_linear.h"  // NOLINT(build/include): part of the kernel section (uses fwd above)

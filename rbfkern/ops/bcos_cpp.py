@@ -4,12 +4,14 @@ float32/float64.
 forward(geo, b, x, weight, save) -> (y, lmax, idx, root) and backward(geo, b, gy, x, weight, lmax,
 idx, root, explain, needs) -> (gx, gw): the contract of every B-cos backend (rbfkern/ops/bcos.py).
 
-Forward: a conv with a short reduction (C/groups * kh * kw <= _DIRECT_MAX_K, column stride 1,
-max_out <= 3, output rows that fill their pixel vectors) is one direct convolution with the epilogue in registers
-(the raw map is never written). Otherwise oneDNN / MKL run the convolution / GEMM with the RAW
-weight, a batch chunk of a few MiB of output at a time (it stays in cache and its buffer is
-reused), and one fused C++ epilogue pass per chunk applies the per-filter 1/||W|| scale, MaxOut,
-the patch norm and the power. Backward: one fused pass hands torch the gradient of that raw-weight
+Forward: a linear layer with few outputs (O * max_out <= _LINEAR_TILE_MAX_OUT, at most
+_LINEAR_TILE_MAX_IN features) is one C++ call, a register-blocked GEMM tile and the epilogue
+(csrc/cpu/bcos_linear.h). A conv with a short reduction (C/groups * kh * kw <= _DIRECT_MAX_K,
+column stride 1, max_out <= 3, output rows that fill their pixel vectors) is one direct
+convolution with the epilogue in registers (the raw map is never written). Otherwise oneDNN /
+MKL run the convolution / GEMM with the RAW weight, a batch chunk of a few MiB of output at a
+time (it stays in cache and its buffer is reused), and one fused C++ epilogue pass per chunk
+applies the per-filter 1/||W|| scale, MaxOut, the patch norm and the power. Backward: one fused pass hands torch the gradient of that raw-weight
 map per chunk, torch's convolution / GEMM backward gives grad x and a raw weight gradient (summed
 in chunk order; a fixed-order C++ kernel under torch.use_deterministic_algorithms), one pass adds
 the patch-norm term to grad x and one turns the raw weight gradient into grad W.
@@ -151,6 +153,21 @@ _DIRECT_MIN_LANE_USE = 0.75
 _DIRECT_CHUNK_BYTES = 8 << 20
 
 
+# Linear forward path: "auto" (_small_linear), or "tile" / "gemm" everywhere (tests).
+_LINEAR_PATH = "auto"
+# The C++ GEMM tile + epilogue in one call (csrc/cpu/bcos_linear.h) up to this many raw outputs
+# (O * max_out) and input features; elsewhere torch's GEMM. README (B-cos) gives the measured split.
+_LINEAR_TILE_MAX_OUT = 32
+_LINEAR_TILE_MAX_IN = 512
+
+
+def _small_linear(geo):
+    """Whether the linear forward takes the C++ GEMM tile (sizes only, never the thread count)."""
+    if _LINEAR_PATH != "auto":
+        return _LINEAR_PATH == "tile"
+    return geo.O * geo.M <= _LINEAR_TILE_MAX_OUT and geo.C <= _LINEAR_TILE_MAX_IN
+
+
 def _lane_use(wo, itemsize):
     lanes = 64 // itemsize  # AVX-512 vectors (AVX2's are half as wide: fuller)
     return wo / (-(-wo // lanes) * lanes)
@@ -197,7 +214,11 @@ def forward(geo, b, x, weight, save):
                                                _backend.num_threads()):
             return out
     if geo.linear:
-        _epilogue(geo, b, x, _linear_map(geo, x, weight).contiguous(), ws, save, out)
+        y, lmax, idx, root = out
+        if not (_small_linear(geo) and _backend.cext().bcos_linear_forward(
+                geo.as_list(), float(b), *geo.eps, _np(x), _np(weight), _np(ws), _np(y), _np(lmax), _np(idx),
+                _np(root), save, _backend.num_threads())):
+            _epilogue(geo, b, x, _linear_map(geo, x, weight).contiguous(), ws, save, out)
         return out
     for i0, i1 in _batch_chunks(geo, x.element_size()):
         xs = x[i0:i1]
