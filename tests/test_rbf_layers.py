@@ -78,7 +78,8 @@ def test_layer_reads_no_parameter_values_and_matches_the_op(metric, monkeypatch)
     # the layer's metric and sigma are positive by construction: its forward makes no value
     # check (a reduction and, on a GPU, a host sync each); the public op still makes them
     from rbfkern.ops import _checks
-    from rbfkern.ops import rbf as rbf_op, rbf_r2 as rbf_r2_op
+    from rbfkern.ops import rbf as rbf_op
+    from rbfkern.ops import rbf_r2 as rbf_r2_op
 
     reads = []
     real = _checks.values

@@ -184,10 +184,11 @@ def _direct_fits(geo, itemsize):
 
 
 def _alloc_forward(geo, b, x, save, nhwc):
-    if nhwc:
-        new = lambda shape, dtype=x.dtype: torch.empty(shape, dtype=dtype, memory_format=_CL)  # noqa: E731
-    else:  # new_empty: half the cost of torch.empty with its keyword arguments, for a small layer's step
-        new = lambda shape, dtype=x.dtype: x.new_empty(shape, dtype=dtype)  # noqa: E731
+    def new(shape, dtype=x.dtype):
+        if nhwc:
+            return torch.empty(shape, dtype=dtype, memory_format=_CL)
+        return x.new_empty(shape, dtype=dtype)  # half the cost of torch.empty with its keyword arguments
+
     return (new(geo.y_shape), new(geo.y_shape) if save else None, new(geo.y_shape, torch.uint8) if save else None,
             new(geo.root_shape) if save and b != 1 else None)
 
@@ -253,6 +254,12 @@ def _norm_backward(geo, x, q, gsrc, gx, nhwc=False):
     return gx
 
 
+def _batch_slice(t, i0, i1):
+    """t[i0:i1], or t itself for the whole batch (the one chunk of a small call: a slice costs a
+    microsecond)."""
+    return t if i0 == 0 and i1 == t.shape[0] else t[i0:i1]
+
+
 def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
     """(gx | None, gw | None). Conv runs in batch chunks as the forward does (the per-chunk weight
     gradients summed in chunk order), except under torch.use_deterministic_algorithms, where the
@@ -270,13 +277,13 @@ def backward(geo, b, gy, x, weight, lmax, idx, root, explain, needs):
     g_raw = None
     for i0, i1 in chunks:
         gc = geo.with_batch(i1 - i0)
-        whole = i1 - i0 == geo.N  # no slices (a microsecond each) for the one chunk of a small call
-        rows = (lambda t: t) if whole else (lambda t: t[i0:i1])  # noqa: E731
-        xs = rows(x)
+        xs = _batch_slice(x, i0, i1)
         # gy per chunk: autograd often hands an expanded (stride-0) gradient, made dense here a
         # chunk at a time rather than whole
-        gl, q = _epilogue_backward(gc, b, rows(gy).contiguous(memory_format=mf), rows(lmax), rows(idx),
-                                   None if root is None else rows(root), ws, explain, need_q, buf, nhwc)
+        gl, q = _epilogue_backward(gc, b, _batch_slice(gy, i0, i1).contiguous(memory_format=mf),
+                                   _batch_slice(lmax, i0, i1), _batch_slice(idx, i0, i1),
+                                   None if root is None else _batch_slice(root, i0, i1), ws, explain, need_q, buf,
+                                   nhwc)
         gxs, gws = _linear_map_bwd(gc, gl, xs, weight, needs)
         if needs[0]:
             gxs = gxs.contiguous(memory_format=mf)
