@@ -6,7 +6,7 @@
 //
 // Each l[n, j] is one lane of one tile: its sum runs over k in blocks of kLinearKb in order
 // (gemm_tile's two-level sum), so it depends on the operands only, not on the thread count, the
-// row tiling or the vector width.
+// row tiling or the vector width (the baseline set, without FMA, rounds each product: other bits).
 
 constexpr int64_t kLinearKb = 256;
 
