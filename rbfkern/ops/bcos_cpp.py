@@ -11,10 +11,11 @@ column stride 1, max_out <= 3, output rows that fill their pixel vectors) is one
 convolution with the epilogue in registers (the raw map is never written). Otherwise oneDNN /
 MKL run the convolution / GEMM with the RAW weight, a batch chunk of a few MiB of output at a
 time (it stays in cache and its buffer is reused), and one fused C++ epilogue pass per chunk
-applies the per-filter 1/||W|| scale, MaxOut, the patch norm and the power. Backward: one fused pass hands torch the gradient of that raw-weight
-map per chunk, torch's convolution / GEMM backward gives grad x and a raw weight gradient (summed
-in chunk order; a fixed-order C++ kernel under torch.use_deterministic_algorithms), one pass adds
-the patch-norm term to grad x and one turns the raw weight gradient into grad W.
+applies the per-filter 1/||W|| scale, MaxOut, the patch norm and the power. Backward: one fused
+pass hands torch the gradient of that raw-weight map per chunk, torch's convolution / GEMM
+backward gives grad x and a raw weight gradient (summed in chunk order; a fixed-order C++ kernel
+under torch.use_deterministic_algorithms), one pass adds the patch-norm term to grad x and one
+turns the raw weight gradient into grad W.
 
 Channels last: a conv input stored channels-last (as after the official models' position norm,
 which normalises a permuted view) stays so. oneDNN takes it as it is and gives a channels-last
