@@ -1,5 +1,6 @@
-// Register-blocked GEMM tile shared by the RBF forward's GEMM-form pass (rbf_kernels.h) and the
-// kNN candidate search (knn_kernels.h). Included inside those kernels files, so it is compiled
+// Register-blocked GEMM tile shared by the RBF forward's GEMM-form pass (rbf_kernels.h), the kNN
+// candidate search (knn_kernels.h) and B-cos's linear forward for few outputs (bcos_kernels.h,
+// through bcos_linear.h). Included inside those kernels files, so it is compiled
 // once per instruction set with them (csrc/cpu/isa_foreach.h); no include guard on purpose.
 //
 //   tile[r][:] = sum_k a[r * lda + k] * bp[k * P + :]     r < R, P = NV * L lanes
