@@ -732,9 +732,10 @@ def test_cpp_linear_every_feature_count(backend, dtype, path, monkeypatch):
 
 
 # (rows, features, outputs, max_out): row tiles of 12 / 24 with a partial last one, one- and
-# two-vector panels with padding columns, several panels, K past one block of 256 (two-level sum)
+# two-vector panels with padding columns, several panels, K past one block of 256 (two-level sum),
+# weight rows packed in blocks of 64 features with a partial last one, rows 4 KiB apart in x
 _TILE_GRID = [(1, 5, 3, 1), (13, 16, 8, 2), (25, 33, 17, 1), (7, 300, 20, 2), (40, 600, 33, 1), (3, 64, 48, 2),
-              (50, 257, 40, 2)]
+              (50, 257, 40, 2), (30, 1024, 5, 2)]
 
 
 @pytest.mark.parametrize("backend", ["cpp"], indirect=True)
