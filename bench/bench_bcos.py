@@ -36,8 +36,8 @@ from rbfkern.ops import bcos_conv2d, bcos_linear
 CASES = [(32, 64, 32, 32, 64), (8, 128, 16, 16, 128), (64, 16, 32, 32, 32)]
 QUICK_CASES = [(4, 16, 16, 16, 16)]
 # (R rows, in features, out features): a wide layer (torch's GEMM path) and classifier heads of 10
-# classes (the C++ GEMM-tile path, rbfkern/ops/bcos_cpp.py)
-LINEAR_CASES = [(4096, 512, 512), (64, 512, 10), (4096, 512, 10)]
+# classes (the C++ GEMM-tile path, rbfkern/ops/bcos_cpp.py), one on ResNet-50's 2048 features
+LINEAR_CASES = [(4096, 512, 512), (64, 512, 10), (4096, 512, 10), (64, 2048, 10)]
 QUICK_LINEAR_CASES = [(256, 64, 64)]
 PROVIDERS = ("ours", "official", "plain")
 MODES = ("fwd", "fwd+bwd")

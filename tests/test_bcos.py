@@ -779,13 +779,14 @@ def test_cpp_linear_tile_does_not_depend_on_threads(backend, monkeypatch):
 
 
 def test_cpp_linear_path_rule():
-    # sizes only (never the thread count): few outputs and features take the tile
+    # sizes only (never the thread count): few outputs take the tile, whatever the feature count
     ob = importlib.import_module("rbfkern.ops.bcos_cpp")
     geo = BcosGeometry.of_linear
-    x, x_wide = torch.empty(4, ob._LINEAR_TILE_MAX_IN), torch.empty(4, ob._LINEAR_TILE_MAX_IN + 1)
-    assert ob._small_linear(geo(x, torch.empty(ob._LINEAR_TILE_MAX_OUT, x.shape[1]), 2))
-    assert not ob._small_linear(geo(x, torch.empty(ob._LINEAR_TILE_MAX_OUT + 2, x.shape[1]), 2))
-    assert not ob._small_linear(geo(x_wide, torch.empty(2, x_wide.shape[1]), 1))
+    for c in (1, 512, 4097):
+        x = torch.empty(4, c)
+        assert ob._small_linear(geo(x, torch.empty(ob._LINEAR_TILE_MAX_OUT, c), 2))
+        assert ob._small_linear(geo(x, torch.empty(ob._LINEAR_TILE_MAX_OUT, c), 1))
+        assert not ob._small_linear(geo(x, torch.empty(ob._LINEAR_TILE_MAX_OUT + 2, c), 2))
 
 
 @needs_official

@@ -4,8 +4,8 @@ float32/float64.
 forward(geo, b, x, weight, save) -> (y, lmax, idx, root) and backward(geo, b, gy, x, weight, lmax,
 idx, root, explain, needs) -> (gx, gw): the contract of every B-cos backend (rbfkern/ops/bcos.py).
 
-Forward: a linear layer with few outputs (O * max_out <= _LINEAR_TILE_MAX_OUT, at most
-_LINEAR_TILE_MAX_IN features) is one C++ call, a register-blocked GEMM tile and the epilogue
+Forward: a linear layer with few outputs (O * max_out <= _LINEAR_TILE_MAX_OUT, any number of
+features) is one C++ call, a register-blocked GEMM tile and the epilogue
 (csrc/cpu/bcos_linear.h). A conv with a short reduction (C/groups * kh * kw <= _DIRECT_MAX_K,
 column stride 1, max_out <= 3, output rows that fill their pixel vectors) is one direct
 convolution with the epilogue in registers (the raw map is never written). Otherwise oneDNN /
@@ -157,16 +157,16 @@ _DIRECT_CHUNK_BYTES = 8 << 20
 # Linear forward path: "auto" (_small_linear), or "tile" / "gemm" everywhere (tests).
 _LINEAR_PATH = "auto"
 # The C++ GEMM tile + epilogue in one call (csrc/cpu/bcos_linear.h) up to this many raw outputs
-# (O * max_out) and input features; elsewhere torch's GEMM. README (B-cos) gives the measured split.
+# (O * max_out), for any number of input features; elsewhere torch's GEMM. README (B-cos) gives
+# the measured split.
 _LINEAR_TILE_MAX_OUT = 32
-_LINEAR_TILE_MAX_IN = 512
 
 
 def _small_linear(geo):
     """Whether the linear forward takes the C++ GEMM tile (sizes only, never the thread count)."""
     if _LINEAR_PATH != "auto":
         return _LINEAR_PATH == "tile"
-    return geo.O * geo.M <= _LINEAR_TILE_MAX_OUT and geo.C <= _LINEAR_TILE_MAX_IN
+    return geo.O * geo.M <= _LINEAR_TILE_MAX_OUT
 
 
 def _lane_use(wo, itemsize):
