@@ -47,15 +47,25 @@ static void knn_heap_replace_top(T* hv, int64_t* hi, int64_t n, T v, int64_t id)
 template <class T>
 static double knn_pack_panel(const T* bank, int64_t D, int64_t j0, int64_t n, T* panel) {
   constexpr int P = kGemmNV * VT<T>::L;
+  // The rows go through a staging block, kStageD features at a time, read sequentially: read in
+  // place down the columns, rows D apart (2 KiB and more) fall into a few L1 sets and every load
+  // misses. The stage's rows are an odd number of cache lines apart.
+  constexpr int64_t kStageD = 64, kStageLd = kStageD + 64 / (int64_t)sizeof(T);
+  alignas(64) T stage[P * kStageLd];
   double s[P] = {};  // one independent sum per row: no serial chain of dependent adds
-  for (int64_t d = 0; d < D; ++d) {
-    T* out = panel + d * P;
-    for (int64_t l = 0; l < n; ++l) {
-      const T b = bank[(j0 + l) * D + d];
-      out[l] = T(-2) * b;
-      s[l] += (double)b * (double)b;
+  for (int64_t d0 = 0; d0 < D; d0 += kStageD) {
+    const int64_t nd = std::min(kStageD, D - d0);
+    for (int64_t l = 0; l < n; ++l)
+      std::memcpy(stage + l * kStageLd, bank + (j0 + l) * D + d0, sizeof(T) * (size_t)nd);
+    for (int64_t d = 0; d < nd; ++d) {
+      T* out = panel + (d0 + d) * P;
+      for (int64_t l = 0; l < n; ++l) {
+        const T b = stage[l * kStageLd + d];
+        out[l] = T(-2) * b;
+        s[l] += (double)b * (double)b;
+      }
+      for (int64_t l = n; l < P; ++l) out[l] = T(0);
     }
-    for (int64_t l = n; l < P; ++l) out[l] = T(0);
   }
   double m = 0.0;
   for (int64_t l = 0; l < P; ++l) {
