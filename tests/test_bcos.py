@@ -405,6 +405,38 @@ def test_cpp_batch_chunks_match_reference(backend, monkeypatch, b, max_out, expl
     assert_close_to_ref(got[1], ref[1], F64, what="grad w")
 
 
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("b,max_out", [(1.0, 2), (2.0, 1), (2.0, 3), (2.5, 2)])
+@pytest.mark.parametrize("layer", ["linear", "conv1x1_groups", "conv1x1_groups_cl", "conv3x3_pad_on_1x1"])
+def test_cpp_one_pixel_maps_match_reference(backend, b, max_out, layer):
+    # A map with one output pixel that sees its input's only pixel (a linear layer, a 1x1 conv
+    # without padding on 1x1 images, any groups) takes the channels-last epilogues whatever its
+    # layout (csrc/cpu/bcos.h); a 3x3 conv with padding on a 1x1 image does not (its window has
+    # zero taps). 17 rows, 19 outputs: row lengths off every vector width.
+    g = torch.Generator().manual_seed(5)
+    N, C, O, G = 17, 6, 19 if layer == "linear" else 18, 1 if layer == "linear" else 3
+    if layer == "linear":
+        x = torch.randn(N, C, generator=g, dtype=F64, requires_grad=True)
+        w = torch.randn(O * max_out, C, generator=g, dtype=F64, requires_grad=True)
+        fn = lambda a, c: bcos_linear(a, c, b=b, max_out=max_out)
+        ref = lambda a, c: reference.bcos_linear(a, c, b, max_out, False)
+    else:
+        k, pad = (3, 1) if layer == "conv3x3_pad_on_1x1" else (1, 0)
+        x = torch.randn(N, C, 1, 1, generator=g, dtype=F64)
+        if layer.endswith("_cl"):
+            x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last strides
+        x.requires_grad_()
+        w = torch.randn(O * max_out, C // G, k, k, generator=g, dtype=F64, requires_grad=True)
+        fn = lambda a, c: bcos_conv2d(a, c, b=b, max_out=max_out, padding=pad, groups=G)
+        ref = lambda a, c: reference.bcos_conv2d(a, c, b, max_out, (1, 1), (pad, pad), (1, 1), G, False)
+    y, want = fn(x, w), ref(x, w)
+    assert_close_to_ref(y, want, F64, what=f"{layer} y")
+    gy = torch.randn(y.shape, generator=g, dtype=F64)
+    for got, exp, name in zip(torch.autograd.grad(y, (x, w), gy), torch.autograd.grad(want, (x, w), gy),
+                              ("grad x", "grad w")):
+        assert_close_to_ref(got, exp, F64, what=f"{layer} {name}")
+
+
 # (N, C, H, W, O, k, stride, padding, dilation, groups): column tails (W not a multiple of the
 # vector), one / two / three column vectors, every tile shape (rows x column vectors: 2x2, 1x2,
 # 4x1, 2x1, 1x1) with leftover rows, O not a multiple of the register tile, groups, row stride 2,

@@ -51,7 +51,7 @@ void bcos_backward_epilogue(const BcosGeom& g, double b, double eps_out, const T
 
 template <class T>
 void bcos_backward_norm(const BcosGeom& g, const T* x, const T* q, const T* gsrc, T* gx, bool nhwc, int nthreads) {
-  if (nhwc) {
+  if (nhwc || g.one_pixel()) {
     RBFKERN_PICK_ISA(bcos, bwd_norm_nhwc<T>)(g, x, q, gsrc, gx, nthreads);
   } else {
     RBFKERN_PICK_ISA(bcos, bwd_norm<T>)(g, x, q, gsrc, gx, nthreads);

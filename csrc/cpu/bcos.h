@@ -6,7 +6,9 @@
 // y, lmax [N, O, P]; idx uint8 [N, O, P]; root, q [N, G, P]; the weight [O*M, C/G, kh, kw];
 // ws [O*M]. A linear layer is the case H = W = Ho = Wo = 1 with a 1x1 window and G = 1.
 // Channels last (nhwc = true, the epilogues around oneDNN): x, gx [N, H, W, C]; l, gl [N, P, O*M];
-// y, lmax, idx, gy [N, P, O]; root, q [N, P, G] (bcos_nhwc.h).
+// y, lmax, idx, gy [N, P, O]; root, q [N, P, G] (bcos_nhwc.h). A one_pixel() map (a linear layer)
+// takes the channels-last epilogues whatever nhwc says: they walk a row's outputs as one loop,
+// where the NCHW ones make a call per output, and its two layouts are one.
 //
 // The convolution / GEMM runs with the raw weight W; ws[c] = 1 / ||W_c|| scales its output
 // channel c here, so l-hat = ws * l is the output of the unit-norm filters (no W-hat tensor).
@@ -37,6 +39,10 @@ struct BcosGeom {
             v[9], v[10], v[11], v[12], v[13], v[14], v[15], v[16]};
   }
   int64_t P() const { return Ho * Wo; }
+  // One output pixel per image, and it sees the input's only pixel (a linear layer; a 1x1
+  // convolution without padding on 1x1 images): the NCHW and channels-last layouts are then the
+  // same, and a patch-norm window sum has one term.
+  bool one_pixel() const { return H == 1 && W == 1 && kh == 1 && kw == 1 && ph == 0 && pw == 0; }
 };
 
 // Forward epilogue over the raw map l: y, and (save) lmax / idx, and root unless b == 1.

@@ -205,8 +205,8 @@ void fwd_row_m(const T* lo, const T* sc, int64_t P, int64_t M, const T* ri, T* y
 }
 
 // Forward, one task per (n, g): the patch norm of the plane (kept in cache) and the epilogue of
-// the group's output channels, with no barrier in between. A linear layer (1x1 window, H = W = 1)
-// has one task per row.
+// the group's output channels, with no barrier in between. (A one_pixel map, a linear layer,
+// takes fwd_nhwc_all: here each of its outputs would be a row of one element.)
 template <typename T, int MODE, bool SAVE>
 void fwd_all(const Geom& g, double eps_in, const T* x, const T* l, const T* ws, T* y, T* lmax, uint8_t* idx,
              T* root, T pw1, T eo, T ce, int nt) {
@@ -397,6 +397,20 @@ void window_sums_t(const Geom& g, const T* qp, int64_t qs, int64_t h, T* __restr
   }
 }
 
+// gr = sr + xr * r over n channels; in place where sr is gr (the unchunked backward), written
+// through one pointer there so that __restrict holds.
+template <typename T>
+inline void add_scaled_row(const T* __restrict xr, T r, const T* sr, T* gr, int64_t n) {
+  if (sr == gr) {
+    T* __restrict g = gr;
+    for (int64_t c = 0; c < n; ++c) g[c] += xr[c] * r;
+  } else {
+    const T* __restrict s = sr;
+    T* __restrict g = gr;
+    for (int64_t c = 0; c < n; ++c) g[c] = s[c] + xr[c] * r;
+  }
+}
+
 template <typename T>
 void bwd_norm(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int nt) {
   const int64_t Cg = g.C / g.G, P = g.P();
@@ -410,18 +424,10 @@ void bwd_norm(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int n
           window_sums_t(g, q + (n * g.G + gg) * P, 1, h, V.data(), R.data());
           const T* __restrict Rp = R.data();
           if (g.H * g.W == 1) {
-            // a linear layer's row: one scale for C contiguous channels, one loop over them (the
-            // loop below runs one pixel per channel and does not vectorise)
+            // a 1 x 1 image: one scale for C contiguous channels, one loop over them (the loop
+            // below runs one pixel per channel and does not vectorise)
             const int64_t off = n * g.C + gg * Cg;
-            const T r = Rp[0];
-            const T* __restrict xr = x + off;
-            T* __restrict gr = gx + off;
-            if (gsrc == gx) {
-              for (int64_t c = 0; c < Cg; ++c) gr[c] += xr[c] * r;
-            } else {
-              const T* __restrict sr = gsrc + off;
-              for (int64_t c = 0; c < Cg; ++c) gr[c] = sr[c] + xr[c] * r;
-            }
+            add_scaled_row(x + off, Rp[0], gsrc + off, gx + off, Cg);
             continue;
           }
           for (int64_t c = 0; c < Cg; ++c) {
@@ -485,8 +491,10 @@ void fwd(const Geom& g, double b, double eps_in, double eps_out, const T* x, con
     constexpr int MODE = decltype(mode)::value;
     const auto run = [&](auto sv) {
       constexpr bool SAVE = decltype(sv)::value;
-      if (nhwc) fwd_nhwc_all<T, MODE, SAVE>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);
-      else fwd_all<T, MODE, SAVE>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);
+      if (nhwc || g.one_pixel())
+        fwd_nhwc_all<T, MODE, SAVE>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);
+      else
+        fwd_all<T, MODE, SAVE>(g, eps_in, x, l, ws, y, lmax, idx, root, pw1, eo, ce, nt);
     };
     if (save) run(std::true_type{});
     else run(std::false_type{});
@@ -502,8 +510,10 @@ void bwd_epilogue(const Geom& g, double b, double eps_out, const T* gy, const T*
     constexpr int MODE = decltype(mode)::value;
     const auto run = [&](auto ex, auto qn) {
       constexpr bool EX = decltype(ex)::value, QN = decltype(qn)::value && MODE != 1 && !EX;
-      if (nhwc) bwd_nhwc_all<T, MODE, EX, QN>(g, gy, lmax, idx, root, ws, gl, qq, p1, eo, ce, nt);
-      else bwd_all<T, MODE, EX, QN>(g, gy, lmax, idx, root, ws, gl, qq, p1, eo, ce, nt);
+      if (nhwc || g.one_pixel())
+        bwd_nhwc_all<T, MODE, EX, QN>(g, gy, lmax, idx, root, ws, gl, qq, p1, eo, ce, nt);
+      else
+        bwd_all<T, MODE, EX, QN>(g, gy, lmax, idx, root, ws, gl, qq, p1, eo, ce, nt);
     };
     if (MODE == 1) run(std::false_type{}, std::false_type{});  // B = 1: no explain factor, no norm
     else if (explain) run(std::true_type{}, std::false_type{});

@@ -10,6 +10,16 @@
 template <typename T>
 void nhwc_root(const Geom& g, double eps_in, const T* x, T* s, T* root) {
   const int64_t HW = g.H * g.W, P = g.P(), G = g.G, Cg = g.C / g.G;
+  if (g.one_pixel()) {  // a window sum of one term: the same bits as window_root's, without its loops
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t gg = 0; gg < G; ++gg) {
+        const T* xp = x + n * g.C + gg * Cg;
+        root[n * G + gg] = std::sqrt(row_dot(xp, xp, Cg) + T(eps_in));
+      }
+    }
+    return;
+  }
 #pragma omp for schedule(static)
   for (int64_t i = 0; i < g.N * HW; ++i) {
     const int64_t n = i / HW, hw = i % HW;
@@ -84,10 +94,21 @@ void bwd_nhwc_all(const Geom& g, const T* gy, const T* lmax, const uint8_t* idx,
   }
 }
 
-// gx = gsrc + x * box-sum^T(q) on NHWC x / gsrc / gx and q [N, P, G], one task per input row.
+// gx = gsrc + x * box-sum^T(q) on NHWC x / gsrc / gx and q [N, P, G], one task per input row
+// (for a one_pixel map, per image: the box sum is q itself).
 template <typename T>
 void bwd_norm_nhwc(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int nt) {
   const int64_t G = g.G, Cg = g.C / g.G, P = g.P();
+  if (g.one_pixel()) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t gg = 0; gg < G; ++gg) {
+        const int64_t off = n * g.C + gg * Cg;
+        add_scaled_row(x + off, q[n * G + gg], gsrc + off, gx + off, Cg);
+      }
+    }
+    return;
+  }
 #pragma omp parallel num_threads(nt)
   {
     std::vector<T> R(static_cast<size_t>(G * g.W)), V(static_cast<size_t>(g.Wo));
@@ -98,15 +119,8 @@ void bwd_norm_nhwc(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, 
         for (int64_t w = 0; w < g.W; ++w) {
           const int64_t off = ((n * g.H + h) * g.W + w) * g.C;
           for (int64_t gg = 0; gg < G; ++gg) {
-            const T rw = R[gg * g.W + w];
-            const T* __restrict xr = x + off + gg * Cg;
-            T* __restrict gr = gx + off + gg * Cg;
-            if (gsrc == gx) {  // in place (the unchunked backward): one pointer, so __restrict holds
-              for (int64_t c = 0; c < Cg; ++c) gr[c] += xr[c] * rw;
-            } else {
-              const T* __restrict sr = gsrc + off + gg * Cg;
-              for (int64_t c = 0; c < Cg; ++c) gr[c] = sr[c] + xr[c] * rw;
-            }
+            const int64_t o = off + gg * Cg;
+            add_scaled_row(x + o, R[gg * g.W + w], gsrc + o, gx + o, Cg);
           }
         }
       }
