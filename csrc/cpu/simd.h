@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // masked partial loads / stores of the AVX-512 set (simd_vec.h)

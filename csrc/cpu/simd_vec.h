@@ -44,6 +44,14 @@ RBFKERN_INLINE typename VT<T>::V vbcast(T s) {
   return s - typename VT<T>::V{};  // folds to one broadcast (0 + s would not: signed zeros)
 }
 
+// |v| lane-wise as std::abs gives it: the sign bit cleared (-0 -> +0, NaN payloads kept).
+template <class V>
+RBFKERN_INLINE V vabs(V v) {
+  typedef typename Lanes<V>::I I;
+  typedef std::conditional_t<sizeof(typename Lanes<V>::T) == 4, int32_t, int64_t> SI;
+  return (V)((I)v & (I{} + std::numeric_limits<SI>::max()));
+}
+
 // Horizontal sum, OR and min in a fixed pairwise order, the same for every width: add (or, min)
 // the high half into the low half until two lanes are left, so lane i meets lane i + L/2 first.
 template <class V>
@@ -155,6 +163,31 @@ RBFKERN_INLINE V vexp_nonpos(V x) {
   return vexp<V, true>(x);
 }
 
+
+// The L bytes at p zero-extended into the lanes of VT<T>::VI (B-cos's argmax index maps). GCC 12
+// lowers __builtin_convertvector of a byte vector lane by lane, through general registers; the
+// x86 sets widen in one instruction.
+template <class T>
+RBFKERN_INLINE typename VT<T>::VI vload_u8(const uint8_t* p) {
+  typedef typename VT<T>::VI I;
+  constexpr int L = VT<T>::L;
+#if defined(RBFKERN_ISA_VEC_BYTES) && RBFKERN_ISA_VEC_BYTES >= 32 && (defined(__x86_64__) || defined(__i386__))
+  __m128i b = _mm_setzero_si128();
+  std::memcpy(&b, p, L);
+#if RBFKERN_ISA_VEC_BYTES == 64
+  if constexpr (sizeof(T) == 4) return (I)_mm512_cvtepu8_epi32(b);
+  else return (I)_mm512_cvtepu8_epi64(b);
+#else
+  if constexpr (sizeof(T) == 4) return (I)_mm256_cvtepu8_epi32(b);
+  else return (I)_mm256_cvtepu8_epi64(b);
+#endif
+#else
+  I v;
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) v[i] = p[i];
+  return v;
+#endif
+}
 
 #if defined(RBFKERN_ISA_VEC_BYTES) && RBFKERN_ISA_VEC_BYTES == 64 && !defined(__SANITIZE_ADDRESS__)
 // Partial loads and stores (the first n lanes; a load zero-fills the rest) as AVX-512 masked
