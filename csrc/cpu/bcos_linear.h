@@ -53,7 +53,7 @@ void linear_map(const Geom& g, const T* x, const T* w, T* l, int nt) {
     // are copied one cache line further apart. (A copy of every tile cost more than it saved
     // where x streams from memory: in place, the prefetcher loads it while the tile computes.)
     const bool one_set = K * (int64_t)sizeof(T) % 4096 == 0;
-    const int64_t ld = one_set ? K + 64 / (int64_t)sizeof(T) : K;
+    const int64_t ld = one_set ? gemm_row_ld<T>(K) : K;
     std::vector<T> tile((size_t)(R * P)), copy;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < nrt; ++t) {

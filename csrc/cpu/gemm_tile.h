@@ -20,6 +20,15 @@ constexpr int kGemmR = kVecBytes == 64 ? 12 : 6;
 // there computes more padding lanes than centres.
 constexpr int kGemmR1 = 2 * kGemmR;
 
+// The row stride of a copy of a tile's rows (or of any rows read together): n rounded up to whole
+// cache lines, an odd number of them. Rows a multiple of 4 KiB apart all fall into one L1 set and
+// evict each other; an odd number of lines apart, a tile's rows fall into distinct sets.
+template <class T>
+constexpr int64_t gemm_row_ld(int64_t n) {
+  constexpr int64_t line = 64 / (int64_t)sizeof(T);
+  return (n + line - 1) / line * line | line;
+}
+
 template <class T, int R, int NV>
 RBFKERN_INLINE void gemm_tile(const T* a, int64_t lda, const T* bp, int64_t K, int64_t kb, int64_t ksplit, T* tile,
                               T* tile2) {

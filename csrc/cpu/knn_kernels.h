@@ -50,7 +50,7 @@ static double knn_pack_panel(const T* bank, int64_t D, int64_t j0, int64_t n, T*
   // The rows go through a staging block, kStageD features at a time, read sequentially: read in
   // place down the columns, rows D apart (2 KiB and more) fall into a few L1 sets and every load
   // misses. The stage's rows are an odd number of cache lines apart.
-  constexpr int64_t kStageD = 64, kStageLd = kStageD + 64 / (int64_t)sizeof(T);
+  constexpr int64_t kStageD = 64, kStageLd = gemm_row_ld<T>(kStageD);
   alignas(64) T stage[P * kStageLd];
   double s[P] = {};  // one independent sum per row: no serial chain of dependent adds
   for (int64_t d0 = 0; d0 < D; d0 += kStageD) {

@@ -256,9 +256,8 @@ static void forward_gemm(const RbfProblem<T>& p, const Sink& sink0, int nthreads
   const int64_t nrb = simd::cdiv(N, RB);
 #pragma omp parallel num_threads(nthreads)
   {
-    // The packed rows an odd number of cache lines apart: at a multiple of 4 KiB (K = 1024 floats)
-    // the tile's rows all fall into one L1 set and evict each other.
-    const int64_t ldx = simd::round_up(K, 64 / (int64_t)sizeof(T)) | (64 / (int64_t)sizeof(T));
+    // The packed rows an odd number of cache lines apart (at K = 1024 floats they would be 4 KiB).
+    const int64_t ldx = gemm_row_ld<T>(K);
     std::vector<T> xs((size_t)(RB * ldx)), xn((size_t)RB), tile((size_t)(R2 * P2)), tile2((size_t)(R2 * P2));
     Sink sink = sink0;
     GemmFwdTiles<T, DIAG, Sink> t{p, K, kb, per_centre ? D : K, (T)bd.alpha, (T)bd.xi,
