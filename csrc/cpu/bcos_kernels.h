@@ -301,10 +301,7 @@ void bwd_row_vec(const T* gyo, const T* lo, const uint8_t* io, const T* ri, cons
       simd::vstore_part(glo + i, V(gv * s[0]), k);
       continue;
     }
-    uint8_t tail[L] = {};
-    const uint8_t* ib = io + i;
-    if (k < L) ib = static_cast<uint8_t*>(std::memcpy(tail, ib, static_cast<size_t>(k)));
-    const I im = simd::vload_u8<T>(ib);
+    const I im = simd::vload_u8<T>(io + i, k);
 #pragma GCC unroll 3
     for (int m = 0; m < MM; ++m) simd::vstore_part(glo + m * ld + i, V(im == I{} + m ? gv * s[m] : V{}), k);
   }
@@ -329,10 +326,7 @@ void spread_pairs(T* g, const uint8_t* idx, const T* sc, int64_t n) {
   for (int64_t p0 = n > 0 ? (n - 1) / L * L : -1; p0 >= 0; p0 -= L) {
     const int64_t k = n - p0;
     const V gv = simd::vload_part(g + p0, k);
-    uint8_t tail[L] = {};
-    const uint8_t* ib = idx + p0;
-    if (k < L) ib = static_cast<uint8_t*>(std::memcpy(tail, ib, static_cast<size_t>(k)));
-    const I im = simd::vload_u8<T>(ib);
+    const I im = simd::vload_u8<T>(idx + p0, k);
     const V s0 = simd::vload_part(sc + 2 * p0, 2 * k), s1 = simd::vload_part(sc + 2 * p0 + L, 2 * k - L);
     const V o0 = __builtin_shuffle(im, lo) == unit ? __builtin_shuffle(gv, lo) * s0 : V{};
     const V o1 = __builtin_shuffle(im, hi) == unit ? __builtin_shuffle(gv, hi) * s1 : V{};

@@ -164,16 +164,17 @@ RBFKERN_INLINE V vexp_nonpos(V x) {
 }
 
 
-// The L bytes at p zero-extended into the lanes of VT<T>::VI (B-cos's argmax index maps). GCC 12
-// lowers __builtin_convertvector of a byte vector lane by lane, through general registers; the
-// x86 sets widen in one instruction.
+// The first min(n, L) bytes at p zero-extended into the lanes of VT<T>::VI, the rest zero (B-cos's
+// argmax index maps). GCC 12 lowers __builtin_convertvector of a byte vector lane by lane, through
+// general registers; the x86 sets widen in one instruction.
 template <class T>
-RBFKERN_INLINE typename VT<T>::VI vload_u8(const uint8_t* p) {
+RBFKERN_INLINE typename VT<T>::VI vload_u8(const uint8_t* p, int64_t n) {
   typedef typename VT<T>::VI I;
   constexpr int L = VT<T>::L;
 #if defined(RBFKERN_ISA_VEC_BYTES) && RBFKERN_ISA_VEC_BYTES >= 32 && (defined(__x86_64__) || defined(__i386__))
   __m128i b = _mm_setzero_si128();
-  std::memcpy(&b, p, L);
+  if (n >= L) std::memcpy(&b, p, L);  // one load; a run-time length goes through the stack
+  else if (n > 0) std::memcpy(&b, p, static_cast<size_t>(n));
 #if RBFKERN_ISA_VEC_BYTES == 64
   if constexpr (sizeof(T) == 4) return (I)_mm512_cvtepu8_epi32(b);
   else return (I)_mm512_cvtepu8_epi64(b);
@@ -184,7 +185,7 @@ RBFKERN_INLINE typename VT<T>::VI vload_u8(const uint8_t* p) {
 #else
   I v;
 #pragma GCC unroll 16
-  for (int i = 0; i < L; ++i) v[i] = p[i];
+  for (int i = 0; i < L; ++i) v[i] = i < n ? p[i] : 0;
   return v;
 #endif
 }
