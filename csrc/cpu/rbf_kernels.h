@@ -800,9 +800,16 @@ RBFKERN_INLINE void bwd_gc_micro(const T* xs, int64_t ldx, int64_t nn, const typ
     for (int k = 0; k < K; ++k) {
       const V g = vbcast<T>(Gt[n * ldg + k]);
       const V diff = xv - c[k];
-      // Two independent fmas, so S1 rounds the same with or without S2.
-      S1[k] += g * diff;
-      if (WANT_S2) S2[k] += g * (diff * diff);
+      if (WANT_S2) {
+        // One product for both sums: a multiply and two adds, one of them fused (sub, mul, add,
+        // FMA), where two FMAs and a square would take three multiplier slots. On cores with
+        // separate add pipes (Zen) the multipliers set the pace.
+        const V gd = g * diff;
+        S1[k] += gd;
+        S2[k] += gd * diff;
+      } else {
+        S1[k] += g * diff;
+      }
     }
   }
 }
