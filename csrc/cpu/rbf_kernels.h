@@ -11,7 +11,9 @@
 //             the difference form (rbf_fwd_gemm.h). Smaller D, the difference form:
 //             rows in blocks of 64 (parallel) x centres in panels of 2 vectors packed transposed
 //             [d][centre]; micro-kernel kMicroRows rows x 2 vectors of centres, loop over d.
-//   backward  pass 1, parallel over row blocks: gx = 2 sum_j G w (x - c), vectorised over d,
+//   backward  diag metric with gx and a centre gradient wanted, at least 1024 rows: one pass
+//             over the pairs for all gradients (rbf_bwd_joint.h). Otherwise two passes:
+//             pass 1, parallel over row blocks: gx = 2 sum_j G w (x - c), vectorised over d,
 //             micro-kernel kMicroRows rows x 1 vector of d, loop over all centres.
 //             pass 2, parallel over blocks of 16 centres: S1 = sum_n G (x - c), S2 = sum_n G (x-c)^2
 //             vectorised over d, micro-kernel 4 centres x 1 vector of d, loop over rows; partial
@@ -814,6 +816,8 @@ RBFKERN_INLINE void bwd_gc_micro(const T* xs, int64_t ldx, int64_t nn, const typ
   }
 }
 
+#include "cpu/rbf_bwd_joint.h"  // NOLINT(build/include): per instruction set, like this file
+
 template <class T, bool DIAG>
 static void backward_diag(const RbfProblem<T>& p, const ActParams<T>& A, const T* xp, int64_t Dq,
                           const T* r2, const T* ga, const T* gr, T* gx, T* gc, T* gmetric,
@@ -830,6 +834,10 @@ static void backward_diag(const RbfProblem<T>& p, const ActParams<T>& A, const T
       cK[o] = p.centers[j * D + d];
       if (DIAG) wK[o] = diag_w(p, j, d);
     }
+  if (DIAG && joint_backward(N, gx != nullptr, gc != nullptr || gmetric != nullptr)) {
+    backward_diag_joint<T>(p, A, xp, Dq, cK, wK, r2, ga, gr, gx, gc, gmetric, gsigma, nthreads);
+    return;
+  }
 
   // Pass 1: gx, parallel over row blocks.
   if (gx) {
