@@ -5,10 +5,9 @@ centre and feature tails, every gradient matches the reference, whichever subset
 and does not depend on the thread count."""
 import pytest
 import torch
+from _util import assert_bitwise, assert_close_to_ref, run_tests_under_isa
 
 from rbfkern import ops, reference
-
-from _util import assert_bitwise, assert_close_to_ref, run_tests_under_isa
 
 # (N, C, D): rows below and at the line; one group with a centre tail; two groups (1100 > 1024
 # centres) with rows not a multiple of the 8-row micro-kernel or the 128-row block.
