@@ -24,6 +24,8 @@ CASES = [
                                                      _z(3, 3), 1)),
     ("rbf_forward", "'centers'", lambda c: c.rbf_forward(_z(3, 3), _z(2, 3, dtype=np.float64), None, 0, False,
                                                           _z(2), 1, 0.5, _z(3, 2), _z(3, 2), 1)),
+    ("rbf_forward", "'act' and 'r2'", lambda c: c.rbf_forward(_z(3, 3), _z(2, 3), None, 0, False, _z(2), 1, 0.5,
+                                                               None, None, 1)),
     ("rbf_backward", "'gx'", lambda c: c.rbf_backward(_z(3, 2), None, _z(3, 3), _z(2, 3), None, 0, False, _z(2),
                                                        _z(3, 2), 1, 0.5, _z(3, 2), None, None, None, 1)),
     ("rbf_nearest", "'label'", lambda c: c.rbf_nearest(_z(3, 3), _z(2, 3), None, 0, False, _z(3), _z(3), 1)),

@@ -601,3 +601,45 @@ def test_an_unused_output_reaches_backward_as_none(fast_path, used, monkeypatch)
             assert g is None or not g.any()
         else:
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("d", [3, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_activation_alone_equals_the_ops_activation(metric, d, dtype, monkeypatch):
+    """Outside autograd, ``rbf`` without ``return_r2`` computes no r2 (the C++ forward writes r2 into
+    the activation's buffer and applies the activation in place): the same bits as the op's act, on
+    the difference and GEMM forms, with rows on centres (recomputed pairs) and non-finite rows."""
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    n, c = 70, 21
+    x, cen, diag, tril = make_inputs(n, c, d, metric, dtype, seed=4)
+    x = x.clone()
+    x[::5] = cen[torch.arange(0, n, 5) % c]
+    x[3, 0] = float("nan")
+    x[8, 1] = float("inf")
+    for i, kind in enumerate(KINDS):
+        s = sigma_for(c, i % 2 == 1, dtype)
+        alone = rbf(x, cen, diag=diag, tril=tril, sigma=s, kind=kind, shape=0.6)
+        with_r2 = rbf(x, cen, diag=diag, tril=tril, sigma=s, kind=kind, shape=0.6, return_r2=True)[0]
+        assert alone.shape == (n, c) and alone.dtype == dtype
+        assert torch.equal(alone.isnan(), with_r2.isnan()), kind
+        assert torch.equal(alone.nan_to_num(), with_r2.nan_to_num()), kind
+        rows = x.isfinite().all(1)  # the reference's own rule for non-finite rows is another test's
+        want = reference.rbf_activation(reference.rbf_r2(f64(x[rows]), f64(cen), f64(diag), f64(tril)), kind,
+                                        f64(s), 0.6)
+        assert_close_to_ref(alone[rows], want, dtype, what=f"{kind} {metric}")
+
+
+def test_activation_alone_only_outside_autograd(monkeypatch):
+    """With an input that requires grad the op runs (its act has a grad_fn and a backward); under
+    no_grad the activation alone."""
+    monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    x, cen, diag, _ = make_inputs(30, 7, 20, "diag", torch.float32)
+    x.requires_grad_(True)
+    act = rbf(x, cen, diag=diag, sigma=0.7)
+    assert act.grad_fn is not None
+    act.sum().backward()
+    assert x.grad is not None and x.grad.isfinite().all()
+    with torch.no_grad():
+        alone = rbf(x, cen, diag=diag, sigma=0.7)
+    assert alone.grad_fn is None and torch.equal(alone, act.detach())

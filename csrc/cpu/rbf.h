@@ -45,7 +45,8 @@ struct RbfProblem {
   double shape = 0.0;
 };
 
-// r2 (N,C) is required; act (N,C) must be null for kind == kKindNone.
+// act (N,C) must be null for kind == kKindNone; r2 (N,C) may be null when act is not (the
+// activation alone: r2 then stays in a per-thread block of rows), else it is written.
 template <class T>
 void rbf_forward(const RbfProblem<T>& p, T* act, T* r2, int nthreads);
 

@@ -80,8 +80,9 @@ void rbf_forward_py(py::handle x, py::handle centers, py::handle metric, int met
   Args a("rbf_forward");
   const Common c = check_common(a, x, centers, metric, metric_kind, metric_shared, sigma, kind, shape);
   a.require(kind != cpu::kKindNone || act.is_none(), "argument 'act' must be None when kind == -1");
+  a.require(!(act.is_none() && r2.is_none()), "arguments 'act' and 'r2' must not both be None");
   const py::object act_o = a.floats_opt(act, "act", {c.N, c.C}, true);
-  const py::object r2_o = a.floats(r2, "r2", {c.N, c.C}, true);
+  const py::object r2_o = a.floats_opt(r2, "r2", {c.N, c.C}, true);
   a.by_dtype([&](auto t) {
     using T = decltype(t);
     const auto p = c.problem<T>();
@@ -177,8 +178,9 @@ void rbf_backward_py(py::handle grad_act, py::handle grad_r2, py::handle x, py::
 void bind_rbf(py::module_& m) {
   m.def("rbf_forward", &rbf_forward_py, py::arg("x"), py::arg("centers"), py::arg("metric"),
         py::arg("metric_kind"), py::arg("metric_shared"), py::arg("sigma"), py::arg("kind"), py::arg("shape"),
-        py::arg("act").none(true), py::arg("r2"), py::arg("nthreads"),
-        "Fused RBF forward: writes r2 (N,C) and, unless act is None, act = f(r2) (N,C) in place.\n"
+        py::arg("act").none(true), py::arg("r2").none(true), py::arg("nthreads"),
+        "Fused RBF forward: writes r2 (N,C) and, unless act is None, act = f(r2) (N,C) in place;\n"
+        "r2 may be None when act is not (the activation alone).\n"
         "metric_kind: 0 none, 1 diag ((C,D) or shared (D,)), 2 tril ((C,D,D) or shared (D,D), lower\n"
         "triangle read). kind: -1 r2 only, 0 linear, 1 gaussian, 2 thin_plate, 3 logistic,\n"
         "4 inverse_multiquadric, 5 multiquadric, 6 inverse_quadratic, 7 quadratic.");

@@ -443,8 +443,9 @@ def rbf_gemm_bwd():
     return mod
 
 
-def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
-    """(act [N, C] or None, r2 [N, C]) in x.dtype; kind in KINDS or "none"."""
+def forward(x, centers, diag, tril, sigma, kind, shape, need_act, need_r2=True):
+    """(act [N, C] or None, r2 [N, C]) in x.dtype; kind in KINDS or "none". r2 comes back whatever
+    need_r2 says (the kernels keep it for the activation)."""
     kid = _check_kind(kind)
     N, D = x.shape
     C = centers.shape[0]

@@ -176,12 +176,13 @@ class RBF(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (*, {self.in_features}) (in_features={self.in_features}), got {tuple(x.shape)}")
         flat = x.dim() == 2  # rows already: no reshapes (each a view node in autograd's graph)
-        act, r2 = layer_rbf(x if flat else x.reshape(-1, self.in_features), self.centers, self.diag_weights(),
-                            self.tril_factor(), self.sigma_values(), self.kind, self.shape)
+        out = layer_rbf(x if flat else x.reshape(-1, self.in_features), self.centers, self.diag_weights(),
+                        self.tril_factor(), self.sigma_values(), self.kind, self.shape, return_r2)
         if not flat:
             lead = x.shape[:-1]
-            act, r2 = act.reshape(*lead, self.num_centers), r2.reshape(*lead, self.num_centers)
-        return (act, r2) if return_r2 else act
+            out = tuple(t.reshape(*lead, self.num_centers) for t in out) if return_r2 else \
+                out.reshape(*lead, self.num_centers)
+        return out
 
     def r2(self, x: Tensor) -> Tensor:
         """Squared distances (*, C) in the learned metric (no activation)."""

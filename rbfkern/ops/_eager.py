@@ -10,7 +10,9 @@ tensor argument a plain strided CPU tensor (or Parameter; no tensor subclass, no
 tensor), no trace, no dispatch or function mode, no autocast, no functorch transform, no
 forward-mode AD level, the profiler off — inside an autograd.Function made from the op's own
 setup_context and backward (directly when no gradient is wanted). It
-is the same body, the same saved tensors and the same backward; anything else takes the op.
+is the same body, the same saved tensors and the same backward; anything else takes the op. A
+caller that wants only the first output, with no gradient, may get it from a part of the body
+registered for that (``register_part``: the RBF activation without r2), on the same terms.
 
 What the shortcut cannot see: kernels or autograd formulas registered later on rbfkern's ops
 through torch.library, and observers of op records other than the profiler (an
@@ -32,6 +34,7 @@ from .. import _backend
 from .._switch import Switch
 
 _BODY: dict = {}
+_PART: dict = {}
 _FUNCTION: dict = {}
 _FUNCTORCH: dict = {}
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
@@ -250,6 +253,22 @@ def _plain_call(args) -> tuple[bool, bool]:
     return True, grad
 
 
+def register_part(op, part) -> None:
+    """``part(*args)`` computes the first output of ``op``'s body alone, with less work (the RBF
+    activation without r2); :func:`call_first` runs it where the body would run outside autograd."""
+    _PART[op] = part
+
+
+def call_first(op, *args):
+    """``call(op, *args)[0]``: through the op's registered part where :func:`call` would run the
+    body directly with nothing recorded for autograd (no input requires grad, or grad mode is off)."""
+    plain, grad = _plain_call(args)
+    part = _PART.get(op)
+    if part is not None and plain and not (grad and torch.is_grad_enabled()):
+        return part(*args)
+    return _call(op, args, plain, grad)[0]
+
+
 @torch.compiler.disable
 def _outside_the_graph(fn, args):
     return fn.apply(*_Opaque.wrap(args))
@@ -258,7 +277,10 @@ def _outside_the_graph(fn, args):
 def call(op, *args):
     """``op(*args)``, with the body run directly where the module docstring says it may, and through
     a torch.func-compatible Function under a functorch transform."""
-    plain, grad = _plain_call(args)
+    return _call(op, args, *_plain_call(args))
+
+
+def _call(op, args, plain, grad):
     if not plain:
         fn = _FUNCTORCH.get(op)
         if fn is None:

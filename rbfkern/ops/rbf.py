@@ -46,10 +46,10 @@ class _Cpp:
         return x.new_empty(0), 0, False
 
     @staticmethod
-    def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
+    def forward(x, centers, diag, tril, sigma, kind, shape, need_act, need_r2=True):
         metric, mk, shared = _Cpp._metric(x, diag, tril)
         n, c = x.shape[0], centers.shape[0]
-        r2 = x.new_empty(n, c)
+        r2 = x.new_empty(n, c) if need_r2 or not need_act else None
         act = x.new_empty(n, c) if need_act else None
         _backend.cext().rbf_forward(
             _np(x), _np(centers), _np(metric), mk, shared, _np(sigma),
@@ -78,7 +78,7 @@ class _Reference:
     """rbfkern.reference, differentiated by autograd (the oracle backend)."""
 
     @staticmethod
-    def forward(x, centers, diag, tril, sigma, kind, shape, need_act):
+    def forward(x, centers, diag, tril, sigma, kind, shape, need_act, need_r2=True):
         r2 = reference.rbf_r2(x, centers, diag, tril)
         act = reference.rbf_activation(r2, kind, sigma, shape) if need_act else None
         return act, r2
@@ -97,10 +97,12 @@ def _impl(device: torch.device):
     return _family.backend("rbf", device, _Cpp, _Reference)
 
 
-def _run_forward(x, centers, diag, tril, sigma, kind, shape, need_act):
+def _run_forward(x, centers, diag, tril, sigma, kind, shape, need_act, need_r2=True):
+    """(act, r2) in x's dtype; act None unless need_act. need_r2=False (with need_act) lets a backend
+    skip r2 (the C++ one computes it into act's buffer): r2 may then come back None."""
     impl = _impl(x.device)
-    act, r2 = impl.forward(*_family.prepare(impl, x, centers, diag, tril, sigma), kind, shape, need_act)
-    return (None if act is None else _family.as_dtype(act, x.dtype)), _family.as_dtype(r2, x.dtype)
+    act, r2 = impl.forward(*_family.prepare(impl, x, centers, diag, tril, sigma), kind, shape, need_act, need_r2)
+    return tuple(None if t is None else _family.as_dtype(t, x.dtype) for t in (act, r2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +187,12 @@ def _backward_rbf(ctx, grad_act, grad_r2):
     return _grads_or_none(grads, needs) + (None, None)
 
 
+def _rbf_act(x, centers, diag, tril, sigma, kind, shape):
+    # the op's act alone (outside autograd): no (N, C) r2 to allocate and write
+    return _run_forward(x, centers, diag, tril, sigma, kind, shape, need_act=True, need_r2=False)[0]
+
+
+_eager.register_part(_rbf_op, _rbf_act)
 _eager.register_autograd(_rbf_r2_op, _backward_r2, _setup_r2)
 _eager.register_autograd(_rbf_op, _backward_rbf, _setup_rbf)
 _family.reference_double_backward(_rbf_bwd_op)
@@ -295,13 +303,13 @@ def rbf(
 
 
 def layer_rbf(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None, sigma: Tensor, kind: str,
-              shape: float):
-    """``rbf(..., return_r2=True)`` for a layer whose metric and sigma come from its own
+              shape: float, return_r2: bool = True):
+    """``rbf(..., return_r2=return_r2)`` for a layer whose metric and sigma come from its own
     parametrisation (softplus, exp; ``rbfkern.nn.RBF``): their signs hold by construction, so their
     values are not read (two reductions and, on a GPU, two host syncs per forward). Shapes, dtypes,
     devices and the arguments are checked as in :func:`rbf`; non-finite parameters give non-finite
     outputs, as in torch's own layers."""
-    return _rbf(x, centers, diag, tril, sigma, kind, shape, True, False)
+    return _rbf(x, centers, diag, tril, sigma, kind, shape, return_r2, False)
 
 
 def _rbf(x, centers, diag, tril, sigma, kind, shape, return_r2, read_values):
@@ -322,5 +330,5 @@ def _rbf(x, centers, diag, tril, sigma, kind, shape, return_r2, read_values):
         if not torch.compiler.is_compiling():
             _check_sigma_range(s, x.dtype, kind)
         sigma_c = torch.full((c,), s, dtype=x.dtype, device=x.device)  # not batched under vmap
-    act, r2 = _eager.call(_rbf_op, x, centers, diag, tril, sigma_c, kind, shape)
-    return (act, r2) if return_r2 else act
+    args = (x, centers, diag, tril, sigma_c, kind, shape)
+    return _eager.call(_rbf_op, *args) if return_r2 else _eager.call_first(_rbf_op, *args)
