@@ -179,9 +179,8 @@ class RBF(nn.Module):
         out = layer_rbf(x if flat else x.reshape(-1, self.in_features), self.centers, self.diag_weights(),
                         self.tril_factor(), self.sigma_values(), self.kind, self.shape, return_r2)
         if not flat:
-            lead = x.shape[:-1]
-            out = tuple(t.reshape(*lead, self.num_centers) for t in out) if return_r2 else \
-                out.reshape(*lead, self.num_centers)
+            shape = (*x.shape[:-1], self.num_centers)
+            out = tuple(t.reshape(shape) for t in out) if return_r2 else out.reshape(shape)
         return out
 
     def r2(self, x: Tensor) -> Tensor:

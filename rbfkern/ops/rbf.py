@@ -99,7 +99,7 @@ def _impl(device: torch.device):
 
 def _run_forward(x, centers, diag, tril, sigma, kind, shape, need_act, need_r2=True):
     """(act, r2) in x's dtype; act None unless need_act. need_r2=False (with need_act) lets a backend
-    skip r2 (the C++ one computes it into act's buffer): r2 may then come back None."""
+    skip writing r2 (the C++ one keeps it per block of rows): r2 may then come back None."""
     impl = _impl(x.device)
     act, r2 = impl.forward(*_family.prepare(impl, x, centers, diag, tril, sigma), kind, shape, need_act, need_r2)
     return tuple(None if t is None else _family.as_dtype(t, x.dtype) for t in (act, r2))
