@@ -179,3 +179,47 @@ def test_cpp_channels_last_makes_no_activation_copy(backend, max_out):
               if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")
               and any(tuple(s) in big for s in e.input_shapes if s)]
     assert copies == [], copies
+
+
+def _weight_grad_formula(w, g):
+    """gW = g - W <g, W> / <W, W> per filter, in float64."""
+    w, g = w.double().flatten(1), g.double().flatten(1)
+    return g - w * ((g * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True))
+
+
+def _weight_grad_cases():
+    shapes = {"3x3": (6, 4, 3, 3), "2x3": (5, 3, 2, 3), "one_channel": (4, 1, 3, 3), "1x1": (6, 8, 1, 1),
+              "parallel": (300, 64, 3, 3), "linear": (7, 5)}
+    out = []
+    for name, shape in shapes.items():
+        for w_layout in ("contiguous", "channels_last") if len(shape) == 4 else ("contiguous",):
+            for g_layout in ("weight's", "other", "strided") if len(shape) == 4 else ("weight's", "strided"):
+                for dtype in (torch.float32, F64):
+                    out.append(pytest.param(w_layout, g_layout, shape, dtype,
+                                            id=f"{name}-w_{w_layout}-g_{g_layout}-{str(dtype)[6:]}"))
+    return out
+
+
+@pytest.mark.parametrize("w_layout,g_layout,shape,dtype", _weight_grad_cases())
+def test_cpp_weight_grad_reads_either_layout(w_layout, g_layout, shape, dtype):
+    # the unit-weight backward takes the raw map's weight gradient in the weight's layout or in the
+    # other one as it is (oneDNN hands a channels-last input's weight gradient back channels-last
+    # whatever the weight's layout), and anything else through a copy: the formula's values, the
+    # same bits in every case, returned in the weight's layout
+    from rbfkern.ops import bcos_cpp as ob
+    gen = torch.Generator().manual_seed(5)
+    fmt = {"contiguous": torch.contiguous_format, "channels_last": CL}
+    w = torch.randn(shape, generator=gen, dtype=dtype).contiguous(memory_format=fmt[w_layout])
+    g0 = torch.randn(shape, generator=gen, dtype=dtype)
+    other = "channels_last" if w_layout == "contiguous" else "contiguous"
+    if g_layout == "strided":
+        g = torch.empty(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2].copy_(g0)
+    else:
+        g = g0.clone(memory_format=fmt[w_layout if g_layout == "weight's" else other])
+    # _weight_grad writes over its gradient argument: each call gets a copy of g0
+    want_bits = ob._weight_grad(w, g0.clone(memory_format=fmt[w_layout]))
+    got = ob._weight_grad(w, g)
+    assert got.shape == w.shape and got.stride() == w.stride(), (got.stride(), w.stride())
+    assert torch.equal(got, want_bits)
+    torch.testing.assert_close(got.double().flatten(1), _weight_grad_formula(w, g0),
+                               **({"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}))

@@ -59,13 +59,13 @@ void bcos_backward_norm(const BcosGeom& g, const T* x, const T* q, const T* gsrc
 }
 
 template <class T>
-void bcos_weight_scale(const T* w, T* ws, int64_t R, int64_t K) {
-  RBFKERN_PICK_ISA(bcos, weight_scale<T>)(w, ws, R, K);
+void bcos_weight_scale(const T* w, T* ws, int64_t R, int64_t K, int nthreads) {
+  RBFKERN_PICK_ISA(bcos, weight_scale<T>)(w, ws, R, K, nthreads);
 }
 
 template <class T>
-void bcos_weight_grad(const T* w, const T* g, T* gw, int64_t R, int64_t K) {
-  RBFKERN_PICK_ISA(bcos, weight_grad<T>)(w, g, gw, R, K);
+void bcos_weight_grad(const T* w, T* g, int64_t R, int64_t K, int64_t transposed_rows, int nthreads) {
+  RBFKERN_PICK_ISA(bcos, weight_grad<T>)(w, g, R, K, transposed_rows, nthreads);
 }
 
 template <class T>
@@ -83,8 +83,8 @@ void bcos_weight_grad_deterministic(const BcosGeom& g, const T* gl, const T* x, 
   template void bcos_backward_epilogue<T>(const BcosGeom&, double, double, const T*, const T*,           \
                                           const uint8_t*, const T*, const T*, T*, T*, bool, bool, bool, int); \
   template void bcos_backward_norm<T>(const BcosGeom&, const T*, const T*, const T*, T*, bool, int);     \
-  template void bcos_weight_scale<T>(const T*, T*, int64_t, int64_t);                                    \
-  template void bcos_weight_grad<T>(const T*, const T*, T*, int64_t, int64_t);                           \
+  template void bcos_weight_scale<T>(const T*, T*, int64_t, int64_t, int);                               \
+  template void bcos_weight_grad<T>(const T*, T*, int64_t, int64_t, int64_t, int);                       \
   template void bcos_weight_grad_deterministic<T>(const BcosGeom&, const T*, const T*, T*, int);
 RBFKERN_BCOS_INSTANTIATE(float)
 RBFKERN_BCOS_INSTANTIATE(double)

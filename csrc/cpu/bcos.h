@@ -75,11 +75,12 @@ void bcos_backward_norm(const BcosGeom& g, const T* x, const T* q, const T* gsrc
 
 // ws (R,) = 1 / ||w row|| of the weight w (R, K).
 template <class T>
-void bcos_weight_scale(const T* w, T* ws, int64_t R, int64_t K);
+void bcos_weight_scale(const T* w, T* ws, int64_t R, int64_t K, int nthreads);
 
-// gw = g - w <g, w> / <w, w> per row; w, g, gw (R, K).
+// g = g - w <g, w> / <w, w> per row, in place; w, g (R, K). transposed_rows = A > 0: each row of g
+// holds the transpose of w's row read as an A x K/A matrix (and gets the result in w's order).
 template <class T>
-void bcos_weight_grad(const T* w, const T* g, T* gw, int64_t R, int64_t K);
+void bcos_weight_grad(const T* w, T* g, int64_t R, int64_t K, int64_t transposed_rows, int nthreads);
 
 // Weight gradient of the raw linear map, gl [N, O*M, P] and x -> gw [O*M, C/G, kh, kw].
 template <class T>

@@ -165,21 +165,39 @@ void backward_norm(const std::vector<int64_t>& gv, py::array x, py::array q, py:
   });
 }
 
-// Weight rows: w, g, out (R, K) contiguous, same dtype; out (R,) for the scales.
-void weight(py::array w, py::object g, py::array out) {
-  Args a("bcos_weight");
+// Weight rows (R, K) contiguous; out (R,) the scales.
+void weight_scale(py::array w, py::array out, int nt) {
+  Args a("bcos_weight_scale");
   a.require(w.ndim() >= 1, "argument 'weight' must be at least 1-D");
   const int64_t R = w.shape(0), K = R ? static_cast<int64_t>(w.size()) / R : 0;
   a.floats_n(w, "weight", R * K);
-  const py::object go = a.floats_n_opt(g, "grad", R * K);
-  a.floats_n(out, "out", go.is_none() ? R : R * K, true);
+  a.floats_n(out, "out", R, true);
   a.by_dtype([&](auto t) {
     using T = decltype(t);
-    const T *wp = cptr<T>(w), *gp = cptr<T>(go);
+    const T* wp = cptr<T>(w);
     T* op = mptr<T>(out);
     py::gil_scoped_release nogil;
-    if (gp) cpu::bcos_weight_grad<T>(wp, gp, op, R, K);
-    else cpu::bcos_weight_scale<T>(wp, op, R, K);
+    cpu::bcos_weight_scale<T>(wp, op, R, K, nt);
+  });
+}
+
+// Weight rows w (R, K) and g (R, K), the raw map's weight gradient, overwritten with grad W;
+// transposed_rows: 0, or A > 0 dividing K (g's rows hold the transposes of w's A x K/A rows).
+void weight_grad(py::array w, py::array g, int64_t transposed_rows, int nt) {
+  Args a("bcos_weight_grad");
+  a.require(w.ndim() >= 1, "argument 'weight' must be at least 1-D");
+  const int64_t R = w.shape(0), K = R ? static_cast<int64_t>(w.size()) / R : 0;
+  a.floats_n(w, "weight", R * K);
+  a.floats_n(g, "grad", R * K, true);
+  a.require(transposed_rows >= 0 && (transposed_rows == 0 || K % transposed_rows == 0),
+            "argument 'transposed_rows' must be 0 or divide the row length " + std::to_string(K) + ", got " +
+                std::to_string(transposed_rows));
+  a.by_dtype([&](auto t) {
+    using T = decltype(t);
+    const T* wp = cptr<T>(w);
+    T* gp = mptr<T>(g);
+    py::gil_scoped_release nogil;
+    cpu::bcos_weight_grad<T>(wp, gp, R, K, transposed_rows, nt);
   });
 }
 
@@ -212,8 +230,10 @@ void bind_bcos(py::module_& m) {
         "B-cos epilogue backward: grad of the raw-weight conv output and the patch-norm gradient q");
   m.def("bcos_backward_norm", &backward_norm,
         "gx = gsrc + x * box-sum^T(q): the input gradient through the patch norm (gsrc may be gx)");
-  m.def("bcos_weight", &weight,
-        "out (R,) = 1 / ||W||_row (g None), or out = g - W <g, W> / <W, W> (g: the raw map's weight gradient)");
+  m.def("bcos_weight_scale", &weight_scale, "out (R,) = 1 / ||W||_row");
+  m.def("bcos_weight_grad", &weight_grad,
+        "g = g - W <g, W> / <W, W> per row, in place (g: the raw map's weight gradient; transposed_rows A > 0: "
+        "g's rows are the transposes of W's rows read as A x K/A)");
   m.def("bcos_weight_grad_deterministic", &weight_grad_deterministic,
         "Weight gradient of the linear map (gl [N, O*M, P], x) -> gw [O*M, C/G, kh, kw], summed in an order "
         "independent of the thread count");

@@ -557,21 +557,41 @@ void bwd_norm(const Geom& g, const T* x, const T* q, const T* gsrc, T* gx, int n
 
 // Weight scales ws = 1 / ||W||_row, and the weight gradient gW = g - W <g, W> / <W, W> given
 // g = the weight gradient of the raw-weight map with ws-scaled output gradients (that is
-// (dL/dW-hat - W-hat <dL/dW-hat, W-hat>) / ||W||). Serial on purpose: the weight is small, and a
-// parallel region costs more than it saves.
+// (dL/dW-hat - W-hat <dL/dW-hat, W-hat>) / ||W||). Each row's result depends on that row alone,
+// so the bits do not depend on the thread count; a weight of fewer elements than
+// kWeightParallelMin runs on one thread, where a parallel region costs more than it saves.
+constexpr int64_t kWeightParallelMin = int64_t(1) << 16;
+
 template <typename T>
-void weight_scale(const T* w, T* ws, int64_t R, int64_t K) {
+void weight_scale(const T* w, T* ws, int64_t R, int64_t K, int nt) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (R * K >= kWeightParallelMin)
   for (int64_t r = 0; r < R; ++r) ws[r] = T(1) / std::sqrt(row_dot(w + r * K, w + r * K, K));
 }
 
+// gW is written over g. A > 0: each row of g holds the transpose of the weight's row (the weight's
+// row read as an A x K/A matrix): the channels-last gradient of a contiguous conv weight, or the
+// reverse. Such a row is first gathered into the weight's order, so the result has the same bits
+// as for a gradient in the weight's own layout.
 template <typename T>
-void weight_grad(const T* w, const T* g, T* gw, int64_t R, int64_t K) {
-  for (int64_t r = 0; r < R; ++r) {
-    const T* __restrict wr = w + r * K;
-    const T* __restrict gr = g + r * K;
-    T* __restrict out = gw + r * K;
-    const T c = row_dot(gr, wr, K) / row_dot(wr, wr, K);
-    for (int64_t k = 0; k < K; ++k) out[k] = gr[k] - wr[k] * c;
+void weight_grad(const T* w, T* g, int64_t R, int64_t K, int64_t A, int nt) {
+#pragma omp parallel num_threads(nt) if (R * K >= kWeightParallelMin)
+  {
+    std::vector<T> gathered(A > 0 ? K : 0);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < R; ++r) {
+      const T* __restrict wr = w + r * K;
+      T* gr = g + r * K;
+      const T* src = gr;
+      if (A > 0) {
+        T* __restrict s = gathered.data();
+        const int64_t B = K / A;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t a = 0; a < A; ++a) s[a * B + b] = gr[b * A + a];
+        src = s;
+      }
+      const T c = row_dot(src, wr, K) / row_dot(wr, wr, K);
+      for (int64_t k = 0; k < K; ++k) gr[k] = src[k] - wr[k] * c;
+    }
   }
 }
 
