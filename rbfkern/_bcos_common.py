@@ -22,11 +22,12 @@ def out_hw(H, W, kh, kw, stride, padding, dilation):
     return ho, wo
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(unsafe_hash=True)
 class BcosGeometry:
     """Sizes of one B-cos call: batch N (rows R for linear), input channels C, H x W, groups G,
     outputs O with M MaxOut units each, Ho x Wo outputs, the kh x kw window, stride (sh, sw),
-    padding (ph, pw), dilation (dh, dw)."""
+    padding (ph, pw), dilation (dh, dw). Treated as immutable (``with_batch`` makes a new one);
+    not a frozen dataclass, whose __init__ takes four times as long, and every op call makes one."""
 
     N: int
     C: int
@@ -110,7 +111,7 @@ class BcosGeometry:
         return (self.N, self.O * self.M) if self.linear else (self.N, self.O * self.M, self.Ho, self.Wo)
 
     def with_batch(self, n: int) -> "BcosGeometry":
-        # self where n is the batch already (one chunk): a frozen dataclass costs microseconds to make
+        # self where n is the batch already (one chunk): dataclasses.replace costs microseconds
         return self if n == self.N else dataclasses.replace(self, N=n)
 
     def as_list(self) -> list:

@@ -35,7 +35,8 @@ from .._switch import Switch
 
 _BODY: dict = {}
 _PART: dict = {}
-_FUNCTION: dict = {}
+_FUNCTION: dict = {}  # op -> the apply of its eager Function
+_FIRST: dict = {}  # op -> the apply of its first-output Function (register_autograd)
 _FUNCTORCH: dict = {}
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
@@ -52,8 +53,19 @@ def register_body(op, body) -> None:
     _BODY[op] = body
 
 
-def register_autograd(op, backward, setup_context) -> None:
-    """``op.register_autograd(backward, setup_context=...)``, and the same formula for eager calls."""
+def _c_apply(fn):
+    """``fn.apply`` without torch's Python layer over it, which only unwraps dead functorch
+    wrappers (none outside a transform, and :func:`_plain_call` rules transforms out)."""
+    return super(torch.autograd.Function, fn).apply
+
+
+def register_autograd(op, backward, setup_context, aux_non_differentiable: bool = False) -> None:
+    """``op.register_autograd(backward, setup_context=...)``, and the same formula for eager calls.
+
+    aux_non_differentiable: setup_context marks every output but the first non-differentiable.
+    :func:`call_first` with a gradient to record then applies a Function whose only output is
+    the first one, the others kept as saved intermediates: the same gradients (none flows through
+    those outputs), and one output for autograd to set up instead of several."""
     op.register_autograd(backward, setup_context=setup_context)
     body = _BODY[op]
 
@@ -65,9 +77,42 @@ def register_autograd(op, backward, setup_context) -> None:
     # forward(ctx, ...) calls setup_context itself: a Function with a separate setup_context
     # binds its arguments through inspect.signature on every call.
     name = f"{op._name}_eager"
-    _FUNCTION[op] = type(name, (torch.autograd.Function,),
-                         {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+    _FUNCTION[op] = _c_apply(type(name, (torch.autograd.Function,),
+                                  {"forward": staticmethod(forward), "backward": staticmethod(backward)}))
     _FUNCTORCH[op] = _functorch_function(op, backward, setup_context)
+    if aux_non_differentiable:
+        _FIRST[op] = _c_apply(_first_output_function(name, body, backward, setup_context))
+
+
+class _FirstOutputCtx:
+    """The ctx an op's setup_context sees inside ``_first_output_function``: the outputs it marks
+    non-differentiable are not outputs there, so the marks are dropped."""
+
+    def __init__(self, ctx):
+        object.__setattr__(self, "_ctx", ctx)
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._ctx, name, value)
+
+
+def _first_output_function(name, body, backward, setup_context):
+    def forward(ctx, *args):
+        out = body(*args)
+        setup_context(_FirstOutputCtx(ctx), args, out)
+        ctx.no_grads = (None,) * (len(out) - 1)
+        return out[0]
+
+    def backward_first(ctx, grad):
+        return backward(ctx, grad, *ctx.no_grads)
+
+    return type(f"{name}_first", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward_first)})
 
 
 class _Opaque:
@@ -263,9 +308,15 @@ def call_first(op, *args):
     """``call(op, *args)[0]``: through the op's registered part where :func:`call` would run the
     body directly with nothing recorded for autograd (no input requires grad, or grad mode is off)."""
     plain, grad = _plain_call(args)
-    part = _PART.get(op)
-    if part is not None and plain and not (grad and torch.is_grad_enabled()):
-        return part(*args)
+    if plain:
+        if grad and torch.is_grad_enabled():
+            first = _FIRST.get(op)
+            if first is not None:
+                return first(*args)
+        else:
+            part = _PART.get(op)
+            if part is not None:
+                return part(*args)
     return _call(op, args, plain, grad)[0]
 
 
@@ -293,6 +344,6 @@ def _call(op, args, plain, grad):
             return fn.apply(*_Opaque.wrap(args))
         return op(*args)
     if grad and torch.is_grad_enabled():
-        fn = _FUNCTION.get(op)
-        return op(*args) if fn is None else fn.apply(*args)
+        apply = _FUNCTION.get(op)
+        return op(*args) if apply is None else apply(*args)
     return _BODY[op](*args)

@@ -89,12 +89,16 @@ def _prepare(impl, x, weight, *maps):
     return (xc.contiguous(memory_format=cl), wc, *(None if t is None else t.contiguous(memory_format=cl) for t in mc))
 
 
-def _forward(geo, x, weight, b, save):
-    """(y, lmax, idx, root) in the layouts of the op; aux outputs empty unless saved."""
+def _run_backend(geo, x, weight, b, save):
+    """The backend's (y, lmax, idx, root) as it returns them, and the op's memory format."""
     impl = _impl(x.device)
     xc, wc = _prepare(impl, x, weight)
-    y, lmax, idx, root = impl.forward(geo, b, xc, wc, save)
-    mf = _memory_format(x)
+    return impl.forward(geo, b, xc, wc, save), _memory_format(x)
+
+
+def _forward(geo, x, weight, b, save):
+    """(y, lmax, idx, root) in the layouts of the op; aux outputs empty unless saved."""
+    (y, lmax, idx, root), mf = _run_backend(geo, x, weight, b, save)
     y = _in_layout(y, geo.y_shape, x.dtype, mf)
     if not save:
         return y, y.new_empty(0), torch.empty(0, dtype=torch.uint8, device=y.device), y.new_empty(0)
@@ -102,10 +106,16 @@ def _forward(geo, x, weight, b, save):
     return y, _in_layout(lmax, geo.y_shape, x.dtype, mf), _in_layout(idx, geo.y_shape, idx.dtype, mf), root
 
 
+def _forward_y(geo, x, weight, b):
+    """y alone, what a call with no gradient to record returns (``_eager.register_part``)."""
+    (y, *_), mf = _run_backend(geo, x, weight, b, False)
+    return _in_layout(y, geo.y_shape, x.dtype, mf)
+
+
 def _in_layout(t, shape, dtype, mf):
     """t reshaped to ``shape``, in ``dtype`` and memory format ``mf``; t itself where it is already
     (each of those calls costs about a microsecond, and a small layer's step makes a dozen)."""
-    if tuple(t.shape) != tuple(shape):
+    if t.shape != shape:
         t = t.reshape(shape)
     t = _family.as_dtype(t, dtype)
     return t if t.is_contiguous(memory_format=mf) else t.contiguous(memory_format=mf)
@@ -229,10 +239,20 @@ def _autograd(op_name: str, bwd_op, n_args: int):
     return setup, backward
 
 
+def _conv_y(x, weight, b, max_out, stride, padding, dilation, groups, explain, save):
+    return _forward_y(BcosGeometry.of_conv(x, weight, max_out, stride, padding, dilation, groups), x, weight, b)
+
+
+def _linear_y(x, weight, b, max_out, explain, save):
+    return _forward_y(BcosGeometry.of_linear(x, weight, max_out), x, weight, b)
+
+
+_eager.register_part(_bcos_conv2d_op, _conv_y)
+_eager.register_part(_bcos_linear_op, _linear_y)
 _setup_conv, _backward_conv = _autograd("bcos_conv2d", _bcos_conv2d_bwd_op, 10)
 _setup_linear, _backward_linear = _autograd("bcos_linear", _bcos_linear_bwd_op, 6)
-_eager.register_autograd(_bcos_conv2d_op, _backward_conv, _setup_conv)
-_eager.register_autograd(_bcos_linear_op, _backward_linear, _setup_linear)
+_eager.register_autograd(_bcos_conv2d_op, _backward_conv, _setup_conv, aux_non_differentiable=True)
+_eager.register_autograd(_bcos_linear_op, _backward_linear, _setup_linear, aux_non_differentiable=True)
 _family.reference_double_backward(_bcos_conv2d_bwd_op)
 _family.reference_double_backward(_bcos_linear_bwd_op)
 # rows: x and the per-row maps (grad_y, lmax, idx, root); a fold only when grad_weight is not asked for
@@ -247,6 +267,8 @@ for _op, _bwd in ((_bcos_conv2d_op, _bcos_conv2d_bwd_op), (_bcos_linear_op, _bco
 
 
 def _pair(name, v, minimum):
+    if type(v) is int and v >= minimum:  # the common case first, in a fraction of the checks' time
+        return [v, v]
     if isinstance(v, bool):
         raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
     if isinstance(v, int):
@@ -335,8 +357,8 @@ def bcos_conv2d(
     if ho < 1 or wo < 1:
         raise ValueError(f"the output would be empty: x of shape {tuple(x.shape)} with a {tuple(weight.shape[2:])} "
                          f"kernel, stride {tuple(stride)}, padding {tuple(padding)}, dilation {tuple(dilation)}")
-    return _eager.call(_bcos_conv2d_op, x, weight, b, max_out, stride, padding, dilation, groups, explain,
-                       _save(x, weight))[0]
+    return _eager.call_first(_bcos_conv2d_op, x, weight, b, max_out, stride, padding, dilation, groups, explain,
+                             _save(x, weight))
 
 
 def bcos_linear(x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, explain: bool = False) -> Tensor:
@@ -361,6 +383,8 @@ def bcos_linear(x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, 
     if weight.shape[1] != x.shape[-1]:
         raise ValueError(f"weight must have shape (O*max_out, {x.shape[-1]}) for x of shape {tuple(x.shape)}, "
                          f"got {tuple(weight.shape)}")
+    if x.dim() == 2:  # no reshapes: on an input that requires grad each is an autograd view node
+        return _eager.call_first(_bcos_linear_op, x, weight, b, max_out, explain, _save(x, weight))
     lead = x.shape[:-1]
-    y = _eager.call(_bcos_linear_op, x.reshape(-1, x.shape[-1]), weight, b, max_out, explain, _save(x, weight))[0]
+    y = _eager.call_first(_bcos_linear_op, x.reshape(-1, x.shape[-1]), weight, b, max_out, explain, _save(x, weight))
     return y.reshape(*lead, weight.shape[0] // max_out)
