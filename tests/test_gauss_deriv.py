@@ -588,6 +588,32 @@ def test_layer_learns_sigma():
     assert layer.alpha.grad.shape == layer.alpha.shape
 
 
+@pytest.mark.parametrize("backend", ["cpp"], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
+def test_cpp_taps_follow_sigma_changed_in_place(backend, dtype):
+    # the C++ backend keeps the taps of recent scales, by value: a sigma changed in place (as an
+    # optimizer step changes it) gives the new scale's output and gradient, and going back to a
+    # scale gives its first result bit for bit
+    x = _rand(2, 3, 11, 11, seed=16).to(dtype).requires_grad_()
+    alpha = _rand(4, 3, 6, seed=17).to(dtype)
+    sigma = torch.tensor([1.2], dtype=dtype, requires_grad=True)
+    first = None
+    for scale in (1.2, 1.45, 1.2):
+        with torch.no_grad():
+            sigma.fill_(scale)
+        y = gauss_deriv_conv2d(x, alpha, sigma, order=2, truncate=3.0)
+        gx, gs = torch.autograd.grad(y.square().sum(), (x, sigma))
+        xr, sr = x.detach().double().requires_grad_(), sigma.detach().double().requires_grad_()
+        want = reference.gauss_deriv_conv2d(xr, alpha.double(), sr, 2, 3.0)
+        want_gx, want_gs = torch.autograd.grad(want.square().sum(), (xr, sr))
+        assert_close_to_ref(y, want, dtype, what=f"y at sigma {scale}")
+        assert_close_to_ref(gx, want_gx, dtype, what=f"grad x at sigma {scale}", kind="reduction")
+        assert_close_to_ref(gs, want_gs, dtype, what=f"grad sigma at sigma {scale}", kind="reduction")
+        if first is None:
+            first = (y.detach(), gx, gs)
+    assert all(torch.equal(a, b) for a, b in zip(first, (y.detach(), gx, gs)))
+
+
 def _blobs(h, w, theta):
     """A smooth test image, rotated by theta about its centre, evaluated analytically (no resampling)."""
     y, x = torch.meshgrid(torch.arange(h, dtype=F64) - h // 2, torch.arange(w, dtype=F64) - w // 2, indexing="ij")

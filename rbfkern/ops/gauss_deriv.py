@@ -157,6 +157,24 @@ def _taps(sigma: Tensor, order: int, truncate: float, radii: Sequence[int], scal
     return basis.gauss_kernels_1d(_sigma_compute(sigma), order, truncate, radii, scale_normalized)
 
 
+@functools.lru_cache(maxsize=64)
+def _taps_of_values(values: tuple, dtype: torch.dtype, order: int, truncate: float, radii: tuple,
+                    scale_normalized: bool) -> Tensor:
+    return basis.gauss_kernels_1d(torch.tensor(values, dtype=dtype), order, truncate, radii, scale_normalized)
+
+
+def _cpu_taps(sigma: Tensor, order: int, truncate: float, radii: Sequence[int], scale_normalized: bool):
+    """:func:`_taps` of a plain CPU sigma, kept for the next call with the same scales: building
+    the taps takes some 30 small torch ops, about 0.1 ms, more than a small layer's kernels (a
+    fixed or evaluated sigma repeats; a trained one changes every step and recomputes). The
+    tensor returned is shared between calls: its users only read it."""
+    s = _sigma_compute(sigma)
+    if type(s) is not Tensor or torch._C._functorch.is_functorch_wrapped_tensor(s):
+        return basis.gauss_kernels_1d(s, order, truncate, radii, scale_normalized)
+    return _taps_of_values(tuple(s.reshape(-1).tolist()), s.dtype, order, float(truncate),
+                           tuple(int(r) for r in radii), bool(scale_normalized))
+
+
 def _gsigma(gtaps: Tensor, sigma: Tensor, order, truncate, radii, scale_normalized) -> Tensor:
     dg = basis.gauss_kernels_1d_dsigma(_sigma_compute(sigma), order, truncate, radii, scale_normalized)
     return (gtaps.to(dg.dtype) * dg).sum((1, 2)).to(sigma.dtype)
@@ -239,8 +257,11 @@ class _Cpp:
     the 3D kernels."""
 
     @staticmethod
+    @functools.lru_cache(maxsize=None)
     def _pq(order, ndim=2):
-        return torch.tensor(_pq(order, ndim), dtype=torch.int64).numpy()
+        pq = torch.tensor(_pq(order, ndim), dtype=torch.int64).numpy()
+        pq.flags.writeable = False  # shared between calls
+        return pq
 
     @staticmethod
     def forward(x, alpha, g, order, stride, pad):
@@ -327,14 +348,18 @@ class _Taps:
             return False
         return _path_for(x, alpha, g, order, stride, padding, backward) == "dense"
 
+    def _taps(self, x, sigma, order, truncate, radii, scale_normalized):
+        taps = _cpu_taps if self.cpu else _taps
+        return taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(x))
+
     def forward(self, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
-        g = _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(x))
+        g = self._taps(x, sigma, order, truncate, radii, scale_normalized)
         if self._dense(x, alpha, g, order, stride, padding, backward=False):
             return _Dense.forward(x, alpha, g, order, stride, padding, ndim=x.dim() - 2)
         return self.kernels.forward(x, alpha, g, order, stride, padding)
 
     def backward(self, grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
-        g = _taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(x))
+        g = self._taps(x, sigma, order, truncate, radii, scale_normalized)
         if self._dense(x, alpha, g, order, stride, padding, backward=True):
             gx, ga, gg = _Dense.backward(grad, x, alpha, g, order, stride, padding, needs, ndim=x.dim() - 2)
         else:
