@@ -257,7 +257,7 @@ class _Cpp:
     the 3D kernels."""
 
     @staticmethod
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def _pq(order, ndim=2):
         pq = torch.tensor(_pq(order, ndim), dtype=torch.int64).numpy()
         pq.flags.writeable = False  # shared between calls
