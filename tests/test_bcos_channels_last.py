@@ -212,14 +212,22 @@ def test_cpp_weight_grad_reads_either_layout(w_layout, g_layout, shape, dtype):
     w = torch.randn(shape, generator=gen, dtype=dtype).contiguous(memory_format=fmt[w_layout])
     g0 = torch.randn(shape, generator=gen, dtype=dtype)
     other = "channels_last" if w_layout == "contiguous" else "contiguous"
-    if g_layout == "strided":
-        g = torch.empty(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2].copy_(g0)
-    else:
-        g = g0.clone(memory_format=fmt[w_layout if g_layout == "weight's" else other])
-    # _weight_grad writes over its gradient argument: each call gets a copy of g0
+
+    def g_in_layout():  # _weight_grad writes over its gradient argument: a fresh copy of g0 each call
+        if g_layout == "strided":
+            return torch.empty(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2].copy_(g0)
+        return g0.clone(memory_format=fmt[w_layout if g_layout == "weight's" else other])
+
     want_bits = ob._weight_grad(w, g0.clone(memory_format=fmt[w_layout]))
-    got = ob._weight_grad(w, g)
+    got = ob._weight_grad(w, g_in_layout())
     assert got.shape == w.shape and got.stride() == w.stride(), (got.stride(), w.stride())
     assert torch.equal(got, want_bits)
+    prev = torch.get_num_threads()
+    try:  # the rows split between two threads (the "parallel" case) or not: the same bits
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(ob._weight_grad(w, g_in_layout()), got), f"{threads} threads"
+    finally:
+        torch.set_num_threads(prev)
     torch.testing.assert_close(got.double().flatten(1), _weight_grad_formula(w, g0),
                                **({"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}))
