@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bind_args.h"
@@ -165,12 +166,18 @@ void backward_norm(const std::vector<int64_t>& gv, py::array x, py::array q, py:
   });
 }
 
-// Weight rows (R, K) contiguous; out (R,) the scales.
-void weight_scale(py::array w, py::array out, int nt) {
-  Args a("bcos_weight_scale");
+// The weight's rows (R, K), contiguous, checked: {R, K}.
+std::pair<int64_t, int64_t> weight_rows(Args& a, const py::array& w) {
   a.require(w.ndim() >= 1, "argument 'weight' must be at least 1-D");
   const int64_t R = w.shape(0), K = R ? static_cast<int64_t>(w.size()) / R : 0;
   a.floats_n(w, "weight", R * K);
+  return {R, K};
+}
+
+// Weight rows (R, K) contiguous; out (R,) the scales.
+void weight_scale(py::array w, py::array out, int nt) {
+  Args a("bcos_weight_scale");
+  const auto [R, K] = weight_rows(a, w);
   a.floats_n(out, "out", R, true);
   a.by_dtype([&](auto t) {
     using T = decltype(t);
@@ -185,9 +192,7 @@ void weight_scale(py::array w, py::array out, int nt) {
 // transposed_rows: 0, or A > 0 dividing K (g's rows hold the transposes of w's A x K/A rows).
 void weight_grad(py::array w, py::array g, int64_t transposed_rows, int nt) {
   Args a("bcos_weight_grad");
-  a.require(w.ndim() >= 1, "argument 'weight' must be at least 1-D");
-  const int64_t R = w.shape(0), K = R ? static_cast<int64_t>(w.size()) / R : 0;
-  a.floats_n(w, "weight", R * K);
+  const auto [R, K] = weight_rows(a, w);
   a.floats_n(g, "grad", R * K, true);
   a.require(transposed_rows >= 0 && (transposed_rows == 0 || K % transposed_rows == 0),
             "argument 'transposed_rows' must be 0 or divide the row length " + std::to_string(K) + ", got " +

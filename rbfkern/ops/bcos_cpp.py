@@ -126,13 +126,14 @@ def _weight_grad(weight, g_raw):
     kernel reads such rows transposed, where a layout copy of the gradient took longer than the
     kernel (up to 2 ms for a 512 x 512 x 3 x 3 weight)."""
     w_cl = common.is_channels_last(weight)
-    if g_raw.is_contiguous(memory_format=_CL if w_cl else torch.contiguous_format):
+    mf, other = (_CL, torch.contiguous_format) if w_cl else (torch.contiguous_format, _CL)
+    if g_raw.is_contiguous(memory_format=mf):
         g, transposed = g_raw, 0
-    elif weight.dim() == 4 and g_raw.is_contiguous(memory_format=torch.contiguous_format if w_cl else _CL):
+    elif weight.dim() == 4 and g_raw.is_contiguous(memory_format=other):
         # a row is (C/G, kh, kw) in a contiguous weight and (kh, kw, C/G) in a channels-last one
         g, transposed = g_raw, weight.shape[2] * weight.shape[3] if w_cl else weight.shape[1]
     else:
-        g, transposed = g_raw.contiguous(memory_format=_CL if w_cl else torch.contiguous_format), 0
+        g, transposed = g_raw.contiguous(memory_format=mf), 0
     _backend.cext().bcos_weight_grad(_rows(weight), _rows(g), transposed, _backend.num_threads())
     # the weight's strides exactly, also along dims of size 1 (what the backward op's fake gives)
     return g if g.stride() == weight.stride() else g.as_strided(weight.shape, weight.stride())

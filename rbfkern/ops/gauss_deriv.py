@@ -348,18 +348,18 @@ class _Taps:
             return False
         return _path_for(x, alpha, g, order, stride, padding, backward) == "dense"
 
-    def _taps(self, x, sigma, order, truncate, radii, scale_normalized):
+    def _taps_for(self, x, sigma, order, truncate, radii, scale_normalized):
         taps = _cpu_taps if self.cpu else _taps
         return taps(sigma, order, truncate, radii, scale_normalized).to(_tap_dtype(x))
 
     def forward(self, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
-        g = self._taps(x, sigma, order, truncate, radii, scale_normalized)
+        g = self._taps_for(x, sigma, order, truncate, radii, scale_normalized)
         if self._dense(x, alpha, g, order, stride, padding, backward=False):
             return _Dense.forward(x, alpha, g, order, stride, padding, ndim=x.dim() - 2)
         return self.kernels.forward(x, alpha, g, order, stride, padding)
 
     def backward(self, grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
-        g = self._taps(x, sigma, order, truncate, radii, scale_normalized)
+        g = self._taps_for(x, sigma, order, truncate, radii, scale_normalized)
         if self._dense(x, alpha, g, order, stride, padding, backward=True):
             gx, ga, gg = _Dense.backward(grad, x, alpha, g, order, stride, padding, needs, ndim=x.dim() - 2)
         else:
