@@ -47,11 +47,10 @@ class _GaussDerivBase(nn.Module):
         self.truncate, self.stride, self.padding = float(truncate), stride, padding
         self.scale_normalized, self.learn_sigma = bool(scale_normalized), bool(learn_sigma)
         m = basis.num_basis(order, self.ndim)
-        fan_in = in_channels * len(sig) * m
-        self.alpha = nn.Parameter(torch.randn(out_channels, in_channels, len(sig) * m, device=device, dtype=dtype)
-                                  * math.sqrt(2.0 / fan_in))
+        self._init_sigmas = tuple(sig)
+        self.alpha = nn.Parameter(torch.empty(out_channels, in_channels, len(sig) * m, device=device, dtype=dtype))
         if learn_sigma:
-            self.sigma = nn.Parameter(torch.tensor(sig, device=device, dtype=dtype))
+            self.sigma = nn.Parameter(torch.empty(len(sig), device=device, dtype=dtype))
             # The kernel size is static, as nn.Conv2d's: every scale gets the support of max_sigma
             # (default 1.5x the largest initial scale), so the layer traces under torch.compile.
             self.max_sigma = float(max_sigma) if max_sigma is not None else 1.5 * max(sig)
@@ -60,6 +59,15 @@ class _GaussDerivBase(nn.Module):
         else:
             # Fixed scales stay Python floats: the kernel radii are then static (torch.compile-friendly).
             self._sigmas = tuple(sig)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """alpha ~ N(0, 2 / fan_in) (He, fan_in = C_in x the basis size), a learned sigma back to
+        the initial scales; what a module built on the meta device needs after ``to_empty``."""
+        with torch.no_grad():
+            self.alpha.normal_(0.0, math.sqrt(2.0 / (self.alpha.shape[1] * self.alpha.shape[2])))
+            if self.learn_sigma:
+                self.sigma.copy_(torch.tensor(self._init_sigmas, dtype=self.sigma.dtype))
 
     @property
     def sigmas(self):
