@@ -1,10 +1,12 @@
-"""Shared test helpers: tolerance table, readable comparisons."""
+"""Shared test helpers: tolerance table, readable comparisons, a small model with every family."""
 import contextlib
 import os
 import subprocess
 import sys
 
 import torch
+
+import rbfkern.nn
 
 # The one tolerance table: (rtol, atol) per kind and dtype for a result compared with a float64
 # reference of the same (rounded) inputs; atol is relative to the reference's largest magnitude
@@ -180,3 +182,19 @@ def run_tests_under_isa(isa, test_file, select, timeout=900):
                           "-k", select], env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and " skipped" not in out.stdout, out.stdout[-500:]
+
+
+class AllFamilies(torch.nn.Module):
+    """Gaussian derivatives -> B-cos conv (MaxOut 2) -> B-cos linear on a 3-D input -> RBF classifier."""
+
+    def __init__(self, metric="full"):
+        super().__init__()
+        self.gauss = rbfkern.nn.GaussDerivConv2d(3, 6, order=2, sigmas=(1.0, 1.5), learn_sigma=True)
+        self.conv = rbfkern.nn.BcosConv2d(6, 8, 3, padding=1, max_out=2)
+        self.linear = rbfkern.nn.BcosLinear(8, 5, max_out=2)
+        self.head = rbfkern.nn.RBFClassifier(5, 7, 4, metric=metric, kind="gaussian")
+
+    def forward(self, x):
+        h = self.conv(self.gauss(x))  # (N, 8, H, W)
+        h = self.linear(h.flatten(2).transpose(1, 2))  # (N, H*W, 5): the linear layer's leading dims
+        return self.head(h.mean(1))

@@ -5,26 +5,11 @@ import io
 
 import pytest
 import torch
+from _util import AllFamilies
 from conftest import CUDA_ON_CPU, CUDA_SLOW
 from torch.export import Dim
 
 import rbfkern.nn as rn
-
-
-class _AllFamilies(torch.nn.Module):
-    """Gaussian derivatives -> B-cos conv (MaxOut 2) -> B-cos linear on a 3-D input -> RBF classifier."""
-
-    def __init__(self, metric="full"):
-        super().__init__()
-        self.gauss = rn.GaussDerivConv2d(3, 6, order=2, sigmas=(1.0, 1.5), learn_sigma=True)
-        self.conv = rn.BcosConv2d(6, 8, 3, padding=1, max_out=2)
-        self.linear = rn.BcosLinear(8, 5, max_out=2)
-        self.head = rn.RBFClassifier(5, 7, 4, metric=metric, kind="gaussian")
-
-    def forward(self, x):
-        h = self.conv(self.gauss(x))  # (N, 8, H, W)
-        h = self.linear(h.flatten(2).transpose(1, 2))  # (N, H*W, 5): the linear layer's leading dims
-        return self.head(h.mean(1))
 
 
 class _Gauss3d(torch.nn.Module):
@@ -40,7 +25,7 @@ def _model(name, device):
     torch.manual_seed(0)
     if name == "gauss3d":
         return _Gauss3d().to(device), (2, 2, 9, 9, 9)
-    return _AllFamilies(metric=name).to(device), (2, 3, 12, 12)
+    return AllFamilies(metric=name).to(device), (2, 3, 12, 12)
 
 
 def _inputs(shape, n, device, channels_last=False):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import _checks
+from ..ops import _checks, _fx
 from ..ops.rbf import layer_rbf, layer_rbf_r2
 from ..reference import RBF_KINDS as KINDS
 
@@ -171,17 +171,8 @@ class RBF(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: Tensor, return_r2: bool = False):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"x must have shape (*, {self.in_features}) (in_features={self.in_features}), got {tuple(x.shape)}")
-        flat = x.dim() == 2  # rows already: no reshapes (each a view node in autograd's graph)
-        out = layer_rbf(x if flat else x.reshape(-1, self.in_features), self.centers, self.diag_weights(),
-                        self.tril_factor(), self.sigma_values(), self.kind, self.shape, return_r2)
-        if not flat:
-            shape = (*x.shape[:-1], self.num_centers)
-            out = tuple(t.reshape(shape) for t in out) if return_r2 else out.reshape(shape)
-        return out
+        return _layer_forward(x, self.centers, self.diag_weights(), self.tril_factor(), self.sigma_values(),
+                              self.kind, self.shape, return_r2)
 
     def r2(self, x: Tensor) -> Tensor:
         """Squared distances (*, C) in the learned metric (no activation)."""
@@ -194,6 +185,22 @@ class RBF(nn.Module):
         if self.kind in ("logistic", "inverse_multiquadric", "multiquadric"):
             s += f", shape={self.shape}"
         return s + f", learn_sigma={self.learn_sigma}"
+
+
+@_fx.traceable  # one FX node: the body reads x's shape
+def _layer_forward(x, centers, diag, tril, sigma, kind, shape, return_r2):
+    """:meth:`RBF.forward` on (*, D) inputs."""
+    d = centers.shape[1]
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != d:
+        raise ValueError(f"x must have shape (*, {d}) (in_features={d}), got {tuple(x.shape)}")
+    flat = x.dim() == 2  # rows already: no reshapes (each a view node in autograd's graph)
+    out = layer_rbf(x if flat else x.reshape(-1, d), centers, diag, tril, sigma, kind, shape, return_r2)
+    if not flat:
+        lead = (*x.shape[:-1], centers.shape[0])
+        out = tuple(t.reshape(lead) for t in out) if return_r2 else out.reshape(lead)
+    return out
 
 
 def unsupervised_loss(r2: Tensor) -> Tensor:

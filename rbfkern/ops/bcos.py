@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .. import reference
 from .. import _bcos_common as common
-from . import _checks, _eager, _family, _vmap, bcos_cpp
+from . import _checks, _eager, _family, _fx, _vmap, bcos_cpp
 from .._bcos_common import BcosGeometry, out_hw
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +313,7 @@ def _save(x, weight):
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
+@_fx.traceable
 def bcos_conv2d(
     x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, stride=1, padding=0, dilation=1,
     groups: int = 1, explain: bool = False,
@@ -361,6 +362,7 @@ def bcos_conv2d(
                              _save(x, weight))
 
 
+@_fx.traceable
 def bcos_linear(x: Tensor, weight: Tensor, *, b: float = 2.0, max_out: int = 1, explain: bool = False) -> Tensor:
     """B-cos linear layer (eq. 9 with MaxOut, eq. 17), exactly as ``bcos.modules.BcosLinear``.
 

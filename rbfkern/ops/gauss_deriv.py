@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, basis, reference
-from . import _checks, _eager, _family, _vmap
+from . import _checks, _eager, _family, _fx, _vmap
 
 _HALF = (torch.float16, torch.bfloat16)
 PATHS = ("auto", "separable", "dense")
@@ -535,6 +535,7 @@ def _check_args(x, alpha, sigma, order, truncate, stride, padding, ndim, max_sig
     return sig, rads, truncate, pad
 
 
+@_fx.traceable
 def gauss_deriv_conv2d(x: Tensor, alpha: Tensor, sigma: float | Sequence[float] | Tensor, *, order: int = 3,
                        truncate: float = 4.0, stride: int = 1, padding: int | str = "same",
                        scale_normalized: bool = False, max_sigma: float | None = None) -> Tensor:
@@ -571,6 +572,7 @@ def gauss_deriv_conv2d(x: Tensor, alpha: Tensor, sigma: float | Sequence[float] 
     return _eager.call(_gd2_op, x, alpha, sig, order, truncate, rads, stride, pad, bool(scale_normalized))
 
 
+@_fx.traceable
 def gauss_deriv_conv3d(x: Tensor, alpha: Tensor, sigma: float | Sequence[float] | Tensor, *, order: int = 2,
                        truncate: float = 4.0, stride: int = 1, padding: int | str = "same",
                        scale_normalized: bool = False, max_sigma: float | None = None) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, reference
-from . import _checks, _eager, _family, _vmap
+from . import _checks, _eager, _family, _fx, _vmap
 
 KINDS = reference.RBF_KINDS
 _KIND_ID = {"none": -1, **{k: i for i, k in enumerate(KINDS)}}
@@ -250,6 +250,7 @@ def _check_sigma_range(s: float, dtype: torch.dtype, kind: str) -> None:
                          f"({cf.dtype}: {lo:g} <= sigma <= {hi:g}), got sigma={s!r}")
 
 
+@_fx.traceable
 def rbf_r2(x: Tensor, centers: Tensor, *, diag: Tensor | None = None, tril: Tensor | None = None) -> Tensor:
     """Squared Mahalanobis distances r2[n, j] = (x_n - c_j)^T R_j (x_n - c_j) (eq. 1), shape (N, C).
 
@@ -267,6 +268,7 @@ def rbf_r2(x: Tensor, centers: Tensor, *, diag: Tensor | None = None, tril: Tens
     return _eager.call(_rbf_r2_op, x, centers, diag, tril)
 
 
+@_fx.traceable
 def layer_rbf_r2(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None) -> Tensor:
     """:func:`rbf_r2` for a layer whose metric comes from its own parametrisation (see
     :func:`layer_rbf`): every check but the read of the metric's values."""
@@ -274,6 +276,7 @@ def layer_rbf_r2(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor |
     return _eager.call(_rbf_r2_op, x, centers, diag, tril)
 
 
+@_fx.traceable
 def rbf(
     x: Tensor,
     centers: Tensor,
@@ -302,6 +305,7 @@ def rbf(
     return _rbf(x, centers, diag, tril, sigma, kind, shape, return_r2, True)
 
 
+@_fx.traceable
 def layer_rbf(x: Tensor, centers: Tensor, diag: Tensor | None, tril: Tensor | None, sigma: Tensor, kind: str,
               shape: float, return_r2: bool = True):
     """``rbf(..., return_r2=return_r2)`` for a layer whose metric and sigma come from its own
