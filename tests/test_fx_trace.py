@@ -1,7 +1,9 @@
 """Graph capture by tracing: torch.fx.symbolic_trace (what torchvision's feature extraction and
 FX quantisation / pruning tools run) records each public op and layer as one call_function node,
-and the GraphModule equals eager in outputs and gradients."""
+and the GraphModule equals eager in outputs and gradients; torch.jit.trace (deprecated by PyTorch,
+still in use) passes its own re-trace check and equals eager."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -89,3 +91,17 @@ def test_fx_layers_alone_and_bad_input_at_run_time():
     # the recorded node is the public function: its checks run when the GraphModule does
     with pytest.raises(ValueError, match="weight must have shape"):
         gm(torch.randn(1, 5, 6, 6))
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_jit_trace_matches_eager(grad):
+    """A B-cos op keeps its saved maps in any TorchScript trace: the graph is replayed in any grad
+    mode (and torch.jit.trace re-traces under no_grad to check it)."""
+    torch.manual_seed(3)
+    model = AllFamilies("diag")
+    x = torch.randn(2, 3, 12, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with torch.set_grad_enabled(grad):
+            traced = torch.jit.trace(model, x)  # raises if its re-trace differs
+    _assert_same_as_eager(traced, model, torch.randn(3, 3, 12, 12))

@@ -310,7 +310,12 @@ def _check_explain(explain):
 
 
 def _save(x, weight):
-    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    """Whether the call keeps lmax / idx / root for a backward; always in a TorchScript trace, whose
+    graph is replayed in any grad mode (torch.jit.trace also checks it under no_grad)."""
+    return (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) or _jit_tracing() is not None
+
+
+_jit_tracing = torch._C._get_tracing_state
 
 
 @_fx.traceable
