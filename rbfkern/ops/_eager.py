@@ -84,21 +84,26 @@ def register_autograd(op, backward, setup_context, aux_non_differentiable: bool 
         _FIRST[op] = _c_apply(_first_output_function(name, body, backward, setup_context))
 
 
-class _FirstOutputCtx:
-    """The ctx an op's setup_context sees inside ``_first_output_function``: the outputs it marks
-    non-differentiable are not outputs there, so the marks are dropped."""
+class _CtxProxy:
+    """A stand-in for an autograd ctx handed to an op's setup_context: attributes go to the real
+    ctx; subclasses intercept some of its methods."""
 
     def __init__(self, ctx):
         object.__setattr__(self, "_ctx", ctx)
-
-    def mark_non_differentiable(self, *tensors):
-        pass
 
     def __getattr__(self, name):
         return getattr(self._ctx, name)
 
     def __setattr__(self, name, value):
         setattr(self._ctx, name, value)
+
+
+class _FirstOutputCtx(_CtxProxy):
+    """The ctx an op's setup_context sees inside ``_first_output_function``: the outputs it marks
+    non-differentiable are not outputs there, so the marks are dropped."""
+
+    def mark_non_differentiable(self, *tensors):
+        pass
 
 
 def _first_output_function(name, body, backward, setup_context):
@@ -134,12 +139,12 @@ class _Opaque:
         return tuple(a.value if isinstance(a, _Opaque) else a for a in args)
 
 
-class _SetupCapture:
+class _SetupCapture(_CtxProxy):
     """The ctx an op's setup_context sees inside ``_functorch_function``: it keeps what the op saves
     for backward, so the op's inputs can be saved after it; everything else goes to the real ctx."""
 
     def __init__(self, ctx):
-        object.__setattr__(self, "_ctx", ctx)
+        super().__init__(ctx)
         object.__setattr__(self, "to_save", ())
         object.__setattr__(self, "non_differentiable", ())
 
@@ -149,12 +154,6 @@ class _SetupCapture:
     def mark_non_differentiable(self, *tensors):
         object.__setattr__(self, "non_differentiable", tensors)
         self._ctx.mark_non_differentiable(*tensors)
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
-
-    def __setattr__(self, name, value):
-        setattr(self._ctx, name, value)
 
 
 class _BackwardView:
