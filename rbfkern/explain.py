@@ -15,6 +15,7 @@ Works for any model whose layers are B-cos layers, linear maps or explanation-aw
 """
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 
@@ -50,6 +51,22 @@ def _targets(target, n: int, k: int, device) -> Tensor:
     return t
 
 
+@contextlib.contextmanager
+def _parameters_frozen(model: nn.Module):
+    """The model's parameters set not to require grad for the explanation's pass, then restored.
+    ``torch.autograd.grad(out, x)`` does not tell a custom op's backward which of its inputs are
+    wanted (it sees only ``requires_grad`` at forward time), so each layer would compute a weight
+    gradient nobody reads."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def dynamic_linear_map(model: nn.Module, x: Tensor, target, return_output: bool = False):
     """Rows of W(x) (eq. 13) for the ``target`` outputs: the gradient of model(x)[i, target[i]]
     w.r.t. x[i] in explanation mode.
@@ -67,7 +84,7 @@ def dynamic_linear_map(model: nn.Module, x: Tensor, target, return_output: bool 
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     single = x.dim() == 3
     xb = (x.unsqueeze(0) if single else x).detach().clone().requires_grad_(True)
-    with explanation_mode(model), torch.enable_grad():
+    with explanation_mode(model), _parameters_frozen(model), torch.enable_grad():
         out = model(xb)
         if out.dim() != 2 or out.shape[0] != xb.shape[0]:
             raise ValueError(f"the model must return (N, K) outputs, got shape {tuple(out.shape)}")

@@ -1010,6 +1010,38 @@ def test_explanation_image_matches_official_and_writes_png(tmp_path, device):
     assert (rgba0[..., 3][contrib.cpu().numpy() < 0] < 1e-6).all()
 
 
+def test_linear_map_computes_no_weight_gradient(monkeypatch):
+    """The explanation's backward asks the layers for input gradients only (a custom op's backward
+    cannot tell from torch.autograd.grad(out, x) which inputs are wanted), the same map as a plain
+    input gradient in explanation mode, and the parameters' flags and grads as they were."""
+    import rbfkern.ops.bcos as bcos_ops
+
+    model = _bcos_net()[1:]
+    model[1].weight.requires_grad_(False)  # a frozen layer stays frozen
+    asked = []
+    real = bcos_ops._backward
+
+    def spy(geo, gy, x, weight, lmax, idx, root, b, explain_, needs):
+        asked.append(tuple(bool(n) for n in needs))
+        return real(geo, gy, x, weight, lmax, idx, root, b, explain_, needs)
+
+    monkeypatch.setattr(bcos_ops, "_backward", spy)
+    x = AddInverse()(torch.rand(2, 3, 10, 10, dtype=F64))
+    w = explain.dynamic_linear_map(model, x, [1, 3])
+    assert len(asked) == 3 and all(not needs[1] for needs in asked), asked
+    assert [p.requires_grad for p in model.parameters()] == [True, False, True]
+    assert all(p.grad is None for p in model.parameters())
+    xr = x.clone().requires_grad_()
+    with explanation_mode(model):
+        out = model(xr)
+    (want,) = torch.autograd.grad(out.gather(1, torch.tensor([[1], [3]])).sum(), xr)
+    assert torch.equal(w, want)
+    # restored when the model raises too
+    with pytest.raises(ValueError):
+        explain.dynamic_linear_map(model, torch.rand(2, 5, 10, 10, dtype=F64), 0)
+    assert [p.requires_grad for p in model.parameters()] == [True, False, True]
+
+
 def test_explanation_mode_function_restores_flags():
     model = _bcos_net()
     model[2].set_explanation_mode(True)
