@@ -265,6 +265,48 @@ def test_opcheck(backend, path):
         torch.library.opcheck(torch.ops.rbfkern.gauss_deriv_conv3d.default, args)
 
 
+@pytest.mark.parametrize("backend", ["cpp", CUDA], indirect=True)
+def test_opcheck_channels_last(backend):
+    """The gradients in the layouts of the inputs' empty_like (what the backward's fake returns):
+    a channels-last x and a permuted alpha (torch.compile checks the real strides against the
+    fake's)."""
+    dev = device_of(backend)
+    s = torch.tensor([1.1], dtype=F64).to(dev)
+    perm = lambda t: t.transpose(0, 1).contiguous().transpose(0, 1)  # noqa: E731
+    cases = ((_rand(2, 2, 7, 9, seed=7).to(dev).contiguous(memory_format=torch.channels_last),
+              perm(_rand(3, 2, 6, seed=8).to(dev)), 2, 3.0, [3], 1, 3, False),
+             (_rand(1, 2, 5, 6, 5).to(dev).contiguous(memory_format=torch.channels_last_3d),
+              perm(_rand(2, 2, 4).to(dev)), 1, 2.0, [2], 1, 2, False))
+    for x, a, *args in cases:
+        op = torch.ops.rbfkern.gauss_deriv_conv2d if x.dim() == 4 else torch.ops.rbfkern.gauss_deriv_conv3d
+        bwd = torch.ops.rbfkern.gauss_deriv_conv2d_bwd if x.dim() == 4 else torch.ops.rbfkern.gauss_deriv_conv3d_bwd
+        torch.library.opcheck(op.default, (x, a, s, *args))
+        y = op(x, a, s, *args)
+        torch.library.opcheck(bwd.default, (torch.ones_like(y), x, a, s, *args, [True, True, True]))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA], indirect=True)
+def test_inductor_channels_last_backward(device):
+    """A channels-last model: the compiled forward and backward equal eager (the backward's real
+    strides used to differ from its fake's, which inductor checks)."""
+    torch._dynamo.reset()
+    layer = GaussDerivConv2d(3, 4, order=2, sigmas=(1.0,), learn_sigma=True, truncate=2.5).to(device)
+    x = torch.randn(2, 3, 9, 10, device=device).contiguous(memory_format=torch.channels_last)
+
+    def loss(h):
+        return (layer(h) * h[:, :1]).sin().sum()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    got, want = [], []
+    for f, out in ((compiled, got), (loss, want)):
+        h = (x * 1).requires_grad_()
+        h2 = h * 2  # a non-leaf input: its gradient reaches the next node as the op returns it
+        val = f(h2)
+        out.extend([val, *torch.autograd.grad(val, (h2, layer.alpha, layer.sigma))])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("device,compiler", [("cpu", "aot_eager"), pytest.param("cuda", "aot_eager", marks=CUDA.marks),
                                              pytest.param("cuda", "inductor", marks=CUDA.marks)],
                          indirect=["device"])

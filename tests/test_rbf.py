@@ -514,6 +514,25 @@ def test_opcheck(metric, device, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
+@pytest.mark.parametrize("metric", ["diag", "shared_diag", "tril", "shared_tril"])
+def test_opcheck_noncontiguous_inputs(metric, device, monkeypatch):
+    """Each gradient in the layout of its input's empty_like, what the backward's fake returns: a
+    column-major x, sliced centres, a transposed metric, an expanded sigma (torch.compile checks
+    the real strides against the fake's)."""
+    if device.type == "cpu" and "RBFKERN_BACKEND" not in os.environ:
+        monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
+    x, cen, diag, tril = make_inputs(5, 3, 4, metric, torch.float64, noncontig=True, device=device)
+    t_major = lambda t: None if t is None else t.transpose(-1, -2).contiguous().transpose(-1, -2)  # noqa: E731
+    diag, tril = (t_major(diag) if diag is not None and diag.dim() == 2 else diag), t_major(tril)
+    sig = torch.full((1,), 0.9, dtype=torch.float64, device=device).expand(3)
+    torch.library.opcheck(torch.ops.rbfkern.rbf.default, (x, cen, diag, tril, sig, "gaussian", 0.5))
+    r2 = reference.rbf_r2(x, cen, diag, tril)
+    needs = [True, True, diag is not None, tril is not None, True]
+    torch.library.opcheck(torch.ops.rbfkern.rbf_bwd.default,
+                          (torch.ones_like(r2), r2, x, cen, diag, tril, sig, r2, "gaussian", 0.5, needs))
+
+
 # ---------------------------------------------------------------------------------------------
 # Configuration (bad arguments: tests/test_bad_input.py, the one table)
 # ---------------------------------------------------------------------------------------------

@@ -140,6 +140,18 @@ def grads_or_empty(grads, inputs, needs):
                  for g, t, need in zip(grads, inputs, needs))
 
 
+def strided_like(g, t):
+    """g with the strides of ``torch.empty_like(t)``, what a backward op's fake returns for the
+    gradient of input t: the layout of t when t is dense, else its suggested memory format. The
+    kernels write dense contiguous gradients, so a transposed or channels-last input needs this,
+    or torch.compile's check of the real strides against the fake's fails. A copy only when they
+    differ."""
+    if g.numel() == 0 or g.shape != t.shape or g.stride() == t.stride():
+        return g
+    want = torch.empty_like(t, dtype=g.dtype)
+    return g if want.stride() == g.stride() else want.copy_(g)
+
+
 def vjp_of(fn, args, needs, cotangents):
     """The gradients of ``fn(*args)`` with respect to the arguments ``args[i]`` where ``needs[i]``,
     None elsewhere, by torch.func.vjp (a reference backward runs below the autograd key, where

@@ -121,15 +121,6 @@ def _in_layout(t, shape, dtype, mf):
     return t if t.is_contiguous(memory_format=mf) else t.contiguous(memory_format=mf)
 
 
-def _strided_like(g, t):
-    """g with the strides of ``torch.empty_like(t)`` (what the backward op's fake returns): the
-    layout of t when t is dense, else its suggested memory format. A copy only when they differ."""
-    if g.numel() == 0 or g.shape != t.shape or g.stride() == t.stride():
-        return g
-    want = torch.empty_like(t, dtype=g.dtype)
-    return g if want.stride() == g.stride() else want.copy_(g)
-
-
 def _backward(geo, gy, x, weight, lmax, idx, root, b, explain, needs):
     """(gx, gw); an input not needed gets an empty tensor."""
     needs = (bool(needs[0]), bool(needs[1]))
@@ -138,7 +129,7 @@ def _backward(geo, gy, x, weight, lmax, idx, root, b, explain, needs):
     (gyc,) = _family.prepare(impl, gy, contiguous=False)
     grads = impl.backward(geo, b, gyc, xc, wc, lc, ic, rc, explain, needs)
     gx, gw = _family.grads_or_empty(grads, (x, weight), needs)
-    return _strided_like(gx, x), _strided_like(gw, weight)
+    return _family.strided_like(gx, x), _family.strided_like(gw, weight)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -416,7 +416,8 @@ def _gd_backward(
     impl = _impl(x.device)
     gc, xc, ac = _family.prepare(impl, grad, x, alpha)
     grads = impl.backward(gc, xc, ac, sigma, order, truncate, radii, stride, padding, scale_normalized, needs)
-    return _family.grads_or_empty(grads, (x, alpha, sigma), needs)
+    grads = _family.grads_or_empty(grads, (x, alpha, sigma), needs)
+    return tuple(_family.strided_like(g, t) for g, t in zip(grads, (x, alpha, sigma)))
 
 
 _gd2_op = _family.device_op("gauss_deriv_conv2d", fake=_gd_fake)(_gd_forward)

@@ -150,8 +150,10 @@ def _rbf_bwd_op(
     impl = _impl(x.device)
     ts = _family.prepare(impl, grad_act, grad_r2, x, centers, diag, tril, sigma, r2)
     grads = impl.backward(*ts, kind, shape, tuple(needs))
-    # gradients in x's dtype (sigma and the metric share it), empty where not computed
-    return _family.grads_or_empty(grads, (x,) * 5, [g is not None for g in grads])
+    # gradients in x's dtype (sigma and the metric share it), empty where not computed, each in the
+    # layout of its input's empty_like (the fake's)
+    grads = _family.grads_or_empty(grads, (x,) * 5, [g is not None for g in grads])
+    return tuple(g if t is None else _family.strided_like(g, t) for g, t in zip(grads, (x, centers, diag, tril, sigma)))
 
 
 def _grads_or_none(grads, needs):
