@@ -272,7 +272,7 @@ def test_opcheck_channels_last(backend):
     fake's)."""
     dev = device_of(backend)
     s = torch.tensor([1.1], dtype=F64).to(dev)
-    perm = lambda t: t.transpose(0, 1).contiguous().transpose(0, 1)  # noqa: E731
+    perm = lambda t: t.transpose(0, 1).contiguous().transpose(0, 1)
     cases = ((_rand(2, 2, 7, 9, seed=7).to(dev).contiguous(memory_format=torch.channels_last),
               perm(_rand(3, 2, 6, seed=8).to(dev)), 2, 3.0, [3], 1, 3, False),
              (_rand(1, 2, 5, 6, 5).to(dev).contiguous(memory_format=torch.channels_last_3d),

@@ -523,7 +523,7 @@ def test_opcheck_noncontiguous_inputs(metric, device, monkeypatch):
     if device.type == "cpu" and "RBFKERN_BACKEND" not in os.environ:
         monkeypatch.setenv("RBFKERN_BACKEND", "cpp")
     x, cen, diag, tril = make_inputs(5, 3, 4, metric, torch.float64, noncontig=True, device=device)
-    t_major = lambda t: None if t is None else t.transpose(-1, -2).contiguous().transpose(-1, -2)  # noqa: E731
+    t_major = lambda t: None if t is None else t.transpose(-1, -2).contiguous().transpose(-1, -2)
     diag, tril = (t_major(diag) if diag is not None and diag.dim() == 2 else diag), t_major(tril)
     sig = torch.full((1,), 0.9, dtype=torch.float64, device=device).expand(3)
     torch.library.opcheck(torch.ops.rbfkern.rbf.default, (x, cen, diag, tril, sig, "gaussian", 0.5))
