@@ -285,6 +285,29 @@ def test_opcheck_channels_last(backend):
         torch.library.opcheck(bwd.default, (torch.ones_like(y), x, a, s, *args, [True, True, True]))
 
 
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, CUDA], indirect=True)
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_channels_last_in_channels_last_out(backend, ndim):
+    """conv2d's / conv3d's layout rule: a channels-last input gives a channels-last output and
+    gradient (a channels-last model keeps its layout through the layer), the same values."""
+    dev = device_of(backend)
+    mf = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    shape = (2, 3, 7, 9) if ndim == 2 else (1, 3, 5, 6, 5)
+    op = gauss_deriv_conv2d if ndim == 2 else gauss_deriv_conv3d
+    a = _rand(4, 3, 3 if ndim == 2 else 4, seed=3).to(dev).requires_grad_()
+    x = _rand(*shape, seed=2).to(dev)
+    outs = []
+    for xx in (x, x.contiguous(memory_format=mf)):
+        xx = xx.detach().requires_grad_()
+        y = op(xx, a, 1.2, order=1, truncate=2.0)
+        g = torch.autograd.grad(y.square().sum(), (xx, a))
+        outs.append((y, *g))
+        assert y.is_contiguous(memory_format=torch.contiguous_format if xx.is_contiguous() else mf)
+        assert g[0].stride() == xx.stride()
+    for got, want in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("device", ["cpu", CUDA], indirect=True)
 def test_inductor_channels_last_backward(device):
     """A channels-last model: the compiled forward and backward equal eager (the backward's real
