@@ -267,9 +267,27 @@ def grid_pointing_game(model: nn.Module, images: Tensor, targets, smooth: int = 
     t = t.reshape(b, cells)
     if bool((t.sort(1).values.diff(dim=1) == 0).any()):
         raise ValueError("each grid's cells must hold different classes (targets has a repeated class in a row)")
-    maps = contributions(model, grids.repeat_interleave(cells, 0), t.reshape(-1))
+    maps = _contributions_per_target(model, grids, t)  # (b, cells, G*H, G*W)
     shares = grid_shares(maps, _grid_side(cells), smooth).reshape(b, cells, cells)
     return shares.diagonal(dim1=1, dim2=2)
+
+
+def _contributions_per_target(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
+    """Contribution maps (eq. 15, summed over channels) of T targets of each image: x (N, C, H, W),
+    targets (N, T) -> (N, T, H, W). One forward pass and T backward passes through its graph,
+    where a batch of each image T times would run the forward T times (and keep T copies of its
+    activations)."""
+    xb = x.detach().clone().requires_grad_(True)
+    maps = []
+    with explanation_mode(model), _parameters_frozen(model), torch.enable_grad():
+        out = model(xb)
+        if out.dim() != 2 or out.shape[0] != xb.shape[0]:
+            raise ValueError(f"the model must return (N, K) outputs, got shape {tuple(out.shape)}")
+        cols = [_targets(targets[:, k], out.shape[0], out.shape[1], out.device) for k in range(targets.shape[1])]
+        for k, t in enumerate(cols):
+            (w,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xb, retain_graph=k + 1 < len(cols))
+            maps.append((w * xb.detach()).sum(-3))
+    return torch.stack(maps, 1)
 
 
 @torch.no_grad()

@@ -104,6 +104,16 @@ def test_pointing_game_on_a_bcos_model_matches_its_contribution_maps():
     assert torch.allclose(explain.grid_pointing_game(net, imgs[1], t[1]), scores[1:])
 
 
+def test_pointing_game_runs_each_grid_forward_once():
+    """One forward pass of the grids (not of each grid G x G times) and one backward per cell."""
+    net = _bcos_net()
+    seen = []
+    net.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    imgs = AddInverse()(torch.rand(8, 1, 5, 5, dtype=torch.float64)).reshape(2, 4, 2, 5, 5)
+    explain.grid_pointing_game(net, imgs, torch.tensor([[3, 1, 0, 2], [0, 1, 2, 3]]))
+    assert seen == [2]
+
+
 @pytest.mark.parametrize("targets,match", [
     ([[2, 0, 1, 0]], "different classes"), ([[0, 1, 2, 4]], r"in \[0, 4\)"), ([[0, 1, 2]], "targets"),
     ([[0.0, 1.0, 2.0, 3.0]], "targets"),
