@@ -93,6 +93,19 @@ def test_fx_layers_alone_and_bad_input_at_run_time():
         gm(torch.randn(1, 5, 6, 6))
 
 
+def test_fx_without_torch_tracing_flag(monkeypatch):
+    """A torch without FX's private tracing flag: the arguments are scanned on every call, eager
+    calls and traces give the same results."""
+    from rbfkern.ops import _fx
+
+    monkeypatch.setattr(_fx, "_HAS_FLAG", False)
+    torch.manual_seed(4)
+    model = AllFamilies("diag")
+    gm = torch.fx.symbolic_trace(model)
+    assert _targets(gm).count(bcos_conv2d) == 1
+    _assert_same_as_eager(gm, model, torch.randn(2, 3, 12, 12))
+
+
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_jit_trace_matches_eager(grad):
     """A B-cos op keeps its saved maps in any TorchScript trace: the graph is replayed in any grad

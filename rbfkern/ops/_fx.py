@@ -27,13 +27,18 @@ def _find_proxy(args, kwargs):
     return None
 
 
+# FX's private flag for "a symbolic trace is running"; a torch without it gets the argument scan
+# on every call (a few hundred nanoseconds) instead of a failure
+_HAS_FLAG = hasattr(_symbolic_trace, "_is_fx_tracing_flag")
+
+
 def traceable(fn):
     """``fn`` recorded as one node under FX symbolic tracing; otherwise called as it is (the flag
     FX sets while tracing is read first, so an eager call pays one attribute read)."""
 
     @functools.wraps(fn)
     def public(*args, **kwargs):
-        if _symbolic_trace._is_fx_tracing_flag:
+        if not _HAS_FLAG or _symbolic_trace._is_fx_tracing_flag:
             proxy = _find_proxy(args, kwargs)
             if proxy is not None:
                 return proxy.tracer.create_proxy("call_function", public, args, kwargs)
