@@ -5,6 +5,7 @@ explanation mode (the dynamic factors are constants in backward) the input gradi
 is exactly its row of W(x), so
 
     dynamic_linear_map(model, x, target)  ->  [W(x)]_target, shaped like x
+    dynamic_linear_maps(model, x, targets) -> the same for T targets per input, one forward pass
     contributions(model, x, target)       ->  eq. (15) summed over channels per pixel; the sum
                                               over all pixels is the target logit (no bias)
     explanation_image(image, linear_map)  ->  the RGBA visualisation of Sec. 4 (optionally a PNG)
@@ -26,20 +27,26 @@ from torch import Tensor, nn
 
 from .nn.bcos import explanation_mode
 
-__all__ = ["dynamic_linear_map", "contributions", "explanation_image", "save_png", "image_grid", "grid_shares",
-           "grid_pointing_game", "pointing_game_groups"]
+__all__ = ["dynamic_linear_map", "dynamic_linear_maps", "contributions", "explanation_image", "save_png", "image_grid",
+           "grid_shares", "grid_pointing_game", "pointing_game_groups"]
+
+
+def _integer_tensor(value, name: str, what: str) -> Tensor:
+    """``value`` as a tensor of integers; a TypeError naming ``name`` (``what`` it must be) otherwise."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be {what}, got bool")
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}") from e
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be {what}, got dtype {t.dtype}")
+    return t
 
 
 def _targets(target, n: int, k: int, device) -> Tensor:
     """target as N class indices in [0, k) (k: the model's number of outputs)."""
-    if isinstance(target, bool):
-        raise TypeError("target must be an int or integer class indices, got bool")
-    try:
-        t = torch.as_tensor(target)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise TypeError(f"target must be an int or integer class indices, got {type(target).__name__}") from e
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"target must be an int or integer class indices, got dtype {t.dtype}")
+    t = _integer_tensor(target, "target", "an int or integer class indices")
     t = t.to(device=device, dtype=torch.long).reshape(-1)
     if t.numel() == 1:
         t = t.expand(n)
@@ -67,6 +74,23 @@ def _parameters_frozen(model: nn.Module):
             p.requires_grad_(True)
 
 
+def _explained_pass(model: nn.Module, xb: Tensor, columns):
+    """(maps, out): one forward pass of the batch ``xb`` in explanation mode, then for each entry
+    of ``columns`` (a callable K -> N class indices) the input gradient of those outputs, a
+    backward pass through the same graph (retained between them). maps: a list, one per column."""
+    xb = xb.detach().clone().requires_grad_(True)
+    maps = []
+    with explanation_mode(model), _parameters_frozen(model), torch.enable_grad():
+        out = model(xb)
+        if out.dim() != 2 or out.shape[0] != xb.shape[0]:
+            raise ValueError(f"the model must return (N, K) outputs, got shape {tuple(out.shape)}")
+        cols = [col(out.shape[1]) for col in columns]
+        for k, t in enumerate(cols):
+            (w,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xb, retain_graph=k + 1 < len(cols))
+            maps.append(w)
+    return maps, out.detach()
+
+
 def dynamic_linear_map(model: nn.Module, x: Tensor, target, return_output: bool = False):
     """Rows of W(x) (eq. 13) for the ``target`` outputs: the gradient of model(x)[i, target[i]]
     w.r.t. x[i] in explanation mode.
@@ -83,16 +107,48 @@ def dynamic_linear_map(model: nn.Module, x: Tensor, target, return_output: bool 
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     single = x.dim() == 3
-    xb = (x.unsqueeze(0) if single else x).detach().clone().requires_grad_(True)
-    with explanation_mode(model), _parameters_frozen(model), torch.enable_grad():
-        out = model(xb)
-        if out.dim() != 2 or out.shape[0] != xb.shape[0]:
-            raise ValueError(f"the model must return (N, K) outputs, got shape {tuple(out.shape)}")
-        t = _targets(target, out.shape[0], out.shape[1], out.device)
-        (w,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xb)
+    xb = x.unsqueeze(0) if single else x
+    (w,), out = _explained_pass(model, xb, [lambda k: _targets(target, xb.shape[0], k, xb.device)])
     if single:
         w, out = w[0], out[0]
-    return (w, out.detach()) if return_output else w
+    return (w, out) if return_output else w
+
+
+def dynamic_linear_maps(model: nn.Module, x: Tensor, targets, return_output: bool = False):
+    """:func:`dynamic_linear_map` for T targets of each input (top-k classes, every class of a
+    pointing-game grid): one forward pass and T backward passes through its graph, where T calls
+    would run the forward T times.
+
+    Args:
+        model, x: as in :func:`dynamic_linear_map` ((N, *in) inputs, or one (C, H, W) image).
+        targets: (N, T) class indices, T per input; for one image, T class indices.
+        return_output: also return the model output.
+
+    Returns:
+        (N, T, *in) W rows ((T, *in) for one image), and the output when ``return_output``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    single = x.dim() == 3
+    xb = x.unsqueeze(0) if single else x
+    t = _target_matrix(targets, xb.shape[0], single)
+    columns = [lambda k, j=j: _targets(t[:, j], xb.shape[0], k, xb.device) for j in range(t.shape[1])]
+    maps, out = _explained_pass(model, xb, columns)
+    w = torch.stack(maps, 1) if maps else xb.new_empty(xb.shape[0], 0, *xb.shape[1:])
+    if single:
+        w, out = w[0], out[0]
+    return (w, out) if return_output else w
+
+
+def _target_matrix(targets, n: int, single: bool) -> Tensor:
+    """targets as an (N, T) integer tensor (values are checked against K later)."""
+    t = _integer_tensor(targets, "targets", "integer class indices")
+    if single and t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2 or t.shape[0] != n:
+        want = "(T,) for one image" if single else f"({n}, T), T targets per input"
+        raise ValueError(f"targets must have shape {want}, got {tuple(t.shape)}")
+    return t
 
 
 def contributions(model: nn.Module, x: Tensor, target) -> Tensor:
@@ -267,27 +323,9 @@ def grid_pointing_game(model: nn.Module, images: Tensor, targets, smooth: int = 
     t = t.reshape(b, cells)
     if bool((t.sort(1).values.diff(dim=1) == 0).any()):
         raise ValueError("each grid's cells must hold different classes (targets has a repeated class in a row)")
-    maps = _contributions_per_target(model, grids, t)  # (b, cells, G*H, G*W)
+    maps = (dynamic_linear_maps(model, grids, t) * grids[:, None]).sum(2)  # (b, cells, G*H, G*W)
     shares = grid_shares(maps, _grid_side(cells), smooth).reshape(b, cells, cells)
     return shares.diagonal(dim1=1, dim2=2)
-
-
-def _contributions_per_target(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
-    """Contribution maps (eq. 15, summed over channels) of T targets of each image: x (N, C, H, W),
-    targets (N, T) -> (N, T, H, W). One forward pass and T backward passes through its graph,
-    where a batch of each image T times would run the forward T times (and keep T copies of its
-    activations)."""
-    xb = x.detach().clone().requires_grad_(True)
-    maps = []
-    with explanation_mode(model), _parameters_frozen(model), torch.enable_grad():
-        out = model(xb)
-        if out.dim() != 2 or out.shape[0] != xb.shape[0]:
-            raise ValueError(f"the model must return (N, K) outputs, got shape {tuple(out.shape)}")
-        cols = [_targets(targets[:, k], out.shape[0], out.shape[1], out.device) for k in range(targets.shape[1])]
-        for k, t in enumerate(cols):
-            (w,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xb, retain_graph=k + 1 < len(cols))
-            maps.append((w * xb.detach()).sum(-3))
-    return torch.stack(maps, 1)
 
 
 @torch.no_grad()

@@ -1042,6 +1042,25 @@ def test_linear_map_computes_no_weight_gradient(monkeypatch):
     assert [p.requires_grad for p in model.parameters()] == [True, False, True]
 
 
+def test_linear_maps_of_several_targets_equal_separate_calls():
+    """dynamic_linear_maps: one forward pass (hooked), then the maps of T targets per input, the
+    same bits as T calls of dynamic_linear_map; the single-image form and the output too."""
+    model = _bcos_net()[1:]
+    seen = []
+    model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    x = AddInverse()(torch.rand(3, 3, 10, 10, dtype=F64))
+    t = torch.tensor([[1, 3], [0, 0], [2, 1]])
+    w, out = explain.dynamic_linear_maps(model, x, t, return_output=True)
+    assert seen == [3] and w.shape == (3, 2, 6, 10, 10)
+    for j in range(2):
+        want, want_out = explain.dynamic_linear_map(model, x, t[:, j], return_output=True)
+        assert torch.equal(w[:, j], want) and torch.equal(out, want_out)
+    one = explain.dynamic_linear_maps(model, x[1], [2, 0])
+    assert one.shape == (2, 6, 10, 10)
+    assert torch.equal(one[0], explain.dynamic_linear_map(model, x[1], 2))
+    assert explain.dynamic_linear_maps(model, x, torch.zeros(3, 0, dtype=torch.long)).shape == (3, 0, 6, 10, 10)
+
+
 def test_explanation_mode_function_restores_flags():
     model = _bcos_net()
     model[2].set_explanation_mode(True)
