@@ -66,8 +66,9 @@ class _GaussDerivBase(nn.Module):
         the initial scales; what a module built on the meta device needs after ``to_empty``."""
         with torch.no_grad():
             self.alpha.normal_(0.0, math.sqrt(2.0 / (self.alpha.shape[1] * self.alpha.shape[2])))
-            if self.learn_sigma:
-                self.sigma.copy_(torch.tensor(self._init_sigmas, dtype=self.sigma.dtype))
+            init = getattr(self, "_init_sigmas", None)  # absent from a layer pickled before it was kept
+            if self.learn_sigma and init is not None:
+                self.sigma.copy_(torch.tensor(init, dtype=self.sigma.dtype))
 
     @property
     def sigmas(self):
