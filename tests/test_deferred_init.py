@@ -48,3 +48,13 @@ def test_gauss_deriv_reset_restores_the_initial_scales():
         layer.sigma.mul_(1.7)
     layer.reset_parameters()
     assert layer.sigma.tolist() == [1.0, 3.0]
+
+
+def test_gauss_deriv_reset_of_a_layer_pickled_before_init_sigmas():
+    layer = rn.GaussDerivConv2d(2, 3, order=1, sigmas=(1.0, 3.0), learn_sigma=True)
+    with torch.no_grad():
+        layer.sigma.mul_(1.5)
+    del layer._init_sigmas  # as unpickled from an older rbfkern
+    alpha = layer.alpha.detach().clone()
+    layer.reset_parameters()
+    assert layer.sigma.tolist() == [1.5, 4.5] and not torch.equal(layer.alpha, alpha)
