@@ -15,7 +15,7 @@ from rbfkern.ops import gauss_deriv_conv2d, gauss_deriv_conv3d
 from rbfkern.ops import gauss_deriv as gd
 
 from _util import HALF, assert_close_to_ref, assert_within_naive_error, cudnn_deterministic, run_tests_under_isa
-from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, DEVICES, TRITON_BACKENDS, device_of
+from conftest import CPU_BACKENDS, CUDA, CUDA_ON_CPU, CUDA_SLOW, DEVICES, TRITON_BACKENDS, device_of
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -308,7 +308,7 @@ def test_channels_last_in_channels_last_out(backend, ndim):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("device", ["cpu", CUDA], indirect=True)
+@pytest.mark.parametrize("device", ["cpu", CUDA_SLOW], indirect=True)  # an inductor compile: gpucheck --full
 def test_inductor_channels_last_backward(device):
     """A channels-last model: the compiled forward and backward equal eager (the backward's real
     strides used to differ from its fake's, which inductor checks)."""
