@@ -76,15 +76,16 @@ def _parameters_frozen(model: nn.Module):
 
 def _explained_pass(model: nn.Module, xb: Tensor, columns):
     """(maps, out): one forward pass of the batch ``xb`` in explanation mode, then for each entry
-    of ``columns`` (a callable K -> N class indices) the input gradient of those outputs, a
-    backward pass through the same graph (retained between them). maps: a list, one per column."""
+    of ``columns`` (a ``target`` as :func:`dynamic_linear_map` takes it, checked against the
+    model's K outputs) the input gradient of those outputs, a backward pass through the same graph
+    (retained between them). maps: a list, one per column."""
     xb = xb.detach().clone().requires_grad_(True)
     maps = []
     with explanation_mode(model), _parameters_frozen(model), torch.enable_grad():
         out = model(xb)
         if out.dim() != 2 or out.shape[0] != xb.shape[0]:
             raise ValueError(f"the model must return (N, K) outputs, got shape {tuple(out.shape)}")
-        cols = [col(out.shape[1]) for col in columns]
+        cols = [_targets(col, out.shape[0], out.shape[1], out.device) for col in columns]
         for k, t in enumerate(cols):
             (w,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xb, retain_graph=k + 1 < len(cols))
             maps.append(w)
@@ -108,7 +109,7 @@ def dynamic_linear_map(model: nn.Module, x: Tensor, target, return_output: bool 
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     single = x.dim() == 3
     xb = x.unsqueeze(0) if single else x
-    (w,), out = _explained_pass(model, xb, [lambda k: _targets(target, xb.shape[0], k, xb.device)])
+    (w,), out = _explained_pass(model, xb, [target])
     if single:
         w, out = w[0], out[0]
     return (w, out) if return_output else w
@@ -132,8 +133,7 @@ def dynamic_linear_maps(model: nn.Module, x: Tensor, targets, return_output: boo
     single = x.dim() == 3
     xb = x.unsqueeze(0) if single else x
     t = _target_matrix(targets, xb.shape[0], single)
-    columns = [lambda k, j=j: _targets(t[:, j], xb.shape[0], k, xb.device) for j in range(t.shape[1])]
-    maps, out = _explained_pass(model, xb, columns)
+    maps, out = _explained_pass(model, xb, t.unbind(1))
     w = torch.stack(maps, 1) if maps else xb.new_empty(xb.shape[0], 0, *xb.shape[1:])
     if single:
         w, out = w[0], out[0]
