@@ -140,6 +140,14 @@ def grads_or_empty(grads, inputs, needs):
                  for g, t, need in zip(grads, inputs, needs))
 
 
+def conv_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout of a convolution's output for input x, conv2d's / conv3d's rule: channels-last
+    (NHWC / NDHWC) when x is stored so and not also contiguous (as with C == 1)."""
+    mf = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return mf if x.dim() in (4, 5) and not x.is_contiguous() and x.is_contiguous(memory_format=mf) \
+        else torch.contiguous_format
+
+
 def strided_like(g, t):
     """g with the strides of ``torch.empty_like(t)``, what a backward op's fake returns for the
     gradient of input t: the layout of t when t is dense, else its suggested memory format. The

@@ -71,9 +71,8 @@ def _impl(device):
     return _family.backend("bcos", device, bcos_cpp, _Reference)
 
 
-def _memory_format(x):
-    """The layout of the op's maps for input x: channels-last when x is (conv2d's rule)."""
-    return torch.channels_last if common.is_channels_last(x) else torch.contiguous_format
+# The layout of the op's maps for input x: channels-last when x is (conv2d's rule)
+_memory_format = _family.conv_memory_format
 
 
 def _prepare(impl, x, weight, *maps):

@@ -390,17 +390,10 @@ def _out_hw(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def _out_format(x: Tensor) -> torch.memory_format:
-    """The output's layout, conv2d's / conv3d's rule: channels-last when x is stored so (and not
-    also contiguous, as with C == 1)."""
-    mf = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-    return mf if not x.is_contiguous() and x.is_contiguous(memory_format=mf) else torch.contiguous_format
-
-
 def _gd_fake(x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized):
     k = 2 * max(radii) + 1
     shape = (x.shape[0], alpha.shape[0], *(_out_hw(d, k, stride, padding) for d in x.shape[2:]))
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_family.conv_memory_format(x))
 
 
 def _gd_bwd_fake(grad, x, alpha, sigma, order, truncate, radii, stride, padding, scale_normalized, needs):
@@ -414,7 +407,7 @@ def _gd_forward(
     impl = _impl(x.device)
     xc, ac = _family.prepare(impl, x, alpha)
     y = impl.forward(xc, ac, sigma, order, truncate, radii, stride, padding, scale_normalized).to(x.dtype)
-    mf = _out_format(x)
+    mf = _family.conv_memory_format(x)
     # the kernels write NCDHW / NCHW: a channels-last model gets its layout back, as from conv2d
     return y if mf == torch.contiguous_format else torch.empty(y.shape, dtype=y.dtype, device=y.device,
                                                                 memory_format=mf).copy_(y)
